@@ -1,0 +1,27 @@
+# Two entry points for a fresh clone (see README):
+#   make demo   set up .venv with every extra, convert a bundled Keras model to PyTorch, check it
+#   make test   set up .venv with every extra and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: 2.13.0 is a CPU build; an open range pulls a multi-GB CUDA build.
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[all]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) demo/run_demo.py
+
+test: setup
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

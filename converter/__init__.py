@@ -1,0 +1,20 @@
+"""weightport: port trained weights between frameworks whose "convolution" means different things.
+
+Core API::
+
+    load(path, **options) -> Model
+    save(model, path, to=...) -> ConversionResult
+    convert(src, dst, **options) -> ConversionResult
+
+Only numpy and h5py are imported here; torch, tensorflow and onnx are imported
+by the formats and checks that need them.
+"""
+
+from converter.api import ConversionResult, convert, load, save
+from converter.errors import WeightportError
+from converter.model import Layer, Model, Tensor
+
+__version__ = "0.1.0"
+
+__all__ = ["ConversionResult", "Layer", "Model", "Tensor", "WeightportError", "convert", "load", "save",
+           "__version__"]

@@ -1,0 +1,68 @@
+"""The Python API: load a model, save it for a target, or convert in one call.
+
+    >>> from converter import load, save, convert          # doctest: +SKIP
+    >>> model = load("model.h5")                            # doctest: +SKIP
+    >>> save(model, "model.safetensors", to="torch")        # doctest: +SKIP
+
+Every error is a :class:`converter.errors.WeightportError`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from converter.errors import UsageError, WeightportError
+from converter.layout import SEMANTICS
+from converter.model import Model
+from converter.options import ReadOptions, WriteOptions
+from formats import reader_for, writer_for
+
+
+@dataclass
+class ConversionResult:
+    """What :func:`convert` and :func:`save` did: the files written and the warnings to show."""
+
+    outputs: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
+         spec: str | None = None, format: str | None = None) -> Model:
+    """Read ``path`` (format detected from its content) into the canonical model."""
+    if source_semantics is not None and source_semantics not in SEMANTICS[:2]:
+        raise UsageError(f"unknown semantics {source_semantics!r}", fix="Use convolution or correlation")
+    if assume_backend is not None and assume_backend not in ("theano", "tensorflow"):
+        raise UsageError(f"unknown backend {assume_backend!r}", fix="Use --assume-backend theano or tensorflow")
+    if not os.path.exists(path):
+        raise UsageError("no such file", path=path, fix="Check the path")
+    if os.path.isdir(path):
+        raise UsageError("is a folder, not a model file", path=path, fix="Give the model file itself")
+    options = ReadOptions(assume_backend, source_semantics, spec)
+    from formats import entry
+    chosen = entry(format) if format else reader_for(path)
+    try:
+        return chosen.load().read(path, options)
+    except WeightportError as error:
+        raise error.with_path(path)
+
+
+def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
+         rename: dict[str, str] | None = None, **write_options: object) -> ConversionResult:
+    """Write ``model`` to ``path`` for target ``to`` (default: from the extension)."""
+    writer = writer_for(path, to)
+    options = WriteOptions(force=force, rename=dict(rename or {}), **write_options)  # type: ignore[arg-type]
+    warnings = writer.load().write(model, path, options)
+    return ConversionResult([path], list(warnings or []))
+
+
+def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
+            assume_backend: str | None = None, source_semantics: str | None = None,
+            rename: dict[str, str] | None = None, **write_options: object) -> ConversionResult:
+    """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings."""
+    writer_for(dst, to)  # fail on a bad target before reading anything
+    if os.path.lexists(dst) and not force:
+        from converter.atomic import check_can_write
+        check_can_write(dst, force)
+    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics)
+    return save(model, dst, to=to, force=force, rename=rename, **write_options)

@@ -1,0 +1,174 @@
+"""The ``weightport`` command line.
+
+Exit codes: 0 success, 1 a validation failed, 2 bad input or usage.  Errors
+print one line (file, problem, fix) on stderr; ``--debug`` adds the traceback.
+Only numpy and h5py are imported at start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from typing import Any, Sequence
+
+from converter import __version__
+from converter.errors import BadInputError, UsageError, WeightportError
+
+TARGET_CHOICES = ("torch",)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors raised as :class:`UsageError` (exit 2, one line)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message, fix=f"See '{self.prog} --help'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="weightport", description=(
+        "Port trained weights between frameworks whose 'convolution' means different things "
+        "(Keras/TensorFlow/PyTorch/ONNX correlate; Theano and scipy convolve)."))
+    parser.add_argument("--version", action="version", version=f"weightport {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    inspect = commands.add_parser("inspect", help="show format, version, backend, layers, tensors, layouts, semantics")
+    inspect.add_argument("src", metavar="SRC", help="model or weights file")
+    add_read_options(inspect)
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    convert = commands.add_parser("convert", help="convert SRC to DST for a target framework")
+    convert.add_argument("src", metavar="SRC", help="model or weights file to read")
+    convert.add_argument("-o", "--output", required=True, metavar="DST", help="output file")
+    convert.add_argument("--to", choices=TARGET_CHOICES, help="target framework (default: from DST's extension)")
+    add_read_options(convert)
+    convert.add_argument("--rename", metavar="FILE", help="JSON object mapping canonical keys or layer names to yours")
+    convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--quiet", action="store_true", help="print no warnings")
+
+    explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
+    explain.add_argument("src", metavar="SRC", help="model or weights file")
+    explain.add_argument("--to", choices=TARGET_CHOICES, default="torch", help="target framework (default torch)")
+    add_read_options(explain)
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--assume-backend", choices=("theano", "tensorflow"),
+                        help="Keras backend the file was saved under, when it records none (Keras 1)")
+    parser.add_argument("--source-semantics", choices=("convolution", "correlation"),
+                        help="force the semantics of the source's convolution kernels")
+
+
+def read_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics}
+
+
+def load_rename(path: str | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mapping = json.load(handle)
+    except OSError as error:
+        raise UsageError(f"cannot read rename file ({error.strerror})", path=path, fix="Check the path") from None
+    except ValueError as error:
+        raise UsageError(f"rename file is not JSON ({error})", path=path,
+                         fix='Write a JSON object such as {"conv2d": "features.0"}') from None
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise UsageError("rename file must be a JSON object of strings", path=path,
+                         fix='Write a JSON object such as {"conv2d": "features.0"}')
+    return mapping
+
+
+def command_inspect(args: argparse.Namespace) -> int:
+    from converter.api import load
+    from converter.describe import describe_model
+    model = load(args.src, **read_options(args))
+    description = describe_model(model)
+    if args.json:
+        print(json.dumps(description, indent=2))
+        return 0
+    source = description["source"]
+    print(f"{source['path']}: {source['format']}, version {source['version'] or 'unknown'}, "
+          f"backend {source['backend'] or 'unknown'}")
+    for layer in description["layers"]:
+        shape = "" if layer["output_shape"] is None else f" -> {tuple(layer['output_shape'])}"
+        print(f"  {layer['name']} ({layer['kind']}, {layer['class']}){shape}")
+        for name, tensor in layer["tensors"].items():
+            semantics = "" if tensor["semantics"] == "none" else f" {tensor['source_semantics']} kernel"
+            rule = f" [rule: {tensor['rule']}]" if tensor["rule"] else ""
+            print(f"    {name}: {tuple(tensor['shape'])} {tensor['dtype']} {tensor['layout']}"
+                  f" (stored {tensor['source_layout']}{semantics}){rule}")
+    for warning in description["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+def command_convert(args: argparse.Namespace) -> int:
+    from converter.api import convert
+    result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
+                     **read_options(args))
+    if not args.quiet:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {', '.join(result.outputs)}")
+    return 0
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    from converter.api import load
+    from converter.options import WriteOptions
+    from converter.plan import make_plan
+    model = load(args.src, **read_options(args))
+    plan = make_plan(model, args.to, WriteOptions())
+    rows = [{"key": p.key, "layer": p.layer.name, "kind": p.layer.kind, "shape": list(p.shape),
+             "stored": p.tensor.provenance.source_layout, "source_semantics": p.tensor.provenance.source_semantics,
+             "target_layout": p.layout.compact(), "target_semantics": p.layout.semantics,
+             "transforms": p.describe(), "why": p.tensor.provenance.rule} for p in plan.tensors]
+    if args.json:
+        print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings}, indent=2))
+        return 0
+    for row in rows:
+        steps = "; ".join(row["transforms"]) or "copy as stored"
+        why = f"  (why: {row['why']})" if row["why"] else ""
+        print(f"{row['key']}: {steps}{why}")
+    for warning in plan.warnings:
+        print(f"warning: {warning}")
+    return 0
+
+
+COMMANDS = {"inspect": command_inspect, "convert": command_convert, "explain": command_explain}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            build_parser().print_help()
+            return 2
+        return COMMANDS[args.command](args)
+    except WeightportError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"weightport: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("weightport: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except (OSError, MemoryError) as error:
+        if debug:
+            traceback.print_exc()
+        problem = BadInputError(f"{type(error).__name__}: {error}", fix="Check the files and free space")
+        print(f"weightport: error: {problem.one_line()}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The one exception hierarchy of weightport.
+
+Every error a user can cause is a :class:`WeightportError` carrying the file,
+the problem and the fix, so the CLI can print one line and exit with
+:attr:`WeightportError.exit_code` (2 for bad input or usage, 1 for a failed
+validation) without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class WeightportError(Exception):
+    """Base class: ``str(error)`` is one line ``FILE: PROBLEM. FIX``."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, *, path: str | None = None, fix: str | None = None) -> None:
+        self.problem = problem
+        self.path = path
+        self.fix = fix
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        text = self.problem.rstrip(".")
+        if self.path:
+            text = f"{self.path}: {text}"
+        if self.fix:
+            text = f"{text}. {self.fix}"
+        return " ".join(text.split())
+
+    def with_path(self, path: str) -> "WeightportError":
+        """The same error naming ``path`` (when it names no file yet)."""
+        if self.path is None:
+            self.path = path
+            self.args = (self.one_line(),)
+        return self
+
+
+class UsageError(WeightportError):
+    """The command line or API call is wrong (exit 2)."""
+
+
+class BadInputError(WeightportError):
+    """The input file is unreadable, malformed, or not what it claims (exit 2)."""
+
+
+class UnsafeInputError(BadInputError):
+    """The input asks for something weightport never does: run code, read outside its folder (exit 2)."""
+
+
+class UnsupportedError(BadInputError):
+    """The input is valid but holds something weightport cannot represent (exit 2)."""
+
+
+class AmbiguousSemanticsError(BadInputError):
+    """Whether kernels are convolution or correlation kernels cannot be known from the file (exit 2)."""
+
+
+class OutputExistsError(UsageError):
+    """The output exists and --force was not given (exit 2)."""
+
+
+class LayoutError(WeightportError):
+    """A layout pattern or a transform does not fit an array (exit 2)."""
+
+
+class ValidationFailed(WeightportError):
+    """The converted weights do not reproduce the source (exit 1)."""
+
+    exit_code = 1
+
+
+class MissingDependencyError(UsageError):
+    """An optional framework needed by this command is not installed (exit 2)."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package {module!r}, which is not installed",
+            fix=f"Install it with: pip install 'weightport[{extra}]'",
+        )

@@ -1,0 +1,40 @@
+"""Options that readers and writers take, as plain dataclasses (the CLI and the API fill them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ReadOptions:
+    """How to read a source.
+
+    ``assume_backend``: the Keras backend to assume when the file records none
+    (Keras 1) or to override it.  ``source_semantics``: force the semantics of
+    every convolution kernel (``convolution`` or ``correlation``).  ``spec``:
+    a JSON/YAML file naming the arrays of an architecture-less pickle.
+    """
+
+    assume_backend: str | None = None
+    source_semantics: str | None = None
+    spec: str | None = None
+
+
+@dataclass
+class WriteOptions:
+    """How to write a target.
+
+    ``target_semantics``: semantics the target's kernels must have (defaults
+    per target).  ``rename``: map from canonical keys to the user's names.
+    ``force``: overwrite an existing output.  ``dtype``, ``byte_order``,
+    ``layout``: for the plain-array target.  ``quiet``: no progress output.
+    """
+
+    target_semantics: str | None = None
+    rename: dict[str, str] = field(default_factory=dict)
+    force: bool = False
+    dtype: str | None = None
+    byte_order: str | None = None
+    layout: str | None = None
+    quiet: bool = True
+    metadata: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,113 @@
+"""Conversion plans: for each canonical tensor, the target's key and the steps from canonical to target.
+
+The torch target *is* the canonical convention, so its steps are empty; other
+targets add layout steps built from :mod:`converter.layout`.  ``weightport
+explain`` prints a plan together with each tensor's source -> canonical steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from converter.errors import UnsupportedError, UsageError
+from converter.layout import materialize, Layout
+from converter.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
+from converter.options import WriteOptions
+from converter.shapes import asymmetric_padding
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: its key in the target, its canonical source and the steps to the target layout."""
+
+    key: str
+    layer: Layer
+    param: str
+    tensor: Tensor
+    steps: tuple[Transform, ...]
+    layout: Layout
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = self.tensor.shape
+        for step in self.steps:
+            shape = step.shape(shape)
+        return shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.tensor.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        array = self.tensor.load()
+        for step in self.steps:
+            array = step.apply(array)
+        return materialize(array)
+
+    def describe(self) -> list[str]:
+        return self.tensor.applied() + [s.describe() for s in self.steps if not s.is_identity()]
+
+
+@dataclass
+class Plan:
+    target: str
+    tensors: list[PlannedTensor]
+    warnings: list[str]
+
+
+def renamed(key: str, rename: dict[str, str]) -> str:
+    """The user's name for a canonical key: an exact entry, else the longest matching layer prefix."""
+    if key in rename:
+        return rename[key]
+    layer, _, param = key.rpartition(".")
+    while layer:
+        if layer in rename:
+            return f"{rename[layer]}.{param}"
+        layer, _, tail = layer.rpartition(".")
+        param = f"{tail}.{param}"
+    return key
+
+
+def torch_plan(model: Model, options: WriteOptions) -> Plan:
+    """Plan for a PyTorch state_dict: canonical tensors under ``<layer>.<param>`` keys."""
+    warnings = list(model.warnings)
+    planned: list[PlannedTensor] = []
+    for layer in model.layers:
+        if layer.kind == "gru" and not layer.attrs.get("reset_after", True):
+            raise UnsupportedError(
+                f"GRU layer {layer.name!r} was trained with reset_after=False, which torch.nn.GRU "
+                "cannot compute (it applies the reset gate after the recurrent matmul)",
+                fix="Convert to a target that supports it (keras, npz, raw) or retrain with reset_after=True")
+        for param, tensor in layer.tensors.items():
+            key = renamed(f"{layer.name}.{param}", options.rename)
+            planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))
+        if layer.kind == "batchnorm" and "running_var" in layer.tensors:
+            key = renamed(f"{layer.name}.num_batches_tracked", options.rename)
+            counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
+                                   Provenance("(none: PyTorch BatchNorm counter, zero)", ""))
+            planned.append(PlannedTensor(key, layer, "num_batches_tracked", counter, (), counter.layout))
+    asymmetric = asymmetric_padding(model)
+    if asymmetric:
+        warnings.append("asymmetric padding (TensorFlow 'same' pads more at the end) in layers "
+                        + ", ".join(asymmetric) + ": a PyTorch model must pad explicitly with "
+                        "F.pad before a padding=0 conv; pads are recorded in the file's metadata")
+    keys = [p.key for p in planned]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the --rename map")
+    return Plan("torch", planned, warnings)
+
+
+PLANNERS = {"torch": torch_plan}
+
+
+def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:
+    if target not in PLANNERS:
+        raise UsageError(f"target {target!r} is not available yet", fix=f"Use one of: {', '.join(PLANNERS)}")
+    return PLANNERS[target](model, options)

@@ -1,0 +1,129 @@
+"""Safe HDF5 access shared by the Keras readers: open, refuse what reaches outside, decode attributes.
+
+HDF5 files can point outside themselves (external links, external raw
+storage, virtual datasets); weightport reads only what the user pointed at, so
+those are refused before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h5py
+import numpy as np
+
+from converter.errors import BadInputError, UnsafeInputError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_hdf5(path: str) -> bool:
+    """True when the file starts with the HDF5 signature (at offset 0, 512, 1024, ...)."""
+    try:
+        with open(path, "rb") as handle:
+            for offset in (0, 512, 1024, 2048):
+                handle.seek(offset)
+                if handle.read(8) == HDF5_SIGNATURE:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def open_hdf5(path: str) -> h5py.File:
+    """Open ``path`` read-only after checking it is HDF5 and reaches nothing outside itself."""
+    if not is_hdf5(path):
+        raise BadInputError("not an HDF5 file (no HDF5 signature); it may be truncated or another format",
+                            path=path, fix="Check the file was copied completely, or pass the right file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise BadInputError(f"HDF5 file cannot be opened ({first_line(error)})", path=path,
+                            fix="The file is damaged or truncated; export it again") from None
+    try:
+        refuse_outside_references(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def refuse_outside_references(group: h5py.Group, path: str) -> None:
+    """Raise :class:`UnsafeInputError` on external links, external storage or virtual datasets."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise UnsafeInputError(f"HDF5 external link {group.name.rstrip('/')}/{name} -> {link.filename}",
+                                   path=path, fix="weightport reads only the file given; embed the data in it")
+        if isinstance(link, h5py.SoftLink):
+            continue
+        try:
+            item = group[name]
+        except (KeyError, OSError) as error:
+            raise BadInputError(f"HDF5 object {name!r} cannot be read ({first_line(error)})", path=path,
+                                fix="The file is damaged; export it again") from None
+        if isinstance(item, h5py.Group):
+            refuse_outside_references(item, path)
+        elif isinstance(item, h5py.Dataset):
+            if item.is_virtual:
+                raise UnsafeInputError(f"HDF5 virtual dataset {item.name}", path=path,
+                                       fix="weightport reads only the file given; materialize the dataset")
+            if item.external:
+                raise UnsafeInputError(f"HDF5 dataset {item.name} keeps its data in external files",
+                                       path=path, fix="weightport reads only the file given; embed the data")
+
+
+def decode(value: Any) -> Any:
+    """An HDF5 attribute value as Python text/lists (h5py 2 fixed-length bytes and h5py 3 strings alike)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [decode(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [decode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def text_attr(attrs: h5py.AttributeManager, name: str) -> str | None:
+    if name not in attrs:
+        return None
+    value = decode(attrs[name])
+    return value if isinstance(value, str) else str(value)
+
+
+def name_list_attr(attrs: h5py.AttributeManager, name: str) -> list[str]:
+    """A list-of-names attribute, joined from chunks ``name0``, ``name1``, ... when Keras split it."""
+    if name in attrs:
+        return [str(v) for v in decode(attrs[name])]
+    names: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in attrs:
+        names.extend(str(v) for v in decode(attrs[f"{name}{chunk}"]))
+        chunk += 1
+    return names
+
+
+def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
+    """A JSON attribute parsed as data only (never evaluated)."""
+    text = text_attr(attrs, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise BadInputError(f"attribute {name!r} is not valid JSON ({error})", path=path,
+                            fix="The file is damaged; export it again") from None
+
+
+def dataset_reader(dataset: h5py.Dataset):
+    """A function reading the whole dataset as a NumPy array (called only when the tensor is written)."""
+    def read() -> np.ndarray:
+        return dataset[()]
+    return read

@@ -1,0 +1,406 @@
+"""Keras legacy HDF5 files (Keras 1, Keras 2 multi-backend, tf.keras 2, Keras 3 ``model.save('x.h5')``).
+
+Layout of the file: root attributes ``keras_version``, ``backend`` (absent in
+Keras 1) and ``model_config`` (JSON, parsed as data only); weights under
+``model_weights`` (``model.save``) or the root (``save_weights``), one group
+per layer listed in the ``layer_names`` attribute (split into ``layer_names0``,
+``layer_names1``, ... on big models), each with a ``weight_names`` attribute
+giving the dataset paths in the layer's weight order.
+
+Kernels are read as stored (Keras ``h w i o`` family, or ``o i h w`` for Keras 1
+``dim_ordering='th'``) and mapped lazily to canonical layouts; the semantics of
+each kernel comes from :mod:`converter.rules`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h5py
+import numpy as np
+
+from converter.errors import BadInputError, UnsupportedError, WeightportError
+from converter.layout import CORRELATION, NO_SEMANTICS, Layout, Relayout, ReorderBlocks, TakeIndex
+from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
+from converter.options import ReadOptions
+from converter.rules import keras_flatten_order, keras_kernel_semantics, keras_major, normalize_backend
+from converter.shapes import feeding_flatten, infer_shapes
+from formats import hdf5
+from formats.keras_config import KerasLayerDecl, input_shape, model_layers
+from formats.keras_layers import (
+    BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
+    data_format, kernel_patterns,
+)
+
+NAME = "keras_h5"
+DESCRIPTION = "Keras HDF5 (Keras 1, 2, tf.keras, Keras 3 legacy .h5)"
+EXTENSIONS = (".h5", ".hdf5")
+
+KERAS1_SUFFIXES = {"W": "kernel", "b": "bias", "running_std": "moving_variance",
+                   "running_mean": "moving_mean", "gamma": "gamma", "beta": "beta"}
+
+
+def sniff(path: str) -> bool:
+    """True for an HDF5 file with Keras weights (``layer_names`` at the root or under ``model_weights``)."""
+    if not hdf5.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            root = handle["model_weights"] if "model_weights" in handle else handle
+            return "layer_names" in root.attrs or "layer_names0" in root.attrs
+    except (OSError, KeyError):
+        return False
+
+
+def read(path: str, options: ReadOptions) -> Model:
+    """Read a Keras HDF5 file into the canonical model (tensors stay in the file until loaded)."""
+    handle = hdf5.open_hdf5(path)
+    try:
+        return KerasH5Reader(path, handle, options).model()
+    except WeightportError as error:
+        handle.close()
+        raise error.with_path(path)
+    except (KeyError, ValueError, TypeError, IndexError) as error:
+        handle.close()
+        raise BadInputError(f"Keras file structure not understood ({type(error).__name__}: {error})",
+                            path=path, fix="Check the file was written by Keras model.save or save_weights") from None
+
+
+class KerasH5Reader:
+    """One reading of one file."""
+
+    def __init__(self, path: str, handle: h5py.File, options: ReadOptions) -> None:
+        self.path = path
+        self.handle = handle
+        self.options = options
+        self.root = handle["model_weights"] if "model_weights" in handle else handle
+        self.version = hdf5.text_attr(handle.attrs, "keras_version") or hdf5.text_attr(self.root.attrs, "keras_version")
+        stored_backend = hdf5.text_attr(handle.attrs, "backend") or hdf5.text_attr(self.root.attrs, "backend")
+        self.stored_backend = normalize_backend(stored_backend)
+        self.backend = normalize_backend(options.assume_backend) or self.stored_backend
+        self.major = keras_major(self.version) if self.version else (1 if self.backend is None else None)
+        self.config = hdf5.json_attr(handle.attrs, "model_config", path)
+
+    # -- top level -------------------------------------------------------------------------------
+    def model(self) -> Model:
+        source = SourceInfo(self.path, NAME, self.version, self.backend,
+                            {"backend_recorded": self.stored_backend is not None,
+                             "keras_major": self.major})
+        model = Model(source)
+        layer_names = hdf5.name_list_attr(self.root.attrs, "layer_names")
+        decls = self.declarations(layer_names)
+        model.has_architecture = self.config is not None
+        default_format = self.default_data_format(decls)
+        source.details["data_format"] = default_format
+        for decl in decls:
+            model.layers.append(self.layer(decl, default_format))
+        self.set_input_shape(model, decls, default_format)
+        infer_shapes(model)
+        self.permute_dense_after_flatten(model)
+        return model
+
+    def declarations(self, layer_names: list[str]) -> list[KerasLayerDecl]:
+        if self.config is not None:
+            decls, _ = model_layers(self.config, self.path)
+            return decls
+        return [KerasLayerDecl(name, guess_class(name), {}) for name in layer_names]
+
+    def default_data_format(self, decls: list[KerasLayerDecl]) -> str:
+        for decl in decls:
+            if decl.class_name in CONV_KINDS or decl.class_name in WEIGHTLESS:
+                fmt = data_format(decl.config, "")
+                if fmt:
+                    return fmt
+        return "channels_first" if self.major == 1 and self.backend == "theano" else "channels_last"
+
+    def weights_of(self, name: str) -> dict[str, tuple[str, h5py.Dataset]]:
+        """Variables of layer ``name``: short name (``kernel``, ``bias``, ...) -> (key, dataset)."""
+        if name not in self.root:
+            return {}
+        group = self.root[name]
+        found: dict[str, tuple[str, h5py.Dataset]] = {}
+        for weight_name in hdf5.name_list_attr(group.attrs, "weight_names"):
+            dataset = group[weight_name]
+            if not isinstance(dataset, h5py.Dataset):
+                raise BadInputError(f"weight {name}/{weight_name} is not a dataset")
+            found[short_name(name, weight_name)] = (f"{group.name}/{weight_name}", dataset)
+        return found
+
+    # -- layers --------------------------------------------------------------------------------
+    def layer(self, decl: KerasLayerDecl, default_format: str) -> Layer:
+        cls, config = decl.class_name, decl.config
+        layer = Layer(decl.name, "other", {}, {}, list(decl.inbound), source_class=cls)
+        weights = self.weights_of(decl.name)
+        if cls in CONV_KINDS:
+            kind, rank = CONV_KINDS[cls]
+            layer.kind = kind
+            layer.attrs = conv_attrs(cls, config, rank, default_format)
+            self.conv_tensors(layer, weights)
+        elif cls in WEIGHTED_SIMPLE:
+            layer.kind = WEIGHTED_SIMPLE[cls]
+            getattr(self, f"{layer.kind}_tensors")(layer, config, weights)
+        elif cls in WEIGHTLESS:
+            layer.kind = WEIGHTLESS[cls]
+            layer.attrs = weightless_attrs(layer.kind, cls, config, default_format)
+        elif weights:
+            raise UnsupportedError(f"layer {decl.name!r} of class {cls} holds weights weightport cannot map",
+                                   fix="Open an issue with the layer class; weightless layers are passed through")
+        if cls == "Lambda":
+            layer.attrs["note"] = "Lambda code not run (config read as data only)"
+        return layer
+
+    def conv_tensors(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        rank, kind, attrs = layer.attrs["rank"], layer.kind, layer.attrs
+        semantics, rule = self.semantics(layer.source_class or "")
+        layer.semantics_rule = rule
+        for spec in conv_params(kind, rank, "bias" in weights):
+            key, dataset = self.require(weights, spec.variable, layer)
+            if spec.role is None:
+                layer.tensors[spec.param] = self.tensor(spec.param, key, dataset, "o", "o", NO_SEMANTICS, None)
+                continue
+            src, dst = kernel_patterns(spec.role, attrs["data_format"], self.major)
+            sem = NO_SEMANTICS if spec.role.startswith("pointwise") else semantics
+            layer.tensors[spec.param] = self.tensor(spec.param, key, dataset, src, dst, sem, rule)
+        kernel = layer.tensors["depthwise.weight" if kind == "separable" else "weight"].shape
+        if kind == "conv":
+            attrs.setdefault("filters", kernel[0])
+            attrs["out_channels"], attrs["in_channels"] = kernel[0], kernel[1] * attrs["groups"]
+        elif kind == "conv_transpose":
+            attrs.setdefault("filters", kernel[1])
+            attrs["out_channels"], attrs["in_channels"] = kernel[1] * attrs["groups"], kernel[0]
+        else:
+            src_shape = layer.tensors["depthwise.weight" if kind == "separable" else "weight"].source_shape
+            channels = src_shape[-2] if self.major != 1 or attrs["data_format"] != "channels_first" else src_shape[1]
+            attrs["in_channels"] = int(channels)
+            attrs["groups"] = int(channels)
+            attrs["depth_multiplier"] = kernel[0] // int(channels)
+            attrs["out_channels"] = (layer.tensors["pointwise.weight"].shape[0] if kind == "separable"
+                                     else kernel[0])
+        if kind == "conv_transpose" and attrs["padding"] in ("valid", "same"):
+            attrs["pads"] = transpose_pads(attrs)
+
+    def dense_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        key, dataset = self.require(weights, "kernel", layer)
+        layer.tensors["weight"] = self.tensor("weight", key, dataset, "i o", "o i", NO_SEMANTICS, None)
+        if "bias" in weights:
+            layer.tensors["bias"] = self.tensor("bias", *weights["bias"], "o", "o", NO_SEMANTICS, None)
+        layer.attrs = {"units": int(dataset.shape[-1]), "activation": config.get("activation", "linear"),
+                       "use_bias": "bias" in weights}
+
+    def batchnorm_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        mean_key, mean = self.require(weights, "moving_mean", layer)
+        for spec in BATCHNORM_PARAMS:
+            if spec.variable in weights:
+                layer.tensors[spec.param] = self.tensor(spec.param, *weights[spec.variable], "o", "o", NO_SEMANTICS, None)
+            else:
+                fill = np.ones if spec.variable == "gamma" else np.zeros
+                layer.tensors[spec.param] = array_tensor(
+                    spec.param, fill(mean.shape, mean.dtype), Layout("o"),
+                    Provenance(f"(none: {spec.variable} absent, identity value)", "o"))
+        layer.attrs = {"epsilon": float(config.get("epsilon", 1e-3)),
+                       "momentum": float(config.get("momentum", 0.99)),
+                       "axis": config.get("axis", -1), "num_features": int(mean.shape[0])}
+        if self.major == 1:
+            layer.attrs["note"] = "Keras 1 running_std holds the variance"
+
+    def embedding_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        key, dataset = self.require(weights, "embeddings", layer)
+        layer.tensors["weight"] = self.tensor("weight", key, dataset, "n e", "n e", NO_SEMANTICS, None)
+        layer.attrs = {"input_dim": int(dataset.shape[0]), "output_dim": int(dataset.shape[1])}
+
+    def prelu_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        key, dataset = self.require(weights, "alpha", layer)
+        pattern = {1: "c", 2: "w c", 3: "h w c", 4: "d h w c"}[dataset.ndim]
+        canonical = "c " + pattern[:-2] if dataset.ndim > 1 else "c"
+        layer.tensors["weight"] = self.tensor("weight", key, dataset, pattern, canonical.strip(), NO_SEMANTICS, None)
+        layer.attrs = {"shared_axes": config.get("shared_axes")}
+
+    def lstm_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        self.rnn_tensors(layer, config, weights, gates="ifco", canonical_gates="ifco")
+
+    def gru_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        self.rnn_tensors(layer, config, weights, gates="zrh", canonical_gates="rzh")
+
+    def rnn_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]],
+                    gates: str, canonical_gates: str) -> None:
+        """Keras kernel (in, G*u), recurrent_kernel (u, G*u), bias -> PyTorch weight_ih/hh, bias_ih/hh."""
+        reorder = (ReorderBlocks(0, gates, canonical_gates),)
+        for param, variable in (("weight_ih_l0", "kernel"), ("weight_hh_l0", "recurrent_kernel")):
+            key, dataset = self.require(weights, variable, layer)
+            layer.tensors[param] = self.tensor(param, key, dataset, "i o", "o i", NO_SEMANTICS, None, reorder)
+        units = layer.tensors["weight_hh_l0"].shape[1]
+        reset_after = bool(config.get("reset_after", False)) if layer.kind == "gru" else True
+        if "bias" in weights:
+            key, dataset = weights["bias"]
+            if dataset.ndim == 2:
+                for index, param in enumerate(("bias_ih_l0", "bias_hh_l0")):
+                    layer.tensors[param] = self.tensor(param, key, dataset, "o", "o", NO_SEMANTICS, None,
+                                                       (TakeIndex(index, 2),) + reorder, pattern_after_take=True)
+            else:
+                layer.tensors["bias_ih_l0"] = self.tensor("bias_ih_l0", key, dataset, "o", "o", NO_SEMANTICS, None, reorder)
+                layer.tensors["bias_hh_l0"] = array_tensor(
+                    "bias_hh_l0", np.zeros(dataset.shape, dataset.dtype), Layout("o"),
+                    Provenance("(none: Keras has one bias; recurrent bias is zero)", "o"))
+        layer.attrs = {"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
+                       "go_backwards": bool(config.get("go_backwards", False)),
+                       "activation": config.get("activation", "tanh"),
+                       "recurrent_activation": config.get("recurrent_activation", "sigmoid"),
+                       "reset_after": reset_after, "gates_source": gates}
+
+    # -- tensors ------------------------------------------------------------------------------------
+    def semantics(self, layer_class: str) -> tuple[str, str]:
+        """(semantics, rule id) of a convolution layer's kernels, honouring --source-semantics."""
+        if self.options.source_semantics:
+            return self.options.source_semantics, "--source-semantics given by the user"
+        semantics, rule = keras_kernel_semantics(self.version, self.backend, layer_class, self.path)
+        return semantics, rule.id
+
+    def require(self, weights: dict[str, tuple[str, h5py.Dataset]], variable: str, layer: Layer) -> tuple[str, h5py.Dataset]:
+        if variable not in weights:
+            raise BadInputError(f"layer {layer.name!r} ({layer.source_class}) has no {variable!r} weight; "
+                                f"found {sorted(weights) or 'none'}",
+                                fix="The file does not match its model_config; export it again")
+        return weights[variable]
+
+    def tensor(self, name: str, key: str, dataset: h5py.Dataset, src: str, dst: str, semantics: str,
+               rule: str | None, extra: tuple = (), pattern_after_take: bool = False) -> Tensor:
+        """A lazy canonical tensor over ``dataset`` stored in pattern ``src``."""
+        check_dataset(dataset, self.path)
+        target_semantics = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
+        relayout = Relayout(Layout(src, semantics), Layout(dst, target_semantics))
+        steps = (extra[:1] + (relayout,) + extra[1:]) if pattern_after_take else ((relayout,) + extra)
+        return Tensor(name, tuple(dataset.shape), dataset.dtype, Layout(dst, target_semantics),
+                      Provenance(key, src, semantics, rule), hdf5.dataset_reader(dataset), steps)
+
+    def set_input_shape(self, model: Model, decls: list[KerasLayerDecl], default_format: str) -> None:
+        if self.config is None:
+            return
+        shape = input_shape(decls, self.config)
+        if shape is None:
+            return
+        spatial = any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "flatten")
+                      for layer in model.layers)
+        if spatial and len(shape) >= 2 and default_format == "channels_last":
+            shape = [shape[-1]] + shape[:-1]
+        first = model.layers[0] if model.layers else None
+        if first is not None and first.kind == "input":
+            first.output_shape = tuple(shape)
+        elif first is not None:
+            model.layers.insert(0, Layer("input", "input", {}, {}, [], "InputLayer", None, tuple(shape)))
+            if not first.inputs:
+                first.inputs = ["input"]
+
+    def permute_dense_after_flatten(self, model: Model) -> None:
+        """Dense rows after a Flatten of a spatial map: source flatten order -> canonical C, (D,) H, W."""
+        for layer in model.layers:
+            if layer.kind != "dense":
+                continue
+            flatten = feeding_flatten(model, layer)
+            if flatten is None:
+                continue
+            index = {l.name: l for l in model.layers}
+            before = index.get(flatten.inputs[0]) if flatten.inputs else model.layers[model.layers.index(flatten) - 1]
+            shape = before.output_shape if before is not None else None
+            if shape is None or any(n is None for n in shape):
+                model.warn(f"layer {layer.name!r}: Dense after Flatten, but the flattened shape is unknown; "
+                           "its rows were kept in the source's order (pass a model with an input shape)")
+                continue
+            if len(shape) < 2:
+                continue
+            order = keras_flatten_order(self.version, flatten.attrs.get("data_format", "channels_last"),
+                                        flatten.attrs.get("flatten_data_format"))
+            flatten.attrs["flatten_order"] = order
+            if order == "chw":
+                continue
+            spatial = "d h w".split()[3 - (len(shape) - 1):]
+            known = tuple(zip(["c"] + spatial, [int(n) for n in shape]))
+            src = "(" + " ".join(spatial + ["c"]) + ") o"
+            dst = "o (" + " ".join(["c"] + spatial) + ")"
+            tensor = layer.tensors["weight"]
+            tensor.transforms = (Relayout(Layout(src), Layout(dst), known),)
+            tensor.provenance = Provenance(tensor.provenance.source_key, src, NO_SEMANTICS,
+                                           "Flatten of a channels-last map: rows reordered H,W,C -> C,H,W")
+
+
+def short_name(layer: str, weight_name: str) -> str:
+    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel``."""
+    last = weight_name.split("/")[-1].split(":")[0]
+    if last.startswith(layer + "_"):
+        suffix = last[len(layer) + 1:]
+        return KERAS1_SUFFIXES.get(suffix, suffix)
+    return last
+
+
+def guess_class(name: str) -> str:
+    """A layer class from a default layer name (``conv2d_transpose_3`` -> ``Conv2DTranspose``) for files without a config."""
+    base = name.rstrip("0123456789").rstrip("_").lower().replace("_", "")
+    for cls in list(CONV_KINDS) + list(WEIGHTED_SIMPLE) + list(WEIGHTLESS):
+        if cls.lower() == base:
+            return cls
+    return "Unknown"
+
+
+def check_dataset(dataset: h5py.Dataset, path: str) -> None:
+    if dataset.dtype.kind not in "fiub":
+        raise BadInputError(f"dataset {dataset.name} has dtype {dataset.dtype}, not a numeric array", path=path,
+                            fix="Only numeric weight arrays can be converted")
+
+
+def transpose_pads(attrs: dict[str, Any]) -> list[list[int]]:
+    """Keras Conv*Transpose 'valid'/'same' padding as the explicit per-side pads of the equivalent PyTorch layer."""
+    pads = []
+    for k, s, d in zip(attrs["kernel_size"], attrs["strides"], attrs["dilations"]):
+        if attrs["padding"] == "valid":
+            pads.append([0, 0])
+        else:
+            total = max((k - 1) * d + 1 - s, 0)
+            pads.append([total // 2, total - total // 2])
+    return pads
+
+
+def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format: str) -> dict[str, Any]:
+    """Canonical attributes of a weightless Keras layer."""
+    rank = int(cls[-2]) if cls[-2:-1].isdigit() and cls.endswith("D") else None
+    attrs: dict[str, Any] = {"data_format": data_format(config, default_format)}
+    if kind == "pool" and rank:
+        size = as_tuple(config.get("pool_size", config.get("pool_length", 2)), rank)
+        strides = config.get("strides", config.get("stride")) or size
+        attrs.update(rank=rank, kernel_size=size, strides=as_tuple(strides, rank),
+                     padding=config.get("padding", config.get("border_mode", "valid")),
+                     mode="max" if "Max" in cls else "avg")
+    elif kind == "global_pool":
+        attrs.update(mode="max" if "Max" in cls else "avg", keepdims=bool(config.get("keepdims", False)))
+    elif kind == "padding" and rank:
+        attrs["pads"] = side_pairs(config.get("padding", 1), rank)
+    elif kind == "cropping" and rank:
+        attrs["crops"] = side_pairs(config.get("cropping", 0), rank)
+    elif kind == "upsampling" and rank:
+        attrs["size"] = as_tuple(config.get("size", config.get("length", 2)), rank)
+        attrs["interpolation"] = config.get("interpolation", "nearest")
+    elif kind == "flatten":
+        attrs["flatten_data_format"] = config.get("data_format")
+    elif kind == "activation":
+        attrs["activation"] = config.get("activation", cls.lower())
+    elif kind == "concat":
+        axis = config.get("axis", config.get("concat_axis", -1))
+        attrs["source_axis"] = axis
+        channel_axis = -1 if attrs["data_format"] == "channels_last" else 1
+        if axis == channel_axis:
+            attrs["axis"] = 0
+    elif kind == "reshape":
+        attrs["target_shape"] = config.get("target_shape")
+    elif kind == "dropout":
+        attrs["rate"] = config.get("rate", config.get("p"))
+    return attrs
+
+
+def side_pairs(value: Any, rank: int) -> list[list[int]]:
+    """Keras padding/cropping argument -> ``[[before, after], ...]`` per spatial axis."""
+    if isinstance(value, int):
+        return [[value, value] for _ in range(rank)]
+    pairs = []
+    for item in value:
+        pairs.append([int(item), int(item)] if isinstance(item, int) else [int(item[0]), int(item[1])])
+    if rank == 1 and len(pairs) == 2 and all(p[0] == p[1] for p in pairs) and not isinstance(value[0], (list, tuple)):
+        return [[int(value[0]), int(value[1])]]
+    return pairs

@@ -1,0 +1,139 @@
+"""Keras layer classes -> canonical kinds, attributes and tensor mappings.
+
+Shared by the Keras readers (and the Keras writer): for each canonical
+parameter, which Keras variable holds it and in which layout.  Keras 1 names
+(``nb_filter``, ``subsample``, ``border_mode``, ``dim_ordering``) are
+normalized to Keras 2/3 names here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from converter.layout import CANONICAL_PATTERNS, KERAS_PATTERNS, THEANO_PATTERNS, conv_role
+
+CONV_KINDS: dict[str, tuple[str, int]] = {}
+for _rank in (1, 2, 3):
+    for _cls in (f"Conv{_rank}D", f"Convolution{_rank}D", f"AtrousConvolution{_rank}D", f"AtrousConv{_rank}D"):
+        CONV_KINDS[_cls] = ("conv", _rank)
+    for _cls in (f"Conv{_rank}DTranspose", f"Convolution{_rank}DTranspose", f"Deconvolution{_rank}D",
+                 f"Deconv{_rank}D"):
+        CONV_KINDS[_cls] = ("conv_transpose", _rank)
+    CONV_KINDS[f"DepthwiseConv{_rank}D"] = ("depthwise", _rank)
+    for _cls in (f"SeparableConv{_rank}D", f"SeparableConvolution{_rank}D"):
+        CONV_KINDS[_cls] = ("separable", _rank)
+
+WEIGHTLESS: dict[str, str] = {
+    "InputLayer": "input", "Activation": "activation", "ReLU": "activation", "LeakyReLU": "activation",
+    "ELU": "activation", "Softmax": "activation", "ThresholdedReLU": "activation",
+    "Dropout": "dropout", "SpatialDropout1D": "dropout", "SpatialDropout2D": "dropout",
+    "SpatialDropout3D": "dropout", "GaussianNoise": "dropout", "GaussianDropout": "dropout",
+    "AlphaDropout": "dropout", "Flatten": "flatten", "Reshape": "reshape", "Permute": "permute",
+    "Add": "add", "Concatenate": "concat", "Merge": "concat", "Multiply": "multiply",
+    "Average": "other", "Maximum": "other", "Subtract": "other", "Lambda": "other", "Masking": "other",
+    "Rescaling": "other", "Normalization": "other",
+}
+for _rank in (1, 2, 3):
+    for _mode, _names in (("max", ("MaxPooling", "MaxPool")), ("avg", ("AveragePooling", "AvgPool"))):
+        for _n in _names:
+            WEIGHTLESS[f"{_n}{_rank}D"] = "pool"
+            WEIGHTLESS[f"Global{_n}{_rank}D"] = "global_pool"
+    WEIGHTLESS[f"ZeroPadding{_rank}D"] = "padding"
+    WEIGHTLESS[f"Cropping{_rank}D"] = "cropping"
+    WEIGHTLESS[f"UpSampling{_rank}D"] = "upsampling"
+
+WEIGHTED_SIMPLE = {
+    "Dense": "dense", "BatchNormalization": "batchnorm", "Embedding": "embedding", "PReLU": "prelu",
+    "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru",
+}
+
+
+def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value)
+    return (int(value),) * rank
+
+
+def keras1_dim_ordering(config: dict[str, Any]) -> str | None:
+    ordering = config.get("dim_ordering")
+    if ordering in ("th", "tf"):
+        return "channels_first" if ordering == "th" else "channels_last"
+    return None
+
+
+def data_format(config: dict[str, Any], default: str) -> str:
+    return keras1_dim_ordering(config) or config.get("data_format") or default
+
+
+def conv_attrs(class_name: str, config: dict[str, Any], rank: int, default_format: str) -> dict[str, Any]:
+    """Canonical attributes of a Keras convolution layer (Keras 1 names normalized)."""
+    if "kernel_size" in config:
+        kernel = as_tuple(config["kernel_size"], rank)
+    elif rank == 1:
+        kernel = (int(config.get("filter_length", 1)),)
+    elif rank == 2:
+        kernel = (int(config["nb_row"]), int(config["nb_col"]))
+    else:
+        kernel = (int(config["kernel_dim1"]), int(config["kernel_dim2"]), int(config["kernel_dim3"]))
+    strides = config.get("strides", config.get("subsample", config.get("subsample_length", 1)))
+    dilation = config.get("dilation_rate", config.get("atrous_rate", 1))
+    padding = config.get("padding", config.get("border_mode", "valid"))
+    attrs: dict[str, Any] = {
+        "rank": rank,
+        "kernel_size": kernel,
+        "strides": as_tuple(strides, rank),
+        "dilations": as_tuple(dilation, rank),
+        "padding": padding if isinstance(padding, str) else [list(p) for p in padding],
+        "groups": int(config.get("groups", 1)),
+        "data_format": data_format(config, default_format),
+        "activation": config.get("activation", "linear"),
+        "use_bias": bool(config.get("use_bias", config.get("bias", True))),
+    }
+    filters = config.get("filters", config.get("nb_filter"))
+    if filters is not None:
+        attrs["filters"] = int(filters)
+    if "depth_multiplier" in config:
+        attrs["depth_multiplier"] = int(config["depth_multiplier"])
+    if config.get("output_padding") is not None:
+        attrs["output_padding"] = as_tuple(config["output_padding"], rank)
+    return attrs
+
+
+@dataclass(frozen=True)
+class ParamMap:
+    """Canonical parameter ``param`` is Keras variable ``variable`` in ``keras_pattern``.
+
+    ``role`` names the kernel role in the layout tables (None for vectors).
+    """
+
+    param: str
+    variable: str
+    role: str | None
+
+
+def kernel_patterns(role: str, data_format: str, keras_major: int | None) -> tuple[str, str]:
+    """(source pattern, canonical pattern) of a Keras kernel role.
+
+    Keras 1 with dim_ordering 'th' stored convolution kernels Theano-style
+    (out, in, rows, cols); every other Keras stores them channels-last.
+    """
+    source = KERAS_PATTERNS[role]
+    if keras_major == 1 and data_format == "channels_first" and role in THEANO_PATTERNS and role != "dense":
+        source = THEANO_PATTERNS[role]
+    return source, CANONICAL_PATTERNS[role]
+
+
+def conv_params(kind: str, rank: int, use_bias: bool) -> list[ParamMap]:
+    if kind == "separable":
+        params = [ParamMap("depthwise.weight", "depthwise_kernel", conv_role("depthwise", rank)),
+                  ParamMap("pointwise.weight", "pointwise_kernel", conv_role("pointwise", rank))]
+        return params + ([ParamMap("pointwise.bias", "bias", None)] if use_bias else [])
+    variable = "depthwise_kernel" if kind == "depthwise" else "kernel"
+    params = [ParamMap("weight", variable, conv_role(kind, rank))]
+    return params + ([ParamMap("bias", "bias", None)] if use_bias else [])
+
+
+BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", None),
+                    ParamMap("running_mean", "moving_mean", None),
+                    ParamMap("running_var", "moving_variance", None)]
