@@ -41,7 +41,7 @@ WEIGHTED_KINDS = (
 )
 WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",
-    "multiply", "padding", "upsampling", "dropout", "permute", "other",
+    "multiply", "padding", "cropping", "upsampling", "dropout", "permute", "other",
 )
 LAYER_KINDS = WEIGHTED_KINDS + WEIGHTLESS_KINDS
 

@@ -255,12 +255,14 @@ class KerasH5Reader:
         semantics, rule = keras_kernel_semantics(self.version, self.backend, layer_class, self.path)
         return semantics, rule.id
 
-    def require(self, weights: dict[str, tuple[str, h5py.Dataset]], variable: str, layer: Layer) -> tuple[str, h5py.Dataset]:
-        if variable not in weights:
-            raise BadInputError(f"layer {layer.name!r} ({layer.source_class}) has no {variable!r} weight; "
-                                f"found {sorted(weights) or 'none'}",
-                                fix="The file does not match its model_config; export it again")
-        return weights[variable]
+    def require(self, weights: dict[str, tuple[str, h5py.Dataset]], variable: str,
+                layer: Layer) -> tuple[str, h5py.Dataset]:
+        for name in variable.split("|"):
+            if name in weights:
+                return weights[name]
+        raise BadInputError(f"layer {layer.name!r} ({layer.source_class}) has no {variable!r} weight; "
+                            f"found {sorted(weights) or 'none'}",
+                            fix="The file does not match its model_config; export it again")
 
     def tensor(self, name: str, key: str, dataset: h5py.Dataset, src: str, dst: str, semantics: str,
                rule: str | None, extra: tuple = (), pattern_after_take: bool = False) -> Tensor:

@@ -102,7 +102,7 @@ def conv_attrs(class_name: str, config: dict[str, Any], rank: int, default_forma
 
 @dataclass(frozen=True)
 class ParamMap:
-    """Canonical parameter ``param`` is Keras variable ``variable`` in ``keras_pattern``.
+    """Canonical parameter ``param`` is Keras variable ``variable`` (``a|b``: either name).
 
     ``role`` names the kernel role in the layout tables (None for vectors).
     """
@@ -129,7 +129,7 @@ def conv_params(kind: str, rank: int, use_bias: bool) -> list[ParamMap]:
         params = [ParamMap("depthwise.weight", "depthwise_kernel", conv_role("depthwise", rank)),
                   ParamMap("pointwise.weight", "pointwise_kernel", conv_role("pointwise", rank))]
         return params + ([ParamMap("pointwise.bias", "bias", None)] if use_bias else [])
-    variable = "depthwise_kernel" if kind == "depthwise" else "kernel"
+    variable = "depthwise_kernel|kernel" if kind == "depthwise" else "kernel"  # Keras 3 names it "kernel"
     params = [ParamMap("weight", variable, conv_role(kind, rank))]
     return params + ([ParamMap("bias", "bias", None)] if use_bias else [])
 

@@ -1,0 +1,266 @@
+"""A runnable PyTorch module built from the canonical graph (for validation and the demo).
+
+The module is made of standard ``torch.nn`` layers named after the canonical
+layers, so its ``state_dict`` keys are exactly the torch target's keys and a
+converted file loads with ``load_state_dict(strict=True)``.  Inputs and
+outputs are channels-first (the canonical convention); :func:`to_canonical_input`
+and :func:`from_canonical_output` move a source's channels-last arrays across.
+
+torch is imported only when this module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converter.errors import UnsupportedError
+from converter.layout import Layout, relayout
+from converter.model import Layer, Model
+
+ACTIVATIONS = {
+    None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "elu": F.elu, "selu": F.selu, "softplus": F.softplus, "softsign": F.softsign,
+    "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu6": F.relu6,
+    "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0, "exponential": torch.exp,
+}
+
+
+def activation(name: Any, channel_axis: int = 1):
+    """A torch function for a Keras activation name (softmax over the channel axis)."""
+    if isinstance(name, dict):
+        name = name.get("class_name", name.get("config", {}).get("name"))
+    if name == "softmax":
+        return lambda x: F.softmax(x, dim=channel_axis if x.dim() > 2 else -1)
+    if name not in ACTIVATIONS:
+        raise UnsupportedError(f"activation {name!r} has no PyTorch equivalent here",
+                               fix="Validate this layer in the source framework only")
+    return ACTIVATIONS[name]
+
+
+def pre_padded(module: nn.Module, pads: list[list[int]], value: float = 0.0) -> nn.Module:
+    """``module`` with explicit per-side input padding (TensorFlow 'same' pads the odd pixel at the end).
+
+    A forward pre-hook keeps the module's own state_dict keys.
+    """
+    flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last axis first
+    if any(flat):
+        module.register_forward_pre_hook(lambda _m, args: (F.pad(args[0], flat, value=value),) + args[1:])
+    return module
+
+
+def cropped(module: nn.Module, pads: list[list[int]]) -> nn.Module:
+    """``module`` whose output is cropped by per-side pads (a transposed conv's 'same' padding)."""
+    def crop(_m: nn.Module, _args: Any, y: torch.Tensor) -> torch.Tensor:
+        index = [slice(None), slice(None)] + [slice(b, y.shape[2 + k] - a) for k, (b, a) in enumerate(pads)]
+        return y[tuple(index)]
+    if any(p for pair in pads for p in pair):
+        module.register_forward_hook(crop)
+    return module
+
+
+class Separable(nn.Sequential):
+    """Depthwise conv then pointwise conv, with keys ``depthwise.weight``, ``pointwise.weight``/``bias``."""
+
+    def __init__(self, depthwise: nn.Module, pointwise: nn.Module) -> None:
+        super().__init__()
+        self.depthwise = depthwise
+        self.pointwise = pointwise
+
+
+def keras_recurrent(rnn: nn.Module, return_sequences: bool, go_backwards: bool) -> nn.Module:
+    """A batch-first torch LSTM/GRU returning the sequence or the last output, as Keras does."""
+    if go_backwards:
+        rnn.register_forward_pre_hook(lambda _m, args: (torch.flip(args[0], dims=[1]),) + args[1:])
+    rnn.register_forward_hook(lambda _m, _a, out: out[0] if return_sequences else out[0][:, -1])
+    return rnn
+
+
+def conv_module(layer: Layer) -> nn.Module:
+    """The torch module of a conv, depthwise, separable or transposed conv layer."""
+    a = layer.attrs
+    rank = a["rank"]
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    pads = a.get("pads") or [[0, 0]] * rank
+    if layer.kind == "conv_transpose":
+        transpose = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[rank]
+        inner = transpose(a["in_channels"], a["out_channels"], a["kernel_size"], a["strides"],
+                          output_padding=tuple(a.get("output_padding") or (0,) * rank),
+                          groups=a.get("groups", 1), bias="bias" in layer.tensors, dilation=a["dilations"])
+        return cropped(inner, pads)
+    if layer.kind == "separable":
+        channels = a["in_channels"]
+        depthwise = conv(channels, channels * a["depth_multiplier"], a["kernel_size"], a["strides"],
+                         dilation=a["dilations"], groups=channels, bias=False)
+        pointwise = conv(channels * a["depth_multiplier"], a["out_channels"], 1,
+                         bias="pointwise.bias" in layer.tensors)
+        return pre_padded(Separable(depthwise, pointwise), pads)
+    inner = conv(a["in_channels"], a["out_channels"], a["kernel_size"], a["strides"], dilation=a["dilations"],
+                 groups=a.get("groups", 1), bias="bias" in layer.tensors)
+    return pre_padded(inner, pads)
+
+
+def pool_function(layer: Layer):
+    a = layer.attrs
+    rank = a["rank"]
+    pads = a.get("pads") or [[0, 0]] * rank
+    flat = [p for pair in reversed(pads) for p in pair]
+    if a["mode"] == "max":
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
+        return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+
+    def average(x: torch.Tensor) -> torch.Tensor:
+        if not any(flat):
+            return pool(x, a["kernel_size"], a["strides"])
+        ones = torch.ones_like(x[:1, :1])
+        total = pool(F.pad(x, flat), a["kernel_size"], a["strides"])
+        count = pool(F.pad(ones, flat), a["kernel_size"], a["strides"])
+        return total / count  # TensorFlow excludes padding from the average
+    return average
+
+
+MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling")
+MAP_PRESERVING = ("input", "activation", "batchnorm", "dropout", "add", "concat", "multiply", "prelu")
+
+
+class CanonicalModule(nn.Module):
+    """Runs the canonical graph with standard torch layers (channels-first tensors)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+        self.functions: dict[str, Any] = {}
+        self.post: dict[str, Any] = {}
+        for layer in model.layers:
+            module = self.module_for(layer)
+            if module is not None:
+                self.add_module(layer.name, module)
+            act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
+                                                                  "separable", "dense") else None
+            self.post[layer.name] = activation(act)
+
+    def module_for(self, layer: Layer) -> nn.Module | None:
+        kind, a = layer.kind, layer.attrs
+        if kind in ("conv", "depthwise", "separable", "conv_transpose"):
+            return conv_module(layer)
+        if kind == "dense":
+            weight = layer.tensors["weight"]
+            return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
+        if kind == "batchnorm":
+            rank = max(len(layer.output_shape or (0,)) - 1, 0)
+            bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+            return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
+        if kind == "embedding":
+            return nn.Embedding(a["input_dim"], a["output_dim"])
+        if kind in ("lstm", "gru"):
+            weight = layer.tensors["weight_ih_l0"]
+            if layer.attrs.get("activation", "tanh") != "tanh" or layer.attrs.get("recurrent_activation") not in (
+                    "sigmoid", None):
+                raise UnsupportedError(f"{kind.upper()} layer {layer.name!r} uses activations torch.nn.{kind.upper()} lacks")
+            rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True)
+            return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"])
+        if kind == "prelu":
+            holder = nn.Module()
+            holder.weight = nn.Parameter(torch.zeros(layer.tensors["weight"].shape))
+            return holder
+        if kind in ("pool",):
+            self.functions[layer.name] = pool_function(layer)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {}
+        is_map: dict[str, bool] = {}
+        previous, previous_map = x, spatial_input(self.model) and x.dim() >= 3
+        for layer in self.model.layers:
+            names = layer.inputs or []
+            inputs = [values[n] for n in names] if names else [previous]
+            maps = [is_map[n] for n in names] if names else [previous_map]
+            if layer.kind in ("lstm", "gru") and maps[0]:
+                inputs[0] = inputs[0].transpose(1, 2)  # channels-first sequence -> (batch, time, features)
+            previous = self.post[layer.name](self.apply(layer, inputs))
+            previous_map = layer.kind in MAP_KINDS or (layer.kind in MAP_PRESERVING and any(maps))
+            values[layer.name], is_map[layer.name] = previous, previous_map
+        return previous
+
+    def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+        kind, a, x = layer.kind, layer.attrs, inputs[0]
+        if kind in ("input", "dropout"):
+            return x
+        if layer.name in self._modules:
+            module = self._modules[layer.name]
+            if kind == "prelu":
+                return torch.where(x >= 0, x, module.weight * x)
+            return module(x)
+        if layer.name in self.functions:
+            return self.functions[layer.name](x)
+        if kind == "activation":
+            return activation(a.get("activation"))(x)
+        if kind == "flatten":
+            return torch.flatten(x, 1)
+        if kind == "add":
+            return sum(inputs[1:], inputs[0])
+        if kind == "multiply":
+            out = inputs[0]
+            for other in inputs[1:]:
+                out = out * other
+            return out
+        if kind == "concat":
+            return torch.cat(inputs, dim=1 + a.get("axis", 0))
+        if kind == "global_pool":
+            dims = list(range(2, x.dim()))
+            out = x.amax(dim=dims, keepdim=True) if a["mode"] == "max" else x.mean(dim=dims, keepdim=True)
+            return out if a.get("keepdims") else torch.flatten(out, 1)
+        if kind == "padding":
+            return F.pad(x, [p for pair in reversed(a["pads"]) for p in pair])
+        if kind == "cropping":
+            index = [slice(None), slice(None)] + [slice(b, x.shape[2 + k] - a)
+                                                  for k, (b, a) in enumerate(a["crops"])]
+            return x[tuple(index)]
+        if kind == "upsampling":
+            return F.interpolate(x, scale_factor=tuple(float(s) for s in a["size"]), mode="nearest")
+        raise UnsupportedError(f"layer {layer.name!r} of kind {kind} ({layer.source_class}) cannot be run in torch",
+                               fix="Validate this model layer by layer instead")
+
+
+def canonical_state_dict(model: Model) -> dict[str, torch.Tensor]:
+    """The torch target's state_dict straight from the canonical tensors."""
+    from converter.options import WriteOptions
+    from converter.plan import make_plan
+    return {p.key: torch.from_numpy(np.array(p.load(), copy=True)) for p in make_plan(model, "torch", WriteOptions()).tensors}
+
+
+def spatial_pattern(rank: int) -> tuple[str, str]:
+    """(channels-last, channels-first) batch patterns for a tensor with ``rank`` spatial axes."""
+    spatial = ["d", "h", "w"][3 - rank:]
+    return " ".join(["n"] + spatial + ["c"]), " ".join(["n", "c"] + spatial)
+
+
+def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
+    """A source-layout input batch as the canonical (channels-first) module takes it."""
+    first = model.layers[0] if model.layers else None
+    if (model.source.details.get("data_format") == "channels_last" and first is not None
+            and first.output_shape is not None and len(first.output_shape) >= 2 and array.ndim >= 3
+            and spatial_input(model)):
+        last, channels_first = spatial_pattern(array.ndim - 2)
+        return relayout(array, Layout(last), Layout(channels_first))
+    return array
+
+
+def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
+    """A canonical (channels-first) output batch in the source's layout."""
+    if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
+            and spatial_input(model) and model.layers[-1].kind not in ("lstm", "gru", "embedding", "dense")):
+        last, channels_first = spatial_pattern(array.ndim - 2)
+        return relayout(array, Layout(channels_first), Layout(last))
+    return array
+
+
+def spatial_input(model: Model) -> bool:
+    return any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
+               for layer in model.layers)
