@@ -17,8 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+DEMO := fixtures/keras3/cnn_flatten_dense
 demo: setup
-	$(PY) demo/run_demo.py
+	mkdir -p demo-out
+	$(VENV)/bin/weightport inspect $(DEMO).h5
+	$(VENV)/bin/weightport convert $(DEMO).h5 -o demo-out/cnn_flatten_dense.safetensors --to torch --force
+	$(VENV)/bin/weightport validate $(DEMO).h5 demo-out/cnn_flatten_dense.safetensors \
+		--input $(DEMO).input.npy --expected $(DEMO).output.npy
 
 test: setup
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q

@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--to", choices=TARGET_CHOICES, default="torch", help="target framework (default torch)")
     add_read_options(explain)
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input)")
+    validate.add_argument("src", metavar="SRC", help="the source model file (with its architecture)")
+    validate.add_argument("dst", metavar="DST", help="the converted weights file")
+    validate.add_argument("--input", metavar="X.npy", help="an input batch in the source's layout")
+    validate.add_argument("--expected", metavar="Y.npy", help="the source framework's output for --input")
+    validate.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    validate.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
+    add_read_options(validate)
     return parser
 
 
@@ -142,7 +153,23 @@ def command_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"inspect": command_inspect, "convert": command_convert, "explain": command_explain}
+def command_validate(args: argparse.Namespace) -> int:
+    from converter.api import load
+    from converter.validate import validate_torch
+    if (args.input is None) != (args.expected is None):
+        raise UsageError("--input and --expected go together", fix="Give both recorded arrays, or neither")
+    source = load(args.src, **read_options(args))
+    converted = load(args.dst)
+    report = validate_torch(source, converted, args.input, args.expected, args.atol, args.rtol)
+    print(report.to_json() if args.json else report.summary())
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as handle:
+            handle.write(report.to_json())
+    return 0 if report.passed else 1
+
+
+COMMANDS = {"inspect": command_inspect, "convert": command_convert, "explain": command_explain,
+            "validate": command_validate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
