@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from converter import __version__
 from converter.errors import BadInputError, UsageError, WeightportError
 
-TARGET_CHOICES = ("torch",)
+TARGET_CHOICES = ("torch", "keras")
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", required=True, metavar="DST", help="output file")
     convert.add_argument("--to", choices=TARGET_CHOICES, help="target framework (default: from DST's extension)")
     add_read_options(convert)
+    convert.add_argument("--target-semantics", choices=("convolution", "correlation"),
+                         help="semantics the target's kernels must have (default: the target framework's own)")
     convert.add_argument("--rename", metavar="FILE", help="JSON object mapping canonical keys or layer names to yours")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     convert.add_argument("--quiet", action="store_true", help="print no warnings")
@@ -123,7 +125,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 def command_convert(args: argparse.Namespace) -> int:
     from converter.api import convert
     result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
-                     **read_options(args))
+                     target_semantics=args.target_semantics, **read_options(args))
     if not args.quiet:
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -28,10 +28,14 @@ class PlannedTensor:
     tensor: Tensor
     steps: tuple[Transform, ...]
     layout: Layout
+    extra: tuple[Tensor, ...] = ()  # more canonical tensors combined with ``tensor``
+    combine: str | None = None       # "sum" (one bias from two) or "stack" (two biases in one array)
 
     @property
     def shape(self) -> tuple[int, ...]:
         shape = self.tensor.shape
+        if self.combine == "stack":
+            shape = (1 + len(self.extra),) + tuple(shape)
         for step in self.steps:
             shape = step.shape(shape)
         return shape
@@ -46,12 +50,18 @@ class PlannedTensor:
 
     def load(self) -> np.ndarray:
         array = self.tensor.load()
+        if self.combine == "sum":
+            for other in self.extra:
+                array = array + other.load()
+        elif self.combine == "stack":
+            array = np.stack([array] + [other.load() for other in self.extra])
         for step in self.steps:
             array = step.apply(array)
         return materialize(array)
 
     def describe(self) -> list[str]:
-        return self.tensor.applied() + [s.describe() for s in self.steps if not s.is_identity()]
+        combined = [f"{self.combine} with {', '.join(t.name for t in self.extra)}"] if self.combine else []
+        return self.tensor.applied() + combined + [s.describe() for s in self.steps if not s.is_identity()]
 
 
 @dataclass
@@ -104,7 +114,12 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
     return Plan("torch", planned, warnings)
 
 
-PLANNERS = {"torch": torch_plan}
+def keras_plan(model: Model, options: WriteOptions) -> Plan:
+    from formats.keras_layers import keras_plan as plan_for_keras
+    return plan_for_keras(model, options)
+
+
+PLANNERS = {"torch": torch_plan, "keras": keras_plan}
 
 
 def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:

@@ -164,3 +164,33 @@ def feeding_flatten(model: Model, layer: Layer) -> Layer | None:
             return current
         if current.kind not in ("dropout", "activation"):
             return None
+
+
+def flattened_map_shape(model: Model, dense: Layer) -> tuple[int, ...] | None | bool:
+    """Channels-first shape ``(c, [d,] [h,] w)`` of the map a Flatten feeds into ``dense``.
+
+    ``False`` when no Flatten of a spatial map feeds the layer; ``None`` when
+    one does but its shape is unknown.
+    """
+    flatten = feeding_flatten(model, dense)
+    if flatten is None:
+        return False
+    index = {l.name: l for l in model.layers}
+    position = model.layers.index(flatten)
+    before = index.get(flatten.inputs[0]) if flatten.inputs else (model.layers[position - 1] if position else None)
+    shape = before.output_shape if before is not None else None
+    if shape is None or any(n is None for n in shape):
+        return None
+    if len(shape) < 2:
+        return False
+    return tuple(int(n) for n in shape)
+
+
+def flatten_patterns(shape: tuple[int, ...]) -> tuple[str, str, tuple[tuple[str, int], ...]]:
+    """(channels-last, channels-first) feature patterns of a flattened map and the axis sizes.
+
+    For shape (c, h, w): ``("(h w c)", "(c h w)", (("c", c), ("h", h), ("w", w)))``.
+    """
+    spatial = ["d", "h", "w"][3 - (len(shape) - 1):]
+    known = tuple(zip(["c"] + spatial, shape))
+    return "(" + " ".join(spatial + ["c"]) + ")", "(" + " ".join(["c"] + spatial) + ")", known

@@ -39,12 +39,12 @@ class FormatEntry:
 
 
 FORMATS: tuple[FormatEntry, ...] = (
-    FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=False),
+    FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
     FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
     FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
 )
 
-TARGETS: dict[str, str] = {"torch": "safetensors"}  # --to family -> default format
+TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5"}  # --to family -> default format
 
 
 def entry(name: str) -> FormatEntry:

@@ -14,17 +14,20 @@ each kernel comes from :mod:`converter.rules`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import h5py
 import numpy as np
 
 from converter.errors import BadInputError, UnsupportedError, WeightportError
-from converter.layout import CORRELATION, NO_SEMANTICS, Layout, Relayout, ReorderBlocks, TakeIndex
+from converter.atomic import atomic_path
+from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, Layout, Relayout, ReorderBlocks, TakeIndex
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
-from converter.options import ReadOptions
+from converter.options import ReadOptions, WriteOptions
+from converter.plan import make_plan
 from converter.rules import keras_flatten_order, keras_kernel_semantics, keras_major, normalize_backend
-from converter.shapes import feeding_flatten, infer_shapes
+from converter.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from formats import hdf5
 from formats.keras_config import KerasLayerDecl, input_shape, model_layers
 from formats.keras_layers import (
@@ -297,31 +300,55 @@ class KerasH5Reader:
         for layer in model.layers:
             if layer.kind != "dense":
                 continue
-            flatten = feeding_flatten(model, layer)
-            if flatten is None:
+            shape = flattened_map_shape(model, layer)
+            if shape is False:
                 continue
-            index = {l.name: l for l in model.layers}
-            before = index.get(flatten.inputs[0]) if flatten.inputs else model.layers[model.layers.index(flatten) - 1]
-            shape = before.output_shape if before is not None else None
-            if shape is None or any(n is None for n in shape):
+            if shape is None:
                 model.warn(f"layer {layer.name!r}: Dense after Flatten, but the flattened shape is unknown; "
                            "its rows were kept in the source's order (pass a model with an input shape)")
                 continue
-            if len(shape) < 2:
-                continue
+            flatten = feeding_flatten(model, layer)
             order = keras_flatten_order(self.version, flatten.attrs.get("data_format", "channels_last"),
                                         flatten.attrs.get("flatten_data_format"))
             flatten.attrs["flatten_order"] = order
             if order == "chw":
                 continue
-            spatial = "d h w".split()[3 - (len(shape) - 1):]
-            known = tuple(zip(["c"] + spatial, [int(n) for n in shape]))
-            src = "(" + " ".join(spatial + ["c"]) + ") o"
-            dst = "o (" + " ".join(["c"] + spatial) + ")"
+            channels_last, channels_first, known = flatten_patterns(shape)
             tensor = layer.tensors["weight"]
-            tensor.transforms = (Relayout(Layout(src), Layout(dst), known),)
+            src = f"{channels_last} o"
+            tensor.transforms = (Relayout(Layout(src), Layout(f"o {channels_first}"), known),)
             tensor.provenance = Provenance(tensor.provenance.source_key, src, NO_SEMANTICS,
                                            "Flatten of a channels-last map: rows reordered H,W,C -> C,H,W")
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Legacy Keras HDF5 weights (``save_weights`` layout) that ``model.load_weights`` of Keras 2/3 accepts.
+
+    One group per canonical layer, in graph order, each with ``weight_names``
+    in the Keras layer's weight order; kernels in Keras layouts.  Keras 3
+    matches weighted layers by order, so the Keras model must list its layers in
+    the same order as the source.  Datasets are written one at a time.
+    """
+    plan = make_plan(model, "keras", options)
+    theano = options.target_semantics == CONVOLUTION
+    by_layer: dict[str, list] = {}
+    for item in plan.tensors:
+        by_layer.setdefault(item.layer.name, []).append(item)
+    with atomic_path(path, options.force) as temporary:
+        with h5py.File(temporary, "w") as handle:
+            handle.attrs["backend"] = "theano" if theano else "tensorflow"
+            handle.attrs["keras_version"] = "2.3.1" if theano else "3.0.0"
+            handle.attrs["weightport_source"] = f"{model.source.format}:{os.path.basename(model.source.path)}"
+            names = [layer.name for layer in model.layers]
+            handle.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
+            for layer in model.layers:
+                group = handle.create_group(layer.name)
+                items = by_layer.get(layer.name, [])
+                group.attrs["weight_names"] = np.array([i.key.encode("utf8") for i in items], dtype="S")
+                for item in items:
+                    array = item.load()
+                    group.create_dataset(item.key, data=array)
+    return plan.warnings
 
 
 def short_name(layer: str, weight_name: str) -> str:

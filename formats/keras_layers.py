@@ -137,3 +137,90 @@ def conv_params(kind: str, rank: int, use_bias: bool) -> list[ParamMap]:
 BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", None),
                     ParamMap("running_mean", "moving_mean", None),
                     ParamMap("running_var", "moving_variance", None)]
+
+
+def keras_plan(model, options):
+    """Plan for Keras (channels-last, HWIO family): keys ``<layer>/<variable>`` in Keras weight order.
+
+    Kernels get ``options.target_semantics`` (default correlation, what Keras
+    2/3 on TensorFlow computes; ``convolution`` for a Keras-on-Theano runtime).
+    Dense rows after a Flatten of a map are reordered C,H,W -> H,W,C.
+    """
+    from converter.errors import UnsupportedError
+    from converter.layout import CORRELATION, Layout, Relayout, ReorderBlocks
+    from converter.plan import Plan, PlannedTensor
+    from converter.shapes import flatten_patterns, flattened_map_shape
+
+    semantics = options.target_semantics or CORRELATION
+    planned: list[PlannedTensor] = []
+    warnings = list(model.warnings)
+
+    def add(layer, variable: str, param: str, dst: str, sem: str = "none", known=(), extra=(), combine=None,
+            more_steps=()) -> None:
+        tensor = layer.tensors[param]
+        src_layout = tensor.layout
+        src_pattern = src_layout.pattern if combine != "stack" else "s " + src_layout.pattern
+        dst_pattern = dst if combine != "stack" else "s " + dst
+        step = Relayout(Layout(src_pattern, src_layout.semantics), Layout(dst_pattern, sem), tuple(known))
+        planned.append(PlannedTensor(f"{layer.name}/{variable}", layer, param, tensor, (step,) + tuple(more_steps),
+                                     Layout(dst_pattern, sem), tuple(extra), combine))
+
+    for layer in model.layers:
+        kind, attrs = layer.kind, layer.attrs
+        if not layer.tensors:
+            continue
+        if kind in ("conv", "conv_transpose", "depthwise", "separable"):
+            rank = attrs["rank"]
+            known = (("m", attrs["depth_multiplier"]),) if kind in ("depthwise", "separable") else ()
+            for spec in conv_params(kind, rank, any(p.endswith("bias") for p in layer.tensors)):
+                variable = spec.variable.split("|")[0]
+                if spec.role is None:
+                    add(layer, variable, spec.param, "o")
+                elif spec.role.startswith("pointwise"):
+                    add(layer, variable, spec.param, KERAS_PATTERNS[spec.role])
+                else:
+                    add(layer, variable, spec.param, KERAS_PATTERNS[spec.role], semantics, known)
+        elif kind == "dense":
+            shape = flattened_map_shape(model, layer)
+            if shape:
+                channels_last, channels_first, known = flatten_patterns(shape)
+                tensor = layer.tensors["weight"]
+                step = Relayout(Layout(f"o {channels_first}"), Layout(f"{channels_last} o"), known)
+                planned.append(PlannedTensor(f"{layer.name}/kernel", layer, "weight", tensor, (step,),
+                                             Layout(f"{channels_last} o")))
+            else:
+                if shape is None:
+                    warnings.append(f"layer {layer.name!r}: Dense after Flatten with unknown map shape; rows "
+                                    "kept in C,H,W order (a channels-last Keras model needs H,W,C)")
+                add(layer, "kernel", "weight", "i o")
+            if "bias" in layer.tensors:
+                add(layer, "bias", "bias", "o")
+        elif kind == "batchnorm":
+            for spec in BATCHNORM_PARAMS:
+                add(layer, spec.variable, spec.param, "o")
+        elif kind == "embedding":
+            add(layer, "embeddings", "weight", "n e")
+        elif kind == "prelu":
+            pattern = layer.tensors["weight"].layout.pattern
+            axes = pattern.split()
+            add(layer, "alpha", "weight", " ".join(axes[1:] + axes[:1]) if len(axes) > 1 else pattern)
+        elif kind in ("lstm", "gru"):
+            if any(p.endswith("_reverse") for p in layer.tensors):
+                raise UnsupportedError(f"bidirectional {kind.upper()} {layer.name!r} cannot be written as Keras "
+                                       "weights yet", fix="Convert to the torch target")
+            gates = ("ifco", "ifco") if kind == "lstm" else ("rzh", "zrh")
+            reorder = (ReorderBlocks(-1, *gates),)
+            add(layer, "kernel", "weight_ih_l0", "i o", more_steps=reorder)
+            add(layer, "recurrent_kernel", "weight_hh_l0", "i o", more_steps=reorder)
+            if "bias_ih_l0" in layer.tensors:
+                hh = (layer.tensors["bias_hh_l0"],)
+                if kind == "gru" and attrs.get("reset_after", True):
+                    add(layer, "bias", "bias_ih_l0", "o", extra=hh, combine="stack", more_steps=reorder)
+                elif kind == "gru":
+                    add(layer, "bias", "bias_ih_l0", "o", more_steps=reorder)
+                else:
+                    add(layer, "bias", "bias_ih_l0", "o", extra=hh, combine="sum", more_steps=reorder)
+        else:
+            raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
+                                   fix="Convert to the torch or npz target")
+    return Plan("keras", planned, warnings)
