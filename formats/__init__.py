@@ -40,6 +40,7 @@ class FormatEntry:
 
 FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
+    FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=False),
     FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
     FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
 )
@@ -55,6 +56,9 @@ def entry(name: str) -> FormatEntry:
 
 
 def extension_of(path: str) -> str:
+    """Lower-case extension, keeping Keras 3's double extension ``.weights.h5``."""
+    if path.lower().endswith(".weights.h5"):
+        return ".weights.h5"
     return os.path.splitext(path)[1].lower()
 
 

@@ -97,6 +97,11 @@ class KerasH5Reader:
         source.details["data_format"] = default_format
         for decl in decls:
             model.layers.append(self.layer(decl, default_format))
+        if self.config is None:
+            model.warn("the file holds weights only (no model config): layer kinds are guessed from names, "
+                       "graph order and shapes are unknown, and Dense rows after a Flatten are kept as stored; "
+                       "convert the full model file (model.save) for an exact port")
+            model.layers = [layer for layer in model.layers if layer.tensors]
         self.set_input_shape(model, decls, default_format)
         infer_shapes(model)
         self.permute_dense_after_flatten(model)
@@ -165,6 +170,8 @@ class KerasH5Reader:
             sem = NO_SEMANTICS if spec.role.startswith("pointwise") else semantics
             layer.tensors[spec.param] = self.tensor(spec.param, key, dataset, src, dst, sem, rule)
         kernel = layer.tensors["depthwise.weight" if kind == "separable" else "weight"].shape
+        if attrs["kernel_size"] is None:
+            attrs["kernel_size"] = tuple(kernel[2:])
         if kind == "conv":
             attrs.setdefault("filters", kernel[0])
             attrs["out_channels"], attrs["in_channels"] = kernel[0], kernel[1] * attrs["groups"]
@@ -232,7 +239,8 @@ class KerasH5Reader:
             key, dataset = self.require(weights, variable, layer)
             layer.tensors[param] = self.tensor(param, key, dataset, "i o", "o i", NO_SEMANTICS, None, reorder)
         units = layer.tensors["weight_hh_l0"].shape[1]
-        reset_after = bool(config.get("reset_after", False)) if layer.kind == "gru" else True
+        bias_rows = weights["bias"][1].ndim if "bias" in weights else 1
+        reset_after = bool(config.get("reset_after", bias_rows == 2)) if layer.kind == "gru" else True
         if "bias" in weights:
             key, dataset = weights["bias"]
             if dataset.ndim == 2:

@@ -70,12 +70,14 @@ def conv_attrs(class_name: str, config: dict[str, Any], rank: int, default_forma
     """Canonical attributes of a Keras convolution layer (Keras 1 names normalized)."""
     if "kernel_size" in config:
         kernel = as_tuple(config["kernel_size"], rank)
-    elif rank == 1:
-        kernel = (int(config.get("filter_length", 1)),)
-    elif rank == 2:
+    elif rank == 1 and "filter_length" in config:
+        kernel = (int(config["filter_length"]),)
+    elif rank == 2 and "nb_row" in config:
         kernel = (int(config["nb_row"]), int(config["nb_col"]))
-    else:
+    elif rank == 3 and "kernel_dim1" in config:
         kernel = (int(config["kernel_dim1"]), int(config["kernel_dim2"]), int(config["kernel_dim3"]))
+    else:
+        kernel = None  # no config: taken from the kernel's shape by the reader
     strides = config.get("strides", config.get("subsample", config.get("subsample_length", 1)))
     dilation = config.get("dilation_rate", config.get("atrous_rate", 1))
     padding = config.get("padding", config.get("border_mode", "valid"))
@@ -224,3 +226,25 @@ def keras_plan(model, options):
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")
     return Plan("keras", planned, warnings)
+
+
+def keras3_variable_names(class_name: str, config: dict[str, Any]) -> list[str]:
+    """Names of a Keras 3 layer's variables in the order ``.weights.h5`` stores them (``vars/0``, ``vars/1``, ...)."""
+    bias = ["bias"] if config.get("use_bias", True) else []
+    if class_name in CONV_KINDS:
+        kind = CONV_KINDS[class_name][0]
+        if kind == "separable":
+            return ["depthwise_kernel", "pointwise_kernel"] + bias
+        return ["kernel"] + bias
+    if class_name == "Dense":
+        return ["kernel"] + bias
+    if class_name == "BatchNormalization":
+        return ((["gamma"] if config.get("scale", True) else []) + (["beta"] if config.get("center", True) else [])
+                + ["moving_mean", "moving_variance"])
+    if class_name == "Embedding":
+        return ["embeddings"]
+    if class_name == "PReLU":
+        return ["alpha"]
+    if class_name in ("LSTM", "GRU"):
+        return ["kernel", "recurrent_kernel"] + bias
+    return []
