@@ -110,8 +110,45 @@ class KerasH5Reader:
     def declarations(self, layer_names: list[str]) -> list[KerasLayerDecl]:
         if self.config is not None:
             decls, _ = model_layers(self.config, self.path)
-            return decls
-        return [KerasLayerDecl(name, guess_class(name), {}) for name in layer_names]
+        else:
+            decls = [KerasLayerDecl(name, guess_class(name), {}) for name in layer_names]
+            for decl in decls:
+                inner = self.wrapped_class(decl.name)
+                if decl.class_name == "Unknown" and inner:
+                    decl.class_name, decl.config = "Bidirectional", {"layer": {"class_name": inner, "config": {}}}
+        self.index = self.weight_index(layer_names, {decl.name for decl in decls})
+        return decls
+
+    def wrapped_class(self, name: str) -> str | None:
+        """For a config-less Bidirectional group, the wrapped RNN class from its ``forward_<x>`` path."""
+        if name not in self.root:
+            return None
+        for weight_name in hdf5.name_list_attr(self.root[name].attrs, "weight_names"):
+            for part in weight_name.split("/"):
+                if part.startswith("forward_"):
+                    return guess_class(part[len("forward_"):])
+        return None
+
+    def weight_index(self, layer_names: list[str], known: set[str]) -> dict[str, dict[str, tuple[str, h5py.Dataset]]]:
+        """Layer name -> its variables, for every group in ``layer_names``.
+
+        A weight belongs to the last known layer name on its path, so the
+        layers of a nested model (stored in the nested model's group) are found
+        too; otherwise to the group itself.
+        """
+        index: dict[str, dict[str, tuple[str, h5py.Dataset]]] = {}
+        for group_name in layer_names:
+            if group_name not in self.root:
+                continue
+            group = self.root[group_name]
+            for weight_name in hdf5.name_list_attr(group.attrs, "weight_names"):
+                dataset = group[weight_name]
+                if not isinstance(dataset, h5py.Dataset):
+                    raise BadInputError(f"weight {group_name}/{weight_name} is not a dataset")
+                owners = [part for part in weight_name.split("/")[:-1] if part in known]
+                owner = owners[-1] if owners else group_name
+                index.setdefault(owner, {})[short_name(owner, weight_name)] = (f"{group.name}/{weight_name}", dataset)
+        return index
 
     def default_data_format(self, decls: list[KerasLayerDecl]) -> str:
         for decl in decls:
@@ -123,22 +160,24 @@ class KerasH5Reader:
 
     def weights_of(self, name: str) -> dict[str, tuple[str, h5py.Dataset]]:
         """Variables of layer ``name``: short name (``kernel``, ``bias``, ...) -> (key, dataset)."""
-        if name not in self.root:
-            return {}
-        group = self.root[name]
-        found: dict[str, tuple[str, h5py.Dataset]] = {}
-        for weight_name in hdf5.name_list_attr(group.attrs, "weight_names"):
-            dataset = group[weight_name]
-            if not isinstance(dataset, h5py.Dataset):
-                raise BadInputError(f"weight {name}/{weight_name} is not a dataset")
-            found[short_name(name, weight_name)] = (f"{group.name}/{weight_name}", dataset)
-        return found
+        return self.index.get(name, {})
 
     # -- layers --------------------------------------------------------------------------------
     def layer(self, decl: KerasLayerDecl, default_format: str) -> Layer:
         cls, config = decl.class_name, decl.config
         layer = Layer(decl.name, "other", {}, {}, list(decl.inbound), source_class=cls)
         weights = self.weights_of(decl.name)
+        wrapper = cls if cls in ("Bidirectional", "TimeDistributed") else None
+        if wrapper:
+            inner = config.get("layer", {})
+            cls, config = inner.get("class_name", ""), dict(inner.get("config", {}))
+            layer.source_class = f"{wrapper}({cls})"
+            if wrapper == "Bidirectional":
+                config["_directions"] = 2
+                config["_merge_mode"] = decl.config.get("merge_mode", "concat")
+        if wrapper == "Bidirectional" and cls not in ("LSTM", "GRU"):
+            raise UnsupportedError(f"layer {decl.name!r}: Bidirectional({cls}) is not supported",
+                                   fix="Only Bidirectional LSTM and GRU are converted")
         if cls in CONV_KINDS:
             kind, rank = CONV_KINDS[cls]
             layer.kind = kind
@@ -150,11 +189,16 @@ class KerasH5Reader:
         elif cls in WEIGHTLESS:
             layer.kind = WEIGHTLESS[cls]
             layer.attrs = weightless_attrs(layer.kind, cls, config, default_format)
+        elif weights and self.config is None:
+            raise UnsupportedError(f"weights-only file: what layer {decl.name!r} is cannot be told from its name",
+                                   fix="Convert the file saved with model.save (it carries the model config)")
         elif weights:
             raise UnsupportedError(f"layer {decl.name!r} of class {cls} holds weights weightport cannot map",
                                    fix="Open an issue with the layer class; weightless layers are passed through")
         if cls == "Lambda":
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
+        if wrapper == "TimeDistributed":
+            layer.attrs["time_distributed"] = True
         return layer
 
     def conv_tensors(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
@@ -233,26 +277,36 @@ class KerasH5Reader:
 
     def rnn_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]],
                     gates: str, canonical_gates: str) -> None:
-        """Keras kernel (in, G*u), recurrent_kernel (u, G*u), bias -> PyTorch weight_ih/hh, bias_ih/hh."""
+        """Keras kernel (in, G*u), recurrent_kernel (u, G*u), bias -> PyTorch weight_ih/hh, bias_ih/hh.
+
+        A Bidirectional wrapper's backward weights (``backward/kernel``, ...) become the
+        ``*_reverse`` tensors of a bidirectional PyTorch RNN.
+        """
         reorder = (ReorderBlocks(0, gates, canonical_gates),)
-        for param, variable in (("weight_ih_l0", "kernel"), ("weight_hh_l0", "recurrent_kernel")):
-            key, dataset = self.require(weights, variable, layer)
-            layer.tensors[param] = self.tensor(param, key, dataset, "i o", "o i", NO_SEMANTICS, None, reorder)
-        units = layer.tensors["weight_hh_l0"].shape[1]
         bias_rows = weights["bias"][1].ndim if "bias" in weights else 1
         reset_after = bool(config.get("reset_after", bias_rows == 2)) if layer.kind == "gru" else True
-        if "bias" in weights:
-            key, dataset = weights["bias"]
+        directions = [("", "")] + ([("backward/", "_reverse")] if config.get("_directions") == 2 else [])
+        for prefix, suffix in directions:
+            for param, variable in (("weight_ih_l0", "kernel"), ("weight_hh_l0", "recurrent_kernel")):
+                key, dataset = self.require(weights, prefix + variable, layer)
+                layer.tensors[param + suffix] = self.tensor(param + suffix, key, dataset, "i o", "o i",
+                                                            NO_SEMANTICS, None, reorder)
+            if prefix + "bias" not in weights:
+                continue
+            key, dataset = weights[prefix + "bias"]
             if dataset.ndim == 2:
                 for index, param in enumerate(("bias_ih_l0", "bias_hh_l0")):
-                    layer.tensors[param] = self.tensor(param, key, dataset, "o", "o", NO_SEMANTICS, None,
-                                                       (TakeIndex(index, 2),) + reorder, pattern_after_take=True)
+                    layer.tensors[param + suffix] = self.tensor(param + suffix, key, dataset, "o", "o", NO_SEMANTICS,
+                                                                None, (TakeIndex(index, 2),) + reorder,
+                                                                pattern_after_take=True)
             else:
-                layer.tensors["bias_ih_l0"] = self.tensor("bias_ih_l0", key, dataset, "o", "o", NO_SEMANTICS, None, reorder)
-                layer.tensors["bias_hh_l0"] = array_tensor(
-                    "bias_hh_l0", np.zeros(dataset.shape, dataset.dtype), Layout("o"),
+                layer.tensors["bias_ih_l0" + suffix] = self.tensor("bias_ih_l0" + suffix, key, dataset, "o", "o",
+                                                                   NO_SEMANTICS, None, reorder)
+                layer.tensors["bias_hh_l0" + suffix] = array_tensor(
+                    "bias_hh_l0" + suffix, np.zeros(dataset.shape, dataset.dtype), Layout("o"),
                     Provenance("(none: Keras has one bias; recurrent bias is zero)", "o"))
-        layer.attrs = {"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
+        units = layer.tensors["weight_hh_l0"].shape[1]
+        layer.attrs = {"bidirectional": len(directions) == 2, "merge_mode": config.get("_merge_mode"),"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
                        "go_backwards": bool(config.get("go_backwards", False)),
                        "activation": config.get("activation", "tanh"),
                        "recurrent_activation": config.get("recurrent_activation", "sigmoid"),
@@ -360,8 +414,14 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
 
 
 def short_name(layer: str, weight_name: str) -> str:
-    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel``."""
-    last = weight_name.split("/")[-1].split(":")[0]
+    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel``.
+
+    A Bidirectional wrapper's backward weights get the prefix ``backward/``.
+    """
+    parts = weight_name.split("/")
+    if any(part.startswith("backward_") for part in parts[:-1]):
+        return "backward/" + short_name(layer, parts[-1])
+    last = parts[-1].split(":")[0]
     if last.startswith(layer + "_"):
         suffix = last[len(layer) + 1:]
         return KERAS1_SUFFIXES.get(suffix, suffix)
