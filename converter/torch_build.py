@@ -74,10 +74,23 @@ class Separable(nn.Sequential):
 
 
 def keras_recurrent(rnn: nn.Module, return_sequences: bool, go_backwards: bool) -> nn.Module:
-    """A batch-first torch LSTM/GRU returning the sequence or the last output, as Keras does."""
+    """A batch-first torch LSTM/GRU returning the sequence or the last output, as Keras does.
+
+    A bidirectional RNN's last output is the forward direction's last step and
+    the backward direction's first step (it has then seen the whole sequence).
+    """
     if go_backwards:
         rnn.register_forward_pre_hook(lambda _m, args: (torch.flip(args[0], dims=[1]),) + args[1:])
-    rnn.register_forward_hook(lambda _m, _a, out: out[0] if return_sequences else out[0][:, -1])
+
+    def last_output(_m: nn.Module, _a: Any, out: Any) -> torch.Tensor:
+        sequence = out[0]
+        if return_sequences:
+            return sequence
+        if rnn.bidirectional:
+            half = rnn.hidden_size
+            return torch.cat([sequence[:, -1, :half], sequence[:, 0, half:]], dim=1)
+        return sequence[:, -1]
+    rnn.register_forward_hook(last_output)
     return rnn
 
 
@@ -125,8 +138,46 @@ def pool_function(layer: Layer):
     return average
 
 
-MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling")
+MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
+             "global_pool")
+SEQUENCE_CONSUMERS = ("lstm", "gru")
 MAP_PRESERVING = ("input", "activation", "batchnorm", "dropout", "add", "concat", "multiply", "prelu")
+
+
+def input_kind(model: Model) -> str:
+    """``map`` when the model's input is a channels-first feature map in the canonical module, else ``seq``."""
+    first = model.layers[0] if model.layers else None
+    shape = first.output_shape if first is not None else None
+    if shape is not None and len(shape) >= 2 and spatial_input(model) and model.layers[1:2] and \
+            model.layers[1].kind not in ("embedding", "lstm", "gru", "dense"):
+        return "map"
+    return "seq"
+
+
+def value_kinds(model: Model) -> dict[str, str]:
+    """What each layer's output is in the canonical module: ``map`` (batch, channels, spatial...),
+    ``seq`` (batch, time, features) or ``flat`` (batch, features)."""
+    kinds: dict[str, str] = {}
+    previous = input_kind(model)
+    for position, layer in enumerate(model.layers):
+        names = layer.inputs or ([model.layers[position - 1].name] if position else [])
+        feeding = kinds.get(names[0], previous) if names else previous
+        if layer.kind == "input":
+            kind = input_kind(model)
+        elif layer.kind == "global_pool":
+            kind = "map" if layer.attrs.get("keepdims") else "flat"
+        elif layer.kind in MAP_KINDS:
+            kind = "map"
+        elif layer.kind in MAP_PRESERVING:
+            kind = feeding
+        elif layer.kind in ("lstm", "gru"):
+            kind = "seq" if layer.attrs.get("return_sequences") else "flat"
+        elif layer.kind in ("embedding", "dense"):
+            kind = "seq" if feeding == "seq" or layer.kind == "embedding" else "flat"
+        else:
+            kind = "flat"
+        kinds[layer.name] = previous = kind
+    return kinds
 
 
 class CanonicalModule(nn.Module):
@@ -163,7 +214,10 @@ class CanonicalModule(nn.Module):
             if layer.attrs.get("activation", "tanh") != "tanh" or layer.attrs.get("recurrent_activation") not in (
                     "sigmoid", None):
                 raise UnsupportedError(f"{kind.upper()} layer {layer.name!r} uses activations torch.nn.{kind.upper()} lacks")
-            rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True)
+            if a.get("bidirectional") and a.get("merge_mode", "concat") != "concat":
+                raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {a.get('merge_mode')!r}")
+            rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
+                                                          bidirectional=bool(a.get("bidirectional")))
             return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"])
         if kind == "prelu":
             holder = nn.Module()
@@ -175,17 +229,18 @@ class CanonicalModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
-        is_map: dict[str, bool] = {}
-        previous, previous_map = x, spatial_input(self.model) and x.dim() >= 3
-        for layer in self.model.layers:
-            names = layer.inputs or []
+        kinds = value_kinds(self.model)
+        previous = x
+        for position, layer in enumerate(self.model.layers):
+            names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
             inputs = [values[n] for n in names] if names else [previous]
-            maps = [is_map[n] for n in names] if names else [previous_map]
-            if layer.kind in ("lstm", "gru") and maps[0]:
-                inputs[0] = inputs[0].transpose(1, 2)  # channels-first sequence -> (batch, time, features)
+            feeding = kinds.get(names[0]) if names else input_kind(self.model)
+            if layer.kind in SEQUENCE_CONSUMERS and feeding == "map" and inputs[0].dim() == 3:
+                inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
+            elif layer.kind in MAP_KINDS and feeding == "seq" and inputs[0].dim() == 3:
+                inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
             previous = self.post[layer.name](self.apply(layer, inputs))
-            previous_map = layer.kind in MAP_KINDS or (layer.kind in MAP_PRESERVING and any(maps))
-            values[layer.name], is_map[layer.name] = previous, previous_map
+            values[layer.name] = previous
         return previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -243,10 +298,8 @@ def spatial_pattern(rank: int) -> tuple[str, str]:
 
 def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
     """A source-layout input batch as the canonical (channels-first) module takes it."""
-    first = model.layers[0] if model.layers else None
-    if (model.source.details.get("data_format") == "channels_last" and first is not None
-            and first.output_shape is not None and len(first.output_shape) >= 2 and array.ndim >= 3
-            and spatial_input(model)):
+    if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
+            and input_kind(model) == "map"):
         last, channels_first = spatial_pattern(array.ndim - 2)
         return relayout(array, Layout(last), Layout(channels_first))
     return array
@@ -255,7 +308,7 @@ def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
 def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
     """A canonical (channels-first) output batch in the source's layout."""
     if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
-            and spatial_input(model) and model.layers[-1].kind not in ("lstm", "gru", "embedding", "dense")):
+            and value_kinds(model).get(model.layers[-1].name) == "map"):
         last, channels_first = spatial_pattern(array.ndim - 2)
         return relayout(array, Layout(channels_first), Layout(last))
     return array

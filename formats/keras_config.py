@@ -32,31 +32,49 @@ def model_layers(model_config: Any, path: str) -> tuple[list[KerasLayerDecl], bo
                                fix="Load the weights with a file written by model.save or save_weights")
     class_name = model_config["class_name"]
     config = model_config.get("config", {})
+    aliases: dict[str, str] = {}  # nested model name -> its output layer
     if class_name == "Sequential":
         layers = config if isinstance(config, list) else config.get("layers", [])
         decls: list[KerasLayerDecl] = []
         for entry in layers:
-            decls.extend(expand(entry, [decls[-1].name] if decls else [], path))
+            decls.extend(expand(entry, [decls[-1].name] if decls else [], path, aliases))
         return decls, False
     if class_name in ("Model", "Functional"):
         decls = []
         for entry in config.get("layers", []):
-            decls.extend(expand(entry, inbound_names(entry.get("inbound_nodes", [])), path))
+            decls.extend(expand(entry, inbound_names(entry.get("inbound_nodes", [])), path, aliases))
+        for decl in decls:
+            decl.inbound = [aliases.get(name, name) for name in decl.inbound]
         return decls, True
     raise UnsupportedError(f"model class {class_name!r} is not a Sequential or functional model", path=path,
                            fix="Save a Sequential or functional model; subclassed models carry no architecture")
 
 
-def expand(entry: dict[str, Any], inbound: list[str], path: str) -> list[KerasLayerDecl]:
-    """A layer entry, or the layers of a nested model wired to ``inbound``."""
+def expand(entry: dict[str, Any], inbound: list[str], path: str, aliases: dict[str, str]) -> list[KerasLayerDecl]:
+    """A layer entry, or the layers of a nested model wired to ``inbound``.
+
+    A nested model's own inputs are replaced by the outer layers feeding it,
+    and its name becomes an alias of its output layer (recorded in ``aliases``).
+    """
     class_name = entry.get("class_name", "")
     config = entry.get("config", {})
     name = entry.get("name") or (config.get("name") if isinstance(config, dict) else None) or class_name
     if class_name in ("Sequential", "Model", "Functional"):
         inner, functional = model_layers(entry, path)
-        inner = [d for d in inner if d.class_name != "InputLayer"] if inbound else inner
-        if inner and not functional:
-            inner[0].inbound = list(inbound)
+        inputs = [d.name for d in inner if d.class_name == "InputLayer"]
+        if inbound:
+            inner = [d for d in inner if d.class_name != "InputLayer"]
+            for decl in inner:
+                decl.inbound = [inbound[min(inputs.index(n), len(inbound) - 1)] if n in inputs else n
+                                for n in decl.inbound]
+            if inner and not inner[0].inbound:
+                inner[0].inbound = list(inbound)
+        outputs = config.get("output_layers") if functional and isinstance(config, dict) else None
+        if outputs:
+            first = outputs[0] if isinstance(outputs[0], list) else outputs
+            aliases[str(name)] = str(first[0])
+        elif inner:
+            aliases[str(name)] = inner[-1].name
         for decl in inner:
             decl.config = dict(decl.config, _nested_in=name)
         return inner
