@@ -76,3 +76,19 @@ def test_weights_only_nested_model_is_refused_clearly(run_cli, tmp_path):
     code, _, err = run_cli("convert", fixture_path("tf_keras2", "nested_residual.save_weights.h5"),
                            "-o", tmp_path / "x.safetensors")
     assert code == 2 and "model.save" in err and "Traceback" not in err
+
+
+def test_gru_reset_after_false_ports_to_a_keras3_model(run_cli, tmp_path):
+    """What torch cannot run, Keras 3 can: the keras target reproduces tf.keras's recorded output."""
+    import keras
+    out = tmp_path / "gru.h5"
+    code, _, err = run_cli("convert", fixture_path("tf_keras2", "gru_reset_before.h5"), "-o", out, "--to", "keras")
+    assert code == 0, err
+    inputs = keras.Input((6, 3))
+    x = keras.layers.GRU(4, reset_after=False, return_sequences=True)(inputs)
+    x = keras.layers.LSTM(2, go_backwards=True)(x)
+    model = keras.Model(inputs, x)
+    model.load_weights(str(out))
+    x = np.load(fixture_path("tf_keras2", "gru_reset_before.input.npy"))
+    expected = np.load(fixture_path("tf_keras2", "gru_reset_before.output.npy"))
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
