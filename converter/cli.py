@@ -197,6 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = BadInputError(f"{type(error).__name__}: {error}", fix="Check the files and free space")
         print(f"weightport: error: {problem.one_line()}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug of ours: still one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        first = str(error).splitlines()[0] if str(error) else ""
+        print(f"weightport: internal error: {type(error).__name__}: {first}. Nothing was written; rerun with "
+              "--debug and report it", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class Report:
     def summary(self) -> str:
         lines = [f"validate {self.source} -> {self.converted} (atol {self.atol:g}, rtol {self.rtol:g})"]
         for check in self.checks:
-            status = "PASS" if check.passed else "FAIL"
+            status = ("SKIP" if check.detail.startswith("skipped") else "PASS") if check.passed else "FAIL"
             errors = "" if check.max_abs_error is None else (
                 f" max abs error {check.max_abs_error:.3e}, max rel error {check.max_rel_error:.3e}")
             lines.append(f"  {status} {check.name}{errors}{(' - ' + check.detail) if check.detail else ''}")
@@ -81,6 +81,21 @@ def load_array(path: str, role: str) -> np.ndarray:
                          fix="Give a .npy file written by numpy.save") from None
 
 
+def layer_level(source: Model, state: dict, atol: float, rtol: float, report: Report) -> list[Check]:
+    """Per-layer checks of the converted state_dict against the source framework (see converter.layer_check)."""
+    from converter.layer_check import check_layers
+    converted: dict[str, dict[str, np.ndarray]] = {}
+    for key, _, tensor in source.state_keys():
+        layer, param = key[: -len(tensor.name) - 1], tensor.name
+        if key in state:
+            converted.setdefault(layer, {})[param] = state[key].numpy()
+    try:
+        return check_layers(source, converted, atol, rtol)
+    except ImportError as error:
+        report.skipped.append(f"layer-level checks: {error.name} is not installed (pip install 'weightport[all]')")
+        return []
+
+
 def validate_torch(source: Model, converted: Model, input_path: str | None, expected_path: str | None,
                    atol: float = 1e-5, rtol: float = 1e-5) -> Report:
     """Load the converted tensors into a torch module of the source's architecture and compare outputs."""
@@ -95,12 +110,27 @@ def validate_torch(source: Model, converted: Model, input_path: str | None, expe
     if not source.has_architecture:
         report.skipped.append("whole-model check: the source carries no architecture")
         return report
+    # The module is built from the converted file's own architecture when it carries one (a
+    # weightport-written file records epsilon, pads, ...), so a wrong attribute there is caught too.
+    architecture = converted if converted.has_architecture else source
     try:
-        module = CanonicalModule(source).eval()
+        module = CanonicalModule(architecture).eval()
     except UnsupportedError as error:
         report.skipped.append(f"whole-model check: {error.problem}")
         return report
+    expected_keys = {key: tuple(t.shape) for key, _, t in source.state_keys()}
+    found_keys = {key: tuple(t.shape) for key, _, t in converted.state_keys()}
+    differences = ([f"missing {k}" for k in expected_keys if k not in found_keys]
+                   + [f"unexpected {k}" for k in found_keys if k not in expected_keys and
+                      not k.endswith("num_batches_tracked")]
+                   + [f"{k} has shape {found_keys[k]}, source {s}" for k, s in expected_keys.items()
+                      if k in found_keys and found_keys[k] != s])
+    report.checks.append(Check("converted tensors match the source's names and shapes", not differences,
+                               detail="; ".join(differences)))
+    if differences:
+        return report
     state = {key: torch.from_numpy(np.array(t.load(), copy=True)) for key, _, t in converted.state_keys()}
+    report.checks.extend(layer_level(source, state, atol, rtol, report))
     try:
         result = module.load_state_dict(state, strict=False)
         problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]

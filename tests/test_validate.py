@@ -1,0 +1,141 @@
+"""The validation gate must catch each mistake this tool exists to prevent, and name it.
+
+Each test converts a real fixture correctly (the gate passes), then injects one mistake into the
+converted file with plain numpy and checks the gate fails with exit 1, naming the layer and cause.
+Source side: TensorFlow/Keras running the stored arrays; target side: PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from tests.conftest import fixture_path
+
+
+def converted(run_cli, tmp_path, folder, name):
+    out = tmp_path / f"{name}.safetensors"
+    code, _, err = run_cli("convert", fixture_path(folder, f"{name}.h5"), "-o", out)
+    assert code == 0, err
+    return out
+
+
+def validate(run_cli, folder, name, dst):
+    return run_cli("validate", fixture_path(folder, f"{name}.h5"), dst,
+                   "--input", fixture_path(folder, f"{name}.input.npy"),
+                   "--expected", fixture_path(folder, f"{name}.output.npy"), "--json")
+
+
+def tamper(path, out, change, metadata_change=None):
+    tensors = load_file(str(path))
+    with safe_open(str(path), "np") as handle:
+        metadata = dict(handle.metadata())
+    change(tensors)
+    if metadata_change:
+        metadata_change(metadata)
+    save_file(tensors, str(out), metadata=metadata)
+    return out
+
+
+@pytest.mark.parametrize("folder,name", [("keras3", "cnn_flatten_dense"), ("keras3", "functional_residual"),
+                                         ("keras3", "conv1d_rnn"), ("tf_keras2", "rnn_stack"),
+                                         ("tf_keras2", "cnn_sequential")])
+def test_correct_conversions_pass(run_cli, tmp_path, folder, name):
+    code, out, err = validate(run_cli, folder, name, converted(run_cli, tmp_path, folder, name))
+    report = json.loads(out)
+    assert code == 0 and report["passed"], out
+    assert any(c["name"].startswith("layer ") for c in report["checks"])
+
+
+def failing(report):
+    return {c["name"]: c for c in report["checks"] if not c["passed"]}
+
+
+def test_missing_flip_is_caught_and_named(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "keras3", "cnn_flatten_dense")
+    bad = tamper(good, tmp_path / "bad.safetensors",
+                 lambda t: t.update({"conv_a.weight": np.ascontiguousarray(t["conv_a.weight"][:, :, ::-1, ::-1])}))
+    code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", bad)
+    failed = failing(json.loads(out))
+    assert code == 1
+    assert "180-degree flip" in failed["layer conv_a (Conv2D)"]["detail"]
+    assert "whole model vs recorded output" in failed
+
+
+def test_swapped_kernel_axes_are_caught(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "keras3", "functional_residual")
+    bad = tamper(good, tmp_path / "bad.safetensors",
+                 lambda t: t.update({"stem.weight": np.ascontiguousarray(t["stem.weight"].swapaxes(2, 3))}))
+    code, out, _ = validate(run_cli, "keras3", "functional_residual", bad)
+    failed = failing(json.loads(out))
+    assert code == 1
+    assert "H/W transposed" in failed["layer stem (Conv2D)"]["detail"]
+
+
+def test_unpermuted_dense_rows_are_caught_and_named(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "keras3", "cnn_flatten_dense")
+    def unpermute(t):
+        w = t["dense.weight"]  # (6, 20) rows in C,H,W = (5, 2, 2); a naive port keeps H,W,C
+        t["dense.weight"] = np.ascontiguousarray(w.reshape(6, 5, 2, 2).transpose(0, 2, 3, 1).reshape(6, 20))
+    code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", tamper(good, tmp_path / "bad.safetensors", unpermute))
+    failed = failing(json.loads(out))
+    assert code == 1
+    assert "Dense rows not permuted" in failed["layer dense (Dense)"]["detail"]
+
+
+def test_swapped_gru_gates_are_caught_and_named(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "tf_keras2", "rnn_stack")
+    def swap(t):
+        for key in ("gru.weight_ih_l0", "gru.weight_hh_l0", "gru.bias_ih_l0", "gru.bias_hh_l0"):
+            r, z, n = np.split(t[key], 3, axis=0)
+            t[key] = np.ascontiguousarray(np.concatenate([z, r, n], axis=0))  # Keras order kept: z, r, h
+    code, out, _ = validate(run_cli, "tf_keras2", "rnn_stack", tamper(good, tmp_path / "bad.safetensors", swap))
+    failed = failing(json.loads(out))
+    assert code == 1
+    assert "gates in the wrong order" in failed["layer gru (GRU)"]["detail"]
+
+
+def test_wrong_epsilon_is_caught(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "keras3", "cnn_flatten_dense")
+    def epsilon(metadata):
+        graph = json.loads(metadata["weightport.graph"])
+        for layer in graph["layers"]:
+            if layer["kind"] == "batchnorm":
+                layer["attrs"]["epsilon"] = 1e-5  # PyTorch's default instead of Keras's 1e-3
+        metadata["weightport.graph"] = json.dumps(graph)
+    bad = tamper(good, tmp_path / "bad.safetensors", lambda t: None, epsilon)
+    code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", bad)
+    assert code == 1 and "whole model vs recorded output" in failing(json.loads(out))
+
+
+def test_symmetric_padding_instead_of_tf_same_is_caught(run_cli, tmp_path):
+    good = converted(run_cli, tmp_path, "keras3", "cnn_flatten_dense")
+    def pads(metadata):
+        graph = json.loads(metadata["weightport.graph"])
+        for layer in graph["layers"]:
+            if layer["name"] == "conv_same_s2":
+                layer["attrs"]["pads"] = [[1, 0], [1, 0]]  # the odd pad at the start, as a naive port does
+        metadata["weightport.graph"] = json.dumps(graph)
+    bad = tamper(good, tmp_path / "bad.safetensors", lambda t: None, pads)
+    code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", bad)
+    assert code == 1 and "whole model vs recorded output" in failing(json.loads(out))
+
+
+def test_flip_symmetric_kernel_is_reported_as_ambiguous():
+    from converter.layer_check import ambiguity
+    from converter.model import Layer
+    kernel = np.random.default_rng(0).uniform(size=(2, 3, 3, 3)).astype(np.float32)
+    symmetric = (kernel + kernel[:, :, ::-1, ::-1]) / 2
+    layer = Layer("c", "conv")
+    assert "180-degree rotation" in ambiguity(layer, {"weight": symmetric})
+    assert ambiguity(layer, {"weight": kernel}) is None
+
+
+def test_mismatched_keys_fail_with_exit_1(run_cli, tmp_path):
+    other = converted(run_cli, tmp_path, "keras3", "functional_residual")
+    code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", other)
+    assert code == 1 and "missing conv_a.weight" in out
