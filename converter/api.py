@@ -10,9 +10,12 @@ Every error is a :class:`converter.errors.WeightportError`.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
-from converter.errors import UsageError, WeightportError
+from converter.atomic import check_can_write
+from converter.errors import UsageError, ValidationFailed, WeightportError
 from converter.layout import SEMANTICS
 from converter.model import Model
 from converter.options import ReadOptions, WriteOptions
@@ -25,6 +28,7 @@ class ConversionResult:
 
     outputs: list[str]
     warnings: list[str] = field(default_factory=list)
+    report: object | None = None  # the converter.validate.Report when the conversion was validated
 
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
@@ -58,11 +62,47 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
 
 def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             assume_backend: str | None = None, source_semantics: str | None = None,
-            rename: dict[str, str] | None = None, **write_options: object) -> ConversionResult:
-    """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings."""
+            rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
+            expected: str | None = None, atol: float = 1e-5, rtol: float = 1e-5, require_all: bool = False,
+            **write_options: object) -> ConversionResult:
+    """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
+
+    With ``validate=True`` the output is written to a staging folder beside ``dst``, checked
+    (see :func:`validate_conversion`), and moved into place only when it passes; otherwise
+    nothing is written and :class:`converter.errors.ValidationFailed` is raised.
+    """
     writer_for(dst, to)  # fail on a bad target before reading anything
-    if os.path.lexists(dst) and not force:
-        from converter.atomic import check_can_write
-        check_can_write(dst, force)
+    check_can_write(dst, force)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics)
-    return save(model, dst, to=to, force=force, rename=rename, **write_options)
+    if not validate:
+        return save(model, dst, to=to, force=force, rename=rename, **write_options)
+    staging = tempfile.mkdtemp(prefix=".weightport-", dir=os.path.dirname(os.path.abspath(dst)))
+    try:
+        staged = os.path.join(staging, os.path.basename(dst))
+        result = save(model, staged, to=to, force=True, rename=rename, **write_options)
+        report = validate_conversion(model, staged, input, expected, atol, rtol)
+        result.report = report
+        if not report.passed or (require_all and report.skipped):
+            reason = "a check was skipped and --require-all was given" if report.passed else "it failed validation"
+            error = ValidationFailed(f"the conversion was not written because {reason}", path=src,
+                                     fix="See the report above")
+            error.report = report  # type: ignore[attr-defined]
+            raise error
+        check_can_write(dst, force)
+        os.replace(staged, dst)
+        result.outputs = [dst]
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def validate_conversion(source: Model, converted_path: str, input: str | None = None, expected: str | None = None,
+                        atol: float = 1e-5, rtol: float = 1e-5):
+    """Check converted weights against their source; returns a :class:`converter.validate.Report`."""
+    from converter.validate import Report, validate_torch
+    if reader_for(converted_path).target == "torch":
+        return validate_torch(source, load(converted_path), input, expected, atol, rtol)
+    report = Report(source.source.path, converted_path, atol, rtol)
+    report.skipped.append(f"checks of {reader_for(converted_path).name} outputs run through "
+                          "'weightport validate' against a torch conversion; none ran here")
+    return report

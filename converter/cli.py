@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="semantics the target's kernels must have (default: the target framework's own)")
     convert.add_argument("--rename", metavar="FILE", help="JSON object mapping canonical keys or layer names to yours")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--validate", action="store_true",
+                         help="check the conversion before writing; write nothing (exit 1) when it fails")
+    add_check_options(convert)
     convert.add_argument("--quiet", action="store_true", help="print no warnings")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
@@ -60,14 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input)")
     validate.add_argument("src", metavar="SRC", help="the source model file (with its architecture)")
     validate.add_argument("dst", metavar="DST", help="the converted weights file")
-    validate.add_argument("--input", metavar="X.npy", help="an input batch in the source's layout")
-    validate.add_argument("--expected", metavar="Y.npy", help="the source framework's output for --input")
-    validate.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
-    validate.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    add_check_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
     add_read_options(validate)
+
+    detect = commands.add_parser("detect", help="find which kernel semantics reproduce a recorded output")
+    detect.add_argument("src", metavar="SRC", help="a file whose semantics are unknown (Keras 1, pickle)")
+    detect.add_argument("--input", metavar="X.npy", required=True, help="an input batch in the source's layout")
+    detect.add_argument("--expected", metavar="Y.npy", required=True, help="the output the original framework gave")
+    detect.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    detect.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    detect.add_argument("--json", action="store_true", help="print JSON (with source_semantics)")
     return parser
+
+
+def add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", metavar="X.npy", help="an input batch in the source's layout")
+    parser.add_argument("--expected", metavar="Y.npy", help="the source framework's output for --input")
+    parser.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+    parser.add_argument("--require-all", action="store_true",
+                        help="fail when a check is skipped (e.g. a framework is not installed)")
+
+
+def check_pair(args: argparse.Namespace) -> None:
+    if (args.input is None) != (args.expected is None):
+        raise UsageError("--input and --expected go together", fix="Give both recorded arrays, or neither")
 
 
 def add_read_options(parser: argparse.ArgumentParser) -> None:
@@ -124,11 +146,21 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 def command_convert(args: argparse.Namespace) -> int:
     from converter.api import convert
-    result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
-                     target_semantics=args.target_semantics, **read_options(args))
+    from converter.errors import ValidationFailed
+    check_pair(args)
+    try:
+        result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
+                         target_semantics=args.target_semantics, validate=args.validate, input=args.input,
+                         expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
+                         **read_options(args))
+    except ValidationFailed as failure:
+        print(failure.report.summary())  # type: ignore[attr-defined]
+        raise
     if not args.quiet:
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)
+    if result.report is not None:
+        print(result.report.summary())
     print(f"wrote {', '.join(result.outputs)}")
     return 0
 
@@ -157,20 +189,25 @@ def command_explain(args: argparse.Namespace) -> int:
 
 def command_validate(args: argparse.Namespace) -> int:
     from converter.api import load
-    from converter.validate import validate_torch
-    if (args.input is None) != (args.expected is None):
-        raise UsageError("--input and --expected go together", fix="Give both recorded arrays, or neither")
+    from converter.api import validate_conversion
+    check_pair(args)
     source = load(args.src, **read_options(args))
-    converted = load(args.dst)
-    report = validate_torch(source, converted, args.input, args.expected, args.atol, args.rtol)
+    report = validate_conversion(source, args.dst, args.input, args.expected, args.atol, args.rtol)
     print(report.to_json() if args.json else report.summary())
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
-    return 0 if report.passed else 1
+    return 0 if report.passed and not (args.require_all and report.skipped) else 1
 
 
-COMMANDS = {"inspect": command_inspect, "convert": command_convert, "explain": command_explain,
+def command_detect(args: argparse.Namespace) -> int:
+    from converter.detect import detect
+    detection = detect(args.src, args.input, args.expected, args.atol, args.rtol)
+    print(detection.to_json() if args.json else detection.summary())
+    return 0 if detection.source_semantics else 1
+
+
+COMMANDS = {"detect": command_detect, "inspect": command_inspect, "convert": command_convert, "explain": command_explain,
             "validate": command_validate}
 
 

@@ -139,3 +139,44 @@ def test_mismatched_keys_fail_with_exit_1(run_cli, tmp_path):
     other = converted(run_cli, tmp_path, "keras3", "functional_residual")
     code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", other)
     assert code == 1 and "missing conv_a.weight" in out
+
+
+def test_convert_validate_writes_only_what_passes(run_cli, tmp_path):
+    src = fixture_path("keras3", "cnn_flatten_dense.h5")
+    x = fixture_path("keras3", "cnn_flatten_dense.input.npy")
+    good_y = fixture_path("keras3", "cnn_flatten_dense.output.npy")
+    wrong_y = tmp_path / "wrong.npy"
+    np.save(wrong_y, np.load(good_y) + 0.5)
+    out = tmp_path / "out.safetensors"
+    code, stdout, err = run_cli("convert", src, "-o", out, "--validate", "--input", x, "--expected", wrong_y)
+    assert code == 1 and "FAIL whole model" in stdout and "not written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.npy"]
+    code, stdout, err = run_cli("convert", src, "-o", out, "--validate", "--input", x, "--expected", good_y)
+    assert code == 0 and "result: PASS" in stdout and out.exists()
+
+
+def test_require_all_turns_a_skip_into_a_failure(run_cli, tmp_path):
+    src = fixture_path("keras3", "cnn_flatten_dense.h5")
+    out = tmp_path / "out.safetensors"
+    code, stdout, _ = run_cli("convert", src, "-o", out, "--validate")  # no recorded pair: that check is skipped
+    assert code == 0 and "SKIP recorded-output check" in stdout
+    code, stdout, _ = run_cli("convert", src, "-o", tmp_path / "again.safetensors", "--validate", "--require-all")
+    assert code == 1 and not (tmp_path / "again.safetensors").exists()
+
+
+def test_detect_finds_correlation_for_a_tensorflow_file(run_cli):
+    name = "cnn_flatten_dense"
+    code, out, err = run_cli("detect", fixture_path("keras3", f"{name}.h5"),
+                             "--input", fixture_path("keras3", f"{name}.input.npy"),
+                             "--expected", fixture_path("keras3", f"{name}.output.npy"), "--json")
+    assert code == 0, err
+    assert json.loads(out)["source_semantics"] == "correlation"
+
+
+def test_detect_exits_1_when_nothing_matches(run_cli, tmp_path):
+    name = "cnn_flatten_dense"
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((2, 6), np.float32))
+    code, out, _ = run_cli("detect", fixture_path("keras3", f"{name}.h5"),
+                           "--input", fixture_path("keras3", f"{name}.input.npy"), "--expected", wrong)
+    assert code == 1 and "no hypothesis" in out
