@@ -64,7 +64,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             assume_backend: str | None = None, source_semantics: str | None = None,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = 1e-5, rtol: float = 1e-5, require_all: bool = False,
-            **write_options: object) -> ConversionResult:
+            fail_on_nonfinite: bool = False, **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
     With ``validate=True`` the output is written to a staging folder beside ``dst``, checked
@@ -74,6 +74,9 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     writer_for(dst, to)  # fail on a bad target before reading anything
     check_can_write(dst, force)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics)
+    if fail_on_nonfinite:
+        from converter.nonfinite import refuse_nonfinite
+        refuse_nonfinite(model)
     if not validate:
         return save(model, dst, to=to, force=force, rename=rename, **write_options)
     staging = tempfile.mkdtemp(prefix=".weightport-", dir=os.path.dirname(os.path.abspath(dst)))

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("src", metavar="SRC", help="model or weights file")
     add_read_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.add_argument("--no-scan", action="store_true",
+                         help="do not read tensor values (skips the NaN/Inf/denormal report)")
 
     convert = commands.add_parser("convert", help="convert SRC to DST for a target framework")
     convert.add_argument("src", metavar="SRC", help="model or weights file to read")
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="semantics the target's kernels must have (default: the target framework's own)")
     convert.add_argument("--rename", metavar="FILE", help="JSON object mapping canonical keys or layer names to yours")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--fail-on-nonfinite", action="store_true",
+                         help="refuse tensors holding NaN or Inf (by default they are kept bit-exactly and reported)")
     convert.add_argument("--validate", action="store_true",
                          help="check the conversion before writing; write nothing (exit 1) when it fails")
     add_check_options(convert)
@@ -124,6 +128,10 @@ def command_inspect(args: argparse.Namespace) -> int:
     from converter.api import load
     from converter.describe import describe_model
     model = load(args.src, **read_options(args))
+    if not args.no_scan:
+        from converter.nonfinite import scan
+        for special in scan(model):
+            model.warn(special.describe())
     description = describe_model(model)
     if args.json:
         print(json.dumps(description, indent=2))
@@ -152,7 +160,7 @@ def command_convert(args: argparse.Namespace) -> int:
         result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
-                         **read_options(args))
+                         fail_on_nonfinite=args.fail_on_nonfinite, **read_options(args))
     except ValidationFailed as failure:
         print(failure.report.summary())  # type: ignore[attr-defined]
         raise

@@ -69,6 +69,8 @@ def reader_for(path: str) -> FormatEntry:
     for item in by_extension + [item for item in readers if item not in by_extension]:
         if item.load().sniff(path):
             return item
+    if by_extension:  # the name claims a format: let its reader say precisely what is wrong
+        return by_extension[0]
     known = ", ".join(sorted({ext for item in readers for ext in item.extensions}))
     raise UsageError("format not recognized (no reader accepts its content)", path=path,
                      fix=f"weightport reads {known}; check the file is complete")

@@ -139,6 +139,9 @@ def read_json_member(archive: zipfile.ZipFile, name: str, path: str) -> Any:
 
 def read(path: str, options: ReadOptions) -> Model:
     """Read a ``.keras`` archive or a Keras 3 ``.weights.h5`` into the canonical model."""
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise BadInputError("not a .keras archive (no zip structure); it may be truncated", path=path,
+                            fix="Save the model again with model.save('model.keras')")
     if zipfile.is_zipfile(path):
         handle, config, metadata = open_archive(path)
         version = metadata.get("keras_version")
