@@ -17,6 +17,9 @@ from converter.errors import BadInputError, UnsafeInputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
+# What h5py raises on a damaged file (wrong B-tree signatures, bad object headers, ...).
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
 
 def is_hdf5(path: str) -> bool:
     """True when the file starts with the HDF5 signature (at offset 0, 512, 1024, ...)."""
@@ -43,6 +46,10 @@ def open_hdf5(path: str) -> h5py.File:
                             fix="The file is damaged or truncated; export it again") from None
     try:
         refuse_outside_references(handle, path)
+    except H5_ERRORS as error:
+        handle.close()
+        raise BadInputError(f"HDF5 structure is damaged ({first_line(error)})", path=path,
+                            fix="The file is damaged or truncated; export it again") from None
     except BaseException:
         handle.close()
         raise
@@ -125,5 +132,9 @@ def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
 def dataset_reader(dataset: h5py.Dataset):
     """A function reading the whole dataset as a NumPy array (called only when the tensor is written)."""
     def read() -> np.ndarray:
-        return dataset[()]
+        try:
+            return dataset[()]
+        except H5_ERRORS as error:
+            raise BadInputError(f"dataset {dataset.name} cannot be read ({first_line(error)})",
+                                path=dataset.file.filename, fix="The file is damaged; export it again") from None
     return read

@@ -85,7 +85,7 @@ def sniff(path: str) -> bool:
     try:
         with h5py.File(path, "r") as handle:
             return "layers" in handle and "layer_names" not in handle.attrs
-    except OSError:
+    except hdf5.H5_ERRORS:
         return False
 
 
@@ -121,7 +121,7 @@ def open_archive(path: str) -> tuple[h5py.File, Any, dict[str, Any]]:
     try:
         handle = h5py.File(window, "r")
         hdf5.refuse_outside_references(handle, path)
-    except OSError as error:
+    except hdf5.H5_ERRORS as error:
         raise BadInputError(f"{WEIGHTS_MEMBER} cannot be opened ({hdf5.first_line(error)})", path=path,
                             fix="Save the model again") from None
     return handle, config, metadata
@@ -152,7 +152,7 @@ def read(path: str, options: ReadOptions) -> Model:
     except WeightportError as error:
         handle.close()
         raise error.with_path(path)
-    except (KeyError, ValueError, TypeError, IndexError) as error:
+    except hdf5.H5_ERRORS as error:
         handle.close()
         raise BadInputError(f"Keras 3 weights not understood ({type(error).__name__}: {error})", path=path,
                             fix="Check the file was written by Keras 3 model.save or save_weights") from None

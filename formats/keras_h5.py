@@ -51,7 +51,7 @@ def sniff(path: str) -> bool:
         with h5py.File(path, "r") as handle:
             root = handle["model_weights"] if "model_weights" in handle else handle
             return "layer_names" in root.attrs or "layer_names0" in root.attrs
-    except (OSError, KeyError):
+    except hdf5.H5_ERRORS:
         return False
 
 
@@ -63,7 +63,7 @@ def read(path: str, options: ReadOptions) -> Model:
     except WeightportError as error:
         handle.close()
         raise error.with_path(path)
-    except (KeyError, ValueError, TypeError, IndexError) as error:
+    except hdf5.H5_ERRORS as error:
         handle.close()
         raise BadInputError(f"Keras file structure not understood ({type(error).__name__}: {error})",
                             path=path, fix="Check the file was written by Keras model.save or save_weights") from None
