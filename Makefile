@@ -1,12 +1,13 @@
 # Two entry points for a fresh clone (see README):
 #   make demo   set up .venv with every extra, convert a bundled Keras model to PyTorch, check it
 #   make test   set up .venv with every extra and run the whole test suite
+#   make docs   build the documentation site into site/ (offline)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test docs clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,9 @@ demo: setup
 
 test: setup
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q
+
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV)
