@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_read_options(convert)
     convert.add_argument("--target-semantics", choices=("convolution", "correlation"),
                          help="semantics the target's kernels must have (default: the target framework's own)")
-    convert.add_argument("--rename", metavar="FILE", help="JSON object mapping canonical keys or layer names to yours")
+    convert.add_argument("--rename", metavar="FILE",
+                         help="JSON object mapping canonical keys or layer names to yours, or a list of "
+                              "[regex, replacement] pairs")
+    convert.add_argument("--strict-against", metavar="MODULE.py:CLASS",
+                         help="check every key and shape against your torch module class (instantiated with no "
+                              "arguments) before writing")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     convert.add_argument("--fail-on-nonfinite", action="store_true",
                          help="refuse tensors holding NaN or Inf (by default they are kept bit-exactly and reported)")
@@ -107,7 +112,12 @@ def read_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics}
 
 
-def load_rename(path: str | None) -> dict[str, str]:
+RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
+              '[["^conv2d_(\\d+)", "features.\\1"]]')
+
+
+def load_rename(path: str | None) -> dict[str, Any]:
+    """``--rename FILE``: a JSON object (exact keys or layer names) or a list of ``[regex, replacement]`` pairs."""
     if path is None:
         return {}
     try:
@@ -116,12 +126,20 @@ def load_rename(path: str | None) -> dict[str, str]:
     except OSError as error:
         raise UsageError(f"cannot read rename file ({error.strerror})", path=path, fix="Check the path") from None
     except ValueError as error:
-        raise UsageError(f"rename file is not JSON ({error})", path=path,
-                         fix='Write a JSON object such as {"conv2d": "features.0"}') from None
-    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
-        raise UsageError("rename file must be a JSON object of strings", path=path,
-                         fix='Write a JSON object such as {"conv2d": "features.0"}')
-    return mapping
+        raise UsageError(f"rename file is not JSON ({error})", path=path, fix=RENAME_FIX) from None
+    if isinstance(mapping, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        return {"rename": mapping}
+    if isinstance(mapping, list) and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                         for p in mapping):
+        import re
+        for pattern, _ in mapping:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise UsageError(f"bad regex {pattern!r} in rename file ({error})", path=path, fix=RENAME_FIX) from None
+        return {"rename_patterns": [tuple(p) for p in mapping]}
+    raise UsageError("rename file must be a JSON object of strings or a list of regex pairs", path=path,
+                     fix=RENAME_FIX)
 
 
 def command_inspect(args: argparse.Namespace) -> int:
@@ -157,7 +175,8 @@ def command_convert(args: argparse.Namespace) -> int:
     from converter.errors import ValidationFailed
     check_pair(args)
     try:
-        result = convert(args.src, args.output, to=args.to, force=args.force, rename=load_rename(args.rename),
+        result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
+                         strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
                          fail_on_nonfinite=args.fail_on_nonfinite, **read_options(args))

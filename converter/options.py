@@ -25,13 +25,18 @@ class WriteOptions:
     """How to write a target.
 
     ``target_semantics``: semantics the target's kernels must have (defaults
-    per target).  ``rename``: map from canonical keys to the user's names.
+    per target).  ``rename``: map from canonical keys (or layer names) to the
+    user's names; ``rename_patterns``: ``(regex, replacement)`` pairs applied
+    after it.  ``strict_against``: ``module.py:Class`` whose state_dict keys and
+    shapes the torch output must match exactly.
     ``force``: overwrite an existing output.  ``dtype``, ``byte_order``,
     ``layout``: for the plain-array target.  ``quiet``: no progress output.
     """
 
     target_semantics: str | None = None
     rename: dict[str, str] = field(default_factory=dict)
+    rename_patterns: list[tuple[str, str]] = field(default_factory=list)
+    strict_against: str | None = None
     force: bool = False
     dtype: str | None = None
     byte_order: str | None = None

@@ -7,6 +7,7 @@ explain`` prints a plan together with each tensor's source -> canonical steps.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,16 +72,24 @@ class Plan:
     warnings: list[str]
 
 
-def renamed(key: str, rename: dict[str, str]) -> str:
-    """The user's name for a canonical key: an exact entry, else the longest matching layer prefix."""
+def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | None = None) -> str:
+    """The user's name for a canonical key.
+
+    An exact entry of ``rename`` wins, else the longest matching layer prefix;
+    then every ``(regex, replacement)`` of ``patterns`` is applied in order.
+    """
     if key in rename:
-        return rename[key]
-    layer, _, param = key.rpartition(".")
-    while layer:
-        if layer in rename:
-            return f"{rename[layer]}.{param}"
-        layer, _, tail = layer.rpartition(".")
-        param = f"{tail}.{param}"
+        key = rename[key]
+    else:
+        layer, _, param = key.rpartition(".")
+        while layer:
+            if layer in rename:
+                key = f"{rename[layer]}.{param}"
+                break
+            layer, _, tail = layer.rpartition(".")
+            param = f"{tail}.{param}"
+    for pattern, replacement in patterns or ():
+        key = re.sub(pattern, replacement, key)
     return key
 
 
@@ -95,10 +104,10 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
                 "cannot compute (it applies the reset gate after the recurrent matmul)",
                 fix="Convert to a target that supports it (keras, npz, raw) or retrain with reset_after=True")
         for param, tensor in layer.tensors.items():
-            key = renamed(f"{layer.name}.{param}", options.rename)
+            key = renamed(f"{layer.name}.{param}", options.rename, options.rename_patterns)
             planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))
         if layer.kind == "batchnorm" and "running_var" in layer.tensors:
-            key = renamed(f"{layer.name}.num_batches_tracked", options.rename)
+            key = renamed(f"{layer.name}.num_batches_tracked", options.rename, options.rename_patterns)
             counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
                                    Provenance("(none: PyTorch BatchNorm counter, zero)", ""))
             planned.append(PlannedTensor(key, layer, "num_batches_tracked", counter, (), counter.layout))
@@ -111,7 +120,11 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
         raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the --rename map")
-    return Plan("torch", planned, warnings)
+    plan = Plan("torch", planned, warnings)
+    if options.strict_against:
+        from converter.strict import check_against
+        check_against(options.strict_against, plan)
+    return plan
 
 
 def keras_plan(model: Model, options: WriteOptions) -> Plan:

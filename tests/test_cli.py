@@ -167,3 +167,37 @@ def test_validate_passes_a_correct_conversion_and_fails_a_missing_flip(run_cli, 
     code, report, err = run_cli("validate", H5, bad, "--input", recorded[0], "--expected", recorded[1])
     assert code == 1
     assert "FAIL whole model" in report
+
+
+def test_rename_with_regex_pairs(run_cli, tmp_path):
+    mapping = tmp_path / "rename.json"
+    mapping.write_text(json.dumps([["^conv_a\\.", "features.0."], ["^dense\\.", "head."]]))
+    out = tmp_path / "renamed.safetensors"
+    code, _, err = run_cli("convert", H5, "-o", out, "--rename", mapping)
+    assert code == 0, err
+    keys = set(load_file(str(out)))
+    assert {"features.0.weight", "head.weight", "head.bias", "bn.running_var"} <= keys
+
+
+MODULE = '''
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv_a = torch.nn.Conv2d(3, 4, (3, 2))
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.conv_same_s2 = torch.nn.Conv2d(4, 5, (2, 3), stride=2)
+        self.dense = torch.nn.Linear(20, {out})
+'''
+
+
+def test_strict_against_a_users_module(run_cli, tmp_path):
+    good = tmp_path / "good.py"
+    good.write_text(MODULE.format(out=6))
+    code, _, err = run_cli("convert", H5, "-o", tmp_path / "a.safetensors", "--strict-against", f"{good}:Net")
+    assert code == 0, err
+    bad = tmp_path / "bad.py"
+    bad.write_text(MODULE.format(out=7))
+    code, _, err = run_cli("convert", H5, "-o", tmp_path / "b.safetensors", "--strict-against", f"{bad}:Net")
+    assert code == 2 and "dense.weight: (6, 20) vs (7, 20)" in err
+    assert not (tmp_path / "b.safetensors").exists()
