@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from converter import __version__
 from converter.errors import BadInputError, UsageError, WeightportError
 
-TARGET_CHOICES = ("torch", "keras")
+TARGET_CHOICES = ("torch", "keras", "npz")
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from converter.errors import UnsupportedError, UsageError
-from converter.layout import materialize, Layout
+from converter.layout import NO_SEMANTICS, Layout, Relayout, materialize
 from converter.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
 from converter.options import WriteOptions
 from converter.shapes import asymmetric_padding
@@ -127,12 +127,36 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
     return plan
 
 
+def with_semantics(plan: Plan, semantics: str | None) -> Plan:
+    """``plan`` with every convolution kernel flipped into ``semantics`` (None: unchanged)."""
+    if semantics is None:
+        return plan
+    for item in plan.tensors:
+        if item.layout.semantics not in (NO_SEMANTICS, semantics):
+            target = Layout(item.layout.pattern, semantics)
+            item.steps = item.steps + (Relayout(item.layout, target),)
+            item.layout = target
+    return plan
+
+
+def npz_plan(model: Model, options: WriteOptions) -> Plan:
+    """Canonical (PyTorch) layouts under the torch keys, kernels in ``options.target_semantics``.
+
+    With ``convolution`` (the ``scipy`` preset) each ``weight[o, i]`` is the kernel that
+    ``scipy.signal.convolve2d(x[i], weight[o, i], 'valid')``, summed over ``i``, needs to reproduce
+    the source framework's output.
+    """
+    plan = with_semantics(torch_plan(model, options), options.target_semantics)
+    plan.target = "npz"
+    return plan
+
+
 def keras_plan(model: Model, options: WriteOptions) -> Plan:
     from formats.keras_layers import keras_plan as plan_for_keras
     return plan_for_keras(model, options)
 
 
-PLANNERS = {"torch": torch_plan, "keras": keras_plan}
+PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan}
 
 
 def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:

@@ -42,10 +42,11 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
     FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=False),
     FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
+    FormatEntry("npz", "formats.npz_arrays", (".npz",), "npz", reads=False, writes=True),
     FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
 )
 
-TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5"}  # --to family -> default format
+TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz"}  # --to family -> default format
 
 
 def entry(name: str) -> FormatEntry:
