@@ -220,6 +220,14 @@ def reorder_blocks(array: np.ndarray, axis: int, src_order: str, dst_order: str)
     return materialize(np.concatenate([blocks[src_order.index(b)] for b in dst_order], axis=axis))
 
 
+def concat_blocks(arrays: list[np.ndarray], axis: int = -1) -> np.ndarray:
+    """Join per-gate arrays into one array of equal blocks along ``axis`` (Keras 1 ``W_i, W_f, ...``)."""
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise LayoutError(f"blocks to join differ in shape: {sorted(shapes)}")
+    return materialize(np.concatenate(arrays, axis=axis))
+
+
 @dataclass(frozen=True)
 class Relayout:
     """A transform step: rearrange from ``src`` to ``dst`` (flipping if semantics differ)."""

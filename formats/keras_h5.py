@@ -22,7 +22,7 @@ import numpy as np
 
 from converter.errors import BadInputError, UnsupportedError, WeightportError
 from converter.atomic import atomic_path
-from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, Layout, Relayout, ReorderBlocks, TakeIndex
+from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_blocks, Layout, Relayout, ReorderBlocks, TakeIndex
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan
@@ -210,7 +210,7 @@ class KerasH5Reader:
             if spec.role is None:
                 layer.tensors[spec.param] = self.tensor(spec.param, key, dataset, "o", "o", NO_SEMANTICS, None)
                 continue
-            src, dst = kernel_patterns(spec.role, attrs["data_format"], self.major)
+            src, dst = kernel_patterns(spec.role, attrs["data_format"], self.major, dataset.ndim)
             sem = NO_SEMANTICS if spec.role.startswith("pointwise") else semantics
             layer.tensors[spec.param] = self.tensor(spec.param, key, dataset, src, dst, sem, rule)
         kernel = layer.tensors["depthwise.weight" if kind == "separable" else "weight"].shape
@@ -283,6 +283,7 @@ class KerasH5Reader:
         ``*_reverse`` tensors of a bidirectional PyTorch RNN.
         """
         reorder = (ReorderBlocks(0, gates, canonical_gates),)
+        weights = join_keras1_gates(weights, gates)
         bias_rows = weights["bias"][1].ndim if "bias" in weights else 1
         reset_after = bool(config.get("reset_after", bias_rows == 2)) if layer.kind == "gru" else True
         directions = [("", "")] + ([("backward/", "_reverse")] if config.get("_directions") == 2 else [])
@@ -411,6 +412,38 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
                     array = item.load()
                     group.create_dataset(item.key, data=array)
     return plan.warnings
+
+
+class JoinedGates:
+    """Keras 1 per-gate datasets (``W_i``, ``W_f``, ...) seen as one dataset of gate blocks on the last axis."""
+
+    def __init__(self, parts: list[h5py.Dataset]) -> None:
+        self.parts = parts
+        first = parts[0]
+        self.shape = first.shape[:-1] + (first.shape[-1] * len(parts),)
+        self.ndim = first.ndim
+        self.dtype = first.dtype
+        self.name = "+".join(p.name for p in parts)
+        self.file = first.file
+
+    def __getitem__(self, index):
+        return concat_blocks([p[()] for p in self.parts], axis=-1)[index]
+
+
+def join_keras1_gates(weights: dict[str, tuple[str, h5py.Dataset]], gates: str) -> dict[str, tuple[str, Any]]:
+    """Keras 1 LSTM (12 arrays) / GRU (9 arrays) -> Keras 2 style kernel, recurrent_kernel, bias in ``gates`` order.
+
+    Keras 1 names gate c of the LSTM ``c`` and the GRU candidate ``h``, as Keras 2 does.
+    """
+    if "kernel" in weights or f"W_{gates[0]}" not in weights:
+        return weights
+    joined = dict(weights)
+    for variable, prefix in (("kernel", "W"), ("recurrent_kernel", "U"), ("bias", "b")):
+        names = [f"{prefix}_{gate}" for gate in gates]
+        if all(n in weights for n in names):
+            parts = [weights[n] for n in names]
+            joined[variable] = ("+".join(key for key, _ in parts), JoinedGates([d for _, d in parts]))
+    return joined
 
 
 def short_name(layer: str, weight_name: str) -> str:

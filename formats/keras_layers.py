@@ -114,12 +114,16 @@ class ParamMap:
     role: str | None
 
 
-def kernel_patterns(role: str, data_format: str, keras_major: int | None) -> tuple[str, str]:
+def kernel_patterns(role: str, data_format: str, keras_major: int | None, ndim: int | None = None) -> tuple[str, str]:
     """(source pattern, canonical pattern) of a Keras kernel role.
 
     Keras 1 with dim_ordering 'th' stored convolution kernels Theano-style
-    (out, in, rows, cols); every other Keras stores them channels-last.
+    (out, in, rows, cols); every other Keras stores them channels-last.  Keras 1
+    Convolution1D ran a 2-D convolution and kept its kernel 4-D:
+    (filter_length, 1, input_dim, nb_filter) (keras 1.2 layers/convolutional.py).
     """
+    if role == "conv1d" and ndim == 4:
+        return "w 1 i o", CANONICAL_PATTERNS[role]
     source = KERAS_PATTERNS[role]
     if keras_major == 1 and data_format == "channels_first" and role in THEANO_PATTERNS and role != "dense":
         source = THEANO_PATTERNS[role]
