@@ -49,12 +49,24 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "keras2-theano-conv-flipped", "keras", "2.x", "theano",
         ("Conv1D", "Conv2D", "Conv3D", "Convolution1D", "Convolution2D", "Convolution3D",
-         "Conv2DTranspose", "Conv3DTranspose", "DepthwiseConv2D", "SeparableConv1D",
-         "SeparableConv2D", "ConvLSTM2D"),
+         "Conv2DTranspose", "Conv3DTranspose", "Deconvolution2D", "Deconvolution3D", "ConvLSTM2D"),
         CONVOLUTION,
-        "keras 2.x keras/backend/theano_backend.py conv1d/conv2d/conv3d/separable_conv2d/"
-        "depthwise_conv2d/conv2d_transpose call Theano's conv ops with filter_flip=True "
-        "(flip_filters=False); the kernel is stored as Theano applies it. See fixtures/keras_legacy/RULES.md.",
+        "keras 2.3.1 keras/backend/theano_backend.py conv1d/conv2d (l.2192)/conv3d call T.nnet.conv2d/conv3d "
+        "with Theano's default filter_flip=True; conv2d_transpose (l.2227) passes filter_flip=not "
+        "flip_filters with flip_filters=False; ConvLSTM2D goes through K.conv2d. Proved by "
+        "fixtures/keras_theano k2_conv1d_single, k2_conv2d_single, k2_conv3d_single, k2_transpose_single: "
+        "the recorded output equals scipy.signal.convolve of the stored kernel (error < 1e-6) and not "
+        "scipy.signal.correlate (error > 3).",
+    ),
+    Rule(
+        "keras2-theano-depthwise-correlation", "keras", "2.x", "theano",
+        ("DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D"),
+        CORRELATION,
+        "keras 2.3.1 keras/backend/theano_backend.py _preprocess_conv2d_depthwise_kernel (l.1996-2005) "
+        "reverses the kernel (kernel[::-1, ::-1]) before T.nnet.conv2d flips it again, so depthwise and "
+        "separable kernels are stored as cross-correlation kernels even under Theano. Proved by "
+        "fixtures/keras_theano k2_depthwise_single and k2_separable_single: recorded output equals "
+        "scipy.signal.correlate of the stored kernel (error < 1e-6), not convolve (error > 3).",
     ),
     Rule(
         "keras1-theano-conv-flipped", "keras", "1.x", "theano",
@@ -109,10 +121,12 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
     if backend == "tensorflow":
         return CORRELATION, find_rule("keras-tensorflow-correlation")
     if backend == "theano":
-        rule_id = "keras1-theano-conv-flipped" if major == 1 else "keras2-theano-conv-flipped"
-        rule = find_rule(rule_id)
-        if layer_class in rule.classes:
-            return CONVOLUTION, rule
+        candidates = ("keras1-theano-conv-flipped",) if major == 1 else (
+            "keras2-theano-conv-flipped", "keras2-theano-depthwise-correlation")
+        for rule_id in candidates:
+            rule = find_rule(rule_id)
+            if layer_class in rule.classes:
+                return rule.semantics, rule
         raise AmbiguousSemanticsError(
             f"no established rule says whether Keras {version} under Theano stores {layer_class} "
             "kernels flipped",
@@ -127,10 +141,13 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
 def keras_flatten_order(version: str | None, data_format: str, flatten_data_format: str | None) -> str:
     """Order in which a Keras Flatten of a spatial map lays out its features: ``"hwc"`` or ``"chw"``.
 
-    Channels-last maps flatten as H, W, C.  A channels-first map flattens as
-    C, H, W, except that Keras >= 2.2.3 (and Keras 3) Flatten with
-    ``data_format='channels_first'`` first moves channels last and so flattens as
-    H, W, C (keras/layers/core.py Flatten.call, 2.2.3 changelog).
+    ``data_format`` is the layout of the map reaching the Flatten.  A map is
+    flattened as it is laid out (channels-last: H, W, C; channels-first:
+    C, H, W), except that Keras >= 2.2.3 (and Keras 3) Flatten with
+    ``data_format='channels_first'`` first moves channels last and so flattens
+    as H, W, C (keras/layers/core.py Flatten.call). Proved by
+    fixtures/keras_theano k2_cnn_channels_first (H, W, C) and
+    k2_cnn_channels_first_plain_flatten (C, H, W).
     """
     if data_format == "channels_last":
         return "hwc"
@@ -145,3 +162,11 @@ def keras_version_tuple(version: str | None) -> tuple[int, ...]:
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+def keras_same_convention(backend: str | None) -> str:
+    """Whose 'same' padding a Keras file's layers used: ``theano`` puts an even kernel's extra pad
+    before (Theano 'half' then a crop, keras 2.3.1 theano_backend.py l.2017-2118, proved by
+    fixtures/keras_theano k2_cnn_channels_last and k2_functional_residual); every other backend
+    follows TensorFlow, which puts it after."""
+    return "theano" if normalize_backend(backend) == "theano" else "tensorflow"

@@ -29,8 +29,24 @@ def same_pads(size: int | None, kernel: int, stride: int, dilation: int) -> tupl
     return total // 2, total - total // 2
 
 
+def theano_same_pads(size: int | None, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """Keras-on-Theano 'same' padding of one axis: Theano's ``border_mode='half'`` pads
+    ``effective_kernel // 2`` before, and Keras then keeps the first ``ceil(size / stride)``
+    outputs (keras 2.3.1 theano_backend.py _preprocess_padding, _postprocess_conv2d_output),
+    so the extra pad of an even kernel is at the *start*, unlike TensorFlow."""
+    effective = (kernel - 1) * dilation + 1
+    before = effective // 2
+    if size is None:
+        return before, effective - 1 - before
+    out = math.ceil(size / stride)
+    return before, max((out - 1) * stride + effective - size - before, 0)
+
+
 def explicit_pads(attrs: dict[str, Any], spatial: Shape) -> list[list[int]]:
-    """Per-side pads ``[[before, after], ...]`` of a conv or pool layer for a given input spatial shape."""
+    """Per-side pads ``[[before, after], ...]`` of a conv or pool layer for a given input spatial shape.
+
+    ``attrs["same_convention"]`` says whose 'same' it is: ``tensorflow`` (default) or ``theano``.
+    """
     padding = attrs.get("padding", "valid")
     kernel = attrs["kernel_size"]
     strides = attrs.get("strides", (1,) * len(kernel))
@@ -38,7 +54,8 @@ def explicit_pads(attrs: dict[str, Any], spatial: Shape) -> list[list[int]]:
     if padding == "valid":
         return [[0, 0] for _ in kernel]
     if padding == "same":
-        return [list(same_pads(n, k, s, d)) for n, k, s, d in zip(spatial, kernel, strides, dilations)]
+        pads = theano_same_pads if attrs.get("same_convention") == "theano" else same_pads
+        return [list(pads(n, k, s, d)) for n, k, s, d in zip(spatial, kernel, strides, dilations)]
     if padding == "causal":
         return [[(k - 1) * d, 0] for k, d in zip(kernel, dilations)]
     return [list(p) for p in padding]

@@ -26,7 +26,7 @@ from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_bloc
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan
-from converter.rules import keras_flatten_order, keras_kernel_semantics, keras_major, normalize_backend
+from converter.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from converter.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from formats import hdf5
 from formats.keras_config import KerasLayerDecl, input_shape, model_layers
@@ -182,6 +182,7 @@ class KerasH5Reader:
             kind, rank = CONV_KINDS[cls]
             layer.kind = kind
             layer.attrs = conv_attrs(cls, config, rank, default_format)
+            layer.attrs["same_convention"] = keras_same_convention(self.backend)
             self.conv_tensors(layer, weights)
         elif cls in WEIGHTED_SIMPLE:
             layer.kind = WEIGHTED_SIMPLE[cls]
@@ -358,6 +359,20 @@ class KerasH5Reader:
             if not first.inputs:
                 first.inputs = ["input"]
 
+    def map_format(self, model: Model, flatten: Layer) -> str:
+        """The data format of the map reaching ``flatten``: that of the nearest layer before it that has one."""
+        position = model.layers.index(flatten)
+        index = {l.name: l for l in model.layers}
+        current = index.get(flatten.inputs[0]) if flatten.inputs else model.layers[position - 1]
+        while current is not None:
+            if current.kind in ("conv", "conv_transpose", "depthwise", "separable", "pool", "padding",
+                                "cropping", "upsampling"):
+                return current.attrs.get("data_format") or model.source.details.get("data_format", "channels_last")
+            names = current.inputs or ([model.layers[model.layers.index(current) - 1].name]
+                                       if model.layers.index(current) else [])
+            current = index.get(names[0]) if names else None
+        return model.source.details.get("data_format", "channels_last")
+
     def permute_dense_after_flatten(self, model: Model) -> None:
         """Dense rows after a Flatten of a spatial map: source flatten order -> canonical C, (D,) H, W."""
         for layer in model.layers:
@@ -371,7 +386,7 @@ class KerasH5Reader:
                            "its rows were kept in the source's order (pass a model with an input shape)")
                 continue
             flatten = feeding_flatten(model, layer)
-            order = keras_flatten_order(self.version, flatten.attrs.get("data_format", "channels_last"),
+            order = keras_flatten_order(self.version, self.map_format(model, flatten),
                                         flatten.attrs.get("flatten_data_format"))
             flatten.attrs["flatten_order"] = order
             if order == "chw":
