@@ -153,7 +153,8 @@ class KerasH5Reader:
     def default_data_format(self, decls: list[KerasLayerDecl]) -> str:
         for decl in decls:
             if decl.class_name in CONV_KINDS or decl.class_name in WEIGHTLESS:
-                fmt = data_format(decl.config, "")
+                rank = CONV_KINDS[decl.class_name][1] if decl.class_name in CONV_KINDS else None
+                fmt = data_format(decl.config, "", rank)
                 if fmt:
                     return fmt
         return "channels_first" if self.major == 1 and self.backend == "theano" else "channels_last"
@@ -311,7 +312,8 @@ class KerasH5Reader:
         layer.attrs = {"bidirectional": len(directions) == 2, "merge_mode": config.get("_merge_mode"),"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
                        "go_backwards": bool(config.get("go_backwards", False)),
                        "activation": config.get("activation", "tanh"),
-                       "recurrent_activation": config.get("recurrent_activation", "sigmoid"),
+                       "recurrent_activation": config.get("recurrent_activation",
+                                                          config.get("inner_activation", "sigmoid")),
                        "reset_after": reset_after, "gates_source": gates}
 
     # -- tensors ------------------------------------------------------------------------------------

@@ -62,8 +62,12 @@ def keras1_dim_ordering(config: dict[str, Any]) -> str | None:
     return None
 
 
-def data_format(config: dict[str, Any], default: str) -> str:
-    return keras1_dim_ordering(config) or config.get("data_format") or default
+def data_format(config: dict[str, Any], default: str, rank: int | None = None) -> str:
+    """A layer's data format; Keras 1-D layers without one are channels-last (steps, features)."""
+    found = keras1_dim_ordering(config) or config.get("data_format")
+    if not found and rank == 1:
+        return "channels_last"
+    return found or default
 
 
 def conv_attrs(class_name: str, config: dict[str, Any], rank: int, default_format: str) -> dict[str, Any]:
@@ -88,7 +92,7 @@ def conv_attrs(class_name: str, config: dict[str, Any], rank: int, default_forma
         "dilations": as_tuple(dilation, rank),
         "padding": padding if isinstance(padding, str) else [list(p) for p in padding],
         "groups": int(config.get("groups", 1)),
-        "data_format": data_format(config, default_format),
+        "data_format": data_format(config, default_format, rank),
         "activation": config.get("activation", "linear"),
         "use_bias": bool(config.get("use_bias", config.get("bias", True))),
     }
@@ -124,6 +128,12 @@ def kernel_patterns(role: str, data_format: str, keras_major: int | None, ndim: 
     """
     if role == "conv1d" and ndim == 4:
         return "w 1 i o", CANONICAL_PATTERNS[role]
+    if keras_major == 1 and role.startswith("conv_transpose"):
+        # Keras 1 Deconvolution2D kept Convolution2D's W_shape: (nb_filter, stack, rows, cols) for 'th',
+        # (rows, cols, stack, nb_filter) for 'tf' (keras 1.2 layers/convolutional.py l.425-428).
+        plain = role.replace("conv_transpose", "conv")
+        source = THEANO_PATTERNS[plain] if data_format == "channels_first" else KERAS_PATTERNS[plain]
+        return source, CANONICAL_PATTERNS[role]
     source = KERAS_PATTERNS[role]
     if keras_major == 1 and data_format == "channels_first" and role in THEANO_PATTERNS and role != "dense":
         source = THEANO_PATTERNS[role]
