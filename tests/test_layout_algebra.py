@@ -1,0 +1,146 @@
+"""Property tests of the layout algebra (hypothesis): round trips are identities, bit for bit; shapes
+are predicted; a flip changes an asymmetric kernel; bad patterns are refused."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from converter.errors import LayoutError
+from converter.layout import (
+    CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, THEANO_PATTERNS, Layout, Relayout,
+    ReorderBlocks, concat_blocks, flip_axes, parse_pattern, relayout, reorder_blocks, target_shape,
+)
+
+SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)
+AXES = ["o", "i", "d", "h", "w"]
+
+
+@st.composite
+def layout_pair(draw):
+    """A random array, a random source pattern over some axes and a random permutation/grouping of them."""
+    count = draw(st.integers(2, 5))
+    names = AXES[:count]
+    sizes = {n: draw(st.integers(1, 4)) for n in names}
+    src_order = draw(st.permutations(names))
+    dst_order = draw(st.permutations(names))
+    # optionally merge two neighbours of the destination into one group
+    if count >= 3 and draw(st.booleans()):
+        k = draw(st.integers(0, count - 2))
+        dst = " ".join(dst_order[:k]) + f" ({dst_order[k]} {dst_order[k + 1]}) " + " ".join(dst_order[k + 2:])
+    else:
+        dst = " ".join(dst_order)
+    shape = tuple(sizes[n] for n in src_order)
+    array = np.arange(math.prod(shape), dtype=np.float32).reshape(shape) * 1.5 - 7.0
+    sem = draw(st.sampled_from([CORRELATION, CONVOLUTION]))
+    sem2 = draw(st.sampled_from([CORRELATION, CONVOLUTION]))
+    return array, Layout(" ".join(src_order), sem), Layout(dst.strip(), sem2), sizes
+
+
+@SETTINGS
+@given(layout_pair())
+def test_round_trip_is_identity(case):
+    array, src, dst, sizes = case
+    there = relayout(array, src, dst, sizes)
+    back = relayout(there, dst, src, sizes)
+    assert back.dtype == array.dtype and np.array_equal(back.view(np.uint32), array.view(np.uint32))
+
+
+@SETTINGS
+@given(layout_pair())
+def test_shape_is_predicted_and_every_value_kept(case):
+    array, src, dst, sizes = case
+    out = relayout(array, src, dst, sizes)
+    assert out.shape == target_shape(array.shape, src.pattern, dst.pattern, sizes)
+    assert out.flags.c_contiguous
+    assert np.array_equal(np.sort(out, axis=None), np.sort(array, axis=None))
+
+
+@SETTINGS
+@given(layout_pair())
+def test_relayout_step_inverse_composes_to_identity(case):
+    array, src, dst, sizes = case
+    step = Relayout(src, dst, tuple(sizes.items()))
+    assert np.array_equal(step.inverse().apply(step.apply(array)), array)
+    assert step.shape(array.shape) == step.apply(array).shape
+
+
+@SETTINGS
+@given(st.integers(1, 4), st.integers(2, 5), st.permutations("abcd"))
+def test_reorder_blocks_round_trip(units, rows, order):
+    array = np.random.default_rng(units).normal(size=(4 * units, rows)).astype(np.float32)
+    dst = "".join(order)
+    there = reorder_blocks(array, 0, "abcd", dst)
+    assert np.array_equal(reorder_blocks(there, 0, dst, "abcd"), array)
+    assert np.array_equal(ReorderBlocks(0, "abcd", dst).inverse().apply(there), array)
+    first = "abcd".index(dst[0])
+    assert np.array_equal(there[:units], array[first * units:(first + 1) * units])
+
+
+def test_flip_twice_is_identity_and_flip_changes_asymmetric_kernels():
+    kernel = np.random.default_rng(0).normal(size=(5, 3, 3, 2)).astype(np.float32)
+    conv = relayout(kernel, Layout("o i h w", CORRELATION), Layout("o i h w", CONVOLUTION))
+    assert not np.array_equal(conv, kernel)
+    assert np.array_equal(conv, kernel[:, :, ::-1, ::-1])
+    assert np.array_equal(relayout(conv, Layout("o i h w", CONVOLUTION), Layout("o i h w", CORRELATION)), kernel)
+    assert np.array_equal(flip_axes(flip_axes(kernel, (2, 3)), (2, 3)), kernel)
+
+
+def test_flip_happens_in_the_source_axes_before_the_permutation():
+    kernel = np.arange(3 * 2 * 4 * 5, dtype=np.float32).reshape(3, 2, 4, 5)  # h w i o
+    out = relayout(kernel, Layout("h w i o", CONVOLUTION), Layout("o i h w", CORRELATION))
+    for o, i, h, w in itertools.product(range(5), range(4), range(3), range(2)):
+        assert out[o, i, h, w] == kernel[2 - h, 1 - w, i, o]
+
+
+def test_depthwise_merge_matches_channel_order():
+    kernel = np.arange(3 * 2 * 4 * 2, dtype=np.float32).reshape(3, 2, 4, 2)  # h w i m
+    out = relayout(kernel, Layout("h w i m"), Layout("(i m) 1 h w"))
+    assert out.shape == (8, 1, 3, 2)
+    for i, m in itertools.product(range(4), range(2)):
+        assert np.array_equal(out[i * 2 + m, 0], kernel[:, :, i, m])
+
+
+def test_every_named_pattern_parses_and_round_trips():
+    rng = np.random.default_rng(1)
+    sizes = {"o": 3, "i": 2, "m": 2, "d": 2, "h": 3, "w": 4}
+    for role, pattern in KERAS_PATTERNS.items():
+        canonical = CANONICAL_PATTERNS[role]
+        shape = tuple(math.prod(sizes[n] for n in group) for group in parse_pattern(pattern))
+        array = rng.normal(size=shape).astype(np.float32)
+        known = {k: v for k, v in sizes.items() if k in Layout(pattern).axes}
+        there = relayout(array, Layout(pattern), Layout(canonical), known)
+        assert np.array_equal(relayout(there, Layout(canonical), Layout(pattern), known), array), role
+    for pattern in THEANO_PATTERNS.values():
+        assert Layout(pattern).axes
+
+
+def test_concat_blocks_joins_per_gate_arrays():
+    parts = [np.full((3, 2), k, np.float32) for k in range(4)]
+    joined = concat_blocks(parts, axis=-1)
+    assert joined.shape == (3, 8) and np.array_equal(joined[:, 4:6], parts[2])
+    with pytest.raises(LayoutError):
+        concat_blocks([np.zeros((3, 2)), np.zeros((3, 3))])
+
+
+@pytest.mark.parametrize("src,dst,shape", [
+    ("o i h w", "o i h", (2, 3, 4, 5)),          # different axes
+    ("o i h w", "o i h w", (2, 3, 4)),           # wrong rank
+    ("o (i m) h w", "o i m h w", (2, 7, 4, 5)),  # group does not divide (m unknown)
+    ("o ((i m)) h w", "o i m h w", (2, 6, 4, 5)),  # nested group
+    ("o o h w", "o h w", (2, 2, 4, 5)),          # repeated name
+    ("o i 1 w", "o i w", (2, 3, 2, 5)),          # '1' axis of length 2
+])
+def test_bad_patterns_are_refused(src, dst, shape):
+    with pytest.raises(LayoutError):
+        relayout(np.zeros(shape, np.float32), Layout(src), Layout(dst), {"i": 3} if "m" in src else None)
+
+
+def test_semantics_cannot_be_given_to_a_plain_tensor():
+    with pytest.raises(LayoutError):
+        relayout(np.zeros((2, 3), np.float32), Layout("o i"), Layout("o i", CONVOLUTION))
