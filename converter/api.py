@@ -61,7 +61,7 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
 
 
 def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
-            assume_backend: str | None = None, source_semantics: str | None = None,
+            assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = 1e-5, rtol: float = 1e-5, require_all: bool = False,
             fail_on_nonfinite: bool = False, **write_options: object) -> ConversionResult:
@@ -73,7 +73,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     """
     writer_for(dst, to)  # fail on a bad target before reading anything
     check_can_write(dst, force)
-    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics)
+    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
     if fail_on_nonfinite:
         from converter.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)

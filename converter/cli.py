@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from converter import __version__
 from converter.errors import BadInputError, UsageError, WeightportError
 
-TARGET_CHOICES = ("torch", "keras", "npz")
+TARGET_CHOICES = ("torch", "keras", "npz", "java", "raw")
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--validate", action="store_true",
                          help="check the conversion before writing; write nothing (exit 1) when it fails")
     add_check_options(convert)
+    convert.add_argument("--dtype", choices=("float32", "float64", "float16"),
+                         help="element type of weights.bin for --to raw/java (default float32)")
+    convert.add_argument("--byte-order", choices=("big", "little"),
+                         help="byte order of weights.bin for --to raw/java (default big, as Java's DataInputStream)")
+    convert.add_argument("--layout", metavar="PATTERN",
+                         help="axis order the runtime expects for --to raw/java: a kernel order such as OIHW, HWIO "
+                              "or OHWI, optionally with a dense order (OI/IO) and feature order (CHW/HWC): HWIO,IO,HWC")
+    convert.add_argument("--emit-forward", action="store_true",
+                         help="--to java: also write WeightportModel.java, the forward pass of a sequential CNN/MLP")
     convert.add_argument("--quiet", action="store_true", help="print no warnings")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
@@ -84,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
     detect.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     detect.add_argument("--json", action="store_true", help="print JSON (with source_semantics)")
+    detect.add_argument("--spec", metavar="FILE", help="JSON naming the layers and arrays of a pickle")
     return parser
 
 
@@ -106,10 +116,13 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
                         help="Keras backend the file was saved under, when it records none (Keras 1)")
     parser.add_argument("--source-semantics", choices=("convolution", "correlation"),
                         help="force the semantics of the source's convolution kernels")
+    parser.add_argument("--spec", metavar="FILE",
+                        help="JSON naming the layers and arrays of an architecture-less pickle (default: "
+                             "NAME.spec.json beside the file)")
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics}
+    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
@@ -179,7 +192,8 @@ def command_convert(args: argparse.Namespace) -> int:
                          strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
-                         fail_on_nonfinite=args.fail_on_nonfinite, **read_options(args))
+                         fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
+                         layout=args.layout, emit_forward=args.emit_forward, **read_options(args))
     except ValidationFailed as failure:
         print(failure.report.summary())  # type: ignore[attr-defined]
         raise
@@ -229,7 +243,7 @@ def command_validate(args: argparse.Namespace) -> int:
 
 def command_detect(args: argparse.Namespace) -> int:
     from converter.detect import detect
-    detection = detect(args.src, args.input, args.expected, args.atol, args.rtol)
+    detection = detect(args.src, args.input, args.expected, args.atol, args.rtol, spec=args.spec)
     print(detection.to_json() if args.json else detection.summary())
     return 0 if detection.source_semantics else 1
 
@@ -252,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"weightport: error: {error.one_line()}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): nothing more to say
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("weightport: interrupted; no output was written", file=sys.stderr)
         return 130

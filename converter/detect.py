@@ -62,7 +62,8 @@ class Detection:
         return "\n".join(lines)
 
 
-def detect(path: str, input_path: str, expected_path: str, atol: float = 1e-4, rtol: float = 1e-4) -> Detection:
+def detect(path: str, input_path: str, expected_path: str, atol: float = 1e-4, rtol: float = 1e-4,
+           spec: str | None = None) -> Detection:
     """Try both kernel semantics for ``path`` against a recorded input/output pair."""
     import torch
     from converter.api import load
@@ -72,7 +73,7 @@ def detect(path: str, input_path: str, expected_path: str, atol: float = 1e-4, r
     detection = Detection(path)
     for semantics in (CONVOLUTION, CORRELATION):
         try:
-            model = load(path, source_semantics=semantics)
+            model = load(path, source_semantics=semantics, spec=spec)
             if not model.has_architecture:
                 raise UsageError("the file carries no architecture to run", path=path,
                                  fix="Give a model file with its config, or a spec file")

@@ -30,7 +30,8 @@ class WriteOptions:
     after it.  ``strict_against``: ``module.py:Class`` whose state_dict keys and
     shapes the torch output must match exactly.
     ``force``: overwrite an existing output.  ``dtype``, ``byte_order``,
-    ``layout``: for the plain-array target.  ``quiet``: no progress output.
+    ``layout``: for the plain-array target.  ``emit_forward``: also write the
+    model's forward pass in Java (java target).  ``quiet``: no progress output.
     """
 
     target_semantics: str | None = None
@@ -41,5 +42,6 @@ class WriteOptions:
     dtype: str | None = None
     byte_order: str | None = None
     layout: str | None = None
+    emit_forward: bool = False
     quiet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)

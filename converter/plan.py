@@ -156,7 +156,12 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
     return plan_for_keras(model, options)
 
 
-PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan}
+def raw_plan(model: Model, options: WriteOptions) -> Plan:
+    from formats.raw_arrays import raw_plan as plan_for_raw
+    return plan_for_raw(model, options)
+
+
+PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan, "raw": raw_plan, "java": raw_plan}
 
 
 def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:

@@ -43,10 +43,15 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=False),
     FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
     FormatEntry("npz", "formats.npz_arrays", (".npz",), "npz", reads=False, writes=True),
+    FormatEntry("theano_pickle", "formats.theano_pickles", (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano",
+                reads=True, writes=False),
     FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
+    FormatEntry("raw", "formats.raw_arrays", ("",), "raw", reads=False, writes=True),
+    FormatEntry("java", "formats.java_loader", ("",), "java", reads=False, writes=True),
 )
 
-TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz"}  # --to family -> default format
+TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz", "raw": "raw",
+                           "java": "java"}  # --to family -> default format
 
 
 def entry(name: str) -> FormatEntry:
@@ -87,7 +92,7 @@ def writer_for(path: str, to: str | None) -> FormatEntry:
             choices = ", ".join(sorted({item.target for item in writers if item.target}))
             raise UsageError(f"unknown or unsupported target {to!r}", fix=f"Use --to with one of: {choices}")
         for item in family:
-            if ext in item.extensions:
+            if ext in item.extensions or "" in item.extensions:  # "": writes a folder, any name
                 return item
         default = TARGETS.get(to)
         if default is not None and not ext:
@@ -96,7 +101,7 @@ def writer_for(path: str, to: str | None) -> FormatEntry:
         raise UsageError(f"output {path!r} does not have an extension of target {to!r}",
                          fix=f"Name the output with one of: {names}")
     for item in writers:
-        if ext in item.extensions:
+        if ext and ext in item.extensions:  # a folder writer ("") is chosen only with --to
             return item
     raise UsageError(f"cannot tell the target format from the output name {path!r}",
                      fix="Give --to torch (or name the output .safetensors / .pt)")
