@@ -23,7 +23,7 @@ import numpy as np
 
 from converter.atomic import atomic_path
 from converter.describe import graph_metadata
-from converter.errors import BadInputError
+from converter.errors import BadInputError, WeightportError
 from converter.layout import Layout, materialize
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
 from converter.options import ReadOptions, WriteOptions
@@ -119,7 +119,7 @@ def read(path: str, options: ReadOptions) -> Model:
     """Read a safetensors file; a weightport-written file regains its graph from the metadata."""
     header, data_start = read_header(path)
     metadata = header.get("__metadata__", {})
-    graph = json.loads(metadata["weightport.graph"]) if "weightport.graph" in metadata else None
+    graph = graph_from_metadata(metadata, path)
     model = Model(SourceInfo(path, NAME, metadata.get("weightport.version"), None,
                              {"written_by_weightport": graph is not None}))
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
@@ -148,6 +148,24 @@ def read(path: str, options: ReadOptions) -> Model:
         tensor.name = param or key
         layer.tensors[tensor.name] = tensor
     return model
+
+
+def graph_from_metadata(metadata: dict[str, str], path: str) -> dict[str, Any] | None:
+    """The canonical graph weightport stored in the header, checked for the fields the reader uses."""
+    if "weightport.graph" not in metadata:
+        return None
+    try:
+        graph = json.loads(metadata["weightport.graph"])
+        for spec in graph["layers"]:
+            if not (isinstance(spec["name"], str) and isinstance(spec["kind"], str) and isinstance(spec["attrs"], dict)
+                    and isinstance(spec["inputs"], list) and isinstance(spec["params"], dict)):
+                raise TypeError("bad layer entry")
+            for layout in spec["params"].values():
+                Layout(layout["layout"], layout["semantics"])
+    except (ValueError, KeyError, TypeError, WeightportError) as error:
+        raise BadInputError(f"weightport graph metadata is damaged ({type(error).__name__})", path=path,
+                            fix="Write the file again") from None
+    return graph
 
 
 def file_tensor(path: str, key: str, entry: dict[str, Any], data_start: int) -> Tensor:
