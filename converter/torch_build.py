@@ -188,13 +188,25 @@ class CanonicalModule(nn.Module):
         self.model = model
         self.functions: dict[str, Any] = {}
         self.post: dict[str, Any] = {}
+        self.layer_modules: dict[str, nn.Module] = {}
         for layer in model.layers:
             module = self.module_for(layer)
             if module is not None:
-                self.add_module(layer.name, module)
+                self.attach(layer.name, module)
             act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
                                                                   "separable", "dense") else None
             self.post[layer.name] = activation(act)
+
+    def attach(self, name: str, module: nn.Module) -> None:
+        """Register ``module`` under a possibly dotted name (``features.0``), so state_dict keys match."""
+        parent: nn.Module = self
+        parts = name.split(".")
+        for part in parts[:-1]:
+            if part not in parent._modules:
+                parent.add_module(part, nn.Module())
+            parent = parent._modules[part]
+        parent.add_module(parts[-1], module)
+        self.layer_modules[name] = module
 
     def module_for(self, layer: Layer) -> nn.Module | None:
         kind, a = layer.kind, layer.attrs
@@ -247,8 +259,8 @@ class CanonicalModule(nn.Module):
         kind, a, x = layer.kind, layer.attrs, inputs[0]
         if kind in ("input", "dropout"):
             return x
-        if layer.name in self._modules:
-            module = self._modules[layer.name]
+        if layer.name in self.layer_modules:
+            module = self.layer_modules[layer.name]
             if kind == "prelu":
                 return torch.where(x >= 0, x, module.weight * x)
             return module(x)

@@ -1,0 +1,451 @@
+"""ONNX models: a graph-aware reader (a tensor's meaning comes from the node that consumes it).
+
+Conv ``W`` (M, C/group, k...) and ConvTranspose ``W`` (C, M/group, k...) are already the canonical
+layouts (correlation, like PyTorch). ``pads`` ``[x1_begin, x2_begin, ..., x1_end, x2_end]`` become
+per-axis pairs; ``auto_pad`` SAME_UPPER puts the odd pad at the end, SAME_LOWER at the start.
+Gemm (``transB`` either way; ``alpha``/``beta`` folded exactly into weight/bias) and MatMul + Add
+become dense layers; BatchNormalization keeps epsilon/momentum; LSTM (gates i,o,f,c, ``B`` = [Wb, Rb])
+and GRU (z,r,h; ``linear_before_reset``) are reordered into PyTorch's gate order with ``_reverse``
+tensors for a second direction. Weights may come from initializers, Constant nodes, or through
+Identity / Cast chains.
+
+External data (models over 2 GB) is read tensor by tensor with a memory map, never loading the whole
+model, and only from files inside the model's folder: absolute locations, ``..``, symlinks out of the
+folder and offsets or lengths beyond the file are refused.
+
+onnx is imported only when an ONNX file is read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from converter.errors import BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, WeightportError
+from converter.layout import NO_SEMANTICS, CORRELATION, Layout, Relayout, ReorderBlocks, TakeIndex
+from converter.layout import CANONICAL_PATTERNS, conv_role
+from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
+from converter.options import ReadOptions
+from converter.shapes import infer_shapes
+
+NAME = "onnx"
+DESCRIPTION = "ONNX models (initializers, Constant nodes, external data)"
+EXTENSIONS = (".onnx",)
+
+ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Elu": "elu",
+               "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": "hard_sigmoid"}
+PASS_THROUGH = ("Identity", "Dropout")
+
+
+def import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("onnx", "onnx", "Reading ONNX models") from None
+    return onnx
+
+
+def sniff(path: str) -> bool:
+    """A cheap look: the .onnx extension and a protobuf that starts with a ModelProto field."""
+    if not path.lower().endswith(".onnx"):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1)
+    except OSError:
+        return False
+    return head in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32", b"\x3a", b"\x42")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A value step: multiply by a constant (Gemm's alpha and beta, folded exactly)."""
+
+    factor: float
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return (array * np.asarray(self.factor, dtype=array.dtype)).astype(array.dtype)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def inverse(self) -> "Scale":
+        return Scale(1.0 / self.factor)
+
+    def is_identity(self) -> bool:
+        return self.factor == 1.0
+
+    def describe(self) -> str:
+        return f"scale by {self.factor:g} (Gemm alpha/beta)"
+
+
+def safe_name(name: str) -> str:
+    """A layer name usable as a torch module path: dots kept (nested modules), other symbols replaced."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.]", "_", name).strip(".") or "node"
+    return ".".join(part if part and not part[0].isdigit() or part.isdigit() else f"_{part}"
+                    for part in cleaned.split("."))
+
+
+class OnnxReader:
+    """One reading of one ONNX file."""
+
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        self.path = path
+        self.options = options
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.onnx = import_onnx()
+        from onnx import numpy_helper
+        self.numpy_helper = numpy_helper
+        try:
+            self.proto = self.onnx.load_model(path, load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError and friends
+            raise BadInputError(f"not a readable ONNX model ({type(error).__name__})", path=path,
+                                fix="Check the file is a complete .onnx model") from None
+        try:
+            self.inferred = self.onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+        except Exception:
+            self.inferred = self.proto
+        graph = self.proto.graph
+        self.tensors: dict[str, Any] = {t.name: t for t in graph.initializer}
+        self.aliases: dict[str, str] = {}
+        self.consumed_by: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumed_by.setdefault(name, []).append(node)
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.tensors[node.output[0]] = attribute.t
+            elif node.op_type in ("Identity", "Cast") and node.input and node.input[0] in self.weight_names():
+                self.aliases[node.output[0]] = node.input[0]
+        self.shapes = self.value_shapes()
+        self.producer: dict[str, str] = {}
+
+    def weight_names(self) -> set[str]:
+        return set(self.tensors) | set(self.aliases)
+
+    def value_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        graph = self.inferred.graph
+        for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+            dims = info.type.tensor_type.shape.dim
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        return shapes
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        seen = 0
+        while name in self.aliases and seen < 64:
+            name, seen = self.aliases[name], seen + 1
+        return name
+
+    def is_weight(self, name: str) -> bool:
+        return bool(name) and self.resolve(name) in self.tensors
+
+    def tensor(self, param: str, name: str, src: str, dst: str, after: tuple = (), semantics: str = NO_SEMANTICS,
+               before: tuple = ()) -> Tensor:
+        """A lazy canonical tensor over the ONNX tensor ``name``: ``before`` steps (taking one direction of a
+        stacked RNN tensor), the relayout ``src`` -> ``dst``, then ``after`` steps (gate reorder, scaling)."""
+        proto = self.tensors[self.resolve(name)]
+        shape = tuple(int(d) for d in proto.dims)
+        dtype = np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        target = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
+        relayout = Relayout(Layout(src, semantics), Layout(dst, target))
+        rule = "ONNX Conv/ConvTranspose compute cross-correlation" if semantics != NO_SEMANTICS else None
+        return Tensor(param, shape, dtype, Layout(dst, target), Provenance(name, src, semantics, rule),
+                      self.reader(proto, shape, dtype), tuple(before) + (relayout,) + tuple(after))
+
+    def reader(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype):
+        if proto.data_location == self.onnx.TensorProto.EXTERNAL:
+            location, offset, length = self.external_location(proto, shape, dtype)
+            def read_external() -> np.ndarray:
+                if not shape or math.prod(shape) == 0:
+                    return np.zeros(shape, dtype)
+                return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return read_external
+        def read_inline() -> np.ndarray:
+            return self.numpy_helper.to_array(proto)
+        return read_inline
+
+    def external_location(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype) -> tuple[str, int, int]:
+        """(file, offset, length) of an external tensor, confined to the model's folder."""
+        entries = {item.key: item.value for item in proto.external_data}
+        location = entries.get("location", "")
+        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
+            raise UnsafeInputError(f"external data location {location!r} of tensor {proto.name!r} is not a plain "
+                                   "name inside the model's folder", path=self.path,
+                                   fix="Keep external data files beside the model, named relatively")
+        full = os.path.realpath(os.path.join(self.folder, location))
+        if os.path.commonpath([full, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):
+            raise UnsafeInputError(f"external data of tensor {proto.name!r} resolves outside the model's folder "
+                                   "(a symlink?)", path=self.path, fix="Copy the data file into the model's folder")
+        if not os.path.isfile(full):
+            raise BadInputError(f"external data file {location!r} of tensor {proto.name!r} is missing", path=self.path,
+                                fix="Put the data file beside the model")
+        expected = math.prod(shape) * dtype.itemsize
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries.get("length", expected))
+        except ValueError:
+            raise BadInputError(f"external data of tensor {proto.name!r} has a bad offset or length", path=self.path,
+                                fix="The model is damaged") from None
+        if offset < 0 or length != expected or offset + length > os.path.getsize(full):
+            raise BadInputError(f"external data of tensor {proto.name!r} (offset {offset}, length {length}) does "
+                                f"not fit {location!r} or its {expected}-byte shape", path=self.path,
+                                fix="The model or its data file is damaged or truncated")
+        return full, offset, length
+
+    # -- graph --------------------------------------------------------------------------------------
+    def attrs(self, node: Any) -> dict[str, Any]:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def layer_name(self, node: Any, weight: str | None = None) -> str:
+        if weight and weight.endswith(".weight"):
+            return safe_name(weight[: -len(".weight")])
+        return safe_name(node.name or node.output[0])
+
+    def model(self) -> Model:
+        graph = self.proto.graph
+        opset = max((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        model = Model(SourceInfo(self.path, NAME, f"opset {opset}" if opset else None, "onnx",
+                                 {"data_format": "channels_first", "producer": self.proto.producer_name}))
+        model.has_architecture = True
+        inputs = [i for i in graph.input if i.name not in self.tensors]
+        for graph_input in inputs:
+            shape = self.shapes.get(graph_input.name, ())
+            layer = Layer(safe_name(graph_input.name), "input", {}, {}, [], "graph input", None,
+                          tuple(shape[1:]) if shape else None)
+            model.layers.append(layer)
+            self.producer[graph_input.name] = layer.name
+        skip: set[int] = set()
+        for index, node in enumerate(graph.node):
+            if index in skip or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
+                                                               node.output[0] in self.aliases):
+                continue
+            layer = self.layer(node, graph.node, index, skip)
+            feeding = [self.producer[n] for n in node.input if n in self.producer]
+            layer.inputs = feeding
+            names = {l.name for l in model.layers}
+            while layer.name in names:
+                layer.name += "_"
+            model.layers.append(layer)
+            output = graph.node[max(skip)].output[0] if layer.attrs.pop("_fused_until", None) else node.output[0]
+            self.producer[output] = layer.name
+            for extra in node.output:
+                self.producer.setdefault(extra, layer.name)
+        infer_shapes(model)
+        return model
+
+    def layer(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
+        op, a = node.op_type, self.attrs(node)
+        if op in ("Conv", "ConvTranspose"):
+            return self.conv(node, a)
+        if op == "Gemm":
+            return self.gemm(node, a)
+        if op == "MatMul" and self.is_weight(node.input[1]):
+            return self.matmul(node, nodes, index, skip)
+        if op == "BatchNormalization":
+            return self.batchnorm(node, a)
+        if op in ("LSTM", "GRU"):
+            return self.rnn(node, a)
+        if op == "PRelu" and self.is_weight(node.input[1]):
+            layer = Layer(self.layer_name(node, node.input[1]), "prelu", {}, source_class="PRelu")
+            pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(node.input[1])].dims) - 1)])
+            layer.tensors["weight"] = self.tensor("weight", node.input[1], pattern, pattern)
+            return layer
+        if op in ACTIVATIONS:
+            return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
+        if op == "Flatten":
+            if a.get("axis", 1) != 1:
+                raise UnsupportedError(f"Flatten with axis {a.get('axis')}", path=self.path,
+                                       fix="Only Flatten(axis=1) is converted")
+            return Layer(self.layer_name(node), "flatten", {"flatten_order": "chw"}, source_class=op)
+        if op == "Reshape":
+            return Layer(self.layer_name(node), "flatten" if self.is_flatten_reshape(node) else "reshape",
+                         {"flatten_order": "chw"}, source_class=op)
+        if op in ("MaxPool", "AveragePool"):
+            return self.pool(node, a)
+        if op in ("GlobalAveragePool", "GlobalMaxPool"):
+            return Layer(self.layer_name(node), "global_pool",
+                         {"mode": "max" if "Max" in op else "avg", "keepdims": True}, source_class=op)
+        if op == "Add":
+            return Layer(self.layer_name(node), "add", {}, source_class=op)
+        if op == "Mul":
+            return Layer(self.layer_name(node), "multiply", {}, source_class=op)
+        if op == "Concat":
+            axis = a.get("axis", 1)
+            return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
+        if op in PASS_THROUGH:
+            return Layer(self.layer_name(node), "dropout", {}, source_class=op)
+        weights = [n for n in node.input if self.is_weight(n)]
+        if weights and op not in ("Reshape", "Pad", "Resize", "Upsample", "Slice", "Squeeze", "Unsqueeze"):
+            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) holds weights weightport cannot map",
+                                   path=self.path, fix="Supported: Conv, ConvTranspose, Gemm, MatMul, "
+                                                       "BatchNormalization, LSTM, GRU, PRelu")
+        return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
+
+    def is_flatten_reshape(self, node: Any) -> bool:
+        out = self.shapes.get(node.output[0])
+        return out is not None and len(out) == 2
+
+    def conv(self, node: Any, a: dict[str, Any]) -> Layer:
+        if not self.is_weight(node.input[1]):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} takes its weights from a graph input",
+                                   path=self.path, fix="Store the weights as initializers")
+        proto = self.tensors[self.resolve(node.input[1])]
+        dims = [int(d) for d in proto.dims]
+        rank = len(dims) - 2
+        kind = "conv" if node.op_type == "Conv" else "conv_transpose"
+        role = conv_role(kind, rank)
+        layer = Layer(self.layer_name(node, node.input[1]), kind, {}, source_class=node.op_type,
+                      semantics_rule="onnx-correlation")
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], CANONICAL_PATTERNS[role],
+                                              CANONICAL_PATTERNS[role], semantics=CORRELATION)
+        if len(node.input) > 2 and node.input[2]:
+            layer.tensors["bias"] = self.tensor("bias", node.input[2], "o", "o")
+        group = int(a.get("group", 1))
+        kernel = tuple(int(k) for k in a.get("kernel_shape", dims[2:]))
+        strides = tuple(a.get("strides", (1,) * rank))
+        dilations = tuple(a.get("dilations", (1,) * rank))
+        pads = self.pads(node, a, kernel, strides, dilations, kind)
+        if kind == "conv":
+            in_channels, out_channels = dims[1] * group, dims[0]
+        else:
+            in_channels, out_channels = dims[0], dims[1] * group
+            if a.get("output_shape"):
+                raise UnsupportedError(f"ConvTranspose {node.name!r} gives output_shape instead of pads",
+                                       path=self.path, fix="Export it with explicit pads")
+        layer.attrs = {"rank": rank, "kernel_size": kernel, "strides": strides, "dilations": dilations,
+                       "padding": pads, "pads": pads, "groups": group, "in_channels": in_channels,
+                       "out_channels": out_channels, "data_format": "channels_first"}
+        if kind == "conv_transpose":
+            layer.attrs["output_padding"] = tuple(a.get("output_padding", (0,) * rank))
+        return layer
+
+    def pads(self, node: Any, a: dict[str, Any], kernel: tuple[int, ...], strides: tuple[int, ...],
+             dilations: tuple[int, ...], kind: str = "conv") -> list[list[int]]:
+        rank = len(kernel)
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("NOTSET", ""):
+            flat = list(a.get("pads", [0] * 2 * rank))
+            return [[int(flat[k]), int(flat[k + rank])] for k in range(rank)]
+        if auto == "VALID":
+            return [[0, 0] for _ in range(rank)]
+        shape = self.shapes.get(node.input[0])
+        if kind != "conv" or shape is None or any(n is None for n in shape[2:]):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} uses auto_pad {auto} with unknown input size",
+                                   path=self.path, fix="Export with explicit pads or static input shapes")
+        pairs = []
+        for size, k, s, d in zip(shape[2:], kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pairs.append([small, large] if auto == "SAME_UPPER" else [large, small])
+        return pairs
+
+    def pool(self, node: Any, a: dict[str, Any]) -> Layer:
+        kernel = tuple(int(k) for k in a["kernel_shape"])
+        strides = tuple(a.get("strides", (1,) * len(kernel)))
+        pads = self.pads(node, a, kernel, strides, (1,) * len(kernel))
+        if a.get("ceil_mode") or (node.op_type == "AveragePool" and a.get("count_include_pad")):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} uses ceil_mode or count_include_pad",
+                                   path=self.path, fix="Export without them")
+        return Layer(self.layer_name(node), "pool", {"rank": len(kernel), "kernel_size": kernel, "strides": strides,
+                                                     "padding": pads, "pads": pads,
+                                                     "mode": "max" if node.op_type == "MaxPool" else "avg"},
+                     source_class=node.op_type)
+
+    def gemm(self, node: Any, a: dict[str, Any]) -> Layer:
+        if a.get("transA", 0):
+            raise UnsupportedError(f"Gemm {node.name!r} with transA=1", path=self.path,
+                                   fix="Only Gemm(x, W) with x as the first input is a dense layer")
+        if not self.is_weight(node.input[1]):
+            raise UnsupportedError(f"Gemm {node.name!r} takes its weights from a graph input", path=self.path,
+                                   fix="Store the weights as initializers")
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="Gemm")
+        src = "o i" if a.get("transB", 0) else "i o"
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], src, "o i",
+                                              (Scale(alpha),) if alpha != 1.0 else ())
+        if len(node.input) > 2 and node.input[2]:
+            bias_proto = self.tensors.get(self.resolve(node.input[2]))
+            if bias_proto is None or len(bias_proto.dims) != 1:
+                raise UnsupportedError(f"Gemm {node.name!r} has a bias that is not a 1-D constant", path=self.path,
+                                       fix="Export the bias as a 1-D initializer")
+            layer.tensors["bias"] = self.tensor("bias", node.input[2], "o", "o", (Scale(beta),) if beta != 1.0 else ())
+        layer.attrs = {"units": layer.tensors["weight"].shape[0]}
+        return layer
+
+    def matmul(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
+        layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="MatMul")
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], "i o", "o i")
+        consumers = self.consumed_by.get(node.output[0], [])
+        if len(consumers) == 1 and consumers[0].op_type == "Add":
+            add = consumers[0]
+            other = [n for n in add.input if n != node.output[0]]
+            if other and self.is_weight(other[0]) and len(self.tensors[self.resolve(other[0])].dims) == 1:
+                layer.tensors["bias"] = self.tensor("bias", other[0], "o", "o")
+                position = list(nodes).index(add)
+                skip.add(position)
+                layer.attrs["_fused_until"] = True
+                layer.source_class = "MatMul+Add"
+        layer.attrs["units"] = layer.tensors["weight"].shape[0]
+        return layer
+
+    def batchnorm(self, node: Any, a: dict[str, Any]) -> Layer:
+        layer = Layer(self.layer_name(node, node.input[1]), "batchnorm", {}, source_class="BatchNormalization")
+        for param, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
+            if not self.is_weight(name):
+                raise UnsupportedError(f"BatchNormalization {node.name!r} takes {param} from a graph input",
+                                       path=self.path, fix="Store it as an initializer")
+            layer.tensors[param] = self.tensor(param, name, "o", "o")
+        layer.attrs = {"epsilon": float(a.get("epsilon", 1e-5)), "momentum": float(a.get("momentum", 0.9)),
+                       "num_features": layer.tensors["running_mean"].shape[0]}
+        return layer
+
+    def rnn(self, node: Any, a: dict[str, Any]) -> Layer:
+        """ONNX LSTM (gates i,o,f,c) / GRU (z,r,h) -> PyTorch gate order, one set per direction."""
+        op = node.op_type
+        kind = op.lower()
+        if len(node.input) > 7 and node.input[7] and op == "LSTM":
+            raise UnsupportedError(f"LSTM {node.name!r} has peephole weights P, which torch.nn.LSTM lacks",
+                                   path=self.path, fix="Export an LSTM without peepholes")
+        if a.get("activations") or a.get("clip") or a.get("input_forget"):
+            raise UnsupportedError(f"{op} {node.name!r} uses non-default activations, clip or input_forget",
+                                   path=self.path, fix="Only the default ONNX activations map to PyTorch")
+        if a.get("layout", 0):
+            raise UnsupportedError(f"{op} {node.name!r} uses layout=1", path=self.path, fix="Export with layout=0")
+        gates, canonical = ("iofc", "ifco") if op == "LSTM" else ("zrh", "rzh")
+        direction = a.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        directions = 2 if direction == "bidirectional" else 1
+        layer = Layer(self.layer_name(node), kind, {}, source_class=op)
+        reorder = ReorderBlocks(0, gates, canonical)
+        for d, suffix in enumerate(("", "_reverse")[:directions]):
+            take = TakeIndex(d, directions)
+            for param, name in ((f"weight_ih_l0{suffix}", node.input[1]), (f"weight_hh_l0{suffix}", node.input[2])):
+                layer.tensors[param] = self.tensor(param, name, "o i", "o i", (reorder,), before=(take,))
+            if len(node.input) > 3 and node.input[3]:
+                halves = Relayout(Layout("(s o)"), Layout("s o"), (("s", 2),))  # B = [Wb, Rb]
+                for half, param in enumerate(("bias_ih_l0", "bias_hh_l0")):
+                    layer.tensors[param + suffix] = self.tensor(param + suffix, node.input[3], "o", "o", (reorder,),
+                                                                before=(take, halves, TakeIndex(half, 2)))
+        hidden = int(a.get("hidden_size", layer.tensors["weight_hh_l0"].shape[1]))
+        layer.attrs = {"units": hidden, "return_sequences": True, "go_backwards": direction == "reverse",
+                       "bidirectional": directions == 2, "merge_mode": "onnx",
+                       "reset_after": bool(a.get("linear_before_reset", 0)) if op == "GRU" else True,
+                       "activation": "tanh", "recurrent_activation": "sigmoid"}
+        return layer
+
+
+def read(path: str, options: ReadOptions) -> Model:
+    """Read an ONNX model into the canonical model (tensors stay in the file until loaded)."""
+    try:
+        return OnnxReader(path, options).model()
+    except WeightportError as error:
+        raise error.with_path(path)

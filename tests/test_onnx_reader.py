@@ -1,0 +1,172 @@
+"""ONNX reader: models exported by torch.onnx.export and built with onnx.helper (fixtures/onnx), with
+outputs recorded by onnxruntime; the ONNX Conv/ConvTranspose conformance cases shipped with onnx;
+hostile external-data locations."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from converter.api import load
+from converter.torch_build import CanonicalModule
+from tests.conftest import fixture_path
+
+GRAPHS = ["torch_cnn", "torch_cnn_external", "torch_conv1d", "torch_conv3d", "torch_convtranspose",
+          "helper_autopad_gemm"]
+
+
+def convert(run_cli, tmp_path, name, *extra):
+    out = tmp_path / f"{name}.safetensors"
+    code, _, err = run_cli("convert", fixture_path("onnx", f"{name}.onnx"), "-o", out, *extra)
+    assert code == 0, err
+    return load_file(str(out))
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_onnx_graph_reproduces_onnxruntime_in_torch(run_cli, tmp_path, name):
+    state = convert(run_cli, tmp_path, name)
+    module = CanonicalModule(load(fixture_path("onnx", f"{name}.onnx"))).eval()
+    module.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        got = module(torch.from_numpy(np.load(fixture_path("onnx", f"{name}.input.npy")))).numpy()
+    expected = np.load(fixture_path("onnx", f"{name}.output.npy"))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
+def test_auto_pad_same_upper_and_lower_become_explicit_pads():
+    model = load(fixture_path("onnx", "helper_autopad_gemm.onnx"))
+    assert model.layer("conv_upper").attrs["pads"] == [[0, 1], [1, 2]]   # odd pad at the end
+    assert model.layer("conv_lower").attrs["pads"] == [[1, 0], [1, 0]]   # odd pad at the start
+
+
+def test_bidirectional_lstm_gates_reordered_for_torch(run_cli, tmp_path):
+    state = convert(run_cli, tmp_path, "lstm_bidirectional")
+    lstm = torch.nn.LSTM(2, 3, bidirectional=True)
+    lstm.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()}, strict=True)
+    x = np.load(fixture_path("onnx", "lstm_bidirectional.input.npy"))       # (seq, batch, features)
+    expected = np.load(fixture_path("onnx", "lstm_bidirectional.output.npy"))  # (seq, dirs, batch, hidden)
+    with torch.no_grad():
+        got = lstm(torch.from_numpy(x))[0].numpy()                           # (seq, batch, dirs * hidden)
+    np.testing.assert_allclose(got, expected.transpose(0, 2, 1, 3).reshape(5, 2, 6), rtol=1e-5, atol=1e-6)
+
+
+def test_gru_linear_before_reset_matches_torch_and_the_other_kind_is_refused(run_cli, tmp_path):
+    state = convert(run_cli, tmp_path, "gru_linear_before_reset")
+    gru = torch.nn.GRU(2, 3)
+    gru.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items()}, strict=True)
+    x = np.load(fixture_path("onnx", "gru_linear_before_reset.input.npy"))
+    with torch.no_grad():
+        got = gru(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(got, np.load(fixture_path("onnx", "gru_linear_before_reset.output.npy"))[:, 0],
+                               rtol=1e-5, atol=1e-6)
+    code, _, err = run_cli("convert", fixture_path("onnx", "gru_reset_before.onnx"), "-o", tmp_path / "g.safetensors")
+    assert code == 2 and "reset_after=False" in err
+
+
+def test_onnx_cnn_ports_to_keras3(run_cli, tmp_path):
+    """OIHW correlation kernels -> Keras HWIO; Dense rows permuted for Keras's channels-last Flatten."""
+    import keras
+    out = tmp_path / "cnn.h5"
+    code, _, err = run_cli("convert", fixture_path("onnx", "torch_cnn.onnx"), "-o", out, "--to", "keras")
+    assert code == 0, err
+    L = keras.layers
+    inputs = keras.Input((17, 15, 3))
+    x = L.Conv2D(4, (3, 2), activation="relu")(inputs)  # the exporter folded BatchNorm into this conv
+    x = L.ZeroPadding2D(((1, 1), (0, 0)))(x)
+    x = L.Conv2D(6, (2, 3), strides=2, groups=2)(x)
+    x = L.Conv2D(6, 3, dilation_rate=2, groups=6)(x)
+    x = L.MaxPooling2D(2)(x)
+    x = L.Flatten()(x)
+    model = keras.Model(inputs, L.Dense(5)(x))
+    model.load_weights(str(out))
+    x = np.load(fixture_path("onnx", "torch_cnn.input.npy")).transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.load(fixture_path("onnx", "torch_cnn.output.npy")),
+                               rtol=1e-5, atol=1e-5)
+
+
+def external_copy(tmp_path, location: str | None = None, offset: int | None = None):
+    model = onnx.load_model(fixture_path("onnx", "torch_cnn_external.onnx"), load_external_data=False)
+    tensor = model.graph.initializer[0]
+    for entry in tensor.external_data:
+        if entry.key == "location" and location is not None:
+            entry.value = location
+        if entry.key == "offset" and offset is not None:
+            entry.value = str(offset)
+    folder = tmp_path / "model"
+    folder.mkdir(exist_ok=True)
+    import shutil
+    shutil.copy(fixture_path("onnx", "torch_cnn_external.data"), folder / "torch_cnn_external.data")
+    path = folder / "m.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["absolute", "dotdot", "symlink", "offset"])
+def test_hostile_external_data_is_refused(run_cli, tmp_path, case):
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"\0" * 4096)
+    if case == "absolute":
+        path = external_copy(tmp_path, location=str(outside))
+    elif case == "dotdot":
+        path = external_copy(tmp_path, location="../secret.bin")
+    elif case == "symlink":
+        path = external_copy(tmp_path, location="link.bin")
+        os.symlink(outside, path.parent / "link.bin")
+    else:
+        path = external_copy(tmp_path, offset=10 ** 9)
+    out = tmp_path / "out.safetensors"
+    code, _, err = run_cli("convert", path, "-o", out)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert ("outside" in err or "not a plain name" in err) if case != "offset" else "does not fit" in err
+    assert not out.exists()
+
+
+def conformance_cases():
+    from onnx.backend.test.case.node import collect_testcases
+    return [c for op in ("Conv", "ConvTranspose") for c in collect_testcases(op)]
+
+
+REFUSED = {"test_convtranspose_output_shape": "output_shape instead of pads",
+           "test_convtranspose_kernel_shape": "output_shape instead of pads",
+           "test_convtranspose_autopad_same": "auto_pad on ConvTranspose"}
+
+
+@pytest.mark.parametrize("case", conformance_cases(), ids=lambda c: c.name)
+def test_onnx_conformance_conv_cases(run_cli, tmp_path, case):
+    """The case's W (a graph input) becomes an initializer; weightport's canonical weight and attributes,
+    run in torch.nn.functional, must give the conformance output."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    inputs, outputs = case.data_sets[0]
+    graph = model.graph
+    for value, info in list(zip(inputs, graph.input))[1:]:
+        graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), info.name))
+    del graph.input[1:]
+    path = tmp_path / "case.onnx"
+    onnx.save(model, str(path))
+    if case.name in REFUSED:
+        code, _, err = run_cli("convert", path, "-o", tmp_path / "x.safetensors")
+        assert code == 2 and "Traceback" not in err
+        return
+    layer = [l for l in load(str(path)).layers if l.kind in ("conv", "conv_transpose")][0]
+    a = layer.attrs
+    x = torch.from_numpy(np.asarray(inputs[0]))
+    weight = torch.from_numpy(layer.tensors["weight"].load())
+    bias = torch.from_numpy(layer.tensors["bias"].load()) if "bias" in layer.tensors else None
+    rank = a["rank"]
+    if layer.kind == "conv":
+        x = F.pad(x, [p for pair in reversed(a["pads"]) for p in pair])
+        got = [F.conv1d, F.conv2d, F.conv3d][rank - 1](x, weight, bias, stride=a["strides"], dilation=a["dilations"],
+                                                       groups=a["groups"])
+    else:
+        full = [F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][rank - 1](
+            x, weight, bias, stride=a["strides"], dilation=a["dilations"], groups=a["groups"],
+            output_padding=a["output_padding"])
+        got = full[(slice(None), slice(None)) + tuple(slice(b, full.shape[2 + k] - e) for k, (b, e) in enumerate(a["pads"]))]
+    np.testing.assert_allclose(got.numpy(), np.asarray(outputs[0]), rtol=1e-5, atol=1e-5)
