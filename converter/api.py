@@ -77,6 +77,12 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     if fail_on_nonfinite:
         from converter.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
+    if validate and "" in writer_for(dst, to).extensions:  # a folder of plain arrays: checked by its Java check
+        if require_all:
+            raise ValidationFailed("the conversion was not written: plain-array outputs are not validated here "
+                                   "and --require-all was given", path=src,
+                                   fix="Validate a torch conversion, or run WeightportCheck on the folder")
+        validate = False
     if not validate:
         return save(model, dst, to=to, force=force, rename=rename, **write_options)
     staging = tempfile.mkdtemp(prefix=".weightport-", dir=os.path.dirname(os.path.abspath(dst)))

@@ -12,11 +12,15 @@ import stat
 import tempfile
 from collections.abc import Iterator
 
-from converter.errors import OutputExistsError
+from converter.errors import OutputExistsError, UsageError
 
 
 def check_can_write(path: str, force: bool) -> None:
-    """Raise :class:`OutputExistsError` when ``path`` exists and ``force`` is false."""
+    """Raise :class:`OutputExistsError` when ``path`` exists and ``force`` is false, and
+    :class:`UsageError` when its folder does not exist."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise UsageError("the output's folder does not exist", path=folder, fix="Create it first")
     if os.path.lexists(path) and not force:
         raise OutputExistsError("output already exists", path=path, fix="Pass --force to overwrite it")
 

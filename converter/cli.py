@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from converter import __version__
 from converter.errors import BadInputError, UsageError, WeightportError
 
-TARGET_CHOICES = ("torch", "keras", "npz", "java", "raw")
+TARGET_CHOICES = ("torch", "keras", "npz", "java", "raw", "theano")
 
 
 class Parser(argparse.ArgumentParser):
@@ -186,7 +186,13 @@ def command_inspect(args: argparse.Namespace) -> int:
 def command_convert(args: argparse.Namespace) -> int:
     from converter.api import convert
     from converter.errors import ValidationFailed
+    from formats import writer_for
     check_pair(args)
+    raw_only = [flag for flag, value in (("--dtype", args.dtype), ("--byte-order", args.byte_order),
+                                         ("--layout", args.layout), ("--emit-forward", args.emit_forward)) if value]
+    if raw_only and writer_for(args.output, args.to).target not in ("raw", "java"):
+        raise UsageError(f"{', '.join(raw_only)} only apply to the plain-array targets",
+                         fix="Add --to raw or --to java, or drop those options")
     try:
         result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
                          strict_against=args.strict_against,
@@ -195,7 +201,8 @@ def command_convert(args: argparse.Namespace) -> int:
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
                          layout=args.layout, emit_forward=args.emit_forward, **read_options(args))
     except ValidationFailed as failure:
-        print(failure.report.summary())  # type: ignore[attr-defined]
+        if getattr(failure, "report", None) is not None:
+            print(failure.report.summary())  # type: ignore[attr-defined]
         raise
     if not args.quiet:
         for warning in result.warnings:

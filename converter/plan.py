@@ -161,7 +161,12 @@ def raw_plan(model: Model, options: WriteOptions) -> Plan:
     return plan_for_raw(model, options)
 
 
-PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan, "raw": raw_plan, "java": raw_plan}
+def theano_plan(model: Model, options: WriteOptions) -> Plan:
+    from formats.theano_writer import theano_plan as plan_for_theano
+    return plan_for_theano(model, options)
+
+
+PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan, "theano": theano_plan, "raw": raw_plan, "java": raw_plan}
 
 
 def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:

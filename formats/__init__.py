@@ -46,12 +46,13 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("npz", "formats.npz_arrays", (".npz",), "npz", reads=False, writes=True),
     FormatEntry("theano_pickle", "formats.theano_pickles", (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano",
                 reads=True, writes=False),
+    FormatEntry("theano", "formats.theano_writer", (".pkl", ".pickle"), "theano", reads=False, writes=True),
     FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
     FormatEntry("raw", "formats.raw_arrays", ("",), "raw", reads=False, writes=True),
     FormatEntry("java", "formats.java_loader", ("",), "java", reads=False, writes=True),
 )
 
-TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz", "raw": "raw",
+TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz", "theano": "theano", "raw": "raw",
                            "java": "java"}  # --to family -> default format
 
 
