@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "or OHWI, optionally with a dense order (OI/IO) and feature order (CHW/HWC): HWIO,IO,HWC")
     convert.add_argument("--emit-forward", action="store_true",
                          help="--to java: also write WeightportModel.java, the forward pass of a sequential CNN/MLP")
-    convert.add_argument("--quiet", action="store_true", help="print no warnings")
+    convert.add_argument("--quiet", action="store_true", help="print no warnings and no progress line")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
     explain.add_argument("src", metavar="SRC", help="model or weights file")
@@ -199,7 +199,8 @@ def command_convert(args: argparse.Namespace) -> int:
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
-                         layout=args.layout, emit_forward=args.emit_forward, **read_options(args))
+                         layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet,
+                         **read_options(args))
     except ValidationFailed as failure:
         if getattr(failure, "report", None) is not None:
             print(failure.report.summary())  # type: ignore[attr-defined]

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -170,10 +172,20 @@ def relayout_view(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, 
     Semantics differ -> every spatial axis is reversed (correlation kernel <->
     convolution kernel).
     """
-    src_groups = parse_pattern(src.pattern)
-    dst_groups = parse_pattern(dst.pattern)
-    src_names = [name for group in src_groups for name in group]
-    dst_names = [name for group in dst_groups for name in group]
+    out_shape = target_shape(tuple(array.shape), src.pattern, dst.pattern, known)
+    return elementary_view(array, src, dst, known).reshape(out_shape)
+
+
+def elementary_view(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, int] | None = None) -> np.ndarray:
+    """``array`` in ``src`` as a view with one axis per elementary name of ``dst``, in ``dst`` order.
+
+    Never copies (merged groups of ``dst`` are left split), so a caller can
+    copy it block by block: the C-order bytes of this view are exactly the
+    C-order bytes of ``relayout(array, src, dst)``.  Spatial axes are reversed
+    when the semantics differ.
+    """
+    src_names = list(Layout(src.pattern).axes)
+    dst_names = list(Layout(dst.pattern).axes)
     if sorted(src_names) != sorted(dst_names):
         raise LayoutError(f"layouts {src.pattern!r} and {dst.pattern!r} name different axes")
     sizes = axis_sizes(tuple(array.shape), src.pattern, known)
@@ -181,9 +193,7 @@ def relayout_view(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, 
     if needs_flip(src, dst):
         spatial = tuple(k for k, name in enumerate(src_names) if name in SPATIAL_AXES)
         elementary = flip_axes(elementary, spatial)
-    permuted = elementary.transpose([src_names.index(name) for name in dst_names])
-    out_shape = [math.prod(sizes[name] for name in group) for group in dst_groups]
-    return permuted.reshape(out_shape)
+    return elementary.transpose([src_names.index(name) for name in dst_names])
 
 
 def needs_flip(src: Layout, dst: Layout) -> bool:
@@ -202,6 +212,68 @@ def materialize(array: np.ndarray) -> np.ndarray:
 def relayout(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, int] | None = None) -> np.ndarray:
     """``array`` converted from layout ``src`` to layout ``dst`` as a C-contiguous array."""
     return materialize(relayout_view(array, src, dst, known))
+
+
+def copy_blocks(view: np.ndarray, block_bytes: int = 16 << 20) -> Iterator[np.ndarray]:
+    """The bytes of ``materialize(view)`` as a sequence of C-contiguous blocks of about ``block_bytes``.
+
+    ``view`` is any strided view (permuted, flipped, over a memory map); the
+    blocks follow axis 0 (recursing into axis 1, ... when one slice along axis
+    0 is larger than ``block_bytes``), so writing them one after another
+    writes the C-order array.  Every block is a view of one reused buffer and
+    is valid only until the next one is produced: memory stays at about
+    ``2 * block_bytes`` whatever the size of ``view``.  A view that is
+    already C-contiguous is yielded as it is.
+    """
+    if view.ndim == 0 or view.size == 0 or view.flags.c_contiguous:
+        yield view
+        return
+    row_bytes = view[0].nbytes
+    if row_bytes > block_bytes and view.ndim > 1:
+        for row in view:
+            yield from copy_blocks(row, block_bytes)
+        return
+    rows = max(1, min(view.shape[0], block_bytes // max(row_bytes, 1)))
+    buffers = BlockBuffers(rows * (view.size // view.shape[0]), view.dtype)
+    for start in range(0, view.shape[0], rows):
+        yield buffers.copy(view[start:start + rows])
+
+
+TILE_ELEMENTS = 1 << 14
+
+
+class BlockBuffers:
+    """Two flat buffers reused for every block (fresh memory costs a page fault per 4 KiB on first touch)."""
+
+    def __init__(self, elements: int, dtype: np.dtype) -> None:
+        self.out = np.empty(elements, dtype)
+        self.scratch = np.empty(elements, dtype)
+
+    def copy(self, part: np.ndarray) -> np.ndarray:
+        """``part`` as a C-contiguous array in the output buffer, by a cache-friendly two-stage transpose.
+
+        Stage 1 moves the axis that is contiguous in the source (smallest
+        stride) last, so the source is read in runs; stage 2 is a tiled 2-D
+        transpose of ``(P, M, S)`` into ``(P, S, M)`` that stays in cache.
+        """
+        out = self.out[:part.size].reshape(part.shape)
+        strides = [abs(st) if n > 1 else np.inf for st, n in zip(part.strides, part.shape)]
+        axis = int(np.argmin(strides))
+        if axis == part.ndim - 1 or strides[axis] == np.inf:
+            np.copyto(out, part)
+            return out
+        moved = np.moveaxis(part, axis, -1)
+        staged = self.scratch[:part.size].reshape(moved.shape)
+        np.copyto(staged, moved)
+        p, s = math.prod(part.shape[:axis]), part.shape[axis]
+        m = part.size // max(p * s, 1)
+        src3, dst3 = staged.reshape(p, m, s), out.reshape(p, s, m)
+        tile_m = max(1, min(m, TILE_ELEMENTS // s))
+        tile_p = max(1, TILE_ELEMENTS // (tile_m * s))
+        for p0 in range(0, p, tile_p):
+            for m0 in range(0, m, tile_m):
+                dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
+        return out
 
 
 def reorder_blocks(array: np.ndarray, axis: int, src_order: str, dst_order: str) -> np.ndarray:
@@ -257,6 +329,32 @@ class Relayout:
             spatial = ",".join(a.upper() for a in self.src.spatial_axes) or "spatial axes"
             parts.append(f"flip {spatial} ({self.src.semantics} -> {self.dst.semantics})")
         return "; ".join(parts) or "no change"
+
+
+def compose_relayouts(steps: tuple[Any, ...]) -> Relayout | None:
+    """One :class:`Relayout` doing what the chain ``steps`` does, or None when the chain has other steps.
+
+    Consecutive steps must meet in the same pattern (the array between them
+    is read as it was written).  Flips compose: two semantics changes cancel.
+    """
+    if not steps or not all(isinstance(step, Relayout) for step in steps):
+        return None
+    for before, after in zip(steps, steps[1:]):
+        if parse_pattern(before.dst.pattern) != parse_pattern(after.src.pattern):
+            return None
+        if before.dst.semantics != after.src.semantics:
+            return None
+    flips = sum(needs_flip(step.src, step.dst) for step in steps) % 2
+    first, last = steps[0].src, steps[-1].dst
+    known: dict[str, int] = {}
+    for step in steps:
+        known.update(dict(step.known))
+    if first.semantics == NO_SEMANTICS or last.semantics == NO_SEMANTICS:
+        semantics = (first.semantics, first.semantics)
+    else:
+        other = CONVOLUTION if first.semantics == CORRELATION else CORRELATION
+        semantics = (first.semantics, other if flips else first.semantics)
+    return Relayout(Layout(first.pattern, semantics[0]), Layout(last.pattern, semantics[1]), tuple(sorted(known.items())))
 
 
 @dataclass(frozen=True)

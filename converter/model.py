@@ -103,7 +103,7 @@ class Tensor:
         array = self.read()
         for step in self.transforms:
             array = step.apply(array)
-        return materialize(array)
+        return np.asarray(materialize(array))  # a plain ndarray, never a np.memmap of the source
 
     def applied(self) -> list[str]:
         """Human descriptions of the transforms from the source layout to the canonical one."""

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from converter.errors import UnsupportedError, UsageError
-from converter.layout import NO_SEMANTICS, Layout, Relayout, materialize
+from collections.abc import Iterator
+
+from converter.layout import NO_SEMANTICS, Layout, Relayout, compose_relayouts, copy_blocks, elementary_view, materialize
 from converter.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
 from converter.options import WriteOptions
 from converter.shapes import asymmetric_padding
@@ -58,7 +60,24 @@ class PlannedTensor:
             array = np.stack([array] + [other.load() for other in self.extra])
         for step in self.steps:
             array = step.apply(array)
-        return materialize(array)
+        return np.asarray(materialize(array))  # a plain ndarray, never a np.memmap of the source
+
+    def blocks(self, block_bytes: int = 16 << 20) -> Iterator[np.ndarray]:
+        """The target array's C-order bytes as C-contiguous blocks, without materializing the whole array.
+
+        When every step from the source to the target is a rearrangement (the
+        common case: kernels, dense matrices) the source array (a memory map
+        where the reader can) is seen through one composed view and copied
+        block by block, so memory is the source plus two small buffers.
+        Otherwise (gate reorders, combined biases) the array is loaded whole.
+        Blocks are valid only until the next one is produced.
+        """
+        chain = None if self.combine else compose_relayouts(tuple(self.tensor.transforms) + tuple(self.steps))
+        if chain is None:
+            yield self.load()
+            return
+        view = elementary_view(self.tensor.read(), chain.src, chain.dst, dict(chain.known))
+        yield from copy_blocks(view, block_bytes)
 
     def describe(self) -> list[str]:
         combined = [f"{self.combine} with {', '.join(t.name for t in self.extra)}"] if self.combine else []

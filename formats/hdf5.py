@@ -8,6 +8,7 @@ those are refused before any data is read.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import h5py
@@ -130,11 +131,34 @@ def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
 
 
 def dataset_reader(dataset: h5py.Dataset):
-    """A function reading the whole dataset as a NumPy array (called only when the tensor is written)."""
+    """A function reading the whole dataset as a NumPy array (called only when the tensor is written).
+
+    A contiguous, unfiltered dataset of a file on disk is memory-mapped
+    (read-only) instead of copied, so converting it costs no fresh memory.
+    """
     def read() -> np.ndarray:
         try:
-            return dataset[()]
+            mapped = mapped_dataset(dataset) if isinstance(dataset, h5py.Dataset) else None
+            return mapped if mapped is not None else dataset[()]
         except H5_ERRORS as error:
             raise BadInputError(f"dataset {dataset.name} cannot be read ({first_line(error)})",
                                 path=dataset.file.filename, fix="The file is damaged; export it again") from None
     return read
+
+
+def mapped_dataset(dataset: h5py.Dataset) -> np.ndarray | None:
+    """A read-only memory map of ``dataset``'s bytes, or None when it is chunked, filtered, not plain
+    numbers, not in a file on disk, or its recorded place does not lie inside the file."""
+    dtype = dataset.dtype
+    if dataset.chunks is not None or dtype.kind not in "fiub" or dtype.fields is not None or dataset.size == 0:
+        return None
+    if dataset.file.driver != "sec2" or dataset.external:
+        return None
+    offset = dataset.id.get_offset()
+    filename = dataset.file.filename
+    nbytes = int(dataset.size) * dtype.itemsize
+    if offset is None or dataset.id.get_storage_size() != nbytes or not os.path.isfile(filename):
+        return None
+    if offset + nbytes > os.path.getsize(filename):
+        return None
+    return np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=dataset.shape)

@@ -46,6 +46,7 @@ from converter.layout import CORRELATION, NO_SEMANTICS, SPATIAL_AXES, Layout, Re
 from converter.model import Layer, Model
 from converter.options import WriteOptions
 from converter.plan import Plan, PlannedTensor, renamed
+from converter.progress import Progress
 from converter.shapes import flatten_patterns, flattened_map_shape
 
 NAME = "raw"
@@ -315,7 +316,8 @@ def write_directory(model: Model, path: str, options: WriteOptions, java: bool) 
         forward = generate_model(model, plan, chosen, orders, manifest)  # refuses unsupported layers before writing
     path = os.path.normpath(path)
     with staged_directory(path, options.force) as folder:
-        manifest["tensors"], overflow = write_weights(plan, os.path.join(folder, WEIGHTS_FILE), chosen)
+        manifest["tensors"], overflow = write_weights(plan, os.path.join(folder, WEIGHTS_FILE), chosen,
+                                                       options.quiet)
         manifest["total_bytes"] = os.path.getsize(os.path.join(folder, WEIGHTS_FILE))
         if overflow:
             warnings.append(f"values too large for {chosen.dtype_name} became infinite in: {', '.join(overflow)}")
@@ -330,34 +332,42 @@ def write_directory(model: Model, path: str, options: WriteOptions, java: bool) 
     return warnings
 
 
-def write_weights(plan: Plan, path: str, chosen: RawSettings) -> tuple[list[dict[str, Any]], list[str]]:
-    """Stream every planned tensor into ``path``, 8-byte aligned; returns the manifest entries and the
-    names of tensors whose finite values overflowed the chosen dtype."""
+def write_weights(plan: Plan, path: str, chosen: RawSettings,
+                  quiet: bool = True) -> tuple[list[dict[str, Any]], list[str]]:
+    """Stream every planned tensor into ``path``, 8-byte aligned, block by block; returns the manifest
+    entries and the names of tensors whose finite values overflowed the chosen dtype."""
     entries: list[dict[str, Any]] = []
     overflow: list[str] = []
     offset = 0
-    with open(path, "wb") as handle:
+    total = sum(math.prod(item.shape) * chosen.dtype.itemsize for item in plan.tensors)
+    with open(path, "wb") as handle, Progress(f"writing {os.path.basename(path)}", total, quiet) as progress:
         for item in plan.tensors:
             pad = -offset % ALIGNMENT
             handle.write(b"\0" * pad)
             offset += pad
-            array = item.load()
-            if tuple(array.shape) != tuple(item.shape):
-                raise BadInputError(f"tensor {item.key} came out as {array.shape}, planned {item.shape}")
-            with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
-                stored = materialize(np.asarray(array).astype(chosen.dtype, copy=False))
-                if stored.dtype.itemsize < array.dtype.itemsize and array.dtype.kind == "f" \
-                        and np.any(np.isfinite(array) & ~np.isfinite(stored)):
-                    overflow.append(item.key)
-            data = memoryview(stored.reshape(-1)).cast("B") if stored.size else b""
-            handle.write(data)
+            digest, nbytes, overflowed = hashlib.sha256(), 0, False
+            for block in item.blocks():
+                with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
+                    stored = materialize(np.asarray(block).astype(chosen.dtype, copy=False))
+                    if stored.dtype.itemsize < block.dtype.itemsize and block.dtype.kind == "f" \
+                            and np.any(np.isfinite(block) & ~np.isfinite(stored)):
+                        overflowed = True
+                data = memoryview(stored.reshape(-1)).cast("B") if stored.size else b""
+                handle.write(data)
+                digest.update(data)
+                nbytes += len(data)
+            if nbytes != math.prod(item.shape) * chosen.dtype.itemsize:
+                raise BadInputError(f"tensor {item.key} came out as {nbytes} bytes, planned shape {item.shape}")
+            if overflowed:
+                overflow.append(item.key)
+            progress.advance(item.key, nbytes)
             entries.append({
                 "name": item.key, "layer": item.layer.name, "kind": item.layer.kind, "param": item.param,
                 "shape": [int(n) for n in item.shape], "dtype": chosen.dtype_name, "offset": offset,
-                "nbytes": len(data), "layout": item.layout.compact(), "pattern": item.layout.pattern,
-                "semantics": item.layout.semantics, "sha256": hashlib.sha256(data).hexdigest(),
+                "nbytes": nbytes, "layout": item.layout.compact(), "pattern": item.layout.pattern,
+                "semantics": item.layout.semantics, "sha256": digest.hexdigest(),
             })
-            offset += len(data)
+            offset += nbytes
         handle.flush()
         os.fsync(handle.fileno())
     return entries, overflow

@@ -28,6 +28,7 @@ from converter.layout import Layout, materialize
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan
+from converter.progress import Progress
 
 NAME = "safetensors"
 DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
@@ -203,12 +204,15 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
         header[item.key] = {"dtype": dtype_code(item.dtype), "shape": list(item.shape),
                             "data_offsets": [offset, offset + item.nbytes]}
         offset += item.nbytes
-    with atomic_path(path, options.force) as temporary:
+    with atomic_path(path, options.force) as temporary, Progress(f"writing {os.path.basename(path)}", offset,
+                                                                options.quiet) as progress:
         with open(temporary, "wb") as handle:
             handle.write(header_bytes(header))
             for item in plan.tensors:
-                array = item.load()
-                if array.shape != item.shape:
-                    raise BadInputError(f"tensor {item.key} came out as {array.shape}, planned {item.shape}")
-                handle.write(materialize(array.astype(array.dtype.newbyteorder("<"), copy=False)).data)
+                written = 0
+                for block in item.blocks():
+                    written += handle.write(materialize(block.astype(block.dtype.newbyteorder("<"), copy=False)).data)
+                if written != item.nbytes:
+                    raise BadInputError(f"tensor {item.key} came out as {written} bytes, planned {item.nbytes}")
+                progress.advance(item.key, written)
     return plan.warnings
