@@ -214,15 +214,16 @@ def relayout(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, int] 
     return materialize(relayout_view(array, src, dst, known))
 
 
-def copy_blocks(view: np.ndarray, block_bytes: int = 16 << 20) -> Iterator[np.ndarray]:
+def copy_blocks(view: np.ndarray, block_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
     """The bytes of ``materialize(view)`` as a sequence of C-contiguous blocks of about ``block_bytes``.
 
     ``view`` is any strided view (permuted, flipped, over a memory map); the
     blocks follow axis 0 (recursing into axis 1, ... when one slice along axis
     0 is larger than ``block_bytes``), so writing them one after another
-    writes the C-order array.  Every block is a view of one reused buffer and
-    is valid only until the next one is produced: memory stays at about
-    ``2 * block_bytes`` whatever the size of ``view``.  A view that is
+    writes the C-order array.  Every block is a view of one of :data:`RING`
+    reused buffers and is valid until ``RING - 1`` more blocks are produced
+    (room for a writer thread, see :mod:`converter.streaming`): memory stays
+    at about ``(RING + 1) * block_bytes`` whatever the size of ``view``.  A view that is
     already C-contiguous is yielded as it is.
     """
     if view.ndim == 0 or view.size == 0 or view.flags.c_contiguous:
@@ -234,20 +235,32 @@ def copy_blocks(view: np.ndarray, block_bytes: int = 16 << 20) -> Iterator[np.nd
             yield from copy_blocks(row, block_bytes)
         return
     rows = max(1, min(view.shape[0], block_bytes // max(row_bytes, 1)))
-    buffers = BlockBuffers(rows * (view.size // view.shape[0]), view.dtype)
+    buffers = block_buffers(max(block_bytes, row_bytes))
     for start in range(0, view.shape[0], rows):
         yield buffers.copy(view[start:start + rows])
 
 
 TILE_ELEMENTS = 1 << 14
+RING = 3
+_SHARED: list["BlockBuffers"] = []
+
+
+def block_buffers(nbytes: int) -> "BlockBuffers":
+    """The process's shared :class:`BlockBuffers`, grown to ``nbytes`` when a caller needs more."""
+    if not _SHARED or _SHARED[0].nbytes < nbytes:
+        _SHARED[:] = [BlockBuffers(nbytes)]
+    return _SHARED[0]
 
 
 class BlockBuffers:
-    """Two flat buffers reused for every block (fresh memory costs a page fault per 4 KiB on first touch)."""
+    """:data:`RING` output buffers used in turn and one scratch buffer, shared by every tensor of a
+    conversion (fresh memory costs a page fault per 4 KiB on first touch, so it is made once)."""
 
-    def __init__(self, elements: int, dtype: np.dtype) -> None:
-        self.out = np.empty(elements, dtype)
-        self.scratch = np.empty(elements, dtype)
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+        self.ring = [np.empty(nbytes, np.uint8) for _ in range(RING)]
+        self.turn = 0
+        self.scratch = np.empty(nbytes, np.uint8)
 
     def copy(self, part: np.ndarray) -> np.ndarray:
         """``part`` as a C-contiguous array in the output buffer, by a cache-friendly two-stage transpose.
@@ -256,14 +269,15 @@ class BlockBuffers:
         stride) last, so the source is read in runs; stage 2 is a tiled 2-D
         transpose of ``(P, M, S)`` into ``(P, S, M)`` that stays in cache.
         """
-        out = self.out[:part.size].reshape(part.shape)
+        self.turn = (self.turn + 1) % RING
+        out = self.ring[self.turn][:part.nbytes].view(part.dtype).reshape(part.shape)
         strides = [abs(st) if n > 1 else np.inf for st, n in zip(part.strides, part.shape)]
         axis = int(np.argmin(strides))
         if axis == part.ndim - 1 or strides[axis] == np.inf:
             np.copyto(out, part)
             return out
         moved = np.moveaxis(part, axis, -1)
-        staged = self.scratch[:part.size].reshape(moved.shape)
+        staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
         np.copyto(staged, moved)
         p, s = math.prod(part.shape[:axis]), part.shape[axis]
         m = part.size // max(p * s, 1)

@@ -62,7 +62,7 @@ class PlannedTensor:
             array = step.apply(array)
         return np.asarray(materialize(array))  # a plain ndarray, never a np.memmap of the source
 
-    def blocks(self, block_bytes: int = 16 << 20) -> Iterator[np.ndarray]:
+    def blocks(self, block_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
         """The target array's C-order bytes as C-contiguous blocks, without materializing the whole array.
 
         When every step from the source to the target is a rearrangement (the
@@ -70,7 +70,7 @@ class PlannedTensor:
         where the reader can) is seen through one composed view and copied
         block by block, so memory is the source plus two small buffers.
         Otherwise (gate reorders, combined biases) the array is loaded whole.
-        Blocks are valid only until the next one is produced.
+        Blocks are valid until two more are produced (see :func:`converter.layout.copy_blocks`).
         """
         chain = None if self.combine else compose_relayouts(tuple(self.tensor.transforms) + tuple(self.steps))
         if chain is None:

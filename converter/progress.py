@@ -8,11 +8,19 @@ nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
 
-DELAY_SECONDS = 0.5
+DELAY_SECONDS = 0.5  # WEIGHTPORT_PROGRESS_DELAY overrides (seconds)
+
+
+def delay_seconds() -> float:
+    try:
+        return float(os.environ.get("WEIGHTPORT_PROGRESS_DELAY", DELAY_SECONDS))
+    except ValueError:
+        return DELAY_SECONDS
 
 
 def human_bytes(count: float) -> str:
@@ -35,11 +43,12 @@ class Progress:
         self.done = 0
         self.started = time.monotonic()
         self.drawn = False
+        self.delay = delay_seconds()
 
     def advance(self, name: str, nbytes: int) -> None:
         """``name``'s ``nbytes`` are written."""
         self.done += nbytes
-        if self.enabled and time.monotonic() - self.started >= DELAY_SECONDS:
+        if self.enabled and time.monotonic() - self.started >= self.delay:
             percent = 100 * self.done / self.total
             line = f"\r{self.label}: {percent:5.1f}% {human_bytes(self.done)} / {human_bytes(self.total)}  {name[:40]}"
             self.stream.write(line.ljust(100))

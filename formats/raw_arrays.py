@@ -47,6 +47,7 @@ from converter.model import Layer, Model
 from converter.options import WriteOptions
 from converter.plan import Plan, PlannedTensor, renamed
 from converter.progress import Progress
+from converter.streaming import write_in_background
 from converter.shapes import flatten_patterns, flattened_map_shape
 
 NAME = "raw"
@@ -345,20 +346,24 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
             pad = -offset % ALIGNMENT
             handle.write(b"\0" * pad)
             offset += pad
-            digest, nbytes, overflowed = hashlib.sha256(), 0, False
-            for block in item.blocks():
+            digest, tally = hashlib.sha256(), {"bytes": 0, "overflow": False}
+
+            def write_block(block: np.ndarray) -> None:
                 with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
                     stored = materialize(np.asarray(block).astype(chosen.dtype, copy=False))
                     if stored.dtype.itemsize < block.dtype.itemsize and block.dtype.kind == "f" \
                             and np.any(np.isfinite(block) & ~np.isfinite(stored)):
-                        overflowed = True
+                        tally["overflow"] = True
                 data = memoryview(stored.reshape(-1)).cast("B") if stored.size else b""
                 handle.write(data)
                 digest.update(data)
-                nbytes += len(data)
+                tally["bytes"] += len(data)
+
+            write_in_background(item.blocks(), write_block)
+            nbytes = int(tally["bytes"])
             if nbytes != math.prod(item.shape) * chosen.dtype.itemsize:
                 raise BadInputError(f"tensor {item.key} came out as {nbytes} bytes, planned shape {item.shape}")
-            if overflowed:
+            if tally["overflow"]:
                 overflow.append(item.key)
             progress.advance(item.key, nbytes)
             entries.append({

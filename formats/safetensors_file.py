@@ -29,6 +29,7 @@ from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan
 from converter.progress import Progress
+from converter.streaming import write_in_background
 
 NAME = "safetensors"
 DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
@@ -209,9 +210,14 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
         with open(temporary, "wb") as handle:
             handle.write(header_bytes(header))
             for item in plan.tensors:
-                written = 0
-                for block in item.blocks():
-                    written += handle.write(materialize(block.astype(block.dtype.newbyteorder("<"), copy=False)).data)
+                counted = [0]
+
+                def write_block(block: np.ndarray) -> None:
+                    little = materialize(block.astype(block.dtype.newbyteorder("<"), copy=False))
+                    counted[0] += handle.write(little.reshape(-1).view(np.uint8).data)
+
+                write_in_background(item.blocks(), write_block)
+                written = counted[0]
                 if written != item.nbytes:
                     raise BadInputError(f"tensor {item.key} came out as {written} bytes, planned {item.nbytes}")
                 progress.advance(item.key, written)

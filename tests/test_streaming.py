@@ -1,0 +1,110 @@
+"""Streaming: a conversion's memory is bounded by its largest tensor, not by the model.
+
+Models are made by Keras 3 itself; peak resident memory is the child
+process's own ``ru_maxrss`` (``os.wait4``), so the numbers are the kernel's.
+The old way (read a tensor, then transpose a full copy) needs the model's
+largest tensor twice; streaming needs it once (a memory map) plus two small
+block buffers.  Speed is measured by benchmarks/, not here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import fixture_path
+
+WEIGHTPORT = os.path.join(os.path.dirname(sys.executable), "weightport")
+MIB = 1024 * 1024
+
+
+# Measured from a small wrapper process: a child forked straight from pytest (which holds TensorFlow)
+# would count pytest's pages in its own peak until it execs.
+MEASURE = (
+    "import os, subprocess, sys\n"
+    "process = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(process.pid, 0)\n"
+    "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)\n")
+
+
+def peak_rss_of(command: list[str]) -> int:
+    """Run ``command`` and return its peak resident set size in bytes (fails the test if it fails)."""
+    result = subprocess.run([sys.executable, "-c", MEASURE] + command, capture_output=True, text=True)
+    code, peak = result.stdout.split()
+    assert code == "0", result.stderr
+    return int(peak)
+
+
+def dense_chain(path: str, widths: list[int]) -> "object":
+    """A Keras 3 model of Dense layers of ``widths`` (first entry: input width), saved to ``path`` as HDF5."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((widths[0],))
+    x = inputs
+    for width in widths[1:]:
+        x = keras.layers.Dense(width)(x)
+    model = keras.Model(inputs, x)
+    model.save(path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """Peak RSS of converting a tiny model: the interpreter and imports."""
+    out = tmp_path_factory.mktemp("baseline") / "tiny.safetensors"
+    return peak_rss_of([WEIGHTPORT, "convert", fixture_path("keras3", "cnn_flatten_dense.h5"), "-o", str(out),
+                        "--to", "torch", "--quiet"])
+
+
+@pytest.mark.parametrize("widths", [[6000, 5000, 7], [6000, 5000, 6000, 5000, 7]], ids=["one-big", "three-big"])
+def test_peak_memory_is_bounded_by_the_largest_tensor(tmp_path, baseline, widths):
+    source = str(tmp_path / "model.h5")
+    model = dense_chain(source, widths)
+    largest = 6000 * 5000 * 4  # 114 MiB, however many such layers the model has
+    out = str(tmp_path / "model.safetensors")
+    peak = peak_rss_of([WEIGHTPORT, "convert", source, "-o", out, "--to", "torch", "--quiet"])
+    # A full transposed copy per tensor would need 2x the largest tensor above the baseline.
+    assert peak - baseline < 1.4 * largest, (
+        f"peak {peak / MIB:.0f} MiB, baseline {baseline / MIB:.0f} MiB, largest tensor {largest / MIB:.0f} MiB")
+
+    # and the streamed weights are right: PyTorch reproduces Keras on a random input
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+    state = load_file(out)
+    x = np.random.default_rng(4).standard_normal((2, widths[0])).astype(np.float32)
+    expected = np.asarray(model(x))
+    y = torch.from_numpy(x)
+    for k in range(len(widths) - 1):
+        name = model.layers[k + 1].name
+        y = torch.nn.functional.linear(y, state[f"{name}.weight"], state[f"{name}.bias"])
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_progress_line_only_on_a_terminal(tmp_path):
+    """--quiet or a pipe: no progress line; a terminal (pty) over half a second: a line with bytes."""
+    import pty
+    source = str(tmp_path / "model.h5")
+    dense_chain(source, [6000, 5000, 6000, 5000, 7])
+    piped = subprocess.run([WEIGHTPORT, "convert", source, "-o", str(tmp_path / "a.safetensors")],
+                           capture_output=True, text=True)
+    assert piped.returncode == 0 and "%" not in piped.stderr
+    env = dict(os.environ, WEIGHTPORT_PROGRESS_DELAY="0")
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen([WEIGHTPORT, "convert", source, "-o", str(tmp_path / "b.safetensors")],
+                               stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    assert process.wait() == 0
+    assert b"MiB" in shown and b"%" in shown, shown[-300:]
