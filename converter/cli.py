@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from converter import __version__
 from converter.errors import BadInputError, UsageError, WeightportError
 
-TARGET_CHOICES = ("torch", "keras", "npz", "java", "raw", "theano")
+TARGET_CHOICES = ("torch", "keras", "onnx", "npz", "java", "raw", "theano")
 
 
 class Parser(argparse.ArgumentParser):
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--validate", action="store_true",
                          help="check the conversion before writing; write nothing (exit 1) when it fails")
     add_check_options(convert)
+    convert.add_argument("--template", metavar="MODEL.onnx",
+                         help="for --to onnx: a model of the same architecture whose weights are replaced "
+                              "(default: trace a whole graph, needs torch)")
     convert.add_argument("--dtype", choices=("float32", "float64", "float16"),
                          help="element type of weights.bin for --to raw/java (default float32)")
     convert.add_argument("--byte-order", choices=("big", "little"),
@@ -190,6 +193,8 @@ def command_convert(args: argparse.Namespace) -> int:
     check_pair(args)
     raw_only = [flag for flag, value in (("--dtype", args.dtype), ("--byte-order", args.byte_order),
                                          ("--layout", args.layout), ("--emit-forward", args.emit_forward)) if value]
+    if args.template and writer_for(args.output, args.to).target != "onnx":
+        raise UsageError("--template only applies to the ONNX target", fix="Add --to onnx, or drop --template")
     if raw_only and writer_for(args.output, args.to).target not in ("raw", "java"):
         raise UsageError(f"{', '.join(raw_only)} only apply to the plain-array targets",
                          fix="Add --to raw or --to java, or drop those options")
@@ -199,7 +204,7 @@ def command_convert(args: argparse.Namespace) -> int:
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
-                         layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet,
+                         layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet, template=args.template,
                          **read_options(args))
     except ValidationFailed as failure:
         if getattr(failure, "report", None) is not None:

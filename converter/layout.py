@@ -420,6 +420,32 @@ class TakeIndex:
         return f"take [{self.index}] of {self.count} stacked arrays"
 
 
+def write_back(stored: np.ndarray, steps: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
+    """``stored`` with the part that ``steps`` read out of it replaced by ``value``.
+
+    The inverse of reading a tensor through ``steps``: invertible steps are
+    inverted; a :class:`TakeIndex` puts ``value`` back into its slot of the
+    stacked array (so two canonical tensors read from one stored array, such as
+    ONNX's ``B = [Wb, Rb]``, are written back one after the other).  Returns a
+    new C-contiguous array of ``stored``'s shape; ``stored`` is not modified.
+    """
+    if not steps:
+        if tuple(value.shape) != tuple(stored.shape):
+            raise LayoutError(f"value of shape {tuple(value.shape)} does not fit stored shape {tuple(stored.shape)}")
+        return materialize(np.asarray(value))
+    *head, last = steps
+    if isinstance(last, TakeIndex):
+        before = stored
+        for step in head:
+            before = step.apply(before)
+        stack = np.array(before, copy=True)
+        stack[last.index] = value
+        value = stack
+    else:
+        value = last.inverse().apply(value)
+    return write_back(stored, tuple(head), value)
+
+
 # Named layouts of every framework this project speaks, by (framework, tensor role).
 # Spatial rank is part of the role ("conv2d").  Semantics of the framework's op
 # is attached by the rules table (converter.rules), not here.

@@ -32,6 +32,7 @@ class WriteOptions:
     ``force``: overwrite an existing output.  ``dtype``, ``byte_order``,
     ``layout``: for the plain-array target.  ``emit_forward``: also write the
     model's forward pass in Java (java target).  ``quiet``: no progress output.
+    ``template``: an ONNX model whose weights the onnx target replaces.
     """
 
     target_semantics: str | None = None
@@ -45,3 +46,4 @@ class WriteOptions:
     emit_forward: bool = False
     quiet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
+    template: str | None = None

@@ -185,7 +185,7 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
     return plan_for_theano(model, options)
 
 
-PLANNERS = {"torch": torch_plan, "keras": keras_plan, "npz": npz_plan, "theano": theano_plan, "raw": raw_plan, "java": raw_plan}
+PLANNERS = {"torch": torch_plan, "onnx": torch_plan, "keras": keras_plan, "npz": npz_plan, "theano": theano_plan, "raw": raw_plan, "java": raw_plan}
 
 
 def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:

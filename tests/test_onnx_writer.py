@@ -1,0 +1,122 @@
+"""The ONNX target, checked by onnxruntime against outputs the source frameworks recorded.
+
+* Without a template, the canonical graph is traced to ONNX: Keras 3 and Theano fixtures must
+  reproduce Keras's and Theano's own outputs in onnxruntime (Theano convolves, so its kernels
+  must arrive flipped).
+* With ``--template``, the template's weights are replaced: the template is first scrambled
+  (every initializer and Constant weight random), so only a correct write-back of every tensor
+  (Gemm transB/alpha/beta, LSTM/GRU gate order, stacked directions, ``B = [Wb, Rb]``) makes
+  onnxruntime reproduce the recorded output, and ONNX -> safetensors -> ONNX must give back
+  bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import fixture_path
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+from onnx import numpy_helper  # noqa: E402
+
+KERAS3 = ["cnn_flatten_dense", "channels_first_cnn", "conv1d_rnn", "conv3d_grouped", "functional_residual"]
+ONNX = ["torch_cnn", "torch_cnn_external", "torch_conv1d", "torch_conv3d", "torch_convtranspose",
+        "helper_autopad_gemm", "lstm_bidirectional", "gru_linear_before_reset"]
+
+
+def run_onnx(path: str, x: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def assert_close(got: np.ndarray, expected: np.ndarray) -> None:
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+def channels_first(x: np.ndarray, source_shape_last: bool) -> np.ndarray:
+    return np.moveaxis(x, -1, 1) if source_shape_last and x.ndim >= 3 else x
+
+
+@pytest.mark.parametrize("name", KERAS3)
+def test_keras3_model_as_whole_onnx_graph_reproduces_keras(run_cli, tmp_path, name):
+    out = str(tmp_path / f"{name}.onnx")
+    code, _, err = run_cli("convert", fixture_path("keras3", f"{name}.h5"), "-o", out)
+    assert code == 0, err
+    onnx.checker.check_model(out)
+    x = np.load(fixture_path("keras3", f"{name}.input.npy"))
+    expected = np.load(fixture_path("keras3", f"{name}.output.npy"))
+    channels_last = name != "channels_first_cnn"  # Keras maps and sequences are channels-last; ONNX takes NC...
+    got = run_onnx(out, channels_first(x, channels_last))
+    assert_close(got, expected)
+
+
+@pytest.mark.parametrize("name", ["theano_cnn", "theano_grouped"])
+def test_theano_pickle_as_onnx_graph_reproduces_theano(run_cli, tmp_path, name):
+    """Theano's conv2d convolves: the written ONNX Conv (a correlation) needs flipped kernels."""
+    out = str(tmp_path / f"{name}.onnx")
+    code, _, err = run_cli("convert", fixture_path("theano", f"{name}.shared.p4.pkl"), "-o", out)
+    assert code == 0, err
+    x = np.load(fixture_path("theano", f"{name}.input.npy"))
+    assert_close(run_onnx(out, x), np.load(fixture_path("theano", f"{name}.output.npy")))
+
+
+def weights_of(path: str) -> dict[str, np.ndarray]:
+    """Every initializer and Constant-node tensor, by name (external data loaded)."""
+    model = onnx.load(path)
+    found = {t.name: numpy_helper.to_array(t, base_dir=os.path.dirname(path)) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            found[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return found
+
+
+def scrambled_copy(path: str, out: str) -> None:
+    """``path`` with every float weight replaced by seeded random values of the same shape, saved inline."""
+    model = onnx.load(path)
+    rng = np.random.default_rng(11)
+    tensors = list(model.graph.initializer) + [a.t for n in model.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    for tensor in tensors:
+        array = numpy_helper.to_array(tensor, base_dir=os.path.dirname(path))
+        if array.dtype.kind == "f":
+            tensor.CopyFrom(numpy_helper.from_array(rng.standard_normal(array.shape).astype(array.dtype), tensor.name))
+    onnx.save(model, out)
+
+
+@pytest.mark.parametrize("name", ONNX)
+def test_template_weights_are_written_back_exactly(run_cli, tmp_path, name):
+    source = fixture_path("onnx", f"{name}.onnx")
+    template = str(tmp_path / "template.onnx")
+    scrambled_copy(source, template)
+    middle, back = str(tmp_path / "middle.safetensors"), str(tmp_path / "back.onnx")
+    assert run_cli("convert", source, "-o", middle)[0] == 0
+    code, _, err = run_cli("convert", middle, "-o", back, "--to", "onnx", "--template", template)
+    assert code == 0, err
+    x = np.load(fixture_path("onnx", f"{name}.input.npy"))
+    assert_close(run_onnx(back, x), np.load(fixture_path("onnx", f"{name}.output.npy")))
+    original, returned = weights_of(source), weights_of(back)
+    for key, array in original.items():
+        if array.dtype.kind == "f":
+            assert returned[key].tobytes() == array.tobytes(), key  # A -> B -> A is bit-identical
+
+
+def test_template_of_another_architecture_is_refused(run_cli, tmp_path):
+    middle = str(tmp_path / "m.safetensors")
+    assert run_cli("convert", fixture_path("onnx", "torch_conv1d.onnx"), "-o", middle)[0] == 0
+    out = str(tmp_path / "x.onnx")
+    code, _, err = run_cli("convert", middle, "-o", out, "--to", "onnx",
+                           "--template", fixture_path("onnx", "torch_cnn.onnx"))
+    assert code == 2 and "template" in err and "\n" not in err.strip()
+    assert not os.path.exists(out)
+
+
+def test_template_only_with_the_onnx_target(run_cli, tmp_path):
+    code, _, err = run_cli("convert", fixture_path("keras3", "cnn_flatten_dense.h5"), "-o",
+                           str(tmp_path / "a.safetensors"), "--template", fixture_path("onnx", "torch_cnn.onnx"))
+    assert code == 2 and "--template only applies" in err
