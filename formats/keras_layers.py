@@ -187,6 +187,10 @@ def keras_plan(model, options):
             continue
         if kind in ("conv", "conv_transpose", "depthwise", "separable"):
             rank = attrs["rank"]
+            if kind == "conv_transpose" and attrs.get("groups", 1) != 1:
+                raise UnsupportedError(f"layer {layer.name!r} is a transposed convolution with groups="
+                                       f"{attrs['groups']}, which Keras's Conv{rank}DTranspose cannot hold",
+                                       fix="Convert to the torch or onnx target, or split the groups yourself")
             known = (("m", attrs["depth_multiplier"]),) if kind in ("depthwise", "separable") else ()
             for spec in conv_params(kind, rank, any(p.endswith("bias") for p in layer.tensors)):
                 variable = spec.variable.split("|")[0]
@@ -221,21 +225,22 @@ def keras_plan(model, options):
             axes = pattern.split()
             add(layer, "alpha", "weight", " ".join(axes[1:] + axes[:1]) if len(axes) > 1 else pattern)
         elif kind in ("lstm", "gru"):
-            if any(p.endswith("_reverse") for p in layer.tensors):
-                raise UnsupportedError(f"bidirectional {kind.upper()} {layer.name!r} cannot be written as Keras "
-                                       "weights yet", fix="Convert to the torch target")
             gates = ("ifco", "ifco") if kind == "lstm" else ("rzh", "zrh")
             reorder = (ReorderBlocks(-1, *gates),)
-            add(layer, "kernel", "weight_ih_l0", "i o", more_steps=reorder)
-            add(layer, "recurrent_kernel", "weight_hh_l0", "i o", more_steps=reorder)
-            if "bias_ih_l0" in layer.tensors:
-                hh = (layer.tensors["bias_hh_l0"],)
-                if kind == "gru" and attrs.get("reset_after", True):
-                    add(layer, "bias", "bias_ih_l0", "o", extra=hh, combine="stack", more_steps=reorder)
-                elif kind == "gru":
-                    add(layer, "bias", "bias_ih_l0", "o", more_steps=reorder)
-                else:
-                    add(layer, "bias", "bias_ih_l0", "o", extra=hh, combine="sum", more_steps=reorder)
+            bidirectional = any(p.endswith("_reverse") for p in layer.tensors)
+            # Keras's Bidirectional wrapper holds the forward layer's weights, then the backward layer's.
+            for suffix, prefix in (("", "forward_"), ("_reverse", "backward_"))[:2 if bidirectional else 1]:
+                scope = f"{prefix}{kind}/" if bidirectional else ""
+                add(layer, scope + "kernel", "weight_ih_l0" + suffix, "i o", more_steps=reorder)
+                add(layer, scope + "recurrent_kernel", "weight_hh_l0" + suffix, "i o", more_steps=reorder)
+                if "bias_ih_l0" + suffix in layer.tensors:
+                    hh = (layer.tensors["bias_hh_l0" + suffix],)
+                    if kind == "gru" and attrs.get("reset_after", True):
+                        add(layer, scope + "bias", "bias_ih_l0" + suffix, "o", extra=hh, combine="stack",
+                            more_steps=reorder)
+                    else:  # LSTM, and GRU with reset_after=False: both biases sit outside the reset gate's product
+                        add(layer, scope + "bias", "bias_ih_l0" + suffix, "o", extra=hh, combine="sum",
+                            more_steps=reorder)
         else:
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")

@@ -170,3 +170,99 @@ def test_onnx_conformance_conv_cases(run_cli, tmp_path, case):
             output_padding=a["output_padding"])
         got = full[(slice(None), slice(None)) + tuple(slice(b, full.shape[2 + k] - e) for k, (b, e) in enumerate(a["pads"]))]
     np.testing.assert_allclose(got.numpy(), np.asarray(outputs[0]), rtol=1e-5, atol=1e-5)
+
+
+def keras_from_onnx(run_cli, tmp_path, name: str, build) -> tuple[np.ndarray, np.ndarray]:
+    """Convert fixture ``name`` to the Keras target, load it into ``build(keras)``, return (Keras output, onnxruntime's)."""
+    import keras
+    out = tmp_path / f"{name}.h5"
+    code, _, err = run_cli("convert", fixture_path("onnx", f"{name}.onnx"), "-o", out, "--to", "keras")
+    assert code == 0, err
+    model, to_keras, from_keras = build(keras)
+    model.load_weights(str(out))
+    x = np.load(fixture_path("onnx", f"{name}.input.npy"))
+    return from_keras(model.predict(to_keras(x), verbose=0)), np.load(fixture_path("onnx", f"{name}.output.npy"))
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, 1, -1)
+
+
+def channels_first(y: np.ndarray) -> np.ndarray:
+    return np.moveaxis(y, -1, 1)
+
+
+def conv1d_model(keras):
+    L = keras.layers
+    inputs = keras.Input((19, 3))
+    x = L.ZeroPadding1D(1)(inputs)
+    x = L.Conv1D(5, 4, strides=2, activation="tanh")(x)
+    return keras.Model(inputs, L.Conv1D(2, 3, dilation_rate=2)(x)), channels_last, channels_first
+
+
+def conv3d_model(keras):
+    inputs = keras.Input((5, 6, 4, 2))
+    return (keras.Model(inputs, keras.layers.Conv3D(3, (2, 3, 2), activation="sigmoid")(inputs)),
+            channels_last, channels_first)
+
+
+def autopad_gemm_model(keras):
+    """SAME_UPPER (stride 2) pads more at the end, SAME_LOWER more at the start: explicit padding layers."""
+    L = keras.layers
+    inputs = keras.Input((11, 13, 3))
+    x = L.ZeroPadding2D(((0, 1), (1, 2)))(inputs)   # kernel (2, 4), stride 2: pads 1 (end) and 3 (1 start, 2 end)
+    x = L.Conv2D(4, (2, 4), strides=2, use_bias=False)(x)
+    x = L.ZeroPadding2D(((1, 1), (1, 0)))(x)        # kernel (3, 2), strides (2, 1), SAME_LOWER
+    x = L.Conv2D(5, (3, 2), strides=(2, 1), use_bias=False, activation="relu")(x)
+    x = L.Flatten()(x)
+    x = L.Dense(6)(x)
+    return keras.Model(inputs, L.Dense(3)(x)), channels_last, lambda y: y
+
+
+def gru_model(keras, reset_after: bool):
+    inputs = keras.Input((5, 2))
+    gru = keras.layers.GRU(3, return_sequences=True, reset_after=reset_after)
+    to_keras = lambda x: np.swapaxes(x, 0, 1)                    # (seq, batch, f) -> (batch, seq, f)
+    from_keras = lambda y: np.swapaxes(y, 0, 1)[:, None]          # -> ONNX Y (seq, directions, batch, hidden)
+    return keras.Model(inputs, gru(inputs)), to_keras, from_keras
+
+
+@pytest.mark.parametrize("name, build", [
+    ("torch_cnn_external", None), ("torch_conv1d", conv1d_model), ("torch_conv3d", conv3d_model),
+    ("helper_autopad_gemm", autopad_gemm_model),
+    ("gru_linear_before_reset", lambda keras: gru_model(keras, True)),
+    ("gru_reset_before", lambda keras: gru_model(keras, False)),
+])
+def test_onnx_fixture_ports_to_an_equivalent_keras3_model(run_cli, tmp_path, name, build):
+    if build is None:  # same graph as torch_cnn, tensors in external data
+        def build(keras):
+            L = keras.layers
+            inputs = keras.Input((17, 15, 3))
+            x = L.Conv2D(4, (3, 2), activation="relu")(inputs)
+            x = L.ZeroPadding2D(((1, 1), (0, 0)))(x)
+            x = L.Conv2D(6, (2, 3), strides=2, groups=2)(x)
+            x = L.Conv2D(6, 3, dilation_rate=2, groups=6)(x)
+            x = L.Flatten()(L.MaxPooling2D(2)(x))
+            return keras.Model(inputs, L.Dense(5)(x)), channels_last, lambda y: y
+    got, expected = keras_from_onnx(run_cli, tmp_path, name, build)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_conv_transpose_is_refused_for_keras(run_cli, tmp_path):
+    """Keras's Conv2DTranspose has no groups: a clear refusal, not a file Keras cannot load."""
+    out = tmp_path / "t.h5"
+    code, _, err = run_cli("convert", fixture_path("onnx", "torch_convtranspose.onnx"), "-o", out, "--to", "keras")
+    assert code == 2 and "groups=2" in err and not out.exists()
+
+
+def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path):
+    """ONNX LSTM gates i,o,f,c -> Keras i,f,c,o; B = [Wb, Rb] summed; reverse direction -> backward layer."""
+    def build(keras):
+        inputs = keras.Input((5, 2))
+        rnn = keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True))
+        to_keras = lambda x: np.swapaxes(x, 0, 1)
+        # Keras (batch, seq, 2*hidden) -> ONNX Y (seq, directions, batch, hidden)
+        from_keras = lambda y: y.reshape(y.shape[0], y.shape[1], 2, 3).transpose(1, 2, 0, 3)
+        return keras.Model(inputs, rnn(inputs)), to_keras, from_keras
+    got, expected = keras_from_onnx(run_cli, tmp_path, "lstm_bidirectional", build)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
