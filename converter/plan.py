@@ -91,6 +91,14 @@ class Plan:
     warnings: list[str]
 
 
+def plan_by_layer(plan: Plan) -> list[tuple[Layer, list[PlannedTensor]]]:
+    """The plan's tensors grouped by layer, layers and tensors in plan order."""
+    groups: dict[int, tuple[Layer, list[PlannedTensor]]] = {}
+    for item in plan.tensors:
+        groups.setdefault(id(item.layer), (item.layer, []))[1].append(item)
+    return list(groups.values())
+
+
 def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | None = None) -> str:
     """The user's name for a canonical key.
 

@@ -40,7 +40,7 @@ class FormatEntry:
 
 FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
-    FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=False),
+    FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=True),
     FormatEntry("onnx", "formats.onnx_file", (".onnx",), "onnx", reads=True, writes=True),
     FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
     FormatEntry("npz", "formats.npz_arrays", (".npz",), "npz", reads=False, writes=True),

@@ -14,6 +14,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from converter.dtypes import BFLOAT16, as_bfloat16, bfloat16, is_bfloat16
 from converter.errors import BadInputError, UnsafeInputError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -130,6 +131,24 @@ def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
                             fix="The file is damaged; export it again") from None
 
 
+def is_bfloat16_dataset(dataset: h5py.Dataset) -> bool:
+    """Keras 3 stores bfloat16 as opaque 2-byte words marked ``attrs["dtype"] = "bfloat16"``."""
+    return dataset.dtype.itemsize == 2 and text_attr(dataset.attrs, "dtype") == BFLOAT16
+
+
+def dataset_dtype(dataset: h5py.Dataset) -> np.dtype:
+    """The NumPy dtype of a dataset's values (bfloat16 for Keras 3's marked 2-byte words)."""
+    return bfloat16() if is_bfloat16_dataset(dataset) else dataset.dtype
+
+
+def create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
+    """Write ``array`` as ``group[name]``; bfloat16 as Keras 3 writes it (opaque words + dtype attribute)."""
+    dataset = group.create_dataset(name, data=array)
+    if is_bfloat16(array.dtype):
+        dataset.attrs["dtype"] = BFLOAT16
+    return dataset
+
+
 def dataset_reader(dataset: h5py.Dataset):
     """A function reading the whole dataset as a NumPy array (called only when the tensor is written).
 
@@ -138,6 +157,8 @@ def dataset_reader(dataset: h5py.Dataset):
     """
     def read() -> np.ndarray:
         try:
+            if isinstance(dataset, h5py.Dataset) and is_bfloat16_dataset(dataset):
+                return as_bfloat16(dataset[()])
             mapped = mapped_dataset(dataset) if isinstance(dataset, h5py.Dataset) else None
             return mapped if mapped is not None else dataset[()]
         except H5_ERRORS as error:

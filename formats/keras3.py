@@ -23,9 +23,11 @@ from typing import Any
 
 import h5py
 
-from converter.errors import BadInputError, UnsupportedError, WeightportError
-from converter.model import Model
-from converter.options import ReadOptions
+from converter.atomic import atomic_path
+from converter.errors import BadInputError, UnsupportedError, UsageError, WeightportError
+from converter.model import Layer, Model
+from converter.options import ReadOptions, WriteOptions
+from converter.plan import make_plan, plan_by_layer
 from formats import hdf5
 from formats.keras_config import KerasLayerDecl, model_layers
 from formats.keras_h5 import KerasH5Reader, guess_class
@@ -208,3 +210,70 @@ def vars_groups(handle: h5py.File) -> dict[str, str]:
             walk(child)
     walk(handle)
     return found
+
+
+KERAS3_CLASS_KEYS: dict[str, str] = {
+    "conv": "conv{rank}d", "conv_transpose": "conv{rank}d_transpose", "depthwise": "depthwise_conv{rank}d",
+    "separable": "separable_conv{rank}d", "dense": "dense", "batchnorm": "batch_normalization",
+    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru",
+}  # Keras 3 names a layer's group by its class in snake case (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)
+DIRECTION_GROUPS = {"forward": "forward_layer", "backward": "backward_layer"}
+
+
+def layer_group_keys(model: Model) -> dict[str, str]:
+    """Canonical layer name -> its group under ``layers/``: the class key, ``_1``, ``_2`` ... per repeated class.
+
+    Keras 3 counts repeats of a class in the order of the model's layers
+    (``conv2d``, ``conv2d_1``); weightless classes never share a key with a
+    weighted one, so the weighted layers alone fix every key.
+    """
+    keys: dict[str, str] = {}
+    used: dict[str, int] = {}
+    for layer in model.weighted_layers():
+        base = KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
+        if any(name.endswith("_reverse") for name in layer.tensors):
+            base = "bidirectional"
+        keys[layer.name] = base if base not in used else f"{base}_{used[base] + 1}"
+        used[base] = used.get(base, -1) + 1
+    return keys
+
+
+def variable_group(layer: Layer, variable: str, key: str) -> str:
+    """HDF5 group of one Keras variable: ``layers/<key>[/forward_layer|/backward_layer][/cell]/vars``."""
+    path = f"layers/{key}"
+    scope, _, _ = variable.rpartition("/")
+    if scope:
+        path += "/" + DIRECTION_GROUPS[scope.split("_")[0]]
+    if layer.kind in ("lstm", "gru"):
+        path += "/cell"
+    return path + "/vars"
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Keras 3 ``.weights.h5`` that ``model.load_weights`` of the same architecture loads.
+
+    Each weighted layer's variables go to ``layers/<class key>/vars/0, 1, ...``
+    in Keras's variable order (RNN cells under ``cell/vars``, a bidirectional
+    RNN under ``forward_layer`` / ``backward_layer``), kernels in Keras layouts
+    (the same plan as the legacy Keras HDF5 writer); bfloat16 tensors carry
+    Keras's ``dtype`` attribute.  Weightless layers need no group.
+    """
+    if not path.lower().endswith(".weights.h5"):
+        raise UsageError(f"weightport writes Keras 3 weights as .weights.h5, not {os.path.basename(path)!r}",
+                         path=path, fix="Name the output NAME.weights.h5 and load it with model.load_weights")
+    unknown = [layer.name for layer in model.weighted_layers() if layer.kind not in KERAS3_CLASS_KEYS]
+    if unknown:
+        raise UnsupportedError(f"layers {', '.join(unknown)} have no known Keras 3 class, so their group names "
+                               "cannot be known", fix="Convert to legacy Keras HDF5 (.h5), matched by layer order")
+    plan = make_plan(model, "keras", options)
+    keys = layer_group_keys(model)
+    with atomic_path(path, options.force) as temporary:
+        with h5py.File(temporary, "w") as handle:
+            handle.create_group("vars").attrs["name"] = "model"
+            for layer, items in plan_by_layer(plan):
+                for item in items:
+                    group = handle.require_group(variable_group(layer, item.key[len(layer.name) + 1:],
+                                                                keys[layer.name]))
+                    group.attrs.setdefault("name", layer.name)
+                    hdf5.create_dataset(group, str(len(group)), item.load())
+    return plan.warnings

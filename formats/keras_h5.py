@@ -25,7 +25,7 @@ from converter.atomic import atomic_path
 from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_blocks, Layout, Relayout, ReorderBlocks, TakeIndex
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from converter.options import ReadOptions, WriteOptions
-from converter.plan import make_plan
+from converter.plan import make_plan, plan_by_layer
 from converter.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from converter.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from formats import hdf5
@@ -340,7 +340,7 @@ class KerasH5Reader:
         target_semantics = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
         relayout = Relayout(Layout(src, semantics), Layout(dst, target_semantics))
         steps = (extra[:1] + (relayout,) + extra[1:]) if pattern_after_take else ((relayout,) + extra)
-        return Tensor(name, tuple(dataset.shape), dataset.dtype, Layout(dst, target_semantics),
+        return Tensor(name, tuple(dataset.shape), hdf5.dataset_dtype(dataset), Layout(dst, target_semantics),
                       Provenance(key, src, semantics, rule), hdf5.dataset_reader(dataset), steps)
 
     def set_input_shape(self, model: Model, decls: list[KerasLayerDecl], default_format: str) -> None:
@@ -411,9 +411,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """
     plan = make_plan(model, "keras", options)
     theano = options.target_semantics == CONVOLUTION
-    by_layer: dict[str, list] = {}
-    for item in plan.tensors:
-        by_layer.setdefault(item.layer.name, []).append(item)
+    by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}
     with atomic_path(path, options.force) as temporary:
         with h5py.File(temporary, "w") as handle:
             handle.attrs["backend"] = "theano" if theano else "tensorflow"
@@ -426,8 +424,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
                 items = by_layer.get(layer.name, [])
                 group.attrs["weight_names"] = np.array([i.key.encode("utf8") for i in items], dtype="S")
                 for item in items:
-                    array = item.load()
-                    group.create_dataset(item.key, data=array)
+                    hdf5.create_dataset(group, item.key, item.load())
     return plan.warnings
 
 
@@ -488,7 +485,7 @@ def guess_class(name: str) -> str:
 
 
 def check_dataset(dataset: h5py.Dataset, path: str) -> None:
-    if dataset.dtype.kind not in "fiub":
+    if dataset.dtype.kind not in "fiub" and not hdf5.is_bfloat16_dataset(dataset):
         raise BadInputError(f"dataset {dataset.name} has dtype {dataset.dtype}, not a numeric array", path=path,
                             fix="Only numeric weight arrays can be converted")
 

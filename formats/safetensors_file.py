@@ -23,6 +23,7 @@ import numpy as np
 
 from converter.atomic import atomic_path
 from converter.describe import graph_metadata
+from converter.dtypes import BFLOAT16, bfloat16, is_bfloat16
 from converter.errors import BadInputError, WeightportError
 from converter.layout import Layout, materialize
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
@@ -38,13 +39,24 @@ EXTENSIONS = (".safetensors",)
 MAX_HEADER = 100 * 1024 * 1024
 DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?", "BF16": BFLOAT16,
 }
-CODES: dict[str, str] = {np.dtype(v).str.replace("|", "<"): k for k, v in DTYPES.items()}
+CODES: dict[str, str] = {np.dtype(v).str.replace("|", "<"): k for k, v in DTYPES.items() if v != BFLOAT16}
+
+
+def numpy_dtype(code: str) -> np.dtype:
+    """NumPy dtype of a safetensors dtype code (``BF16`` needs ml_dtypes, imported only then)."""
+    return bfloat16() if code == "BF16" else np.dtype(DTYPES[code])
+
+
+def itemsize(code: str) -> int:
+    return 2 if code == "BF16" else np.dtype(DTYPES[code]).itemsize
 
 
 def dtype_code(dtype: np.dtype) -> str:
-    """safetensors dtype code of a NumPy dtype (``float32`` -> ``F32``)."""
+    """safetensors dtype code of a NumPy dtype (``float32`` -> ``F32``, ml_dtypes ``bfloat16`` -> ``BF16``)."""
+    if is_bfloat16(dtype):
+        return "BF16"
     key = np.dtype(dtype).newbyteorder("<").str.replace("|", "<")
     if key not in CODES:
         raise BadInputError(f"dtype {np.dtype(dtype)} cannot be stored in safetensors",
@@ -101,7 +113,7 @@ def check_entries(header: dict[str, Any], buffer_size: int, path: str) -> None:
                 or not all(isinstance(n, int) for n in entry["data_offsets"])):
             raise BadInputError(f"safetensors entry {key!r} is malformed", path=path, fix="Write the file again")
         begin, end = entry["data_offsets"]
-        expected = math.prod(entry["shape"]) * np.dtype(DTYPES[entry["dtype"]]).itemsize
+        expected = math.prod(entry["shape"]) * itemsize(entry["dtype"])
         if end - begin != expected:
             raise BadInputError(f"safetensors entry {key!r} declares {end - begin} bytes for shape "
                                 f"{entry['shape']} ({expected} needed)", path=path, fix="Write the file again")
@@ -172,7 +184,7 @@ def graph_from_metadata(metadata: dict[str, str], path: str) -> dict[str, Any] |
 
 def file_tensor(path: str, key: str, entry: dict[str, Any], data_start: int) -> Tensor:
     """A lazy tensor reading its bytes from the file with a memory map."""
-    dtype = np.dtype(DTYPES[entry["dtype"]])
+    dtype = numpy_dtype(entry["dtype"])
     shape = tuple(entry["shape"])
     offset = data_start + entry["data_offsets"][0]
 

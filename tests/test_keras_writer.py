@@ -1,5 +1,6 @@
-"""Keras target: weights written by weightport load into a real Keras 3 model with load_weights and
-reproduce the outputs Keras recorded; Keras -> torch -> Keras returns bit-identical arrays."""
+"""Keras target: weights written by weightport (legacy .h5 and Keras 3 .weights.h5) load into a real Keras 3
+model with load_weights and reproduce the outputs Keras recorded; Keras -> torch -> Keras returns bit-identical
+arrays, and the .weights.h5 holds the very datasets Keras's own save_weights wrote."""
 
 from __future__ import annotations
 
@@ -26,9 +27,18 @@ def weights_by_layer(path: str) -> dict[str, list[np.ndarray]]:
     return out
 
 
+def keras3_datasets(path: str) -> dict[str, np.ndarray]:
+    """Every dataset of a Keras 3 .weights.h5 by its HDF5 path (groups of weightless layers hold none)."""
+    found = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda key, item: found.update({key: item[()]}) if isinstance(item, h5py.Dataset) else None)
+    return found
+
+
 @pytest.mark.parametrize("name", FIXTURES)
-def test_keras_to_torch_to_keras_loads_and_reproduces(run_cli, tmp_path, name):
-    middle, back = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.h5"
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
+def test_keras_to_torch_to_keras_loads_and_reproduces(run_cli, tmp_path, name, suffix):
+    middle, back = tmp_path / f"{name}.safetensors", tmp_path / f"{name}{suffix}"
     assert run_cli("convert", fixture_path("keras3", f"{name}.h5"), "-o", middle)[0] == 0
     code, _, err = run_cli("convert", middle, "-o", back, "--to", "keras")
     assert code == 0, err
@@ -39,6 +49,12 @@ def test_keras_to_torch_to_keras_loads_and_reproduces(run_cli, tmp_path, name):
     x = np.load(fixture_path("keras3", f"{name}.input.npy"))
     expected = np.load(fixture_path("keras3", f"{name}.output.npy"))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    if suffix == ".weights.h5":  # the same datasets, at the same paths, as Keras's own save_weights
+        original, returned = keras3_datasets(fixture_path("keras3", f"{name}.weights.h5")), keras3_datasets(str(back))
+        assert sorted(original) == sorted(returned)
+        for key, array in original.items():
+            assert array.dtype == returned[key].dtype and np.array_equal(array, returned[key]), key
+        return
     original, returned = weights_by_layer(fixture_path("keras3", f"{name}.h5")), weights_by_layer(str(back))
     for layer, arrays in original.items():
         assert len(arrays) == len(returned[layer]), layer

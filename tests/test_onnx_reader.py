@@ -172,10 +172,11 @@ def test_onnx_conformance_conv_cases(run_cli, tmp_path, case):
     np.testing.assert_allclose(got.numpy(), np.asarray(outputs[0]), rtol=1e-5, atol=1e-5)
 
 
-def keras_from_onnx(run_cli, tmp_path, name: str, build) -> tuple[np.ndarray, np.ndarray]:
-    """Convert fixture ``name`` to the Keras target, load it into ``build(keras)``, return (Keras output, onnxruntime's)."""
+def keras_from_onnx(run_cli, tmp_path, name: str, build, suffix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert fixture ``name`` to the Keras target (legacy ``.h5`` or Keras 3 ``.weights.h5``), load it into
+    ``build(keras)``, return (Keras output, onnxruntime's)."""
     import keras
-    out = tmp_path / f"{name}.h5"
+    out = tmp_path / f"{name}{suffix}"
     code, _, err = run_cli("convert", fixture_path("onnx", f"{name}.onnx"), "-o", out, "--to", "keras")
     assert code == 0, err
     model, to_keras, from_keras = build(keras)
@@ -233,7 +234,8 @@ def gru_model(keras, reset_after: bool):
     ("gru_linear_before_reset", lambda keras: gru_model(keras, True)),
     ("gru_reset_before", lambda keras: gru_model(keras, False)),
 ])
-def test_onnx_fixture_ports_to_an_equivalent_keras3_model(run_cli, tmp_path, name, build):
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
+def test_onnx_fixture_ports_to_an_equivalent_keras3_model(run_cli, tmp_path, name, build, suffix):
     if build is None:  # same graph as torch_cnn, tensors in external data
         def build(keras):
             L = keras.layers
@@ -244,7 +246,7 @@ def test_onnx_fixture_ports_to_an_equivalent_keras3_model(run_cli, tmp_path, nam
             x = L.Conv2D(6, 3, dilation_rate=2, groups=6)(x)
             x = L.Flatten()(L.MaxPooling2D(2)(x))
             return keras.Model(inputs, L.Dense(5)(x)), channels_last, lambda y: y
-    got, expected = keras_from_onnx(run_cli, tmp_path, name, build)
+    got, expected = keras_from_onnx(run_cli, tmp_path, name, build, suffix)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -255,7 +257,8 @@ def test_grouped_conv_transpose_is_refused_for_keras(run_cli, tmp_path):
     assert code == 2 and "groups=2" in err and not out.exists()
 
 
-def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".weights.h5"])
+def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path, suffix):
     """ONNX LSTM gates i,o,f,c -> Keras i,f,c,o; B = [Wb, Rb] summed; reverse direction -> backward layer."""
     def build(keras):
         inputs = keras.Input((5, 2))
@@ -264,5 +267,5 @@ def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path)
         # Keras (batch, seq, 2*hidden) -> ONNX Y (seq, directions, batch, hidden)
         from_keras = lambda y: y.reshape(y.shape[0], y.shape[1], 2, 3).transpose(1, 2, 0, 3)
         return keras.Model(inputs, rnn(inputs)), to_keras, from_keras
-    got, expected = keras_from_onnx(run_cli, tmp_path, "lstm_bidirectional", build)
+    got, expected = keras_from_onnx(run_cli, tmp_path, "lstm_bidirectional", build, suffix)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
