@@ -39,3 +39,23 @@ def as_bfloat16(array: np.ndarray) -> np.ndarray:
 def as_words(array: np.ndarray) -> np.ndarray:
     """bfloat16 values as little-endian uint16 words (a view), for writers whose library lacks bfloat16."""
     return array.view(np.dtype("<u2"))
+
+
+def tensor_to_numpy(torch, value) -> np.ndarray:
+    """A torch tensor's values as NumPy on the CPU, bit for bit (bfloat16 through its 16-bit words)."""
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+        return as_bfloat16(value.view(torch.int16).numpy())
+    return value.numpy()
+
+
+def numpy_to_tensor(torch, array: np.ndarray):
+    """A torch tensor owning a copy of ``array``: same dtype (bfloat16 included), same bits."""
+    if is_bfloat16(array.dtype):
+        return torch.from_numpy(np.array(array.view(np.int16), copy=True)).view(torch.bfloat16)
+    return torch.from_numpy(np.array(array, copy=True))
+
+
+def widened(array: np.ndarray) -> np.ndarray:
+    """bfloat16 as float32, exactly (every bfloat16 is a float32); any other array unchanged."""
+    return array.astype(np.float32) if is_bfloat16(array.dtype) else array

@@ -133,7 +133,7 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
         for param, tensor in layer.tensors.items():
             key = renamed(f"{layer.name}.{param}", options.rename, options.rename_patterns)
             planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))
-        if layer.kind == "batchnorm" and "running_var" in layer.tensors:
+        if layer.kind == "batchnorm" and "running_var" in layer.tensors and "num_batches_tracked" not in layer.tensors:
             key = renamed(f"{layer.name}.num_batches_tracked", options.rename, options.rename_patterns)
             counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
                                    Provenance("(none: PyTorch BatchNorm counter, zero)", ""))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter.dtypes import numpy_to_tensor
 from converter.errors import UnsupportedError
 from converter.layout import Layout, relayout
 from converter.model import Layer, Model
@@ -299,7 +300,7 @@ def canonical_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """The torch target's state_dict straight from the canonical tensors."""
     from converter.options import WriteOptions
     from converter.plan import make_plan
-    return {p.key: torch.from_numpy(np.array(p.load(), copy=True)) for p in make_plan(model, "torch", WriteOptions()).tensors}
+    return {p.key: numpy_to_tensor(torch, p.load()) for p in make_plan(model, "torch", WriteOptions()).tensors}
 
 
 def spatial_pattern(rank: int) -> tuple[str, str]:

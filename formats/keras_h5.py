@@ -20,6 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from converter.dtypes import is_bfloat16, widened
 from converter.errors import BadInputError, UnsupportedError, WeightportError
 from converter.atomic import atomic_path
 from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_blocks, Layout, Relayout, ReorderBlocks, TakeIndex
@@ -412,6 +413,10 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     plan = make_plan(model, "keras", options)
     theano = options.target_semantics == CONVOLUTION
     by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}
+    bf16 = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
+    if bf16:  # Keras's legacy HDF5 loader (Keras 2 and 3) reads no bfloat16
+        plan.warnings.append(f"legacy Keras HDF5 has no bfloat16: {', '.join(bf16)} written as float32 (exact, "
+                             "every bfloat16 is a float32); name the output .weights.h5 to keep bfloat16")
     with atomic_path(path, options.force) as temporary:
         with h5py.File(temporary, "w") as handle:
             handle.attrs["backend"] = "theano" if theano else "tensorflow"
@@ -424,7 +429,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
                 items = by_layer.get(layer.name, [])
                 group.attrs["weight_names"] = np.array([i.key.encode("utf8") for i in items], dtype="S")
                 for item in items:
-                    hdf5.create_dataset(group, item.key, item.load())
+                    hdf5.create_dataset(group, item.key, widened(item.load()))
     return plan.warnings
 
 

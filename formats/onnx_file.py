@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from converter.atomic import atomic_path, check_can_write
+from converter.dtypes import is_bfloat16
 from converter.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, UsageError,
                               WeightportError)
 from converter.layout import NO_SEMANTICS, CORRELATION, Layout, Relayout, ReorderBlocks, TakeIndex, write_back
@@ -42,6 +43,9 @@ EXTENSIONS = (".onnx",)
 ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Elu": "elu",
                "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": "hard_sigmoid"}
 PASS_THROUGH = ("Identity", "Dropout")
+FOLDABLE = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Squeeze", "Unsqueeze",
+            "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand")
+MAX_FOLDED = 1 << 16  # values in a foldable constant: shape arithmetic, never weights
 
 
 def import_onnx():
@@ -125,8 +129,36 @@ class OnnxReader:
                         self.tensors[node.output[0]] = attribute.t
             elif node.op_type in ("Identity", "Cast") and node.input and node.input[0] in self.weight_names():
                 self.aliases[node.output[0]] = node.input[0]
+        self.folded = self.fold_constants(graph)
         self.shapes = self.value_shapes()
         self.producer: dict[str, str] = {}
+
+    def fold_constants(self, graph: Any) -> set[int]:
+        """Compute the small shape subgraphs exporters leave behind (torch.onnx's ``F.pad`` emits
+        ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Cast for its pads) with onnx's own
+        reference kernels, so the ops they feed (Pad, Reshape) see constants.  Only nodes of
+        :data:`FOLDABLE` whose inputs are all Constant-node outputs, with at most :data:`MAX_FOLDED`
+        values, are computed; initializers (the weights) are never touched.  Returns the folded nodes."""
+        from onnx.reference import ReferenceEvaluator
+        known = {node.output[0]: self.numpy_helper.to_array(self.tensors[node.output[0]])
+                 for node in graph.node if node.op_type == "Constant" and node.output[0] in self.tensors}
+        folded: set[int] = set()
+        for index, node in enumerate(graph.node):
+            inputs = [name for name in node.input if name]
+            if node.op_type not in FOLDABLE or not inputs or not all(name in known for name in inputs):
+                continue
+            if any(known[name].size > MAX_FOLDED for name in inputs) or (
+                    node.op_type == "ConstantOfShape" and np.prod(known[inputs[0]], dtype=np.int64) > MAX_FOLDED):
+                continue
+            try:
+                outputs = ReferenceEvaluator(node).run(None, {name: known[name] for name in inputs})
+            except Exception:  # a node onnx cannot compute stays in the graph as it was
+                continue
+            for name, value in zip(node.output, outputs):
+                known[name] = np.asarray(value)
+                self.tensors[name] = self.numpy_helper.from_array(np.asarray(value), name)
+            folded.add(index)
+        return folded
 
     def weight_names(self) -> set[str]:
         return set(self.tensors) | set(self.aliases)
@@ -226,7 +258,7 @@ class OnnxReader:
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
         for index, node in enumerate(graph.node):
-            if index in skip or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
+            if index in skip or index in self.folded or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
                                                                node.output[0] in self.aliases):
                 continue
             layer = self.layer(node, graph.node, index, skip)
@@ -272,6 +304,9 @@ class OnnxReader:
                          {"flatten_order": "chw"}, source_class=op)
         if op in ("MaxPool", "AveragePool"):
             return self.pool(node, a)
+        if op == "Pad" and self.zero_spatial_pads(node, a) is not None:
+            pads = self.zero_spatial_pads(node, a)
+            return Layer(self.layer_name(node), "padding", {"pads": pads, "rank": len(pads)}, source_class=op)
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             return Layer(self.layer_name(node), "global_pool",
                          {"mode": "max" if "Max" in op else "avg", "keepdims": True}, source_class=op)
@@ -290,6 +325,19 @@ class OnnxReader:
                                    path=self.path, fix="Supported: Conv, ConvTranspose, Gemm, MatMul, "
                                                        "BatchNormalization, LSTM, GRU, PRelu")
         return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
+
+    def zero_spatial_pads(self, node: Any, a: dict[str, Any]) -> list[list[int]] | None:
+        """``[[before, after], ...]`` per spatial axis of a constant-zero Pad of N, C, spatial... with nothing
+        added to N or C; None for any other Pad (reflect, non-zero value, pads not constant)."""
+        names = list(node.input[1:]) + [""] * 3
+        if a.get("mode", b"constant") not in (b"constant", "constant") or not self.is_weight(names[0]):
+            return None
+        pads = [int(p) for p in self.numpy_helper.to_array(self.tensors[self.resolve(names[0])]).reshape(-1)]
+        value = self.numpy_helper.to_array(self.tensors[self.resolve(names[1])]) if self.is_weight(names[1]) else 0
+        half = len(pads) // 2
+        if names[2] or np.any(np.asarray(value) != 0) or half < 3 or any(pads[:2]) or any(pads[half:half + 2]):
+            return None
+        return [[pads[k], pads[half + k]] for k in range(2, half)]
 
     def is_flatten_reshape(self, node: Any) -> bool:
         out = self.shapes.get(node.output[0])
@@ -544,6 +592,19 @@ def matched_layers(model: Model, target: Model, template: str) -> list[tuple[Lay
     return pairs
 
 
+def graph_dtype(model: Model) -> np.dtype:
+    """The one float dtype of the model's weights, which the traced graph computes in (float16/32/64)."""
+    found = {np.dtype(t.dtype) for _, _, t in model.state_keys() if np.dtype(t.dtype).kind == "f" or is_bfloat16(t.dtype)}
+    if any(is_bfloat16(d) for d in found):
+        raise UnsupportedError("the weights are bfloat16, which ONNX Conv, Gemm and the RNN ops of opset 17 do "
+                               "not take", fix="Give --template model.onnx whose initializers are bfloat16 (the "
+                               "weights are then replaced as they are), or convert to torch (.safetensors)")
+    if len(found) > 1:
+        raise UnsupportedError(f"the weights mix dtypes ({', '.join(sorted(d.name for d in found))}); a traced "
+                               "graph computes in one", fix="Give --template model.onnx with the same dtypes")
+    return found.pop() if found else np.dtype(np.float32)
+
+
 def traced_graph(model: Model) -> Any:
     """The canonical model as an ONNX graph, traced from :class:`converter.torch_build.CanonicalModule`."""
     try:
@@ -558,13 +619,16 @@ def traced_graph(model: Model) -> Any:
     if not model.has_architecture or not model.layers or model.layers[0].output_shape is None:
         raise UnsupportedError("the source carries no architecture with an input shape to trace",
                                fix="Give --template model.onnx of the same architecture")
-    module = CanonicalModule(model).eval()
+    dtype = getattr(torch, graph_dtype(model).name)
+    module = CanonicalModule(model).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(model), strict=False)
-    example = torch.zeros((1,) + tuple(int(n) for n in model.layers[0].output_shape))
+    example = torch.zeros((1,) + tuple(int(n) for n in model.layers[0].output_shape), dtype=dtype)
     buffer = io.BytesIO()
     import warnings
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on RNN batch sizes and shape inference
+        # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+                          training=torch.onnx.TrainingMode.PRESERVE,
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
     return onnx.load_model_from_string(buffer.getvalue())

@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 
+from converter.dtypes import is_bfloat16, widened
 from converter.atomic import atomic_path, check_can_write
 from converter.describe import jsonable
 from converter.errors import UnsupportedError
@@ -111,7 +112,11 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     plan = theano_plan(model, options)
     spec_path = os.path.join(os.path.dirname(path) or ".", os.path.basename(path).split(".")[0] + ".spec.json")
     check_can_write(spec_path, options.force)
-    arrays = [item.load() for item in plan.tensors]
+    arrays = [widened(item.load()) for item in plan.tensors]
+    bf16 = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
+    if bf16:
+        plan.warnings.append(f"Theano has no bfloat16: {', '.join(bf16)} written as float32 (exact, every "
+                             "bfloat16 is a float32)")
     with atomic_path(path, options.force) as temporary:
         with open(temporary, "wb") as handle:
             pickle.dump(arrays, handle, protocol=2)

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 
 from converter.atomic import atomic_path
+from converter.dtypes import numpy_to_tensor, tensor_to_numpy
 from converter.errors import BadInputError, MissingDependencyError
 from converter.layout import Layout
 from converter.model import Layer, Model, Provenance, SourceInfo, array_tensor
@@ -54,7 +55,7 @@ def read(path: str, options: ReadOptions) -> Model:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
-        array = value.detach().cpu().numpy()
+        array = tensor_to_numpy(torch, value)
         layer_name, _, param = key.rpartition(".")
         layer_name = layer_name or key
         try:
@@ -74,7 +75,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     state = {}
     for item in plan.tensors:
         array = item.load()
-        state[item.key] = torch.from_numpy(np.array(array, copy=True))
+        state[item.key] = numpy_to_tensor(torch, array)
     with atomic_path(path, options.force) as temporary:
         torch.save(state, temporary)
     return plan.warnings
