@@ -239,8 +239,14 @@ class OnnxReader:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
     def layer_name(self, node: Any, weight: str | None = None) -> str:
+        """A weighted node is named after its weight (``conv1.weight`` -> ``conv1``) or, when the exporter
+        renamed the weight (``onnx::LSTM_45``), after its torch.onnx scope (``/encoder/lstm/LSTM`` ->
+        ``encoder.lstm``); any other node after its own name."""
         if weight and weight.endswith(".weight"):
             return safe_name(weight[: -len(".weight")])
+        scope = re.fullmatch(r"/(.+)/[A-Za-z]+(_\d+)?", node.name or "")
+        if weight and scope:
+            return safe_name(scope.group(1).replace("/", "."))
         return safe_name(node.name or node.output[0])
 
     def model(self) -> Model:
@@ -292,6 +298,11 @@ class OnnxReader:
             pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(node.input[1])].dims) - 1)])
             layer.tensors["weight"] = self.tensor("weight", node.input[1], pattern, pattern)
             return layer
+        if op == "Gather" and self.is_parameter(node.input[0]) and a.get("axis", 0) == 0 \
+                and len(self.tensors[self.resolve(node.input[0])].dims) == 2:
+            layer = Layer(self.layer_name(node, node.input[0]), "embedding", {}, source_class="Gather")
+            layer.tensors["weight"] = self.tensor("weight", node.input[0], "n e", "n e")
+            return layer
         if op in ACTIVATIONS:
             return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
         if op == "Flatten":
@@ -319,11 +330,11 @@ class OnnxReader:
             return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
         if op in PASS_THROUGH:
             return Layer(self.layer_name(node), "dropout", {}, source_class=op)
-        weights = [n for n in node.input if self.is_weight(n)]
+        weights = [n for n in node.input if self.is_parameter(n)]
         if weights and op not in ("Reshape", "Pad", "Resize", "Upsample", "Slice", "Squeeze", "Unsqueeze"):
             raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) holds weights weightport cannot map",
                                    path=self.path, fix="Supported: Conv, ConvTranspose, Gemm, MatMul, "
-                                                       "BatchNormalization, LSTM, GRU, PRelu")
+                                                       "BatchNormalization, LSTM, GRU, PRelu, Gather (embedding)")
         return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
 
     def zero_spatial_pads(self, node: Any, a: dict[str, Any]) -> list[list[int]] | None:
@@ -338,6 +349,14 @@ class OnnxReader:
         if names[2] or np.any(np.asarray(value) != 0) or half < 3 or any(pads[:2]) or any(pads[half:half + 2]):
             return None
         return [[pads[k], pads[half + k]] for k in range(2, half)]
+
+    def is_parameter(self, name: str) -> bool:
+        """A constant that looks like learned weights (float, more than one value), not an index or a scalar."""
+        if not self.is_weight(name):
+            return False
+        proto = self.tensors[self.resolve(name)]
+        dtype = np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        return (dtype.kind == "f" or is_bfloat16(dtype)) and math.prod(proto.dims) > 1
 
     def is_flatten_reshape(self, node: Any) -> bool:
         out = self.shapes.get(node.output[0])
@@ -402,7 +421,8 @@ class OnnxReader:
         kernel = tuple(int(k) for k in a["kernel_shape"])
         strides = tuple(a.get("strides", (1,) * len(kernel)))
         pads = self.pads(node, a, kernel, strides, (1,) * len(kernel))
-        if a.get("ceil_mode") or (node.op_type == "AveragePool" and a.get("count_include_pad")):
+        padded = any(p for pair in pads for p in pair) if isinstance(pads, list) else pads != "valid"
+        if a.get("ceil_mode") or (node.op_type == "AveragePool" and a.get("count_include_pad") and padded):
             raise UnsupportedError(f"{node.op_type} {node.name!r} uses ceil_mode or count_include_pad",
                                    path=self.path, fix="Export without them")
         return Layer(self.layer_name(node), "pool", {"rank": len(kernel), "kernel_size": kernel, "strides": strides,
@@ -474,7 +494,7 @@ class OnnxReader:
         direction = a.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else direction
         directions = 2 if direction == "bidirectional" else 1
-        layer = Layer(self.layer_name(node), kind, {}, source_class=op)
+        layer = Layer(self.layer_name(node, node.input[1]), kind, {}, source_class=op)
         reorder = ReorderBlocks(0, gates, canonical)
         for d, suffix in enumerate(("", "_reverse")[:directions]):
             take = TakeIndex(d, directions)
@@ -622,7 +642,9 @@ def traced_graph(model: Model) -> Any:
     dtype = getattr(torch, graph_dtype(model).name)
     module = CanonicalModule(model).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(model), strict=False)
-    example = torch.zeros((1,) + tuple(int(n) for n in model.layers[0].output_shape), dtype=dtype)
+    shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
+    takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
+    example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
     buffer = io.BytesIO()
     import warnings
     with torch.no_grad(), warnings.catch_warnings():
