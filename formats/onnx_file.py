@@ -293,10 +293,11 @@ class OnnxReader:
             return self.batchnorm(node, a)
         if op in ("LSTM", "GRU"):
             return self.rnn(node, a)
-        if op == "PRelu" and self.is_weight(node.input[1]):
-            layer = Layer(self.layer_name(node, node.input[1]), "prelu", {}, source_class="PRelu")
-            pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(node.input[1])].dims) - 1)])
-            layer.tensors["weight"] = self.tensor("weight", node.input[1], pattern, pattern)
+        if op == "PRelu" and self.is_weight(self.slope_source(node, nodes)):
+            slope = self.slope_source(node, nodes)
+            layer = Layer(self.layer_name(node, slope), "prelu", {}, source_class="PRelu")
+            pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(slope)].dims) - 1)])
+            layer.tensors["weight"] = self.tensor("weight", slope, pattern, pattern)
             return layer
         if op == "Gather" and self.is_parameter(node.input[0]) and a.get("axis", 0) == 0 \
                 and len(self.tensors[self.resolve(node.input[0])].dims) == 2:
@@ -321,6 +322,11 @@ class OnnxReader:
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             return Layer(self.layer_name(node), "global_pool",
                          {"mode": "max" if "Max" in op else "avg", "keepdims": True}, source_class=op)
+        if op in ("Add", "Mul") and any(self.is_parameter(name) for name in node.input):
+            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) takes a learned constant "
+                                   "operand that no supported layer holds", path=self.path,
+                                   fix="Export the model so the weight sits in a Conv, Gemm, PRelu or "
+                                       "BatchNormalization node")
         if op == "Add":
             return Layer(self.layer_name(node), "add", {}, source_class=op)
         if op == "Mul":
@@ -349,6 +355,18 @@ class OnnxReader:
         if names[2] or np.any(np.asarray(value) != 0) or half < 3 or any(pads[:2]) or any(pads[half:half + 2]):
             return None
         return [[pads[k], pads[half + k]] for k in range(2, half)]
+
+    def slope_source(self, node: Any, nodes: Any) -> str:
+        """PRelu's slope, followed back through the Unsqueeze/Reshape torch.onnx puts on a per-channel
+        ``(C,)`` weight to broadcast it as ``(C, 1, 1)``; the weight is read as stored."""
+        name = node.input[1]
+        for _ in range(4):
+            producer = next((n for n in nodes if name in n.output), None)
+            if producer is None or producer.op_type not in ("Unsqueeze", "Reshape") or \
+                    not self.is_parameter(producer.input[0]):
+                break
+            name = producer.input[0]
+        return name
 
     def is_parameter(self, name: str) -> bool:
         """A constant that looks like learned weights (float, more than one value), not an index or a scalar."""

@@ -269,3 +269,17 @@ def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path,
         return keras.Model(inputs, rnn(inputs)), to_keras, from_keras
     got, expected = keras_from_onnx(run_cli, tmp_path, "lstm_bidirectional", build, suffix)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_learned_constant_in_mul_is_refused_not_dropped(run_cli, tmp_path):
+    """A Mul scaling by a learned (3, 4) tensor holds weights no supported layer holds: exit 2, nothing written."""
+    from onnx import TensorProto, helper, numpy_helper
+    scale = numpy_helper.from_array(np.random.RandomState(3).uniform(-1, 1, (3, 4)).astype(np.float32), "scale")
+    graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y"], name="scaled")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [scale])
+    source = tmp_path / "mul.onnx"
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "out.safetensors")
+    assert code == 2 and "scaled" in err and "learned constant" in err and not (tmp_path / "out.safetensors").exists()
