@@ -36,11 +36,6 @@ def as_bfloat16(array: np.ndarray) -> np.ndarray:
     return array.view(bfloat16())
 
 
-def as_words(array: np.ndarray) -> np.ndarray:
-    """bfloat16 values as little-endian uint16 words (a view), for writers whose library lacks bfloat16."""
-    return array.view(np.dtype("<u2"))
-
-
 def tensor_to_numpy(torch, value) -> np.ndarray:
     """A torch tensor's values as NumPy on the CPU, bit for bit (bfloat16 through its 16-bit words)."""
     value = value.detach().cpu()

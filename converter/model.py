@@ -177,6 +177,11 @@ class Model:
             self.warnings.append(message)
 
 
+def is_bidirectional(layer: Layer) -> bool:
+    """True when an RNN layer holds a backward direction (its ``*_reverse`` tensors)."""
+    return any(name.endswith("_reverse") for name in layer.tensors)
+
+
 def is_kernel(tensor: Tensor) -> bool:
     """True when the tensor is a convolution kernel (it has spatial axes and a semantics)."""
     return tensor.layout.semantics != NO_SEMANTICS

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from converter.dtypes import is_bfloat16
 from converter.errors import UnsupportedError, UsageError
 from collections.abc import Iterator
 
@@ -97,6 +98,14 @@ def plan_by_layer(plan: Plan) -> list[tuple[Layer, list[PlannedTensor]]]:
     for item in plan.tensors:
         groups.setdefault(id(item.layer), (item.layer, []))[1].append(item)
     return list(groups.values())
+
+
+def note_bfloat16_widened(plan: Plan, target: str, hint: str = "") -> None:
+    """Warn that ``target`` holds no bfloat16, naming the tensors its writer stores as (exact) float32."""
+    keys = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
+    if keys:
+        plan.warnings.append(f"{target} has no bfloat16: {', '.join(keys)} written as float32 (exact, every "
+                             f"bfloat16 is a float32){hint}")
 
 
 def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | None = None) -> str:

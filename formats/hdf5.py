@@ -157,9 +157,11 @@ def dataset_reader(dataset: h5py.Dataset):
     """
     def read() -> np.ndarray:
         try:
-            if isinstance(dataset, h5py.Dataset) and is_bfloat16_dataset(dataset):
+            if not isinstance(dataset, h5py.Dataset):  # a view joining several datasets (Keras 1 gates)
+                return dataset[()]
+            if is_bfloat16_dataset(dataset):
                 return as_bfloat16(dataset[()])
-            mapped = mapped_dataset(dataset) if isinstance(dataset, h5py.Dataset) else None
+            mapped = mapped_dataset(dataset)
             return mapped if mapped is not None else dataset[()]
         except H5_ERRORS as error:
             raise BadInputError(f"dataset {dataset.name} cannot be read ({first_line(error)})",

@@ -25,7 +25,7 @@ import h5py
 
 from converter.atomic import atomic_path
 from converter.errors import BadInputError, UnsupportedError, UsageError, WeightportError
-from converter.model import Layer, Model
+from converter.model import Layer, Model, is_bidirectional
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan, plan_by_layer
 from formats import hdf5
@@ -228,13 +228,13 @@ def layer_group_keys(model: Model) -> dict[str, str]:
     weighted one, so the weighted layers alone fix every key.
     """
     keys: dict[str, str] = {}
-    used: dict[str, int] = {}
+    seen: dict[str, int] = {}
     for layer in model.weighted_layers():
-        base = KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
-        if any(name.endswith("_reverse") for name in layer.tensors):
-            base = "bidirectional"
-        keys[layer.name] = base if base not in used else f"{base}_{used[base] + 1}"
-        used[base] = used.get(base, -1) + 1
+        base = "bidirectional" if is_bidirectional(layer) else \
+            KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
+        count = seen.get(base, 0)
+        keys[layer.name] = f"{base}_{count}" if count else base
+        seen[base] = count + 1
     return keys
 
 

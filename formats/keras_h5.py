@@ -20,13 +20,13 @@ from typing import Any
 import h5py
 import numpy as np
 
-from converter.dtypes import is_bfloat16, widened
+from converter.dtypes import widened
 from converter.errors import BadInputError, UnsupportedError, WeightportError
 from converter.atomic import atomic_path
 from converter.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_blocks, Layout, Relayout, ReorderBlocks, TakeIndex
 from converter.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from converter.options import ReadOptions, WriteOptions
-from converter.plan import make_plan, plan_by_layer
+from converter.plan import make_plan, note_bfloat16_widened, plan_by_layer
 from converter.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from converter.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from formats import hdf5
@@ -413,10 +413,8 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     plan = make_plan(model, "keras", options)
     theano = options.target_semantics == CONVOLUTION
     by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}
-    bf16 = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
-    if bf16:  # Keras's legacy HDF5 loader (Keras 2 and 3) reads no bfloat16
-        plan.warnings.append(f"legacy Keras HDF5 has no bfloat16: {', '.join(bf16)} written as float32 (exact, "
-                             "every bfloat16 is a float32); name the output .weights.h5 to keep bfloat16")
+    # Keras's legacy HDF5 loader (Keras 2 and 3) reads no bfloat16
+    note_bfloat16_widened(plan, "legacy Keras HDF5", "; name the output .weights.h5 to keep bfloat16")
     with atomic_path(path, options.force) as temporary:
         with h5py.File(temporary, "w") as handle:
             handle.attrs["backend"] = "theano" if theano else "tensorflow"

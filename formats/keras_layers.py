@@ -164,6 +164,7 @@ def keras_plan(model, options):
     """
     from converter.errors import UnsupportedError
     from converter.layout import CORRELATION, Layout, Relayout, ReorderBlocks
+    from converter.model import is_bidirectional
     from converter.plan import Plan, PlannedTensor
     from converter.shapes import flatten_patterns, flattened_map_shape
 
@@ -227,7 +228,7 @@ def keras_plan(model, options):
         elif kind in ("lstm", "gru"):
             gates = ("ifco", "ifco") if kind == "lstm" else ("rzh", "zrh")
             reorder = (ReorderBlocks(-1, *gates),)
-            bidirectional = any(p.endswith("_reverse") for p in layer.tensors)
+            bidirectional = is_bidirectional(layer)
             # Keras's Bidirectional wrapper holds the forward layer's weights, then the backward layer's.
             for suffix, prefix in (("", "forward_"), ("_reverse", "backward_"))[:2 if bidirectional else 1]:
                 scope = f"{prefix}{kind}/" if bidirectional else ""

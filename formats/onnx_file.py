@@ -187,12 +187,16 @@ class OnnxReader:
         stacked RNN tensor), the relayout ``src`` -> ``dst``, then ``after`` steps (gate reorder, scaling)."""
         proto = self.tensors[self.resolve(name)]
         shape = tuple(int(d) for d in proto.dims)
-        dtype = np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        dtype = self.proto_dtype(proto)
         target = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
         relayout = Relayout(Layout(src, semantics), Layout(dst, target))
         rule = "ONNX Conv/ConvTranspose compute cross-correlation" if semantics != NO_SEMANTICS else None
         return Tensor(param, shape, dtype, Layout(dst, target), Provenance(name, src, semantics, rule),
                       self.reader(proto, shape, dtype), tuple(before) + (relayout,) + tuple(after))
+
+    def proto_dtype(self, proto: Any) -> np.dtype:
+        """NumPy dtype of a TensorProto's values (bfloat16 from ml_dtypes, as onnx maps it)."""
+        return np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
 
     def reader(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype):
         if proto.data_location == self.onnx.TensorProto.EXTERNAL:
@@ -293,8 +297,8 @@ class OnnxReader:
             return self.batchnorm(node, a)
         if op in ("LSTM", "GRU"):
             return self.rnn(node, a)
-        if op == "PRelu" and self.is_weight(self.slope_source(node, nodes)):
-            slope = self.slope_source(node, nodes)
+        slope = self.slope_source(node, nodes) if op == "PRelu" else ""
+        if self.is_weight(slope):
             layer = Layer(self.layer_name(node, slope), "prelu", {}, source_class="PRelu")
             pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(slope)].dims) - 1)])
             layer.tensors["weight"] = self.tensor("weight", slope, pattern, pattern)
@@ -316,8 +320,8 @@ class OnnxReader:
                          {"flatten_order": "chw"}, source_class=op)
         if op in ("MaxPool", "AveragePool"):
             return self.pool(node, a)
-        if op == "Pad" and self.zero_spatial_pads(node, a) is not None:
-            pads = self.zero_spatial_pads(node, a)
+        pads = self.zero_spatial_pads(node, a) if op == "Pad" else None
+        if pads is not None:
             return Layer(self.layer_name(node), "padding", {"pads": pads, "rank": len(pads)}, source_class=op)
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             return Layer(self.layer_name(node), "global_pool",
@@ -373,7 +377,7 @@ class OnnxReader:
         if not self.is_weight(name):
             return False
         proto = self.tensors[self.resolve(name)]
-        dtype = np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        dtype = self.proto_dtype(proto)
         return (dtype.kind == "f" or is_bfloat16(dtype)) and math.prod(proto.dims) > 1
 
     def is_flatten_reshape(self, node: Any) -> bool:
@@ -439,7 +443,7 @@ class OnnxReader:
         kernel = tuple(int(k) for k in a["kernel_shape"])
         strides = tuple(a.get("strides", (1,) * len(kernel)))
         pads = self.pads(node, a, kernel, strides, (1,) * len(kernel))
-        padded = any(p for pair in pads for p in pair) if isinstance(pads, list) else pads != "valid"
+        padded = any(p for pair in pads for p in pair)
         if a.get("ceil_mode") or (node.op_type == "AveragePool" and a.get("count_include_pad") and padded):
             raise UnsupportedError(f"{node.op_type} {node.name!r} uses ceil_mode or count_include_pad",
                                    path=self.path, fix="Export without them")
@@ -602,8 +606,7 @@ def template_with_weights(model: Model, template: str) -> Any:
         if name in current:
             proto.CopyFrom(reader.numpy_helper.from_array(current[name], proto.name))
         elif proto.data_location == reader.onnx.TensorProto.EXTERNAL:  # read through the confined reader
-            array = reader.reader(proto, tuple(int(d) for d in proto.dims),
-                                  np.dtype(reader.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type)))()
+            array = reader.reader(proto, tuple(int(d) for d in proto.dims), reader.proto_dtype(proto))()
             proto.CopyFrom(reader.numpy_helper.from_array(np.asarray(array), proto.name))
     return reader.proto
 

@@ -14,14 +14,14 @@ import json
 import os
 import pickle
 
-from converter.dtypes import is_bfloat16, widened
+from converter.dtypes import widened
 from converter.atomic import atomic_path, check_can_write
 from converter.describe import jsonable
 from converter.errors import UnsupportedError
 from converter.layout import CONVOLUTION, NO_SEMANTICS, Layout, Relayout
 from converter.model import Model
 from converter.options import WriteOptions
-from converter.plan import Plan, PlannedTensor, torch_plan
+from converter.plan import Plan, PlannedTensor, note_bfloat16_widened, torch_plan
 
 NAME = "theano"
 DESCRIPTION = "Theano/Lasagne pickle of numpy arrays with a JSON spec"
@@ -113,10 +113,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     spec_path = os.path.join(os.path.dirname(path) or ".", os.path.basename(path).split(".")[0] + ".spec.json")
     check_can_write(spec_path, options.force)
     arrays = [widened(item.load()) for item in plan.tensors]
-    bf16 = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
-    if bf16:
-        plan.warnings.append(f"Theano has no bfloat16: {', '.join(bf16)} written as float32 (exact, every "
-                             "bfloat16 is a float32)")
+    note_bfloat16_widened(plan, "Theano")
     with atomic_path(path, options.force) as temporary:
         with open(temporary, "wb") as handle:
             pickle.dump(arrays, handle, protocol=2)
