@@ -65,6 +65,36 @@ def cropped(module: nn.Module, pads: list[list[int]]) -> nn.Module:
     return module
 
 
+class ElementwisePRelu(torch.autograd.Function):
+    """``x`` where ``x >= 0``, else ``slope * x``; ``slope`` broadcasts against x without its batch axis:
+    (C,), (C, 1, 1) or one slope per element (C, H, W).  torch's own ``F.prelu`` takes only (C,), so this
+    runs ``torch.where`` and exports as one ONNX ``PRelu`` node, whose slope may have any of these shapes."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, slope * x)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, slope: Any) -> Any:
+        return g.op("PRelu", x, slope)
+
+
+class PReluSlope(nn.Module):
+    """Holds a PReLU slope as ``weight``: (C,) per channel (torch.nn.PReLU's layout) or one per element
+    (C, *spatial); a per-channel slope meets a (batch, C, *spatial) map on its channel axis."""
+
+    def __init__(self, shape: tuple[int, ...], channels_axis: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.channels_axis = channels_axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slope = self.weight
+        if slope.dim() == 1 and self.channels_axis == 1 and x.dim() > 2:
+            slope = slope.reshape((-1,) + (1,) * (x.dim() - 2))
+        return ElementwisePRelu.apply(x, slope)
+
+
 class Separable(nn.Sequential):
     """Depthwise conv then pointwise conv, with keys ``depthwise.weight``, ``pointwise.weight``/``bias``."""
 
@@ -233,9 +263,8 @@ class CanonicalModule(nn.Module):
                                                           bidirectional=bool(a.get("bidirectional")))
             return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"])
         if kind == "prelu":
-            holder = nn.Module()
-            holder.weight = nn.Parameter(torch.zeros(layer.tensors["weight"].shape))
-            return holder
+            channels_axis = 1 if value_kinds(self.model).get(layer.name) == "map" else -1
+            return PReluSlope(layer.tensors["weight"].shape, channels_axis)
         if kind in ("pool",):
             self.functions[layer.name] = pool_function(layer)
         return None
@@ -261,10 +290,7 @@ class CanonicalModule(nn.Module):
         if kind in ("input", "dropout"):
             return x
         if layer.name in self.layer_modules:
-            module = self.layer_modules[layer.name]
-            if kind == "prelu":
-                return torch.where(x >= 0, x, module.weight * x)
-            return module(x)
+            return self.layer_modules[layer.name](x)
         if layer.name in self.functions:
             return self.functions[layer.name](x)
         if kind == "activation":

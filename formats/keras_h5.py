@@ -269,6 +269,8 @@ class KerasH5Reader:
         key, dataset = self.require(weights, "alpha", layer)
         pattern = {1: "c", 2: "w c", 3: "h w c", 4: "d h w c"}[dataset.ndim]
         canonical = "c " + pattern[:-2] if dataset.ndim > 1 else "c"
+        if all(size == 1 for size in dataset.shape[:-1]):  # shared over every other axis: per channel,
+            pattern, canonical = " ".join(["1"] * (dataset.ndim - 1) + ["c"]), "c"  # torch.nn.PReLU's (C,)
         layer.tensors["weight"] = self.tensor("weight", key, dataset, pattern, canonical.strip(), NO_SEMANTICS, None)
         layer.attrs = {"shared_axes": config.get("shared_axes")}
 

@@ -222,9 +222,10 @@ def keras_plan(model, options):
         elif kind == "embedding":
             add(layer, "embeddings", "weight", "n e")
         elif kind == "prelu":
-            pattern = layer.tensors["weight"].layout.pattern
-            axes = pattern.split()
-            add(layer, "alpha", "weight", " ".join(axes[1:] + axes[:1]) if len(axes) > 1 else pattern)
+            axes = layer.tensors["weight"].layout.pattern.split()
+            if len(axes) == 1:  # per channel (C,): Keras's alpha keeps a length-1 axis per shared axis
+                axes = ["c"] + ["1"] * (len(layer.output_shape or ("c",)) - 1)
+            add(layer, "alpha", "weight", " ".join(axes[1:] + axes[:1]))
         elif kind in ("lstm", "gru"):
             gates = ("ifco", "ifco") if kind == "lstm" else ("rzh", "zrh")
             reorder = (ReorderBlocks(-1, *gates),)

@@ -260,10 +260,11 @@ class OnnxReader:
                                  {"data_format": "channels_first", "producer": self.proto.producer_name}))
         model.has_architecture = True
         inputs = [i for i in graph.input if i.name not in self.tensors]
+        sequence_first = {node.input[0] for node in graph.node if node.op_type in ("LSTM", "GRU")}
         for graph_input in inputs:
             shape = self.shapes.get(graph_input.name, ())
             layer = Layer(safe_name(graph_input.name), "input", {}, {}, [], "graph input", None,
-                          tuple(shape[1:]) if shape else None)
+                          self.per_sample_shape(shape, graph_input.name in sequence_first))
             model.layers.append(layer)
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
@@ -285,6 +286,16 @@ class OnnxReader:
         infer_shapes(model)
         return model
 
+    @staticmethod
+    def per_sample_shape(shape: tuple[int, ...], sequence_first: bool) -> tuple[int, ...] | None:
+        """One sample's shape in the canonical (batch-first) model: ``shape[1:]`` for an (N, ...) input;
+        ``(seq, features)`` for an input read by an ONNX LSTM/GRU, which is (seq, batch, features)."""
+        if not shape:
+            return None
+        if sequence_first and len(shape) == 3:
+            return (shape[0], shape[2])
+        return tuple(shape[1:])
+
     def layer(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
         op, a = node.op_type, self.attrs(node)
         if op in ("Conv", "ConvTranspose"):
@@ -300,8 +311,10 @@ class OnnxReader:
         slope = self.slope_source(node, nodes) if op == "PRelu" else ""
         if self.is_weight(slope):
             layer = Layer(self.layer_name(node, slope), "prelu", {}, source_class="PRelu")
-            pattern = " ".join(["c"] + ["x" + str(k) for k in range(len(self.tensors[self.resolve(slope)].dims) - 1)])
-            layer.tensors["weight"] = self.tensor("weight", slope, pattern, pattern)
+            dims = self.tensors[self.resolve(slope)].dims
+            per_channel = all(size == 1 for size in dims[1:])  # (C, 1, 1) -> torch.nn.PReLU's (C,)
+            pattern = " ".join(["c"] + ["1" if per_channel else f"x{k}" for k in range(len(dims) - 1)])
+            layer.tensors["weight"] = self.tensor("weight", slope, pattern, "c" if per_channel else pattern)
             return layer
         if op == "Gather" and self.is_parameter(node.input[0]) and a.get("axis", 0) == 0 \
                 and len(self.tensors[self.resolve(node.input[0])].dims) == 2:

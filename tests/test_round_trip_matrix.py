@@ -55,13 +55,7 @@ def fixtures() -> list[tuple[str, str]]:
 
 
 CASES = fixtures()
-KNOWN_GAPS = {  # cells that fail today, each for a stated reason; strict, so a fix shows up as XPASS
-    ("tf_keras2/cnn_sequential", ".onnx"): "a PReLU with a slope per element is traced as Where/Mul (ONNX PRelu "
-                                           "is not emitted), and the ONNX reader refuses a Mul holding weights",
-    ("onnx/gru_linear_before_reset", ".onnx"): "the ONNX reader takes dim 0 of every graph input as the batch; an "
-                                               "ONNX GRU input is (seq, batch, features), so the traced graph's "
-                                               "input shape is wrong",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}  # cells that fail today, each with its reason (strict xfail)
 
 
 def source(folder: str, name: str) -> str:
