@@ -31,8 +31,10 @@ copy, made by :func:`materialize`.
 from __future__ import annotations
 
 import math
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,16 +280,38 @@ class BlockBuffers:
             return out
         moved = np.moveaxis(part, axis, -1)
         staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
-        np.copyto(staged, moved)
+        half = moved.shape[0] // 2
+        in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)])
         p, s = math.prod(part.shape[:axis]), part.shape[axis]
         m = part.size // max(p * s, 1)
         src3, dst3 = staged.reshape(p, m, s), out.reshape(p, s, m)
         tile_m = max(1, min(m, TILE_ELEMENTS // s))
         tile_p = max(1, TILE_ELEMENTS // (tile_m * s))
-        for p0 in range(0, p, tile_p):
-            for m0 in range(0, m, tile_m):
-                dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
+        starts = range(0, m, tile_m)
+
+        def transpose_tiles(columns: range) -> None:
+            for p0 in range(0, p, tile_p):
+                for m0 in columns:
+                    dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
+        in_parallel(transpose_tiles, [starts[:len(starts) // 2], starts[len(starts) // 2:]])
         return out
+
+
+COPY_THREADS = min(2, os.cpu_count() or 1)
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def in_parallel(job: Callable[[Any], None], shares: list[Any]) -> None:
+    """Run ``job(share)`` for every share, on :data:`COPY_THREADS` threads (NumPy's copies release the
+    GIL; two threads halve the blocked transpose of ``benchmarks/transpose_strategies.py``)."""
+    if COPY_THREADS < 2 or len(shares) < 2:
+        for share in shares:
+            job(share)
+        return
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="weightport-copy"))
+    for result in [_POOL[0].submit(job, share) for share in shares]:
+        result.result()
 
 
 def reorder_blocks(array: np.ndarray, axis: int, src_order: str, dst_order: str) -> np.ndarray:

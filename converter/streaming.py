@@ -9,13 +9,18 @@ while it is being written.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
+from typing import BinaryIO
 
 import numpy as np
 
 _DONE = object()
+WRITE_SLICE = 1 << 20
+"""Bytes per ``write`` call.  Measured on ext4 in a VM (``benchmarks/write_slices.py``): writing 553 MB
+from 8 MiB buffers took 0.7-1.2 s in 8 MiB calls and 0.11-0.13 s in 1 MiB or 128 KiB calls."""
 
 
 def write_in_background(blocks: Iterable[np.ndarray], consume: Callable[[np.ndarray], None]) -> None:
@@ -49,3 +54,15 @@ def write_in_background(blocks: Iterable[np.ndarray], consume: Callable[[np.ndar
         thread.join()
     if failure:
         raise failure[0]
+
+
+def write_bytes(handle: BinaryIO, array: np.ndarray) -> int:
+    """Write a C-contiguous array's bytes to ``handle`` in :data:`WRITE_SLICE` calls; returns the count."""
+    data = array.reshape(-1).view(np.uint8).data
+    written = 0
+    first = handle.tell()
+    for start in range(0, len(data), WRITE_SLICE):
+        written += handle.write(data[start:start + WRITE_SLICE])
+    if written >= WRITE_SLICE and hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(handle.fileno(), first, written, os.POSIX_FADV_DONTNEED)
+    return written

@@ -47,7 +47,7 @@ from converter.model import Layer, Model
 from converter.options import WriteOptions
 from converter.plan import Plan, PlannedTensor, renamed
 from converter.progress import Progress
-from converter.streaming import write_in_background
+from converter.streaming import write_bytes, write_in_background
 from converter.shapes import flatten_patterns, flattened_map_shape
 
 NAME = "raw"
@@ -354,10 +354,8 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
                     if stored.dtype.itemsize < block.dtype.itemsize and block.dtype.kind == "f" \
                             and np.any(np.isfinite(block) & ~np.isfinite(stored)):
                         tally["overflow"] = True
-                data = memoryview(stored.reshape(-1)).cast("B") if stored.size else b""
-                handle.write(data)
-                digest.update(data)
-                tally["bytes"] += len(data)
+                tally["bytes"] += write_bytes(handle, stored)
+                digest.update(stored.reshape(-1).view(np.uint8).data)
 
             write_in_background(item.blocks(), write_block)
             nbytes = int(tally["bytes"])

@@ -30,7 +30,7 @@ from converter.model import Layer, Model, Provenance, SourceInfo, Tensor
 from converter.options import ReadOptions, WriteOptions
 from converter.plan import make_plan
 from converter.progress import Progress
-from converter.streaming import write_in_background
+from converter.streaming import write_bytes, write_in_background
 
 NAME = "safetensors"
 DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
@@ -226,7 +226,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
 
                 def write_block(block: np.ndarray) -> None:
                     little = materialize(block.astype(block.dtype.newbyteorder("<"), copy=False))
-                    counted[0] += handle.write(little.reshape(-1).view(np.uint8).data)
+                    counted[0] += write_bytes(handle, little)
 
                 write_in_background(item.blocks(), write_block)
                 written = counted[0]

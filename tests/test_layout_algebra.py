@@ -179,3 +179,24 @@ def test_compose_relayouts_equals_the_chain_step_by_step():
     step_by_step = steps[1].apply(steps[0].apply(kernel))
     assert np.ascontiguousarray(elementary_view(kernel, composed.src, composed.dst)).tobytes() == step_by_step.tobytes()
     assert compose_relayouts((steps[0], Relayout(Layout("i o h w"), Layout("o i h w")))) is None
+
+
+@pytest.mark.parametrize("shape, order", [((3001, 37), (1, 0)), ((5, 7, 700, 3), (3, 2, 0, 1)),
+                                          ((49, 61, 83), (2, 1, 0))])
+def test_copy_blocks_split_over_threads_keeps_every_tile_in_place(shape, order):
+    """Views whose blocks span many tiles (odd counts, so the two threads' shares differ): same bytes as NumPy."""
+    from converter.layout import copy_blocks
+    array = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
+    view = array.transpose(order)[::-1]
+    for block_bytes in (4096, 65536, 1 << 20):
+        joined = b"".join(np.ascontiguousarray(b).tobytes() for b in copy_blocks(view, block_bytes))
+        assert joined == np.ascontiguousarray(view).tobytes()
+
+
+def test_write_bytes_writes_a_large_array_in_slices_exactly(tmp_path):
+    from converter.streaming import WRITE_SLICE, write_bytes
+    array = np.random.default_rng(12).standard_normal(WRITE_SLICE // 8 * 5 + 3)  # 2.5 slices of float64
+    with open(tmp_path / "out.bin", "wb") as handle:
+        handle.write(b"head")
+        assert write_bytes(handle, array) == array.nbytes
+    assert (tmp_path / "out.bin").read_bytes() == b"head" + array.tobytes()
