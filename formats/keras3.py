@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import zipfile
 from typing import Any
 
@@ -177,7 +178,8 @@ class Keras3Reader(KerasH5Reader):
         if self.config is not None:
             decls, _ = model_layers(self.config, self.path)
         else:
-            decls = [KerasLayerDecl(name, guess_class(key.split("/")[-1]), {}) for name, key in self.groups.items()]
+            decls = [KerasLayerDecl(name, guess_class(key.split("/")[-1]), {"_containers": containers_of(key)})
+                     for name, key in self.groups.items()]
         self.decls = {decl.name: decl for decl in decls}
         return decls
 
@@ -212,30 +214,57 @@ def vars_groups(handle: h5py.File) -> dict[str, str]:
     return found
 
 
+def containers_of(group_path: str) -> list[list[str]]:
+    """The nested models holding a layer group, outermost first, as ``[class key, key]`` pairs:
+    ``/layers/functional/layers/sequential_1/layers/conv2d`` -> ``[["functional", "functional"],
+    ["sequential", "sequential_1"]]``."""
+    keys = group_path.strip("/").split("/")[1:-2:2]
+    return [[re.sub(r"_\d+$", "", key), key] for key in keys]
+
+
+def layer_group_keys(model: Model) -> dict[str, str]:
+    """Canonical layer name -> its group path under ``layers/``: the class key, ``_1``, ``_2`` ... per
+    repeated class, counted in layer order within each model; a layer of a nested model sits under its
+    model's key (``functional/layers/conv2d``).
+
+    Keras 3 counts the repeats of a class among the layers of one model, weightless ones included,
+    and a nested model is a layer of its parent keyed by its class (``sequential``, ``functional``).
+    Weightless classes never share a key with weighted ones, so the weighted layers and the nested
+    models (met in layer order, so an inner model without weights still takes its number) fix every key.
+    """
+    counters: dict[str, dict[str, int]] = {}
+    container_keys: dict[tuple[str, ...], str] = {}
+
+    def numbered(parent: str, base: str) -> str:
+        seen = counters.setdefault(parent, {})
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        return f"{base}_{count}" if count else base
+
+    def parent_path(layer: Layer) -> str:
+        path, identity = "", ()
+        for class_key, name in layer.attrs.get("keras_containers", []):
+            identity += (name,)
+            if identity not in container_keys:
+                container_keys[identity] = path + numbered(path, class_key)
+            path = container_keys[identity] + "/layers/"
+        return path
+
+    parents = {layer.name: parent_path(layer) for layer in model.layers}
+    keys: dict[str, str] = {}
+    for layer in model.weighted_layers():
+        base = "bidirectional" if is_bidirectional(layer) else \
+            KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
+        keys[layer.name] = parents[layer.name] + numbered(parents[layer.name], base)
+    return keys
+
+
 KERAS3_CLASS_KEYS: dict[str, str] = {
     "conv": "conv{rank}d", "conv_transpose": "conv{rank}d_transpose", "depthwise": "depthwise_conv{rank}d",
     "separable": "separable_conv{rank}d", "dense": "dense", "batchnorm": "batch_normalization",
     "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru",
 }  # Keras 3 names a layer's group by its class in snake case (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)
 DIRECTION_GROUPS = {"forward": "forward_layer", "backward": "backward_layer"}
-
-
-def layer_group_keys(model: Model) -> dict[str, str]:
-    """Canonical layer name -> its group under ``layers/``: the class key, ``_1``, ``_2`` ... per repeated class.
-
-    Keras 3 counts repeats of a class in the order of the model's layers
-    (``conv2d``, ``conv2d_1``); weightless classes never share a key with a
-    weighted one, so the weighted layers alone fix every key.
-    """
-    keys: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for layer in model.weighted_layers():
-        base = "bidirectional" if is_bidirectional(layer) else \
-            KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
-        count = seen.get(base, 0)
-        keys[layer.name] = f"{base}_{count}" if count else base
-        seen[base] = count + 1
-    return keys
 
 
 def variable_group(layer: Layer, variable: str, key: str) -> str:

@@ -75,8 +75,9 @@ def expand(entry: dict[str, Any], inbound: list[str], path: str, aliases: dict[s
             aliases[str(name)] = str(first[0])
         elif inner:
             aliases[str(name)] = inner[-1].name
-        for decl in inner:
-            decl.config = dict(decl.config, _nested_in=name)
+        container = ["sequential" if class_name == "Sequential" else "functional", str(name)]
+        for decl in inner:  # outermost first: Keras 3 stores these layers under layers/<container>/layers/
+            decl.config = dict(decl.config, _containers=[container] + decl.config.get("_containers", []))
         return inner
     return [KerasLayerDecl(str(name), str(class_name), config if isinstance(config, dict) else {}, list(inbound))]
 

@@ -202,6 +202,8 @@ class KerasH5Reader:
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
         if wrapper == "TimeDistributed":
             layer.attrs["time_distributed"] = True
+        if decl.config.get("_containers"):
+            layer.attrs["keras_containers"] = decl.config["_containers"]
         return layer
 
     def conv_tensors(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
