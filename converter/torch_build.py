@@ -104,17 +104,23 @@ class Separable(nn.Sequential):
         self.pointwise = pointwise
 
 
-def keras_recurrent(rnn: nn.Module, return_sequences: bool, go_backwards: bool) -> nn.Module:
+def keras_recurrent(rnn: nn.Module, return_sequences: bool, go_backwards: bool,
+                    directions_apart: bool = False) -> nn.Module:
     """A batch-first torch LSTM/GRU returning the sequence or the last output, as Keras does.
 
     A bidirectional RNN's last output is the forward direction's last step and
     the backward direction's first step (it has then seen the whole sequence).
+    With ``directions_apart`` (an ONNX LSTM/GRU, whose ``Y`` is (seq, directions,
+    batch, hidden)) the sequence is (batch, seq, directions, hidden) instead of
+    the directions concatenated on the last axis.
     """
     if go_backwards:
         rnn.register_forward_pre_hook(lambda _m, args: (torch.flip(args[0], dims=[1]),) + args[1:])
 
     def last_output(_m: nn.Module, _a: Any, out: Any) -> torch.Tensor:
         sequence = out[0]
+        if directions_apart:
+            return sequence.reshape(sequence.shape[0], sequence.shape[1], -1, rnn.hidden_size)
         if return_sequences:
             return sequence
         if rnn.bidirectional:
@@ -257,11 +263,13 @@ class CanonicalModule(nn.Module):
             if layer.attrs.get("activation", "tanh") != "tanh" or layer.attrs.get("recurrent_activation") not in (
                     "sigmoid", None):
                 raise UnsupportedError(f"{kind.upper()} layer {layer.name!r} uses activations torch.nn.{kind.upper()} lacks")
-            if a.get("bidirectional") and a.get("merge_mode", "concat") != "concat":
-                raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {a.get('merge_mode')!r}")
+            merge = a.get("merge_mode", "concat")
+            if a.get("bidirectional") and merge not in ("concat", "onnx"):
+                raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
             rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
                                                           bidirectional=bool(a.get("bidirectional")))
-            return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"])
+            return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"],
+                                   directions_apart=bool(a.get("bidirectional")) and merge == "onnx")
         if kind == "prelu":
             channels_axis = 1 if value_kinds(self.model).get(layer.name) == "map" else -1
             return PReluSlope(layer.tensors["weight"].shape, channels_axis)
