@@ -10,6 +10,10 @@ Source side, by what the source computes:
   (true convolution) over each input/output channel pair, indexing the stored array by its
   stored axis order.
 
+* ONNX sources: the layer's own ONNX operator (``Conv``, ``Gemm``, ``MatMul`` + ``Add``, ``LSTM``,
+  ``GRU``) with the stored initializers and the node's attributes, as a one-node graph run by
+  onnxruntime.
+
 Target side: standard ``torch.nn`` layers holding the converted tensors.  Our layout code is
 never on both sides of a comparison.  When a layer fails, candidate mistakes (a flip, a swap of
 two spatial axes, a gate reorder) are tried on the converted tensor and the one that makes it
@@ -41,6 +45,7 @@ class LayerCase:
     stored_layout: dict[str, str]
     semantics: str
     converted: dict[str, np.ndarray]
+    source_format: str = ""
 
 
 def stored_arrays(layer: Layer) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -152,6 +157,59 @@ def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     return np.asarray(rnn(x))
 
 
+def run_onnx_node(op: str, x: np.ndarray, constants: list[np.ndarray | None], attrs: dict,
+                  outputs: int = 1) -> np.ndarray:
+    """Run one ONNX operator ``op(x, *constants)`` in onnxruntime (opset 17) and return its first output.
+    A None constant is an omitted optional input."""
+    import onnx
+    import onnxruntime
+    from onnx import helper, numpy_helper
+    names = ["x"] + [f"c{k}" if c is not None else "" for k, c in enumerate(constants)]
+    while names[-1] == "":
+        names.pop()
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(c), f"c{k}")
+                    for k, c in enumerate(constants) if c is not None]
+    out_names = ["y"] + [f"y{k}" for k in range(1, outputs)]
+    node = helper.make_node(op, names, out_names, **attrs)
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", elem, list(x.shape))],
+                              [helper.make_tensor_value_info(n, elem, None) for n in out_names], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 8)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(["y"], {"x": x})[0]
+
+
+def source_onnx(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """The layer's own ONNX operator on the stored initializers (onnxruntime), for the canonical input
+    ``x``: channels-first for a conv, (batch, features) for a dense, batch-first for an RNN."""
+    layer, a, stored = case.layer, case.layer.attrs, case.stored
+    if layer.kind in ("conv", "depthwise"):
+        rank = a["rank"]
+        return run_onnx_node("Conv", x, [stored["weight"], stored.get("bias")],
+                             {"strides": list(a["strides"]), "dilations": list(a["dilations"]),
+                              "group": int(a.get("groups", 1)), "pads": [0] * (2 * rank)})
+    if layer.kind == "dense":
+        if layer.source_class == "Gemm":
+            gemm = a.get("onnx_gemm", {})
+            return run_onnx_node("Gemm", x, [stored["weight"], stored.get("bias")],
+                                 {"alpha": gemm.get("alpha", 1.0), "beta": gemm.get("beta", 1.0),
+                                  "transB": gemm.get("transB", 0)})
+        y = run_onnx_node("MatMul", x, [stored["weight"]], {})
+        return y + stored["bias"] if "bias" in stored else y
+    if a.get("bidirectional") or a.get("go_backwards"):
+        raise NotImplementedError("bidirectional and reverse RNNs are checked by the whole-model check")
+    if layer.kind == "gru" and not a.get("reset_after", True):
+        raise NotImplementedError("linear_before_reset=0 GRU: torch.nn.GRU cannot compute it")
+    attrs = {"hidden_size": int(a["units"])}
+    if layer.kind == "gru":
+        attrs["linear_before_reset"] = 1
+    sequence_first = relayout(x, Layout("n t f"), Layout("t n f"))
+    y = run_onnx_node(layer.source_class or layer.kind.upper(), sequence_first,
+                      [stored["weight_ih_l0"], stored["weight_hh_l0"], stored.get("bias_ih_l0")], attrs)
+    return relayout(y[:, 0], Layout("t n u"), Layout("n t u"))  # Y: (seq, directions, batch, hidden)
+
+
 # -- target side ------------------------------------------------------------------------------------
 def torch_output(layer: Layer, converted: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The layer in PyTorch (valid padding, stride/dilation/groups from the canonical attrs)."""
@@ -183,6 +241,8 @@ def layer_input(layer: Layer, rng: np.random.Generator, stored: dict[str, np.nda
 
 
 def run_source(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    if case.source_format == "onnx":
+        return source_onnx(case, x)
     if case.layer.kind in ("conv", "depthwise"):
         return source_conv(case, x)
     if case.layer.kind == "dense":
@@ -235,12 +295,12 @@ def ambiguity(layer: Layer, converted: dict[str, np.ndarray]) -> str | None:
 
 
 def check_layer(layer: Layer, converted: dict[str, np.ndarray], atol: float, rtol: float, seed: int = 0,
-                semantics: str | None = None) -> Check:
+                semantics: str | None = None, source_format: str = "") -> Check:
     """Run one layer on both sides and compare; name the likely cause of a failure."""
     stored, patterns = stored_arrays(layer)
     kernel = layer.tensors.get("weight")
     source_semantics = semantics or (kernel.provenance.source_semantics if kernel is not None else "none")
-    case = LayerCase(layer, stored, patterns, source_semantics, converted)
+    case = LayerCase(layer, stored, patterns, source_semantics, converted, source_format)
     rng = np.random.default_rng(seed)
     x = layer_input(layer, rng, stored)
     name = f"layer {layer.name} ({layer.source_class or layer.kind})"
@@ -273,5 +333,6 @@ def check_layers(source: Model, converted: dict[str, dict[str, np.ndarray]], ato
             continue
         if layer.attrs.get("time_distributed"):
             continue
-        checks.append(check_layer(layer, converted[layer.name], atol, rtol, seed))
+        checks.append(check_layer(layer, converted[layer.name], atol, rtol, seed,
+                                  source_format=source.source.format))
     return checks

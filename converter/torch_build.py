@@ -343,8 +343,23 @@ def spatial_pattern(rank: int) -> tuple[str, str]:
     return " ".join(["n"] + spatial + ["c"]), " ".join(["n", "c"] + spatial)
 
 
+def onnx_rnn_input(model: Model) -> bool:
+    """True when an ONNX graph's input goes straight into an LSTM/GRU, which takes (seq, batch, features)."""
+    first = model.layers[0] if model.layers else None
+    return (model.source.format == "onnx" and first is not None and first.kind == "input"
+            and any(layer.kind in SEQUENCE_CONSUMERS and first.name in layer.inputs for layer in model.layers))
+
+
+def onnx_rnn_output(model: Model) -> bool:
+    """True when an ONNX graph ends with an LSTM/GRU, whose ``Y`` is (seq, directions, batch, hidden)."""
+    return model.source.format == "onnx" and bool(model.layers) and model.layers[-1].kind in SEQUENCE_CONSUMERS
+
+
 def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
-    """A source-layout input batch as the canonical (channels-first) module takes it."""
+    """A source-layout input batch as the canonical module takes it: channels-first, batch-first
+    ((seq, batch, features) of an ONNX LSTM/GRU input becomes (batch, seq, features))."""
+    if onnx_rnn_input(model) and array.ndim == 3:
+        return relayout(array, Layout("t n f"), Layout("n t f"))
     if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
             and input_kind(model) == "map"):
         last, channels_first = spatial_pattern(array.ndim - 2)
@@ -353,7 +368,11 @@ def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
 
 
 def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
-    """A canonical (channels-first) output batch in the source's layout."""
+    """A canonical (channels-first, batch-first) output batch in the source's layout; an ONNX LSTM/GRU's
+    (batch, seq, [directions,] hidden) becomes its ``Y``, (seq, directions, batch, hidden)."""
+    if onnx_rnn_output(model) and array.ndim in (3, 4):
+        apart = array if array.ndim == 4 else array[:, :, np.newaxis, :]
+        return relayout(apart, Layout("n t d u"), Layout("t d n u"))
     if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
             and value_kinds(model).get(model.layers[-1].name) == "map"):
         last, channels_first = spatial_pattern(array.ndim - 2)

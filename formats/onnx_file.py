@@ -483,7 +483,8 @@ class OnnxReader:
                 raise UnsupportedError(f"Gemm {node.name!r} has a bias that is not a 1-D constant", path=self.path,
                                        fix="Export the bias as a 1-D initializer")
             layer.tensors["bias"] = self.tensor("bias", node.input[2], "o", "o", (Scale(beta),) if beta != 1.0 else ())
-        layer.attrs = {"units": layer.tensors["weight"].shape[0]}
+        layer.attrs = {"units": layer.tensors["weight"].shape[0],
+                       "onnx_gemm": {"alpha": alpha, "beta": beta, "transB": int(a.get("transB", 0))}}
         return layer
 
     def matmul(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:

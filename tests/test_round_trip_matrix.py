@@ -62,18 +62,11 @@ def source(folder: str, name: str) -> str:
     return fixture_path(folder, SOURCE_PATTERNS[folder].format(name))
 
 
-def onnx_rnn_source(model) -> bool:
-    return model.source.format == "onnx" and any(layer.kind in ("lstm", "gru") for layer in model.layers)
-
-
 def reproduce(model, written: str, suffix: str, x: np.ndarray) -> np.ndarray:
-    """Run the written file in its framework on the source's input; output in the source's layout.
-
-    An ONNX LSTM/GRU takes (seq, batch, features) and gives Y (seq, directions, batch, hidden); the
-    canonical module is batch-first with directions concatenated (torch's batch_first layout)."""
+    """Run the written file in its framework on the source's input; output in the source's layout
+    (an ONNX LSTM/GRU's (seq, batch, features) input and (seq, directions, batch, hidden) output
+    included, through to_canonical_input / from_canonical_output)."""
     from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
-    if onnx_rnn_source(model):
-        x = np.swapaxes(x, 0, 1)
     canonical = to_canonical_input(x, model)
     if suffix == ".onnx":
         session = ort.InferenceSession(written, providers=["CPUExecutionProvider"])
@@ -90,9 +83,6 @@ def reproduce(model, written: str, suffix: str, x: np.ndarray) -> np.ndarray:
         module.load_state_dict(state, strict=True)
         with torch.no_grad():
             got = module(torch.from_numpy(canonical)).numpy()
-    if onnx_rnn_source(model):
-        return got.reshape(got.shape[0], got.shape[1], -1, model.layers[-1].attrs.get("units", got.shape[-1])
-                           ).transpose(1, 2, 0, 3)
     return from_canonical_output(got, model)
 
 

@@ -180,3 +180,64 @@ def test_detect_exits_1_when_nothing_matches(run_cli, tmp_path):
     code, out, _ = run_cli("detect", fixture_path("keras3", f"{name}.h5"),
                            "--input", fixture_path("keras3", f"{name}.input.npy"), "--expected", wrong)
     assert code == 1 and "no hypothesis" in out
+
+
+def onnx_validate(run_cli, name, dst):
+    return run_cli("validate", fixture_path("onnx", f"{name}.onnx"), dst,
+                   "--input", fixture_path("onnx", f"{name}.input.npy"),
+                   "--expected", fixture_path("onnx", f"{name}.output.npy"), "--json")
+
+
+def onnx_converted(run_cli, tmp_path, name):
+    out = tmp_path / f"{name}.safetensors"
+    code, _, err = run_cli("convert", fixture_path("onnx", f"{name}.onnx"), "-o", out, "--quiet")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("name, layers", [("torch_cnn", 4), ("helper_autopad_gemm", 4),
+                                          ("gru_linear_before_reset", 1), ("lstm_bidirectional", 0)])
+def test_onnx_sources_pass_layer_checks_in_onnxruntime_and_the_whole_model_check(run_cli, tmp_path, name, layers):
+    """Each weighted layer's own ONNX operator runs in onnxruntime on the stored initializers; an ONNX
+    LSTM/GRU graph takes (seq, batch, features) and gives (seq, directions, batch, hidden)."""
+    code, out, _ = onnx_validate(run_cli, name, onnx_converted(run_cli, tmp_path, name))
+    report = json.loads(out)
+    assert code == 0 and report["passed"], out
+    ran = [c for c in report["checks"] if c["name"].startswith("layer ") and "skipped" not in (c["detail"] or "")]
+    assert len(ran) == layers, report["checks"]
+    assert any(c["name"] == "whole model vs recorded output" and c["passed"] for c in report["checks"])
+
+
+def test_swapped_onnx_gru_gates_are_caught_and_named(run_cli, tmp_path):
+    good = onnx_converted(run_cli, tmp_path, "gru_linear_before_reset")
+    prefix = "gru_linear_before_reset"
+    def swap(t):
+        for key in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+            r, z, n = np.split(t[f"{prefix}.{key}"], 3, axis=0)
+            t[f"{prefix}.{key}"] = np.ascontiguousarray(np.concatenate([z, r, n], axis=0))
+    code, out, _ = onnx_validate(run_cli, "gru_linear_before_reset",
+                                 tamper(good, tmp_path / "bad.safetensors", swap))
+    failed = failing(json.loads(out))
+    assert code == 1 and "gates in the wrong order" in failed[f"layer {prefix} (GRU)"]["detail"]
+    assert "whole model vs recorded output" in failed
+
+
+def test_flipped_onnx_conv_kernel_is_caught_and_named(run_cli, tmp_path):
+    good = onnx_converted(run_cli, tmp_path, "helper_autopad_gemm")
+    def flip(t):
+        t["conv_upper.weight"] = np.ascontiguousarray(t["conv_upper.weight"][:, :, ::-1, ::-1])
+    code, out, _ = onnx_validate(run_cli, "helper_autopad_gemm", tamper(good, tmp_path / "bad.safetensors", flip))
+    failed = failing(json.loads(out))
+    assert code == 1 and "180-degree flip" in failed["layer conv_upper (Conv)"]["detail"]
+
+
+def test_validating_an_onnx_source_imports_no_tensorflow(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "gru.safetensors"
+    script = ("import sys; from converter.cli import main; "
+              f"assert main(['convert', {str(fixture_path('onnx', 'gru_linear_before_reset.onnx'))!r}, '-o', {str(out)!r}, '--quiet']) == 0; "
+              f"assert main(['validate', {str(fixture_path('onnx', 'gru_linear_before_reset.onnx'))!r}, {str(out)!r}]) == 0; "
+              "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'framework imported'")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
