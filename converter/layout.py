@@ -281,7 +281,8 @@ class BlockBuffers:
         moved = np.moveaxis(part, axis, -1)
         staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
         half = moved.shape[0] // 2
-        in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)])
+        threads = COPY_THREADS if part.nbytes >= PARALLEL_MIN_BYTES else 1
+        in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)], threads)
         p, s = math.prod(part.shape[:axis]), part.shape[axis]
         m = part.size // max(p * s, 1)
         src3, dst3 = staged.reshape(p, m, s), out.reshape(p, s, m)
@@ -293,18 +294,19 @@ class BlockBuffers:
             for p0 in range(0, p, tile_p):
                 for m0 in columns:
                     dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
-        in_parallel(transpose_tiles, [starts[:len(starts) // 2], starts[len(starts) // 2:]])
+        in_parallel(transpose_tiles, [starts[:len(starts) // 2], starts[len(starts) // 2:]], threads)
         return out
 
 
 COPY_THREADS = min(2, os.cpu_count() or 1)
+PARALLEL_MIN_BYTES = 1 << 20  # below this, handing work to a thread costs more than the copy
 _POOL: list[ThreadPoolExecutor] = []
 
 
-def in_parallel(job: Callable[[Any], None], shares: list[Any]) -> None:
-    """Run ``job(share)`` for every share, on :data:`COPY_THREADS` threads (NumPy's copies release the
+def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int = COPY_THREADS) -> None:
+    """Run ``job(share)`` for every share, on up to ``threads`` threads (NumPy's copies release the
     GIL; two threads halve the blocked transpose of ``benchmarks/transpose_strategies.py``)."""
-    if COPY_THREADS < 2 or len(shares) < 2:
+    if threads < 2 or len(shares) < 2:
         for share in shares:
             job(share)
         return

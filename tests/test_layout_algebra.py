@@ -200,3 +200,34 @@ def test_write_bytes_writes_a_large_array_in_slices_exactly(tmp_path):
         handle.write(b"head")
         assert write_bytes(handle, array) == array.nbytes
     assert (tmp_path / "out.bin").read_bytes() == b"head" + array.tobytes()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7])
+def test_write_in_background_consumes_every_block_in_order(count):
+    """One block is written inline, more on the writer thread; either way every block, in order."""
+    from converter.streaming import write_in_background
+    blocks = [np.full(3, k, np.int32) for k in range(count)]
+    seen: list[int] = []
+    write_in_background(iter(blocks), lambda block: seen.append(int(block[0])))
+    assert seen == list(range(count))
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_write_in_background_raises_a_failed_write(count):
+    from converter.streaming import write_in_background
+    def refuse(_block):
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        write_in_background(iter([np.zeros(2)] * count), refuse)
+
+
+def test_write_in_background_raises_a_failed_producer_after_stopping_the_writer():
+    from converter.streaming import write_in_background
+    def produce():
+        yield np.zeros(2)
+        yield np.ones(2)
+        raise ValueError("bad tensor")
+    seen: list[float] = []
+    with pytest.raises(ValueError, match="bad tensor"):
+        write_in_background(produce(), lambda block: seen.append(float(block[0])))
+    assert seen == [0.0, 1.0]
