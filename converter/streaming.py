@@ -21,7 +21,8 @@ import numpy as np
 _DONE = object()
 WRITE_SLICE = 1 << 20
 """Bytes per ``write`` call.  Measured on ext4 in a VM (``benchmarks/write_slices.py``): writing 553 MB
-from 8 MiB buffers took 0.7-1.2 s in 8 MiB calls and 0.11-0.13 s in 1 MiB or 128 KiB calls."""
+from 8 MiB buffers took 0.7-1.2 s in 8 MiB calls against 0.11-0.13 s in 1 MiB calls on one day, and
+the same time for every size on another; 1 MiB calls were never the slower (docs/performance.md)."""
 
 
 def write_in_background(blocks: Iterable[np.ndarray], consume: Callable[[np.ndarray], None]) -> None:
