@@ -157,11 +157,9 @@ def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     return np.asarray(rnn(x))
 
 
-def run_onnx_node(op: str, x: np.ndarray, constants: list[np.ndarray | None], attrs: dict,
-                  outputs: int = 1) -> np.ndarray:
+def run_onnx_node(op: str, x: np.ndarray, constants: list[np.ndarray | None], attrs: dict) -> np.ndarray:
     """Run one ONNX operator ``op(x, *constants)`` in onnxruntime (opset 17) and return its first output.
     A None constant is an omitted optional input."""
-    import onnx
     import onnxruntime
     from onnx import helper, numpy_helper
     names = ["x"] + [f"c{k}" if c is not None else "" for k, c in enumerate(constants)]
@@ -169,11 +167,10 @@ def run_onnx_node(op: str, x: np.ndarray, constants: list[np.ndarray | None], at
         names.pop()
     initializers = [numpy_helper.from_array(np.ascontiguousarray(c), f"c{k}")
                     for k, c in enumerate(constants) if c is not None]
-    out_names = ["y"] + [f"y{k}" for k in range(1, outputs)]
-    node = helper.make_node(op, names, out_names, **attrs)
+    node = helper.make_node(op, names, ["y"], **attrs)
     elem = helper.np_dtype_to_tensor_dtype(x.dtype)
     graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", elem, list(x.shape))],
-                              [helper.make_tensor_value_info(n, elem, None) for n in out_names], initializers)
+                              [helper.make_tensor_value_info("y", elem, None)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 8)
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -303,7 +303,7 @@ PARALLEL_MIN_BYTES = 1 << 20  # below this, handing work to a thread costs more 
 _POOL: list[ThreadPoolExecutor] = []
 
 
-def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int = COPY_THREADS) -> None:
+def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int) -> None:
     """Run ``job(share)`` for every share, on up to ``threads`` threads (NumPy's copies release the
     GIL; two threads halve the blocked transpose of ``benchmarks/transpose_strategies.py``)."""
     if threads < 2 or len(shares) < 2:

@@ -34,10 +34,11 @@ def write_in_background(blocks: Iterable[np.ndarray], consume: Callable[[np.ndar
     """
     iterator = iter(blocks)
     first = next(iterator, _DONE)
-    second = next(iterator, _DONE) if first is not _DONE else _DONE  # first stays valid (RING >= 2)
+    if first is _DONE:
+        return
+    second = next(iterator, _DONE)  # made while first is still unwritten: fine, RING >= 2
     if second is _DONE:
-        if first is not _DONE:
-            consume(first)
+        consume(first)
         return
     blocks = itertools.chain((first, second), iterator)
     handoff: queue.Queue = queue.Queue(maxsize=1)

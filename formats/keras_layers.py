@@ -224,7 +224,8 @@ def keras_plan(model, options):
         elif kind == "prelu":
             axes = layer.tensors["weight"].layout.pattern.split()
             if len(axes) == 1:  # per channel (C,): Keras's alpha keeps a length-1 axis per shared axis
-                axes = ["c"] + ["1"] * (len(layer.output_shape or ("c",)) - 1)
+                rank = len(layer.output_shape) if layer.output_shape else 1
+                axes = ["c"] + ["1"] * (rank - 1)
             add(layer, "alpha", "weight", " ".join(axes[1:] + axes[:1]))
         elif kind in ("lstm", "gru"):
             gates = ("ifco", "ifco") if kind == "lstm" else ("rzh", "zrh")

@@ -55,9 +55,6 @@ def fixtures() -> list[tuple[str, str]]:
 
 
 CASES = fixtures()
-KNOWN_GAPS: dict[tuple[str, str], str] = {}  # cells that fail today, each with its reason (strict xfail)
-
-
 def source(folder: str, name: str) -> str:
     return fixture_path(folder, SOURCE_PATTERNS[folder].format(name))
 
@@ -88,12 +85,8 @@ def reproduce(model, written: str, suffix: str, x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".onnx"])
 @pytest.mark.parametrize("folder, name", CASES, ids=[f"{f}/{n}" for f, n in CASES])
-def test_written_file_reproduces_source_and_round_trips_bit_identical(run_cli, tmp_path, folder, name, suffix,
-                                                                     request):
+def test_written_file_reproduces_source_and_round_trips_bit_identical(run_cli, tmp_path, folder, name, suffix):
     from converter.api import load
-    gap = KNOWN_GAPS.get((f"{folder}/{name}", suffix))
-    if gap:
-        request.applymarker(pytest.mark.xfail(reason=gap, strict=True))
     src = source(folder, name)
     written, back, direct = tmp_path / f"w{suffix}", tmp_path / "back.safetensors", tmp_path / "direct.safetensors"
     flags = read_flags(folder, name)
