@@ -18,7 +18,7 @@ by ``/usr/bin/time`` (wall seconds and peak resident set size):
 * the framework path: Keras ``load_model`` + ``torch.save`` of the weights,
   or for ONNX ``onnx2torch.convert`` + ``torch.save`` where onnx2torch is
   installed (else ``onnx.load`` + ``numpy_helper`` + ``torch.save``);
-* the in-process conversion time after imports (``converter.api.convert``).
+* the in-process conversion time after imports (``weightport.api.convert``).
 
 and prints a Markdown table: medians of wall time, wall time / cp, peak RSS,
 peak RSS / largest tensor.  Nothing here is a test; see docs/performance.md.
@@ -124,7 +124,7 @@ def make_big_onnx(workdir: str, layers: int = 5, wide: int = 25088, narrow: int 
 def largest_tensor(path: str) -> int:
     """Bytes of the largest weight in ``path``, as weightport reads it."""
     sys.path.insert(0, ROOT)
-    from converter.api import load
+    from weightport.api import load
     return max(tensor.nbytes for _, _, tensor in load(path).state_keys())
 
 
@@ -147,7 +147,7 @@ ONNX_FRAMEWORK = (
 
 IN_PROCESS = (
     "import sys, time\n"
-    "from converter.api import convert\n"
+    "from weightport.api import convert\n"
     "start = time.perf_counter()\n"
     "convert(sys.argv[1], sys.argv[2], to='torch', force=True)\n"
     "print(f'{time.perf_counter() - start:.3f}')\n")
@@ -195,7 +195,7 @@ def benchmark(model: str, files: list[str], framework: str, workdir: str, repeat
 
 def baseline_rss(repeat: int) -> Run:
     """Peak RSS of the interpreter with weightport's core imported (numpy, h5py), doing nothing."""
-    return median_run([PYTHON, "-c", "import converter.api, formats.keras_h5, numpy, h5py"], repeat)
+    return median_run([PYTHON, "-c", "import weightport.api, weightport.formats.keras.h5, numpy, h5py"], repeat)
 
 
 def main() -> None:

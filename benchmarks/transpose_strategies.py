@@ -5,7 +5,7 @@ wants ``o (c h w)``: a transpose combined with a row permutation.  Strategies:
 
 * ``numpy full copy``: ``np.ascontiguousarray`` of the permuted view (fresh 411 MB output);
 * ``numpy blocks``: the same view copied 64 output rows at a time into one reused buffer;
-* ``weightport copy_blocks``: :func:`converter.layout.copy_blocks` (two-stage tiled transpose,
+* ``weightport copy_blocks``: :func:`weightport.core.layout.copy_blocks` (two-stage tiled transpose,
   shared buffers), what the writers use.
 
 Each prints the best of ``--repeat`` wall times; all produce the same bytes (checked).
@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from converter.layout import Layout, copy_blocks, elementary_view  # noqa: E402
+from weightport.core.layout import Layout, copy_blocks, elementary_view  # noqa: E402
 
 
 def best_of(repeat: int, run: Callable[[], str]) -> tuple[float, str]:

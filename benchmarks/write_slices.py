@@ -1,6 +1,6 @@
 """How many bytes per ``write`` call: time writing a file from reused 8 MiB buffers in slices of each size.
 
-weightport's writers hand each 8 MiB block to ``converter.streaming.write_bytes``, which writes it in
+weightport's writers hand each 8 MiB block to ``weightport.core.streaming.write_bytes``, which writes it in
 ``WRITE_SLICE`` pieces; this script is the measurement behind that constant.  Each run writes a fresh
 file (``--mib`` MiB) after ``sync``, then deletes it; the table gives the median of ``--repeat`` runs
 per slice size, the sizes interleaved so that the machine's state drifts alike for all of them.

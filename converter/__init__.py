@@ -10,9 +10,9 @@ Only numpy and h5py are imported here; torch, tensorflow and onnx are imported
 by the formats and checks that need them.
 """
 
-from converter.api import ConversionResult, convert, load, save
-from converter.errors import WeightportError
-from converter.model import Layer, Model, Tensor
+from weightport.api import ConversionResult, convert, load, save
+from weightport.core.errors import WeightportError
+from weightport.core.model import Layer, Model, Tensor
 
 __version__ = "0.1.0"
 

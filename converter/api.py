@@ -4,7 +4,7 @@
     >>> model = load("model.h5")                            # doctest: +SKIP
     >>> save(model, "model.safetensors", to="torch")        # doctest: +SKIP
 
-Every error is a :class:`converter.errors.WeightportError`.
+Every error is a :class:`weightport.core.errors.WeightportError`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from converter.atomic import check_can_write
-from converter.errors import UsageError, ValidationFailed, WeightportError
-from converter.layout import SEMANTICS
-from converter.model import Model
-from converter.options import ReadOptions, WriteOptions
-from formats import reader_for, writer_for
+from weightport.core.atomic import check_can_write
+from weightport.core.errors import UsageError, ValidationFailed, WeightportError
+from weightport.core.layout import SEMANTICS
+from weightport.core.model import Model
+from weightport.core.options import ReadOptions, WriteOptions
+from weightport.formats import reader_for, writer_for
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ConversionResult:
 
     outputs: list[str]
     warnings: list[str] = field(default_factory=list)
-    report: object | None = None  # the converter.validate.Report when the conversion was validated
+    report: object | None = None  # the weightport.checks.validate.Report when the conversion was validated
 
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
@@ -43,7 +43,7 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if os.path.isdir(path):
         raise UsageError("is a folder, not a model file", path=path, fix="Give the model file itself")
     options = ReadOptions(assume_backend, source_semantics, spec)
-    from formats import entry
+    from weightport.formats import entry
     chosen = entry(format) if format else reader_for(path)
     try:
         return chosen.load().read(path, options)
@@ -69,13 +69,13 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
 
     With ``validate=True`` the output is written to a staging folder beside ``dst``, checked
     (see :func:`validate_conversion`), and moved into place only when it passes; otherwise
-    nothing is written and :class:`converter.errors.ValidationFailed` is raised.
+    nothing is written and :class:`weightport.core.errors.ValidationFailed` is raised.
     """
     writer_for(dst, to)  # fail on a bad target before reading anything
     check_can_write(dst, force)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
     if fail_on_nonfinite:
-        from converter.nonfinite import refuse_nonfinite
+        from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
     if validate and "" in writer_for(dst, to).extensions:  # a folder of plain arrays: checked by its Java check
         if require_all:
@@ -107,8 +107,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
 
 def validate_conversion(source: Model, converted_path: str, input: str | None = None, expected: str | None = None,
                         atol: float = 1e-5, rtol: float = 1e-5):
-    """Check converted weights against their source; returns a :class:`converter.validate.Report`."""
-    from converter.validate import Report, validate_torch
+    """Check converted weights against their source; returns a :class:`weightport.checks.validate.Report`."""
+    from weightport.checks.validate import Report, validate_torch
     if reader_for(converted_path).target == "torch":
         return validate_torch(source, load(converted_path), input, expected, atol, rtol)
     report = Report(source.source.path, converted_path, atol, rtol)

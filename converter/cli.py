@@ -13,8 +13,8 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from converter import __version__
-from converter.errors import BadInputError, UsageError, WeightportError
+from weightport import __version__
+from weightport.core.errors import BadInputError, UsageError, WeightportError
 
 TARGET_CHOICES = ("torch", "keras", "onnx", "npz", "java", "raw", "theano")
 
@@ -159,11 +159,11 @@ def load_rename(path: str | None) -> dict[str, Any]:
 
 
 def command_inspect(args: argparse.Namespace) -> int:
-    from converter.api import load
-    from converter.describe import describe_model
+    from weightport.api import load
+    from weightport.core.describe import describe_model
     model = load(args.src, **read_options(args))
     if not args.no_scan:
-        from converter.nonfinite import scan
+        from weightport.core.nonfinite import scan
         for special in scan(model):
             model.warn(special.describe())
     description = describe_model(model)
@@ -187,9 +187,9 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from converter.api import convert
-    from converter.errors import ValidationFailed
-    from formats import writer_for
+    from weightport.api import convert
+    from weightport.core.errors import ValidationFailed
+    from weightport.formats import writer_for
     check_pair(args)
     raw_only = [flag for flag, value in (("--dtype", args.dtype), ("--byte-order", args.byte_order),
                                          ("--layout", args.layout), ("--emit-forward", args.emit_forward)) if value]
@@ -220,9 +220,9 @@ def command_convert(args: argparse.Namespace) -> int:
 
 
 def command_explain(args: argparse.Namespace) -> int:
-    from converter.api import load
-    from converter.options import WriteOptions
-    from converter.plan import make_plan
+    from weightport.api import load
+    from weightport.core.options import WriteOptions
+    from weightport.core.plan import make_plan
     model = load(args.src, **read_options(args))
     plan = make_plan(model, args.to, WriteOptions())
     rows = [{"key": p.key, "layer": p.layer.name, "kind": p.layer.kind, "shape": list(p.shape),
@@ -242,8 +242,8 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def command_validate(args: argparse.Namespace) -> int:
-    from converter.api import load
-    from converter.api import validate_conversion
+    from weightport.api import load
+    from weightport.api import validate_conversion
     check_pair(args)
     source = load(args.src, **read_options(args))
     report = validate_conversion(source, args.dst, args.input, args.expected, args.atol, args.rtol)
@@ -255,7 +255,7 @@ def command_validate(args: argparse.Namespace) -> int:
 
 
 def command_detect(args: argparse.Namespace) -> int:
-    from converter.detect import detect
+    from weightport.checks.detect import detect
     detection = detect(args.src, args.input, args.expected, args.atol, args.rtol, spec=args.spec)
     print(detection.to_json() if args.json else detection.summary())
     return 0 if detection.source_semantics else 1

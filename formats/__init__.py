@@ -6,7 +6,7 @@ Every module exposes the same small interface::
     DESCRIPTION: str          # one line for `weightport formats` and errors
     EXTENSIONS: tuple[str]    # file extensions it owns, lower case
     sniff(path) -> bool       # cheap check that a file is of this format
-    read(path, ReadOptions) -> converter.model.Model          (readers)
+    read(path, ReadOptions) -> weightport.core.model.Model          (readers)
     write(Model, path, WriteOptions) -> list[str] warnings    (writers)
 
 Modules are imported only when used, so reading an HDF5 file never imports
@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from types import ModuleType
 
-from converter.errors import UsageError
+from weightport.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -39,17 +39,17 @@ class FormatEntry:
 
 
 FORMATS: tuple[FormatEntry, ...] = (
-    FormatEntry("keras_h5", "formats.keras_h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
-    FormatEntry("keras3", "formats.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=True),
-    FormatEntry("onnx", "formats.onnx_file", (".onnx",), "onnx", reads=True, writes=True),
-    FormatEntry("safetensors", "formats.safetensors_file", (".safetensors",), "torch", reads=True, writes=True),
-    FormatEntry("npz", "formats.npz_arrays", (".npz",), "npz", reads=False, writes=True),
-    FormatEntry("theano_pickle", "formats.theano_pickles", (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano",
+    FormatEntry("keras_h5", "weightport.formats.keras.h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
+    FormatEntry("keras3", "weightport.formats.keras.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=True),
+    FormatEntry("onnx", "weightport.formats.onnx.onnx_file", (".onnx",), "onnx", reads=True, writes=True),
+    FormatEntry("safetensors", "weightport.formats.torch.safetensors", (".safetensors",), "torch", reads=True, writes=True),
+    FormatEntry("npz", "weightport.formats.numpy.npz", (".npz",), "npz", reads=False, writes=True),
+    FormatEntry("theano_pickle", "weightport.formats.theano.reader", (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano",
                 reads=True, writes=False),
-    FormatEntry("theano", "formats.theano_writer", (".pkl", ".pickle"), "theano", reads=False, writes=True),
-    FormatEntry("torch_pt", "formats.torch_pt", (".pt", ".pth"), "torch", reads=True, writes=True),
-    FormatEntry("raw", "formats.raw_arrays", ("",), "raw", reads=False, writes=True),
-    FormatEntry("java", "formats.java_loader", ("",), "java", reads=False, writes=True),
+    FormatEntry("theano", "weightport.formats.theano.writer", (".pkl", ".pickle"), "theano", reads=False, writes=True),
+    FormatEntry("torch_pt", "weightport.formats.torch.pt", (".pt", ".pth"), "torch", reads=True, writes=True),
+    FormatEntry("raw", "weightport.formats.plain.raw", ("",), "raw", reads=False, writes=True),
+    FormatEntry("java", "weightport.formats.plain.java", ("",), "java", reads=False, writes=True),
 )
 
 TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz", "theano": "theano", "raw": "raw",

@@ -19,7 +19,7 @@ def fixture_path(*parts: str) -> str:
 @pytest.fixture
 def run_cli(capsys):
     """Run ``weightport ARGS`` in-process; returns (exit code, stdout, stderr)."""
-    from converter.cli import main
+    from weightport.cli import main
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main([str(a) for a in args])

@@ -18,7 +18,7 @@ H5 = fixture_path("keras3", "cnn_flatten_dense.h5")
 
 
 def run_process(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "converter.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "weightport", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 
@@ -32,7 +32,7 @@ def test_help_version_and_no_command(run_cli):
 
 
 def test_every_command_and_option_has_help():
-    from converter.cli import build_parser
+    from weightport.cli import build_parser
     parser = build_parser()
     for action in parser._actions:
         if action.option_strings:
@@ -48,7 +48,7 @@ def test_no_heavy_imports_for_help_inspect_and_safetensors(tmp_path):
     out = tmp_path / "x.safetensors"
     code = (
         "import sys\n"
-        "from converter.cli import main\n"
+        "from weightport.cli import main\n"
         f"assert main(['inspect', {H5!r}]) == 0\n"
         f"assert main(['convert', {H5!r}, '-o', {str(out)!r}]) == 0\n"
         "heavy = [m for m in ('torch', 'tensorflow', 'keras', 'onnx', 'onnxruntime', 'jax') if m in sys.modules]\n"

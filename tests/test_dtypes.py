@@ -30,7 +30,7 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, str]:
     """dtype name -> a safetensors file of the fixture's weights cast by torch (graph metadata kept)."""
-    from converter.cli import main
+    from weightport.cli import main
     folder = tmp_path_factory.mktemp("dtypes")
     base = folder / "base.safetensors"
     assert main(["convert", fixture_path("keras3", f"{NAME}.h5"), "-o", str(base), "--quiet"]) == 0

@@ -62,6 +62,6 @@ def test_fuzz_keras_archive(run_cli, tmp_path_factory, edits, cut):
 def test_fuzz_safetensors(run_cli, tmp_path_factory, edits, cut):
     source = os.path.join(str(tmp_path_factory.getbasetemp()), "seed.safetensors")
     if not os.path.exists(source):
-        from converter.cli import main
+        from weightport.cli import main
         assert main(["convert", fixture_path("keras3", "cnn_flatten_dense.h5"), "-o", source, "--quiet"]) == 0
     fuzz_case(run_cli, tmp_path_factory, source, ".safetensors", edits, cut)

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
 TORCH_NAMES = ["k1_conv2d_th", "k1_conv2d_tf", "k1_conv2d_single_th", "k1_conv1d", "k1_batchnorm_dense",
@@ -49,7 +49,7 @@ def test_keras1_file_reproduces_in_torch(run_cli, tmp_path, name):
 def test_wrong_backend_assumption_does_not_reproduce(run_cli, tmp_path, name):
     model = load(path(name), assume_backend="tensorflow")
     module = CanonicalModule(model).eval()
-    from converter.torch_build import canonical_state_dict
+    from weightport.formats.torch.module import canonical_state_dict
     module.load_state_dict(canonical_state_dict(model), strict=True)
     x = np.load(path(name, ".input.npy"))
     with torch.no_grad():

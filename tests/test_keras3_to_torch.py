@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
 FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "channels_first_cnn", "conv3d_grouped"]

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
 NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(fixture_path("keras_theano", "k2_*.h5")))
@@ -64,8 +64,8 @@ def test_inspect_names_the_rule_per_class(run_cli):
 
 
 def test_rules_table_matches_the_recorded_evidence():
-    """Every class measured in rules.json is decided the same way by converter.rules."""
-    from converter.rules import keras_kernel_semantics
+    """Every class measured in rules.json is decided the same way by weightport.core.rules."""
+    from weightport.core.rules import keras_kernel_semantics
     evidence = json.load(open(fixture_path("keras_theano", "rules.json")))
     for cls, errors in evidence["classes"].items():
         measured = "convolution" if errors["convolution"] < 1e-4 < errors["correlation"] else "correlation"

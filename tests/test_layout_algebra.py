@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from converter.errors import LayoutError
-from converter.layout import (
+from weightport.core.errors import LayoutError
+from weightport.core.layout import (
     CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, THEANO_PATTERNS, Layout, Relayout,
     ReorderBlocks, concat_blocks, flip_axes, parse_pattern, relayout, reorder_blocks, target_shape,
 )
@@ -163,7 +163,7 @@ def strided_views(draw):
 @given(strided_views())
 def test_copy_blocks_writes_exactly_numpys_c_order_bytes(case):
     """Blocks concatenated == numpy's own C-order copy, for any view and any block size (multi-block too)."""
-    from converter.layout import copy_blocks
+    from weightport.core.layout import copy_blocks
     view, block_bytes = case
     pieces = [np.ascontiguousarray(block).tobytes() for block in copy_blocks(view, block_bytes)]
     assert b"".join(pieces) == np.ascontiguousarray(view).tobytes()
@@ -171,7 +171,7 @@ def test_copy_blocks_writes_exactly_numpys_c_order_bytes(case):
 
 def test_compose_relayouts_equals_the_chain_step_by_step():
     """Keras HWIO -> canonical OIHW (flip) -> Theano OIHW (flip back): one composed view, same bytes."""
-    from converter.layout import compose_relayouts, elementary_view
+    from weightport.core.layout import compose_relayouts, elementary_view
     kernel = np.random.default_rng(5).standard_normal((3, 2, 4, 5)).astype(np.float32)
     steps = (Relayout(Layout("h w i o", "convolution"), Layout("o i h w", "correlation")),
              Relayout(Layout("o i h w", "correlation"), Layout("o i h w", "convolution")))
@@ -185,7 +185,7 @@ def test_compose_relayouts_equals_the_chain_step_by_step():
                                           ((49, 61, 83), (2, 1, 0))])
 def test_copy_blocks_split_over_threads_keeps_every_tile_in_place(shape, order):
     """Views whose blocks span many tiles (odd counts, so the two threads' shares differ): same bytes as NumPy."""
-    from converter.layout import copy_blocks
+    from weightport.core.layout import copy_blocks
     array = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
     view = array.transpose(order)[::-1]
     for block_bytes in (4096, 65536, 1 << 20):
@@ -194,7 +194,7 @@ def test_copy_blocks_split_over_threads_keeps_every_tile_in_place(shape, order):
 
 
 def test_write_bytes_writes_a_large_array_in_slices_exactly(tmp_path):
-    from converter.streaming import WRITE_SLICE, write_bytes
+    from weightport.core.streaming import WRITE_SLICE, write_bytes
     array = np.random.default_rng(12).standard_normal(WRITE_SLICE // 8 * 5 + 3)  # 2.5 slices of float64
     with open(tmp_path / "out.bin", "wb") as handle:
         handle.write(b"head")
@@ -205,7 +205,7 @@ def test_write_bytes_writes_a_large_array_in_slices_exactly(tmp_path):
 @pytest.mark.parametrize("count", [0, 1, 2, 7])
 def test_write_in_background_consumes_every_block_in_order(count):
     """One block is written inline, more on the writer thread; either way every block, in order."""
-    from converter.streaming import write_in_background
+    from weightport.core.streaming import write_in_background
     blocks = [np.full(3, k, np.int32) for k in range(count)]
     seen: list[int] = []
     write_in_background(iter(blocks), lambda block: seen.append(int(block[0])))
@@ -214,7 +214,7 @@ def test_write_in_background_consumes_every_block_in_order(count):
 
 @pytest.mark.parametrize("count", [1, 5])
 def test_write_in_background_raises_a_failed_write(count):
-    from converter.streaming import write_in_background
+    from weightport.core.streaming import write_in_background
     def refuse(_block):
         raise OSError("disk full")
     with pytest.raises(OSError, match="disk full"):
@@ -222,7 +222,7 @@ def test_write_in_background_raises_a_failed_write(count):
 
 
 def test_write_in_background_raises_a_failed_producer_after_stopping_the_writer():
-    from converter.streaming import write_in_background
+    from weightport.core.streaming import write_in_background
     def produce():
         yield np.zeros(2)
         yield np.ones(2)

@@ -1,4 +1,4 @@
-"""Each framework layout in converter.layout proved against the real ops: tf.nn, keras layers,
+"""Each framework layout in weightport.core.layout proved against the real ops: tf.nn, keras layers,
 torch.nn.functional and scipy.signal. Kernels are seeded, asymmetric and non-square (odd and even
 sizes); every test also checks that the wrong conversion (no flip, swapped axes, no gate reorder)
 does not match, so it would fail if a flip, transpose or reorder were wrong."""
@@ -14,7 +14,7 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 
-from converter.layout import (CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, Layout, relayout,
+from weightport.core.layout import (CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, Layout, relayout,
                               reorder_blocks)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

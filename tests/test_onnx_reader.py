@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule
 from tests.conftest import fixture_path
 
 GRAPHS = ["torch_cnn", "torch_cnn_external", "torch_conv1d", "torch_conv3d", "torch_convtranspose",

@@ -110,7 +110,7 @@ def test_no_pickle_load_anywhere_in_the_project():
 
 def test_allowlist_reads_real_theano_objects_without_theano():
     import sys
-    from formats.theano_pickles import read_arrays
+    from weightport.formats.theano.reader import read_arrays
     arrays = read_arrays(fixture_path("theano", "theano_cnn.shared.p2.pkl"))
     assert [name for name, _ in arrays][:2] == ["conv1.W", "conv1.b"]
     assert "theano" not in sys.modules

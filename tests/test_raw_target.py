@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from converter.cli import main
-from converter.layout import parse_pattern
+from weightport.cli import main
+from weightport.core.layout import parse_pattern
 from tests.conftest import FIXTURES, ROOT
 
 pytestmark = pytest.mark.skipif(shutil.which("javac") is None or shutil.which("java") is None,
@@ -65,8 +65,8 @@ def convert(*args: str) -> int:
 
 def readable(base: str) -> tuple[bool, str]:
     """Whether weightport reads this fixture into a model it can run (reason when not)."""
-    from converter.api import load
-    from converter.errors import WeightportError
+    from weightport.api import load
+    from weightport.core.errors import WeightportError
     try:
         model = load(source_file(base), **read_options(base))
     except WeightportError as error:
@@ -88,8 +88,8 @@ def canonical_reproduces(base: str) -> tuple[bool, str]:
     reproduces the recorded output. When it does not, the reader or the semantics rules are wrong for
     that fixture, upstream of this target, and the Java forward tests are skipped saying so."""
     if base not in CANONICAL:
-        from converter.api import load
-        from converter.validate import validate_torch
+        from weightport.api import load
+        from weightport.checks.validate import validate_torch
         model = load(source_file(base), **read_options(base))
         report = validate_torch(model, model, os.path.join(FIXTURES, base + ".input.npy"),
                                 os.path.join(FIXTURES, base + ".output.npy"))
@@ -131,8 +131,8 @@ def convert_fixture(base: str, out, args: list[str]) -> int:
     """``weightport convert`` of a fixture; through the API when the CLI cannot pass its read options."""
     if "spec" not in read_options(base):
         return convert(source_file(base), "-o", out, *read_args(base), *args)
-    from converter.api import load, save
-    from converter.errors import WeightportError
+    from weightport.api import load, save
+    from weightport.core.errors import WeightportError
     flags = {"--to": "to", "--target-semantics": "target_semantics", "--layout": "layout",
              "--byte-order": "byte_order", "--dtype": "dtype"}
     options: dict = {"emit_forward": "--emit-forward" in args}
@@ -246,12 +246,12 @@ def builds(tmp_path_factory) -> dict[tuple[str, str], str]:
         out = root / f"{base.replace('/', '_')}_{name}"
         code = convert_fixture(base, out, args)
         if code != 0 and "--emit-forward" in args and base not in KERAS_CNNS:
-            from converter.api import load
-            from converter.errors import UnsupportedError
-            from converter.options import WriteOptions
-            from converter.plan import make_plan
-            from formats.java_loader import generate_model
-            from formats.raw_arrays import flatten_orders, manifest_head, settings
+            from weightport.api import load
+            from weightport.core.errors import UnsupportedError
+            from weightport.core.options import WriteOptions
+            from weightport.core.plan import make_plan
+            from weightport.formats.plain.java import generate_model
+            from weightport.formats.plain.raw import flatten_orders, manifest_head, settings
             model = load(source_file(base), **read_options(base))
             options = WriteOptions()
             try:
@@ -672,7 +672,7 @@ def test_force_never_deletes_a_folder_weightport_did_not_write(tmp_path, capsys)
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
-    import formats.raw_arrays as raw
+    import weightport.formats.plain.raw as raw
     real = raw.write_weights
 
     def explode(plan, path, chosen):
@@ -716,8 +716,8 @@ def test_a_folder_name_with_a_dot_and_explain(tmp_path, capsys):
 
 
 def test_layout_option_parsing():
-    from converter.errors import UsageError
-    from formats.raw_arrays import kernel_target_pattern, parse_layout
+    from weightport.core.errors import UsageError
+    from weightport.formats.plain.raw import kernel_target_pattern, parse_layout
     assert parse_layout("HWIO").kernel == ("S", "I", "O") and parse_layout("HWIO").dense == ("I", "O")
     assert parse_layout("OHWI").channels_last and not parse_layout("OIHW").channels_last
     assert parse_layout("hwio, oi, chw").dense == ("O", "I") and not parse_layout("HWIO,OI,CHW").channels_last
@@ -733,9 +733,9 @@ def test_layout_option_parsing():
 
 
 def test_float16_overflow_is_reported(tmp_path):
-    from converter.api import load, save
-    from converter.layout import Layout
-    from converter.model import Provenance, array_tensor
+    from weightport.api import load, save
+    from weightport.core.layout import Layout
+    from weightport.core.model import Provenance, array_tensor
     model = load(SRC)
     layer = model.layer("dense")
     layer.tensors["bias"] = array_tensor("bias", np.full(6, 1e6, np.float32), Layout("o"), Provenance("test", "o"))

@@ -78,7 +78,7 @@ def test_broken_files_are_refused(run_cli, tmp_path, suffix, content):
               ".weights.h5": fixture_path("keras3", "cnn_flatten_dense.weights.h5")}.get(suffix)
     if suffix == ".safetensors":
         source = str(tmp_path / "good.safetensors")
-        from converter.cli import main
+        from weightport.cli import main
         assert main(["convert", H5, "-o", source, "--quiet"]) == 0
     data = open(source, "rb").read()
     bad = tmp_path / f"bad{suffix}"
@@ -160,7 +160,7 @@ def test_nan_inf_denormal_are_kept_bit_exactly_and_reported(run_cli, tmp_path):
 
 
 def test_debug_shows_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "converter.cli", "--debug", "inspect", str(tmp_path / "no.h5")],
+    result = subprocess.run([sys.executable, "-m", "weightport", "--debug", "inspect", str(tmp_path / "no.h5")],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and "Traceback" in result.stderr
 
@@ -177,7 +177,7 @@ def test_kill_mid_write_leaves_previous_file_or_nothing(tmp_path):
         group.create_dataset("dense/kernel", data=np.ones((10000, 10000), np.float32))
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"previous")
-    process = subprocess.Popen([sys.executable, "-m", "converter.cli", "convert", str(big), "-o", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "weightport", "convert", str(big), "-o", str(out),
                                 "--force"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".weightport-") for p in tmp_path.iterdir()):

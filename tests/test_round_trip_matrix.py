@@ -28,7 +28,7 @@ torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 from safetensors.numpy import load_file  # noqa: E402
 
-from converter.errors import UnsupportedError  # noqa: E402
+from weightport.core.errors import UnsupportedError  # noqa: E402
 
 SOURCE_PATTERNS = {"keras3": "{}.h5", "keras_theano": "{}.h5", "tf_keras2": "{}.h5", "theano": "{}.shared.p4.pkl",
                    "onnx": "{}.onnx"}
@@ -63,7 +63,7 @@ def reproduce(model, written: str, suffix: str, x: np.ndarray) -> np.ndarray:
     """Run the written file in its framework on the source's input; output in the source's layout
     (an ONNX LSTM/GRU's (seq, batch, features) input and (seq, directions, batch, hidden) output
     included, through to_canonical_input / from_canonical_output)."""
-    from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+    from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
     canonical = to_canonical_input(x, model)
     if suffix == ".onnx":
         session = ort.InferenceSession(written, providers=["CPUExecutionProvider"])
@@ -86,7 +86,7 @@ def reproduce(model, written: str, suffix: str, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".onnx"])
 @pytest.mark.parametrize("folder, name", CASES, ids=[f"{f}/{n}" for f, n in CASES])
 def test_written_file_reproduces_source_and_round_trips_bit_identical(run_cli, tmp_path, folder, name, suffix):
-    from converter.api import load
+    from weightport.api import load
     src = source(folder, name)
     written, back, direct = tmp_path / f"w{suffix}", tmp_path / "back.safetensors", tmp_path / "direct.safetensors"
     flags = read_flags(folder, name)

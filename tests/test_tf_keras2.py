@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
 TORCH_FIXTURES = ["cnn_sequential", "rnn_stack", "embedding_conv1d", "nested_residual"]

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, from_canonical_output, to_canonical_input
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
 STYLES = ["shared.p2.pkl", "shared.p4.pkl", "values.p2.pkl", "values.p5.pkl", "recipe.pkl", "py2.pkl",

@@ -11,9 +11,9 @@ import scipy.signal
 import tensorflow as tf
 import torch
 
-from converter.api import load
-from converter.torch_build import CanonicalModule, canonical_state_dict, from_canonical_output, to_canonical_input
-from formats.theano_pickles import read_arrays
+from weightport.api import load
+from weightport.formats.torch.module import CanonicalModule, canonical_state_dict, from_canonical_output, to_canonical_input
+from weightport.formats.theano.reader import read_arrays
 from tests.conftest import fixture_path
 
 H5 = fixture_path("keras3", "cnn_flatten_dense.h5")

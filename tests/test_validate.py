@@ -126,8 +126,8 @@ def test_symmetric_padding_instead_of_tf_same_is_caught(run_cli, tmp_path):
 
 
 def test_flip_symmetric_kernel_is_reported_as_ambiguous():
-    from converter.layer_check import ambiguity
-    from converter.model import Layer
+    from weightport.checks.layer_check import ambiguity
+    from weightport.core.model import Layer
     kernel = np.random.default_rng(0).uniform(size=(2, 3, 3, 3)).astype(np.float32)
     symmetric = (kernel + kernel[:, :, ::-1, ::-1]) / 2
     layer = Layer("c", "conv")
@@ -235,7 +235,7 @@ def test_validating_an_onnx_source_imports_no_tensorflow(tmp_path):
     import subprocess
     import sys
     out = tmp_path / "gru.safetensors"
-    script = ("import sys; from converter.cli import main; "
+    script = ("import sys; from weightport.cli import main; "
               f"assert main(['convert', {str(fixture_path('onnx', 'gru_linear_before_reset.onnx'))!r}, '-o', {str(out)!r}, '--quiet']) == 0; "
               f"assert main(['validate', {str(fixture_path('onnx', 'gru_linear_before_reset.onnx'))!r}, {str(out)!r}]) == 0; "
               "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'framework imported'")

@@ -1,0 +1,70 @@
+"""JSON-ready descriptions of a canonical model (for inspect --json, explain and file metadata)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from weightport.core.model import Layer, Model, Tensor
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def describe_tensor(tensor: Tensor) -> dict[str, Any]:
+    return {
+        "shape": list(tensor.shape),
+        "dtype": np.dtype(tensor.dtype).name,
+        "layout": tensor.layout.compact(),
+        "semantics": tensor.layout.semantics,
+        "source_key": tensor.provenance.source_key,
+        "source_layout": tensor.provenance.source_layout,
+        "source_semantics": tensor.provenance.source_semantics,
+        "transforms": tensor.applied(),
+        "rule": tensor.provenance.rule,
+    }
+
+
+def describe_layer(layer: Layer) -> dict[str, Any]:
+    return {
+        "name": layer.name,
+        "kind": layer.kind,
+        "class": layer.source_class,
+        "inputs": list(layer.inputs),
+        "attrs": jsonable(layer.attrs),
+        "semantics_rule": layer.semantics_rule,
+        "output_shape": list(layer.output_shape) if layer.output_shape is not None else None,
+        "tensors": {name: describe_tensor(t) for name, t in layer.tensors.items()},
+    }
+
+
+def describe_model(model: Model) -> dict[str, Any]:
+    source = model.source
+    return {
+        "source": {"path": source.path, "format": source.format, "version": source.version,
+                   "backend": source.backend, **jsonable(source.details)},
+        "has_architecture": model.has_architecture,
+        "layers": [describe_layer(layer) for layer in model.layers],
+        "warnings": list(model.warnings),
+    }
+
+
+def graph_metadata(model: Model) -> dict[str, Any]:
+    """The architecture part of a model, small enough for a file header (no tensor provenance)."""
+    return {
+        "source": {"path": model.source.path, "format": model.source.format,
+                   "version": model.source.version, "backend": model.source.backend},
+        "layers": [{"name": l.name, "kind": l.kind, "class": l.source_class, "inputs": list(l.inputs),
+                    "attrs": jsonable(l.attrs),
+                    "output_shape": list(l.output_shape) if l.output_shape is not None else None,
+                    "params": {name: {"layout": t.layout.pattern, "semantics": t.layout.semantics}
+                               for name, t in l.tensors.items()}} for l in model.layers],
+    }

@@ -1,0 +1,211 @@
+"""Conversion plans: for each canonical tensor, the target's key and the steps from canonical to target.
+
+The torch target *is* the canonical convention, so its steps are empty; other
+targets add layout steps built from :mod:`weightport.core.layout`.  ``weightport
+explain`` prints a plan together with each tensor's source -> canonical steps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from weightport.core.dtypes import is_bfloat16
+from weightport.core.errors import UnsupportedError, UsageError
+from collections.abc import Iterator
+
+from weightport.core.layout import NO_SEMANTICS, Layout, Relayout, compose_relayouts, copy_blocks, elementary_view, materialize
+from weightport.core.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
+from weightport.core.options import WriteOptions
+from weightport.core.shapes import asymmetric_padding
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: its key in the target, its canonical source and the steps to the target layout."""
+
+    key: str
+    layer: Layer
+    param: str
+    tensor: Tensor
+    steps: tuple[Transform, ...]
+    layout: Layout
+    extra: tuple[Tensor, ...] = ()  # more canonical tensors combined with ``tensor``
+    combine: str | None = None       # "sum" (one bias from two) or "stack" (two biases in one array)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        shape = self.tensor.shape
+        if self.combine == "stack":
+            shape = (1 + len(self.extra),) + tuple(shape)
+        for step in self.steps:
+            shape = step.shape(shape)
+        return shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.tensor.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def load(self) -> np.ndarray:
+        array = self.tensor.load()
+        if self.combine == "sum":
+            for other in self.extra:
+                array = array + other.load()
+        elif self.combine == "stack":
+            array = np.stack([array] + [other.load() for other in self.extra])
+        for step in self.steps:
+            array = step.apply(array)
+        return np.asarray(materialize(array))  # a plain ndarray, never a np.memmap of the source
+
+    def blocks(self, block_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
+        """The target array's C-order bytes as C-contiguous blocks, without materializing the whole array.
+
+        When every step from the source to the target is a rearrangement (the
+        common case: kernels, dense matrices) the source array (a memory map
+        where the reader can) is seen through one composed view and copied
+        block by block, so memory is the source plus two small buffers.
+        Otherwise (gate reorders, combined biases) the array is loaded whole.
+        Blocks are valid until two more are produced (see :func:`weightport.core.layout.copy_blocks`).
+        """
+        chain = None if self.combine else compose_relayouts(tuple(self.tensor.transforms) + tuple(self.steps))
+        if chain is None:
+            yield self.load()
+            return
+        view = elementary_view(self.tensor.read(), chain.src, chain.dst, dict(chain.known))
+        yield from copy_blocks(view, block_bytes)
+
+    def describe(self) -> list[str]:
+        combined = [f"{self.combine} with {', '.join(t.name for t in self.extra)}"] if self.combine else []
+        return self.tensor.applied() + combined + [s.describe() for s in self.steps if not s.is_identity()]
+
+
+@dataclass
+class Plan:
+    target: str
+    tensors: list[PlannedTensor]
+    warnings: list[str]
+
+
+def plan_by_layer(plan: Plan) -> list[tuple[Layer, list[PlannedTensor]]]:
+    """The plan's tensors grouped by layer, layers and tensors in plan order."""
+    groups: dict[int, tuple[Layer, list[PlannedTensor]]] = {}
+    for item in plan.tensors:
+        groups.setdefault(id(item.layer), (item.layer, []))[1].append(item)
+    return list(groups.values())
+
+
+def note_bfloat16_widened(plan: Plan, target: str, hint: str = "") -> None:
+    """Warn that ``target`` holds no bfloat16, naming the tensors its writer stores as (exact) float32."""
+    keys = [item.key for item in plan.tensors if is_bfloat16(item.dtype)]
+    if keys:
+        plan.warnings.append(f"{target} has no bfloat16: {', '.join(keys)} written as float32 (exact, every "
+                             f"bfloat16 is a float32){hint}")
+
+
+def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | None = None) -> str:
+    """The user's name for a canonical key.
+
+    An exact entry of ``rename`` wins, else the longest matching layer prefix;
+    then every ``(regex, replacement)`` of ``patterns`` is applied in order.
+    """
+    if key in rename:
+        key = rename[key]
+    else:
+        layer, _, param = key.rpartition(".")
+        while layer:
+            if layer in rename:
+                key = f"{rename[layer]}.{param}"
+                break
+            layer, _, tail = layer.rpartition(".")
+            param = f"{tail}.{param}"
+    for pattern, replacement in patterns or ():
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def torch_plan(model: Model, options: WriteOptions) -> Plan:
+    """Plan for a PyTorch state_dict: canonical tensors under ``<layer>.<param>`` keys."""
+    warnings = list(model.warnings)
+    planned: list[PlannedTensor] = []
+    for layer in model.layers:
+        if layer.kind == "gru" and not layer.attrs.get("reset_after", True):
+            raise UnsupportedError(
+                f"GRU layer {layer.name!r} was trained with reset_after=False, which torch.nn.GRU "
+                "cannot compute (it applies the reset gate after the recurrent matmul)",
+                fix="Convert to a target that supports it (keras, npz, raw) or retrain with reset_after=True")
+        for param, tensor in layer.tensors.items():
+            key = renamed(f"{layer.name}.{param}", options.rename, options.rename_patterns)
+            planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))
+        if layer.kind == "batchnorm" and "running_var" in layer.tensors and "num_batches_tracked" not in layer.tensors:
+            key = renamed(f"{layer.name}.num_batches_tracked", options.rename, options.rename_patterns)
+            counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
+                                   Provenance("(none: PyTorch BatchNorm counter, zero)", ""))
+            planned.append(PlannedTensor(key, layer, "num_batches_tracked", counter, (), counter.layout))
+    asymmetric = asymmetric_padding(model)
+    if asymmetric:
+        warnings.append("asymmetric padding (TensorFlow 'same' pads more at the end) in layers "
+                        + ", ".join(asymmetric) + ": a PyTorch model must pad explicitly with "
+                        "F.pad before a padding=0 conv; pads are recorded in the file's metadata")
+    keys = [p.key for p in planned]
+    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    if duplicates:
+        raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the --rename map")
+    plan = Plan("torch", planned, warnings)
+    if options.strict_against:
+        from weightport.formats.torch.strict import check_against
+        check_against(options.strict_against, plan)
+    return plan
+
+
+def with_semantics(plan: Plan, semantics: str | None) -> Plan:
+    """``plan`` with every convolution kernel flipped into ``semantics`` (None: unchanged)."""
+    if semantics is None:
+        return plan
+    for item in plan.tensors:
+        if item.layout.semantics not in (NO_SEMANTICS, semantics):
+            target = Layout(item.layout.pattern, semantics)
+            item.steps = item.steps + (Relayout(item.layout, target),)
+            item.layout = target
+    return plan
+
+
+def npz_plan(model: Model, options: WriteOptions) -> Plan:
+    """Canonical (PyTorch) layouts under the torch keys, kernels in ``options.target_semantics``.
+
+    With ``convolution`` (the ``scipy`` preset) each ``weight[o, i]`` is the kernel that
+    ``scipy.signal.convolve2d(x[i], weight[o, i], 'valid')``, summed over ``i``, needs to reproduce
+    the source framework's output.
+    """
+    plan = with_semantics(torch_plan(model, options), options.target_semantics)
+    plan.target = "npz"
+    return plan
+
+
+def keras_plan(model: Model, options: WriteOptions) -> Plan:
+    from weightport.formats.keras.layers import keras_plan as plan_for_keras
+    return plan_for_keras(model, options)
+
+
+def raw_plan(model: Model, options: WriteOptions) -> Plan:
+    from weightport.formats.plain.raw import raw_plan as plan_for_raw
+    return plan_for_raw(model, options)
+
+
+def theano_plan(model: Model, options: WriteOptions) -> Plan:
+    from weightport.formats.theano.writer import theano_plan as plan_for_theano
+    return plan_for_theano(model, options)
+
+
+PLANNERS = {"torch": torch_plan, "onnx": torch_plan, "keras": keras_plan, "npz": npz_plan, "theano": theano_plan, "raw": raw_plan, "java": raw_plan}
+
+
+def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:
+    if target not in PLANNERS:
+        raise UsageError(f"target {target!r} is not available yet", fix=f"Use one of: {', '.join(PLANNERS)}")
+    return PLANNERS[target](model, options)

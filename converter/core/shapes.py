@@ -1,0 +1,213 @@
+"""Shape inference over the canonical graph (channels-first shapes, batch axis left out).
+
+Readers that know an input shape call :func:`infer_shapes`; it fills
+``Layer.output_shape`` and resolves ``padding="same"`` into the explicit
+per-side pads TensorFlow uses (the odd pad at the end), which a PyTorch model
+must reproduce and which :func:`asymmetric_padding` reports.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from weightport.core.model import Layer, Model
+
+Shape = tuple[int | None, ...]
+
+
+def same_pads(size: int | None, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow 'same' padding of one spatial axis: ``(before, after)``, the extra pad after."""
+    effective = (kernel - 1) * dilation + 1
+    if size is None:
+        if stride != 1:
+            raise ValueError("same padding with stride > 1 needs the input size")
+        total = effective - 1
+    else:
+        out = math.ceil(size / stride)
+        total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def theano_same_pads(size: int | None, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """Keras-on-Theano 'same' padding of one axis: Theano's ``border_mode='half'`` pads
+    ``effective_kernel // 2`` before, and Keras then keeps the first ``ceil(size / stride)``
+    outputs (keras 2.3.1 theano_backend.py _preprocess_padding, _postprocess_conv2d_output),
+    so the extra pad of an even kernel is at the *start*, unlike TensorFlow."""
+    effective = (kernel - 1) * dilation + 1
+    before = effective // 2
+    if size is None:
+        return before, effective - 1 - before
+    out = math.ceil(size / stride)
+    return before, max((out - 1) * stride + effective - size - before, 0)
+
+
+def explicit_pads(attrs: dict[str, Any], spatial: Shape) -> list[list[int]]:
+    """Per-side pads ``[[before, after], ...]`` of a conv or pool layer for a given input spatial shape.
+
+    ``attrs["same_convention"]`` says whose 'same' it is: ``tensorflow`` (default) or ``theano``.
+    """
+    padding = attrs.get("padding", "valid")
+    kernel = attrs["kernel_size"]
+    strides = attrs.get("strides", (1,) * len(kernel))
+    dilations = attrs.get("dilations", (1,) * len(kernel))
+    if padding == "valid":
+        return [[0, 0] for _ in kernel]
+    if padding == "same":
+        pads = theano_same_pads if attrs.get("same_convention") == "theano" else same_pads
+        return [list(pads(n, k, s, d)) for n, k, s, d in zip(spatial, kernel, strides, dilations)]
+    if padding == "causal":
+        return [[(k - 1) * d, 0] for k, d in zip(kernel, dilations)]
+    return [list(p) for p in padding]
+
+
+def conv_out(size: int | None, kernel: int, stride: int, dilation: int, pads: list[int]) -> int | None:
+    if size is None:
+        return None
+    return (size + pads[0] + pads[1] - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def transpose_out(size: int | None, kernel: int, stride: int, dilation: int, pads: list[int],
+                  output_padding: int) -> int | None:
+    if size is None:
+        return None
+    return (size - 1) * stride - pads[0] - pads[1] + (kernel - 1) * dilation + 1 + output_padding
+
+
+def _spatial_out(layer: Layer, spatial: Shape) -> Shape:
+    attrs = layer.attrs
+    kernel = attrs["kernel_size"]
+    strides = attrs.get("strides", (1,) * len(kernel))
+    dilations = attrs.get("dilations", (1,) * len(kernel))
+    if layer.kind == "conv_transpose":
+        pads = attrs.get("pads") or [[0, 0] for _ in kernel]
+        out_pad = attrs.get("output_padding") or (0,) * len(kernel)
+        return tuple(transpose_out(n, k, s, d, p, o)
+                     for n, k, s, d, p, o in zip(spatial, kernel, strides, dilations, pads, out_pad))
+    pads = explicit_pads(attrs, spatial)
+    if all(n is not None for n in spatial) or attrs.get("padding") != "same":
+        attrs["pads"] = pads
+    return tuple(conv_out(n, k, s, d, p) for n, k, s, d, p in zip(spatial, kernel, strides, dilations, pads))
+
+
+def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
+    """Output shape of ``layer`` given its inputs' shapes (channels first, no batch)."""
+    kind, attrs = layer.kind, layer.attrs
+    x = inputs[0] if inputs else None
+    if kind == "input":
+        return layer.output_shape
+    if x is None:
+        return None
+    if kind in ("conv", "depthwise", "separable", "conv_transpose"):
+        channels = attrs.get("out_channels")
+        return (channels,) + _spatial_out(layer, x[1:])
+    if kind == "pool":
+        return (x[0],) + _spatial_out(layer, x[1:])
+    if kind == "global_pool":
+        return (x[0],) + ((1,) * (len(x) - 1) if attrs.get("keepdims") else ())
+    if kind == "padding":
+        return (x[0],) + tuple(None if n is None else n + p[0] + p[1] for n, p in zip(x[1:], attrs["pads"]))
+    if kind == "cropping":
+        return (x[0],) + tuple(None if n is None else n - p[0] - p[1] for n, p in zip(x[1:], attrs["crops"]))
+    if kind == "upsampling":
+        return (x[0],) + tuple(None if n is None else n * f for n, f in zip(x[1:], attrs["size"]))
+    if kind == "flatten":
+        return (None,) if any(n is None for n in x) else (math.prod(x),)  # type: ignore[arg-type]
+    if kind == "dense":
+        return x[:-1] + (attrs.get("units"),)
+    if kind in ("lstm", "gru"):
+        units = attrs.get("units")
+        width = units * 2 if attrs.get("bidirectional") and attrs.get("merge_mode", "concat") == "concat" else units
+        return (x[0], width) if attrs.get("return_sequences") else (width,)
+    if kind == "embedding":
+        return x + (attrs.get("output_dim"),)
+    if kind == "concat":
+        axis = attrs.get("axis", 0)
+        if any(s is None for s in inputs):
+            return None
+        total = sum(s[axis] for s in inputs) if all(s[axis] is not None for s in inputs) else None  # type: ignore[index]
+        out = list(x)
+        out[axis] = total
+        return tuple(out)
+    if kind == "reshape":
+        return attrs.get("canonical_target_shape")
+    if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other"):
+        return x
+    return None
+
+
+def infer_shapes(model: Model) -> None:
+    """Fill ``output_shape`` of every layer whose inputs' shapes are known, in graph order."""
+    shapes: dict[str, Shape | None] = {}
+    previous: str | None = None
+    for layer in model.layers:
+        names = layer.inputs or ([previous] if previous else [])
+        inputs = [shapes.get(n) for n in names]
+        known = [s for s in inputs if s is not None]
+        if layer.kind != "input" and len(known) != len(inputs):
+            shape = None
+        else:
+            try:
+                shape = layer_output_shape(layer, known)
+            except (KeyError, TypeError, ValueError):
+                shape = None
+        layer.output_shape = shape
+        shapes[layer.name] = shape
+        previous = layer.name
+
+
+def asymmetric_padding(model: Model) -> list[str]:
+    """Names of layers whose explicit pads differ before and after (TF 'same', stride > 1 or even kernels)."""
+    found = []
+    for layer in model.layers:
+        pads = layer.attrs.get("pads")
+        if pads and any(p[0] != p[1] for p in pads):
+            found.append(layer.name)
+    return found
+
+
+def feeding_flatten(model: Model, layer: Layer) -> Layer | None:
+    """The Flatten layer whose output reaches ``layer`` through shape-preserving layers only."""
+    index = {l.name: l for l in model.layers}
+    position = model.layers.index(layer)
+    current = layer
+    while True:
+        names = current.inputs or ([model.layers[position - 1].name] if position > 0 else [])
+        if len(names) != 1 or names[0] not in index:
+            return None
+        current = index[names[0]]
+        position = model.layers.index(current)
+        if current.kind == "flatten":
+            return current
+        if current.kind not in ("dropout", "activation"):
+            return None
+
+
+def flattened_map_shape(model: Model, dense: Layer) -> tuple[int, ...] | None | bool:
+    """Channels-first shape ``(c, [d,] [h,] w)`` of the map a Flatten feeds into ``dense``.
+
+    ``False`` when no Flatten of a spatial map feeds the layer; ``None`` when
+    one does but its shape is unknown.
+    """
+    flatten = feeding_flatten(model, dense)
+    if flatten is None:
+        return False
+    index = {l.name: l for l in model.layers}
+    position = model.layers.index(flatten)
+    before = index.get(flatten.inputs[0]) if flatten.inputs else (model.layers[position - 1] if position else None)
+    shape = before.output_shape if before is not None else None
+    if shape is None or any(n is None for n in shape):
+        return None
+    if len(shape) < 2:
+        return False
+    return tuple(int(n) for n in shape)
+
+
+def flatten_patterns(shape: tuple[int, ...]) -> tuple[str, str, tuple[tuple[str, int], ...]]:
+    """(channels-last, channels-first) feature patterns of a flattened map and the axis sizes.
+
+    For shape (c, h, w): ``("(h w c)", "(c h w)", (("c", c), ("h", h), ("w", w)))``.
+    """
+    spatial = ["d", "h", "w"][3 - (len(shape) - 1):]
+    known = tuple(zip(["c"] + spatial, shape))
+    return "(" + " ".join(spatial + ["c"]) + ")", "(" + " ".join(["c"] + spatial) + ")", known

@@ -1,0 +1,125 @@
+"""Keras model configs (JSON only, never code) -> canonical layer declarations.
+
+Shared by every Keras reader (legacy HDF5 of Keras 1, 2, 3 and Keras 3
+``.keras`` archives).  A Lambda layer's code stays an opaque string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from weightport.core.errors import UnsupportedError
+
+
+@dataclass
+class KerasLayerDecl:
+    """One layer as the config declares it."""
+
+    name: str
+    class_name: str
+    config: dict[str, Any]
+    inbound: list[str] = field(default_factory=list)
+
+
+def model_layers(model_config: Any, path: str) -> tuple[list[KerasLayerDecl], bool]:
+    """Layer declarations of a Sequential or functional config, nested models expanded in place.
+
+    Returns ``(layers, is_functional)``.
+    """
+    if not isinstance(model_config, dict) or "class_name" not in model_config:
+        raise UnsupportedError("model_config is not a Keras model config", path=path,
+                               fix="Load the weights with a file written by model.save or save_weights")
+    class_name = model_config["class_name"]
+    config = model_config.get("config", {})
+    aliases: dict[str, str] = {}  # nested model name -> its output layer
+    if class_name == "Sequential":
+        layers = config if isinstance(config, list) else config.get("layers", [])
+        decls: list[KerasLayerDecl] = []
+        for entry in layers:
+            decls.extend(expand(entry, [decls[-1].name] if decls else [], path, aliases))
+        return decls, False
+    if class_name in ("Model", "Functional"):
+        decls = []
+        for entry in config.get("layers", []):
+            decls.extend(expand(entry, inbound_names(entry.get("inbound_nodes", [])), path, aliases))
+        for decl in decls:
+            decl.inbound = [aliases.get(name, name) for name in decl.inbound]
+        return decls, True
+    raise UnsupportedError(f"model class {class_name!r} is not a Sequential or functional model", path=path,
+                           fix="Save a Sequential or functional model; subclassed models carry no architecture")
+
+
+def expand(entry: dict[str, Any], inbound: list[str], path: str, aliases: dict[str, str]) -> list[KerasLayerDecl]:
+    """A layer entry, or the layers of a nested model wired to ``inbound``.
+
+    A nested model's own inputs are replaced by the outer layers feeding it,
+    and its name becomes an alias of its output layer (recorded in ``aliases``).
+    """
+    class_name = entry.get("class_name", "")
+    config = entry.get("config", {})
+    name = entry.get("name") or (config.get("name") if isinstance(config, dict) else None) or class_name
+    if class_name in ("Sequential", "Model", "Functional"):
+        inner, functional = model_layers(entry, path)
+        inputs = [d.name for d in inner if d.class_name == "InputLayer"]
+        if inbound:
+            inner = [d for d in inner if d.class_name != "InputLayer"]
+            for decl in inner:
+                decl.inbound = [inbound[min(inputs.index(n), len(inbound) - 1)] if n in inputs else n
+                                for n in decl.inbound]
+            if inner and not inner[0].inbound:
+                inner[0].inbound = list(inbound)
+        outputs = config.get("output_layers") if functional and isinstance(config, dict) else None
+        if outputs:
+            first = outputs[0] if isinstance(outputs[0], list) else outputs
+            aliases[str(name)] = str(first[0])
+        elif inner:
+            aliases[str(name)] = inner[-1].name
+        container = ["sequential" if class_name == "Sequential" else "functional", str(name)]
+        for decl in inner:  # outermost first: Keras 3 stores these layers under layers/<container>/layers/
+            decl.config = dict(decl.config, _containers=[container] + decl.config.get("_containers", []))
+        return inner
+    return [KerasLayerDecl(str(name), str(class_name), config if isinstance(config, dict) else {}, list(inbound))]
+
+
+def inbound_names(nodes: Any) -> list[str]:
+    """Names of the layers feeding the first call of a layer (Keras 1/2 lists and Keras 3 dicts)."""
+    if not nodes:
+        return []
+    node = nodes[0]
+    names: list[str] = []
+    if isinstance(node, dict):
+        collect_history(node.get("args", []), names)
+    elif isinstance(node, list):
+        for item in node:
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                names.append(item[0])
+    return names
+
+
+def collect_history(value: Any, names: list[str]) -> None:
+    """Layer names from Keras 3 ``keras_history`` entries anywhere inside ``value``."""
+    if isinstance(value, dict):
+        history = value.get("config", {}).get("keras_history") if isinstance(value.get("config"), dict) else None
+        if history:
+            names.append(str(history[0]))
+            return
+        for item in value.values():
+            collect_history(item, names)
+    elif isinstance(value, list):
+        for item in value:
+            collect_history(item, names)
+
+
+def input_shape(decls: list[KerasLayerDecl], model_config: dict[str, Any]) -> list[int | None] | None:
+    """The model's input shape without the batch axis, in the source's own layout."""
+    for decl in decls:
+        for key in ("batch_shape", "batch_input_shape"):
+            if decl.config.get(key):
+                return list(decl.config[key])[1:]
+        if decl.config.get("input_shape"):
+            return list(decl.config["input_shape"])
+    build = model_config.get("config", {})
+    if isinstance(build, dict) and build.get("build_input_shape"):
+        return list(build["build_input_shape"])[1:]
+    return None

@@ -1,0 +1,187 @@
+"""Safe HDF5 access shared by the Keras readers: open, refuse what reaches outside, decode attributes.
+
+HDF5 files can point outside themselves (external links, external raw
+storage, virtual datasets); weightport reads only what the user pointed at, so
+those are refused before any data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import h5py
+import numpy as np
+
+from weightport.core.dtypes import BFLOAT16, as_bfloat16, bfloat16, is_bfloat16
+from weightport.core.errors import BadInputError, UnsafeInputError
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# What h5py raises on a damaged file (wrong B-tree signatures, bad object headers, ...).
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
+def is_hdf5(path: str) -> bool:
+    """True when the file starts with the HDF5 signature (at offset 0, 512, 1024, ...)."""
+    try:
+        with open(path, "rb") as handle:
+            for offset in (0, 512, 1024, 2048):
+                handle.seek(offset)
+                if handle.read(8) == HDF5_SIGNATURE:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def open_hdf5(path: str) -> h5py.File:
+    """Open ``path`` read-only after checking it is HDF5 and reaches nothing outside itself."""
+    if not is_hdf5(path):
+        raise BadInputError("not an HDF5 file (no HDF5 signature); it may be truncated or another format",
+                            path=path, fix="Check the file was copied completely, or pass the right file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise BadInputError(f"HDF5 file cannot be opened ({first_line(error)})", path=path,
+                            fix="The file is damaged or truncated; export it again") from None
+    try:
+        refuse_outside_references(handle, path)
+    except H5_ERRORS as error:
+        handle.close()
+        raise BadInputError(f"HDF5 structure is damaged ({first_line(error)})", path=path,
+                            fix="The file is damaged or truncated; export it again") from None
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def refuse_outside_references(group: h5py.Group, path: str) -> None:
+    """Raise :class:`UnsafeInputError` on external links, external storage or virtual datasets."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise UnsafeInputError(f"HDF5 external link {group.name.rstrip('/')}/{name} -> {link.filename}",
+                                   path=path, fix="weightport reads only the file given; embed the data in it")
+        if isinstance(link, h5py.SoftLink):
+            continue
+        try:
+            item = group[name]
+        except (KeyError, OSError) as error:
+            raise BadInputError(f"HDF5 object {name!r} cannot be read ({first_line(error)})", path=path,
+                                fix="The file is damaged; export it again") from None
+        if isinstance(item, h5py.Group):
+            refuse_outside_references(item, path)
+        elif isinstance(item, h5py.Dataset):
+            if item.is_virtual:
+                raise UnsafeInputError(f"HDF5 virtual dataset {item.name}", path=path,
+                                       fix="weightport reads only the file given; materialize the dataset")
+            if item.external:
+                raise UnsafeInputError(f"HDF5 dataset {item.name} keeps its data in external files",
+                                       path=path, fix="weightport reads only the file given; embed the data")
+
+
+def decode(value: Any) -> Any:
+    """An HDF5 attribute value as Python text/lists (h5py 2 fixed-length bytes and h5py 3 strings alike)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [decode(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [decode(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def text_attr(attrs: h5py.AttributeManager, name: str) -> str | None:
+    if name not in attrs:
+        return None
+    value = decode(attrs[name])
+    return value if isinstance(value, str) else str(value)
+
+
+def name_list_attr(attrs: h5py.AttributeManager, name: str) -> list[str]:
+    """A list-of-names attribute, joined from chunks ``name0``, ``name1``, ... when Keras split it."""
+    if name in attrs:
+        return [str(v) for v in decode(attrs[name])]
+    names: list[str] = []
+    chunk = 0
+    while f"{name}{chunk}" in attrs:
+        names.extend(str(v) for v in decode(attrs[f"{name}{chunk}"]))
+        chunk += 1
+    return names
+
+
+def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
+    """A JSON attribute parsed as data only (never evaluated)."""
+    text = text_attr(attrs, name)
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise BadInputError(f"attribute {name!r} is not valid JSON ({error})", path=path,
+                            fix="The file is damaged; export it again") from None
+
+
+def is_bfloat16_dataset(dataset: h5py.Dataset) -> bool:
+    """Keras 3 stores bfloat16 as opaque 2-byte words marked ``attrs["dtype"] = "bfloat16"``."""
+    return dataset.dtype.itemsize == 2 and text_attr(dataset.attrs, "dtype") == BFLOAT16
+
+
+def dataset_dtype(dataset: h5py.Dataset) -> np.dtype:
+    """The NumPy dtype of a dataset's values (bfloat16 for Keras 3's marked 2-byte words)."""
+    return bfloat16() if is_bfloat16_dataset(dataset) else dataset.dtype
+
+
+def create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Dataset:
+    """Write ``array`` as ``group[name]``; bfloat16 as Keras 3 writes it (opaque words + dtype attribute)."""
+    dataset = group.create_dataset(name, data=array)
+    if is_bfloat16(array.dtype):
+        dataset.attrs["dtype"] = BFLOAT16
+    return dataset
+
+
+def dataset_reader(dataset: h5py.Dataset):
+    """A function reading the whole dataset as a NumPy array (called only when the tensor is written).
+
+    A contiguous, unfiltered dataset of a file on disk is memory-mapped
+    (read-only) instead of copied, so converting it costs no fresh memory.
+    """
+    def read() -> np.ndarray:
+        try:
+            if not isinstance(dataset, h5py.Dataset):  # a view joining several datasets (Keras 1 gates)
+                return dataset[()]
+            if is_bfloat16_dataset(dataset):
+                return as_bfloat16(dataset[()])
+            mapped = mapped_dataset(dataset)
+            return mapped if mapped is not None else dataset[()]
+        except H5_ERRORS as error:
+            raise BadInputError(f"dataset {dataset.name} cannot be read ({first_line(error)})",
+                                path=dataset.file.filename, fix="The file is damaged; export it again") from None
+    return read
+
+
+def mapped_dataset(dataset: h5py.Dataset) -> np.ndarray | None:
+    """A read-only memory map of ``dataset``'s bytes, or None when it is chunked, filtered, not plain
+    numbers, not in a file on disk, or its recorded place does not lie inside the file."""
+    dtype = dataset.dtype
+    if dataset.chunks is not None or dtype.kind not in "fiub" or dtype.fields is not None or dataset.size == 0:
+        return None
+    if dataset.file.driver != "sec2" or dataset.external:
+        return None
+    offset = dataset.id.get_offset()
+    filename = dataset.file.filename
+    nbytes = int(dataset.size) * dtype.itemsize
+    if offset is None or dataset.id.get_storage_size() != nbytes or not os.path.isfile(filename):
+        return None
+    if offset + nbytes > os.path.getsize(filename):
+        return None
+    return np.memmap(filename, dtype=dtype, mode="r", offset=offset, shape=dataset.shape)

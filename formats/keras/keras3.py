@@ -1,0 +1,308 @@
+"""Keras 3 native files: ``.keras`` archives (config.json + model.weights.h5) and ``.weights.h5``.
+
+``model.weights.h5`` stores each layer under ``layers/<snake_case class>[_n]``
+with its variables as ``vars/0``, ``vars/1``, ... (RNN cells under
+``cell/vars``, nested models under their own ``layers/``); the ``vars`` group's
+``name`` attribute is the layer's name.  Variable order per class comes from
+:func:`weightport.formats.keras.layers.keras3_variable_names`.  The architecture comes
+from the archive's ``config.json`` (JSON only; a Lambda's code is never run);
+a bare ``.weights.h5`` has none, so layer kinds come from the group names.
+
+Stored (uncompressed) archive members are read in place through a window on
+the archive, tensor by tensor; a compressed member is refused rather than
+inflated into memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from typing import Any
+
+import h5py
+
+from weightport.core.atomic import atomic_path
+from weightport.core.errors import BadInputError, UnsupportedError, UsageError, WeightportError
+from weightport.core.model import Layer, Model, is_bidirectional
+from weightport.core.options import ReadOptions, WriteOptions
+from weightport.core.plan import make_plan, plan_by_layer
+from weightport.formats.keras import hdf5
+from weightport.formats.keras.config import KerasLayerDecl, model_layers
+from weightport.formats.keras.h5 import KerasH5Reader, guess_class
+from weightport.formats.keras.layers import keras3_variable_names
+
+NAME = "keras3"
+DESCRIPTION = "Keras 3 native (.keras archive, .weights.h5)"
+EXTENSIONS = (".keras", ".weights.h5")
+WEIGHTS_MEMBER = "model.weights.h5"
+MAX_JSON = 64 * 1024 * 1024
+
+
+class ArchiveWindow(io.RawIOBase):
+    """A read-only, seekable view of ``length`` bytes at ``offset`` of a file (a stored zip member)."""
+
+    def __init__(self, path: str, offset: int, length: int) -> None:
+        super().__init__()
+        self.handle = open(path, "rb")
+        self.offset, self.length, self.position = offset, length, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, position: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, base + position)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: Any) -> int:
+        size = max(0, min(len(buffer), self.length - self.position))
+        self.handle.seek(self.offset + self.position)
+        data = self.handle.read(size)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.handle.close()
+        super().close()
+
+
+def sniff(path: str) -> bool:
+    if path.endswith(".keras") or zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return WEIGHTS_MEMBER in archive.namelist() and "config.json" in archive.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return False
+    if not hdf5.is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as handle:
+            return "layers" in handle and "layer_names" not in handle.attrs
+    except hdf5.H5_ERRORS:
+        return False
+
+
+def open_archive(path: str) -> tuple[h5py.File, Any, dict[str, Any]]:
+    """(weights file, config, metadata) of a ``.keras`` archive, weights read in place."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = read_json_member(archive, "config.json", path)
+            metadata = read_json_member(archive, "metadata.json", path) if "metadata.json" in archive.namelist() else {}
+            info = archive.getinfo(WEIGHTS_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as error:
+        raise BadInputError(f".keras archive is damaged or lacks {WEIGHTS_MEMBER} ({error})", path=path,
+                            fix="Save the model again with model.save('model.keras')") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise UnsupportedError(f"{WEIGHTS_MEMBER} is compressed inside the archive", path=path,
+                               fix="Unzip the archive and convert model.weights.h5 with the config beside it")
+    with open(path, "rb") as raw:
+        raw.seek(info.header_offset)
+        header = raw.read(30)
+    if header[:4] != b"PK\x03\x04":
+        raise BadInputError("zip member header is damaged", path=path, fix="Save the model again")
+    name_length, extra_length = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    if start + info.file_size > os.path.getsize(path):
+        raise BadInputError(f"{WEIGHTS_MEMBER} extends beyond the end of the archive", path=path,
+                            fix="The file is truncated; save the model again")
+    window = ArchiveWindow(path, start, info.file_size)
+    head = window.read(8)
+    window.seek(0)
+    if head != hdf5.HDF5_SIGNATURE:
+        window.close()
+        raise BadInputError(f"{WEIGHTS_MEMBER} is not HDF5", path=path, fix="Save the model again")
+    try:
+        handle = h5py.File(window, "r")
+        hdf5.refuse_outside_references(handle, path)
+    except hdf5.H5_ERRORS as error:
+        raise BadInputError(f"{WEIGHTS_MEMBER} cannot be opened ({hdf5.first_line(error)})", path=path,
+                            fix="Save the model again") from None
+    return handle, config, metadata
+
+
+def read_json_member(archive: zipfile.ZipFile, name: str, path: str) -> Any:
+    info = archive.getinfo(name)
+    if info.file_size > MAX_JSON:
+        raise BadInputError(f"{name} declares {info.file_size} bytes", path=path, fix="This is not a Keras archive")
+    try:
+        return json.loads(archive.read(name).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BadInputError(f"{name} is not valid JSON ({error})", path=path, fix="Save the model again") from None
+
+
+def read(path: str, options: ReadOptions) -> Model:
+    """Read a ``.keras`` archive or a Keras 3 ``.weights.h5`` into the canonical model."""
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise BadInputError("not a .keras archive (no zip structure); it may be truncated", path=path,
+                            fix="Save the model again with model.save('model.keras')")
+    if zipfile.is_zipfile(path):
+        handle, config, metadata = open_archive(path)
+        version = metadata.get("keras_version")
+    else:
+        handle, config, version = hdf5.open_hdf5(path), None, None
+    try:
+        return Keras3Reader(path, handle, options, config, version).model()
+    except WeightportError as error:
+        handle.close()
+        raise error.with_path(path)
+    except hdf5.H5_ERRORS as error:
+        handle.close()
+        raise BadInputError(f"Keras 3 weights not understood ({type(error).__name__}: {error})", path=path,
+                            fix="Check the file was written by Keras 3 model.save or save_weights") from None
+
+
+class Keras3Reader(KerasH5Reader):
+    """The Keras HDF5 reader with Keras 3's ``layers/<key>/vars/<n>`` storage."""
+
+    def __init__(self, path: str, handle: h5py.File, options: ReadOptions, config: Any, version: str | None) -> None:
+        self.path, self.handle, self.options, self.root = path, handle, options, handle
+        self.version = version or "3"
+        self.stored_backend = "tensorflow"  # every Keras 3 backend stores correlation kernels alike
+        self.backend = self.stored_backend
+        self.major = 3
+        self.config = config
+        self.groups = vars_groups(handle)
+        self.decls: dict[str, KerasLayerDecl] = {}
+
+    def declarations(self, layer_names: list[str]) -> list[KerasLayerDecl]:
+        if self.config is not None:
+            decls, _ = model_layers(self.config, self.path)
+        else:
+            decls = [KerasLayerDecl(name, guess_class(key.split("/")[-1]), {"_containers": containers_of(key)})
+                     for name, key in self.groups.items()]
+        self.decls = {decl.name: decl for decl in decls}
+        return decls
+
+    def weights_of(self, name: str) -> dict[str, tuple[str, h5py.Dataset]]:
+        if name not in self.groups:
+            return {}
+        group = self.handle[self.groups[name]]
+        datasets = [group["vars"]] + ([group["cell/vars"]] if "cell" in group and "vars" in group["cell"] else [])
+        arrays = [(f"{g.name}/{k}", g[k]) for g in datasets for k in sorted(g, key=int)]
+        decl = self.decls.get(name)
+        names = keras3_variable_names(decl.class_name, decl.config) if decl else []
+        if len(names) != len(arrays):
+            raise BadInputError(f"layer {name!r} has {len(arrays)} variables, its class "
+                                f"{decl.class_name if decl else '?'} has {len(names)}",
+                                fix="The weights do not match the architecture")
+        return dict(zip(names, arrays))
+
+
+def vars_groups(handle: h5py.File) -> dict[str, str]:
+    """Layer name -> HDF5 path of its group, from each ``vars`` group's ``name`` attribute."""
+    found: dict[str, str] = {}
+
+    def walk(group: h5py.Group) -> None:
+        if "layers" not in group:
+            return
+        for key in group["layers"]:
+            child = group["layers"][key]
+            name = hdf5.text_attr(child["vars"].attrs, "name") if "vars" in child else None
+            found[name or key] = child.name
+            walk(child)
+    walk(handle)
+    return found
+
+
+def containers_of(group_path: str) -> list[list[str]]:
+    """The nested models holding a layer group, outermost first, as ``[class key, key]`` pairs:
+    ``/layers/functional/layers/sequential_1/layers/conv2d`` -> ``[["functional", "functional"],
+    ["sequential", "sequential_1"]]``."""
+    keys = group_path.strip("/").split("/")[1:-2:2]
+    return [[re.sub(r"_\d+$", "", key), key] for key in keys]
+
+
+def layer_group_keys(model: Model) -> dict[str, str]:
+    """Canonical layer name -> its group path under ``layers/``: the class key, ``_1``, ``_2`` ... per
+    repeated class, counted in layer order within each model; a layer of a nested model sits under its
+    model's key (``functional/layers/conv2d``).
+
+    Keras 3 counts the repeats of a class among the layers of one model, weightless ones included,
+    and a nested model is a layer of its parent keyed by its class (``sequential``, ``functional``).
+    Weightless classes never share a key with weighted ones, so the weighted layers and the nested
+    models (met in layer order, so an inner model without weights still takes its number) fix every key.
+    """
+    counters: dict[str, dict[str, int]] = {}
+    container_keys: dict[tuple[str, ...], str] = {}
+
+    def numbered(parent: str, base: str) -> str:
+        seen = counters.setdefault(parent, {})
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        return f"{base}_{count}" if count else base
+
+    def parent_path(layer: Layer) -> str:
+        path, identity = "", ()
+        for class_key, name in layer.attrs.get("keras_containers", []):
+            identity += (name,)
+            if identity not in container_keys:
+                container_keys[identity] = path + numbered(path, class_key)
+            path = container_keys[identity] + "/layers/"
+        return path
+
+    parents = {layer.name: parent_path(layer) for layer in model.layers}
+    keys: dict[str, str] = {}
+    for layer in model.weighted_layers():
+        base = "bidirectional" if is_bidirectional(layer) else \
+            KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
+        keys[layer.name] = parents[layer.name] + numbered(parents[layer.name], base)
+    return keys
+
+
+KERAS3_CLASS_KEYS: dict[str, str] = {
+    "conv": "conv{rank}d", "conv_transpose": "conv{rank}d_transpose", "depthwise": "depthwise_conv{rank}d",
+    "separable": "separable_conv{rank}d", "dense": "dense", "batchnorm": "batch_normalization",
+    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru",
+}  # Keras 3 names a layer's group by its class in snake case (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)
+DIRECTION_GROUPS = {"forward": "forward_layer", "backward": "backward_layer"}
+
+
+def variable_group(layer: Layer, variable: str, key: str) -> str:
+    """HDF5 group of one Keras variable: ``layers/<key>[/forward_layer|/backward_layer][/cell]/vars``."""
+    path = f"layers/{key}"
+    scope, _, _ = variable.rpartition("/")
+    if scope:
+        path += "/" + DIRECTION_GROUPS[scope.split("_")[0]]
+    if layer.kind in ("lstm", "gru"):
+        path += "/cell"
+    return path + "/vars"
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Keras 3 ``.weights.h5`` that ``model.load_weights`` of the same architecture loads.
+
+    Each weighted layer's variables go to ``layers/<class key>/vars/0, 1, ...``
+    in Keras's variable order (RNN cells under ``cell/vars``, a bidirectional
+    RNN under ``forward_layer`` / ``backward_layer``), kernels in Keras layouts
+    (the same plan as the legacy Keras HDF5 writer); bfloat16 tensors carry
+    Keras's ``dtype`` attribute.  Weightless layers need no group.
+    """
+    if not path.lower().endswith(".weights.h5"):
+        raise UsageError(f"weightport writes Keras 3 weights as .weights.h5, not {os.path.basename(path)!r}",
+                         path=path, fix="Name the output NAME.weights.h5 and load it with model.load_weights")
+    unknown = [layer.name for layer in model.weighted_layers() if layer.kind not in KERAS3_CLASS_KEYS]
+    if unknown:
+        raise UnsupportedError(f"layers {', '.join(unknown)} have no known Keras 3 class, so their group names "
+                               "cannot be known", fix="Convert to legacy Keras HDF5 (.h5), matched by layer order")
+    plan = make_plan(model, "keras", options)
+    keys = layer_group_keys(model)
+    with atomic_path(path, options.force) as temporary:
+        with h5py.File(temporary, "w") as handle:
+            handle.create_group("vars").attrs["name"] = "model"
+            for layer, items in plan_by_layer(plan):
+                for item in items:
+                    group = handle.require_group(variable_group(layer, item.key[len(layer.name) + 1:],
+                                                                keys[layer.name]))
+                    group.attrs.setdefault("name", layer.name)
+                    hdf5.create_dataset(group, str(len(group)), item.load())
+    return plan.warnings

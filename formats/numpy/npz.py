@@ -1,0 +1,61 @@
+"""NumPy ``.npz`` output with a JSON sidecar of layouts and semantics (``--to npz``).
+
+Arrays are stored under the torch target's keys in canonical layouts (``OIHW``
+for conv kernels, ``(out, in)`` for dense), streamed into the archive one at a
+time.  ``--target-semantics convolution`` (the ``scipy`` preset) flips every
+kernel so that ``scipy.signal.convolve2d`` reproduces the framework's output.
+The sidecar ``NAME.npz.json`` records, per array, its layer, kind, layout,
+semantics, shape and dtype, plus the layer attributes (strides, pads, ...).
+Reading ``.npz`` files is the Theano/Lasagne reader's job.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+
+from weightport.core.atomic import atomic_path, check_can_write
+from weightport.core.describe import graph_metadata
+from weightport.core.model import Model
+from weightport.core.options import WriteOptions
+from weightport.core.plan import make_plan
+
+NAME = "npz"
+DESCRIPTION = "NumPy .npz arrays with a JSON sidecar (scipy preset: --target-semantics convolution)"
+EXTENSIONS = (".npz",)
+
+
+def sniff(path: str) -> bool:
+    return False  # written here, read by the Theano/Lasagne reader
+
+
+def read(path: str, options) -> Model:
+    raise NotImplementedError("npz files are read by weightport.formats.theano_pickle")
+
+
+def sidecar_path(path: str) -> str:
+    return path + ".json"
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Write ``path`` (.npz) and ``path + '.json'`` atomically, one array at a time."""
+    plan = make_plan(model, "npz", options)
+    check_can_write(sidecar_path(path), options.force)
+    arrays = {}
+    with atomic_path(path, options.force) as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for item in plan.tensors:
+                array = item.load()
+                with archive.open(f"{item.key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+                arrays[item.key] = {"layer": item.layer.name, "kind": item.layer.kind, "param": item.param,
+                                    "shape": list(array.shape), "dtype": array.dtype.name,
+                                    "layout": item.layout.compact(), "semantics": item.layout.semantics}
+        sidecar = {"format": "weightport npz", "arrays": arrays, "graph": graph_metadata(model),
+                   "warnings": plan.warnings}
+        with atomic_path(sidecar_path(path), options.force) as side:
+            with open(side, "w", encoding="utf-8") as handle:
+                json.dump(sidecar, handle, indent=1)
+    return plan.warnings

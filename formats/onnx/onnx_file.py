@@ -1,0 +1,691 @@
+"""ONNX models: a graph-aware reader (a tensor's meaning comes from the node that consumes it).
+
+Conv ``W`` (M, C/group, k...) and ConvTranspose ``W`` (C, M/group, k...) are already the canonical
+layouts (correlation, like PyTorch). ``pads`` ``[x1_begin, x2_begin, ..., x1_end, x2_end]`` become
+per-axis pairs; ``auto_pad`` SAME_UPPER puts the odd pad at the end, SAME_LOWER at the start.
+Gemm (``transB`` either way; ``alpha``/``beta`` folded exactly into weight/bias) and MatMul + Add
+become dense layers; BatchNormalization keeps epsilon/momentum; LSTM (gates i,o,f,c, ``B`` = [Wb, Rb])
+and GRU (z,r,h; ``linear_before_reset``) are reordered into PyTorch's gate order with ``_reverse``
+tensors for a second direction. Weights may come from initializers, Constant nodes, or through
+Identity / Cast chains.
+
+External data (models over 2 GB) is read tensor by tensor with a memory map, never loading the whole
+model, and only from files inside the model's folder: absolute locations, ``..``, symlinks out of the
+folder and offsets or lengths beyond the file are refused.
+
+onnx is imported only when an ONNX file is read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from weightport.core.atomic import atomic_path, check_can_write
+from weightport.core.dtypes import is_bfloat16
+from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, UsageError,
+                              WeightportError)
+from weightport.core.layout import NO_SEMANTICS, CORRELATION, Layout, Relayout, ReorderBlocks, TakeIndex, write_back
+from weightport.core.layout import CANONICAL_PATTERNS, conv_role
+from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
+from weightport.core.options import ReadOptions, WriteOptions
+from weightport.core.shapes import infer_shapes
+
+NAME = "onnx"
+DESCRIPTION = "ONNX models (initializers, Constant nodes, external data)"
+EXTENSIONS = (".onnx",)
+
+ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Elu": "elu",
+               "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": "hard_sigmoid"}
+PASS_THROUGH = ("Identity", "Dropout")
+FOLDABLE = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Squeeze", "Unsqueeze",
+            "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand")
+MAX_FOLDED = 1 << 16  # values in a foldable constant: shape arithmetic, never weights
+
+
+def import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("onnx", "onnx", "Reading ONNX models") from None
+    return onnx
+
+
+def sniff(path: str) -> bool:
+    """A cheap look: the .onnx extension and a protobuf that starts with a ModelProto field."""
+    if not path.lower().endswith(".onnx"):
+        return False
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1)
+    except OSError:
+        return False
+    return head in (b"\x08", b"\x12", b"\x1a", b"\x22", b"\x2a", b"\x32", b"\x3a", b"\x42")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A value step: multiply by a constant (Gemm's alpha and beta, folded exactly)."""
+
+    factor: float
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return (array * np.asarray(self.factor, dtype=array.dtype)).astype(array.dtype)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def inverse(self) -> "Scale":
+        return Scale(1.0 / self.factor)
+
+    def is_identity(self) -> bool:
+        return self.factor == 1.0
+
+    def describe(self) -> str:
+        return f"scale by {self.factor:g} (Gemm alpha/beta)"
+
+
+def safe_name(name: str) -> str:
+    """A layer name usable as a torch module path: dots kept (nested modules), other symbols replaced."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.]", "_", name).strip(".") or "node"
+    return ".".join(part if part and not part[0].isdigit() or part.isdigit() else f"_{part}"
+                    for part in cleaned.split("."))
+
+
+class OnnxReader:
+    """One reading of one ONNX file."""
+
+    def __init__(self, path: str, options: ReadOptions) -> None:
+        self.path = path
+        self.options = options
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.onnx = import_onnx()
+        from onnx import numpy_helper
+        self.numpy_helper = numpy_helper
+        try:
+            self.proto = self.onnx.load_model(path, load_external_data=False)
+        except Exception as error:  # protobuf's DecodeError and friends
+            raise BadInputError(f"not a readable ONNX model ({type(error).__name__})", path=path,
+                                fix="Check the file is a complete .onnx model") from None
+        try:
+            self.inferred = self.onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+        except Exception:
+            self.inferred = self.proto
+        graph = self.proto.graph
+        self.tensors: dict[str, Any] = {t.name: t for t in graph.initializer}
+        self.aliases: dict[str, str] = {}
+        self.consumed_by: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumed_by.setdefault(name, []).append(node)
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.tensors[node.output[0]] = attribute.t
+            elif node.op_type in ("Identity", "Cast") and node.input and node.input[0] in self.weight_names():
+                self.aliases[node.output[0]] = node.input[0]
+        self.folded = self.fold_constants(graph)
+        self.shapes = self.value_shapes()
+        self.producer: dict[str, str] = {}
+
+    def fold_constants(self, graph: Any) -> set[int]:
+        """Compute the small shape subgraphs exporters leave behind (torch.onnx's ``F.pad`` emits
+        ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Cast for its pads) with onnx's own
+        reference kernels, so the ops they feed (Pad, Reshape) see constants.  Only nodes of
+        :data:`FOLDABLE` whose inputs are all Constant-node outputs, with at most :data:`MAX_FOLDED`
+        values, are computed; initializers (the weights) are never touched.  Returns the folded nodes."""
+        from onnx.reference import ReferenceEvaluator
+        known = {node.output[0]: self.numpy_helper.to_array(self.tensors[node.output[0]])
+                 for node in graph.node if node.op_type == "Constant" and node.output[0] in self.tensors}
+        folded: set[int] = set()
+        for index, node in enumerate(graph.node):
+            inputs = [name for name in node.input if name]
+            if node.op_type not in FOLDABLE or not inputs or not all(name in known for name in inputs):
+                continue
+            if any(known[name].size > MAX_FOLDED for name in inputs) or (
+                    node.op_type == "ConstantOfShape" and np.prod(known[inputs[0]], dtype=np.int64) > MAX_FOLDED):
+                continue
+            try:
+                outputs = ReferenceEvaluator(node).run(None, {name: known[name] for name in inputs})
+            except Exception:  # a node onnx cannot compute stays in the graph as it was
+                continue
+            for name, value in zip(node.output, outputs):
+                known[name] = np.asarray(value)
+                self.tensors[name] = self.numpy_helper.from_array(np.asarray(value), name)
+            folded.add(index)
+        return folded
+
+    def weight_names(self) -> set[str]:
+        return set(self.tensors) | set(self.aliases)
+
+    def value_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        graph = self.inferred.graph
+        for info in list(graph.input) + list(graph.value_info) + list(graph.output):
+            dims = info.type.tensor_type.shape.dim
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        return shapes
+
+    # -- tensors -----------------------------------------------------------------------------------
+    def resolve(self, name: str) -> str:
+        seen = 0
+        while name in self.aliases and seen < 64:
+            name, seen = self.aliases[name], seen + 1
+        return name
+
+    def is_weight(self, name: str) -> bool:
+        return bool(name) and self.resolve(name) in self.tensors
+
+    def tensor(self, param: str, name: str, src: str, dst: str, after: tuple = (), semantics: str = NO_SEMANTICS,
+               before: tuple = ()) -> Tensor:
+        """A lazy canonical tensor over the ONNX tensor ``name``: ``before`` steps (taking one direction of a
+        stacked RNN tensor), the relayout ``src`` -> ``dst``, then ``after`` steps (gate reorder, scaling)."""
+        proto = self.tensors[self.resolve(name)]
+        shape = tuple(int(d) for d in proto.dims)
+        dtype = self.proto_dtype(proto)
+        target = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
+        relayout = Relayout(Layout(src, semantics), Layout(dst, target))
+        rule = "ONNX Conv/ConvTranspose compute cross-correlation" if semantics != NO_SEMANTICS else None
+        return Tensor(param, shape, dtype, Layout(dst, target), Provenance(name, src, semantics, rule),
+                      self.reader(proto, shape, dtype), tuple(before) + (relayout,) + tuple(after))
+
+    def proto_dtype(self, proto: Any) -> np.dtype:
+        """NumPy dtype of a TensorProto's values (bfloat16 from ml_dtypes, as onnx maps it)."""
+        return np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+
+    def reader(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype):
+        if proto.data_location == self.onnx.TensorProto.EXTERNAL:
+            location, offset, length = self.external_location(proto, shape, dtype)
+            def read_external() -> np.ndarray:
+                if not shape or math.prod(shape) == 0:
+                    return np.zeros(shape, dtype)
+                return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return read_external
+        def read_inline() -> np.ndarray:
+            return self.numpy_helper.to_array(proto)
+        return read_inline
+
+    def external_location(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype) -> tuple[str, int, int]:
+        """(file, offset, length) of an external tensor, confined to the model's folder."""
+        entries = {item.key: item.value for item in proto.external_data}
+        location = entries.get("location", "")
+        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
+            raise UnsafeInputError(f"external data location {location!r} of tensor {proto.name!r} is not a plain "
+                                   "name inside the model's folder", path=self.path,
+                                   fix="Keep external data files beside the model, named relatively")
+        full = os.path.realpath(os.path.join(self.folder, location))
+        if os.path.commonpath([full, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):
+            raise UnsafeInputError(f"external data of tensor {proto.name!r} resolves outside the model's folder "
+                                   "(a symlink?)", path=self.path, fix="Copy the data file into the model's folder")
+        if not os.path.isfile(full):
+            raise BadInputError(f"external data file {location!r} of tensor {proto.name!r} is missing", path=self.path,
+                                fix="Put the data file beside the model")
+        expected = math.prod(shape) * dtype.itemsize
+        try:
+            offset = int(entries.get("offset", 0))
+            length = int(entries.get("length", expected))
+        except ValueError:
+            raise BadInputError(f"external data of tensor {proto.name!r} has a bad offset or length", path=self.path,
+                                fix="The model is damaged") from None
+        if offset < 0 or length != expected or offset + length > os.path.getsize(full):
+            raise BadInputError(f"external data of tensor {proto.name!r} (offset {offset}, length {length}) does "
+                                f"not fit {location!r} or its {expected}-byte shape", path=self.path,
+                                fix="The model or its data file is damaged or truncated")
+        return full, offset, length
+
+    # -- graph --------------------------------------------------------------------------------------
+    def attrs(self, node: Any) -> dict[str, Any]:
+        return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+    def layer_name(self, node: Any, weight: str | None = None) -> str:
+        """A weighted node is named after its weight (``conv1.weight`` -> ``conv1``) or, when the exporter
+        renamed the weight (``onnx::LSTM_45``), after its torch.onnx scope (``/encoder/lstm/LSTM`` ->
+        ``encoder.lstm``); any other node after its own name."""
+        if weight and weight.endswith(".weight"):
+            return safe_name(weight[: -len(".weight")])
+        scope = re.fullmatch(r"/(.+)/[A-Za-z]+(_\d+)?", node.name or "")
+        if weight and scope:
+            return safe_name(scope.group(1).replace("/", "."))
+        return safe_name(node.name or node.output[0])
+
+    def model(self) -> Model:
+        graph = self.proto.graph
+        opset = max((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), default=None)
+        model = Model(SourceInfo(self.path, NAME, f"opset {opset}" if opset else None, "onnx",
+                                 {"data_format": "channels_first", "producer": self.proto.producer_name}))
+        model.has_architecture = True
+        inputs = [i for i in graph.input if i.name not in self.tensors]
+        sequence_first = {node.input[0] for node in graph.node if node.op_type in ("LSTM", "GRU")}
+        for graph_input in inputs:
+            shape = self.shapes.get(graph_input.name, ())
+            layer = Layer(safe_name(graph_input.name), "input", {}, {}, [], "graph input", None,
+                          self.per_sample_shape(shape, graph_input.name in sequence_first))
+            model.layers.append(layer)
+            self.producer[graph_input.name] = layer.name
+        skip: set[int] = set()
+        for index, node in enumerate(graph.node):
+            if index in skip or index in self.folded or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
+                                                               node.output[0] in self.aliases):
+                continue
+            layer = self.layer(node, graph.node, index, skip)
+            feeding = [self.producer[n] for n in node.input if n in self.producer]
+            layer.inputs = feeding
+            names = {l.name for l in model.layers}
+            while layer.name in names:
+                layer.name += "_"
+            model.layers.append(layer)
+            output = graph.node[max(skip)].output[0] if layer.attrs.pop("_fused_until", None) else node.output[0]
+            self.producer[output] = layer.name
+            for extra in node.output:
+                self.producer.setdefault(extra, layer.name)
+        infer_shapes(model)
+        return model
+
+    @staticmethod
+    def per_sample_shape(shape: tuple[int, ...], sequence_first: bool) -> tuple[int, ...] | None:
+        """One sample's shape in the canonical (batch-first) model: ``shape[1:]`` for an (N, ...) input;
+        ``(seq, features)`` for an input read by an ONNX LSTM/GRU, which is (seq, batch, features)."""
+        if not shape:
+            return None
+        if sequence_first and len(shape) == 3:
+            return (shape[0], shape[2])
+        return tuple(shape[1:])
+
+    def layer(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
+        op, a = node.op_type, self.attrs(node)
+        if op in ("Conv", "ConvTranspose"):
+            return self.conv(node, a)
+        if op == "Gemm":
+            return self.gemm(node, a)
+        if op == "MatMul" and self.is_weight(node.input[1]):
+            return self.matmul(node, nodes, index, skip)
+        if op == "BatchNormalization":
+            return self.batchnorm(node, a)
+        if op in ("LSTM", "GRU"):
+            return self.rnn(node, a)
+        slope = self.slope_source(node, nodes) if op == "PRelu" else ""
+        if self.is_weight(slope):
+            layer = Layer(self.layer_name(node, slope), "prelu", {}, source_class="PRelu")
+            dims = self.tensors[self.resolve(slope)].dims
+            per_channel = all(size == 1 for size in dims[1:])  # (C, 1, 1) -> torch.nn.PReLU's (C,)
+            pattern = " ".join(["c"] + ["1" if per_channel else f"x{k}" for k in range(len(dims) - 1)])
+            layer.tensors["weight"] = self.tensor("weight", slope, pattern, "c" if per_channel else pattern)
+            return layer
+        if op == "Gather" and self.is_parameter(node.input[0]) and a.get("axis", 0) == 0 \
+                and len(self.tensors[self.resolve(node.input[0])].dims) == 2:
+            layer = Layer(self.layer_name(node, node.input[0]), "embedding", {}, source_class="Gather")
+            layer.tensors["weight"] = self.tensor("weight", node.input[0], "n e", "n e")
+            return layer
+        if op in ACTIVATIONS:
+            return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
+        if op == "Flatten":
+            if a.get("axis", 1) != 1:
+                raise UnsupportedError(f"Flatten with axis {a.get('axis')}", path=self.path,
+                                       fix="Only Flatten(axis=1) is converted")
+            return Layer(self.layer_name(node), "flatten", {"flatten_order": "chw"}, source_class=op)
+        if op == "Reshape":
+            return Layer(self.layer_name(node), "flatten" if self.is_flatten_reshape(node) else "reshape",
+                         {"flatten_order": "chw"}, source_class=op)
+        if op in ("MaxPool", "AveragePool"):
+            return self.pool(node, a)
+        pads = self.zero_spatial_pads(node, a) if op == "Pad" else None
+        if pads is not None:
+            return Layer(self.layer_name(node), "padding", {"pads": pads, "rank": len(pads)}, source_class=op)
+        if op in ("GlobalAveragePool", "GlobalMaxPool"):
+            return Layer(self.layer_name(node), "global_pool",
+                         {"mode": "max" if "Max" in op else "avg", "keepdims": True}, source_class=op)
+        if op in ("Add", "Mul") and any(self.is_parameter(name) for name in node.input):
+            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) takes a learned constant "
+                                   "operand that no supported layer holds", path=self.path,
+                                   fix="Export the model so the weight sits in a Conv, Gemm, PRelu or "
+                                       "BatchNormalization node")
+        if op == "Add":
+            return Layer(self.layer_name(node), "add", {}, source_class=op)
+        if op == "Mul":
+            return Layer(self.layer_name(node), "multiply", {}, source_class=op)
+        if op == "Concat":
+            axis = a.get("axis", 1)
+            return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
+        if op in PASS_THROUGH:
+            return Layer(self.layer_name(node), "dropout", {}, source_class=op)
+        weights = [n for n in node.input if self.is_parameter(n)]
+        if weights and op not in ("Reshape", "Pad", "Resize", "Upsample", "Slice", "Squeeze", "Unsqueeze"):
+            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) holds weights weightport cannot map",
+                                   path=self.path, fix="Supported: Conv, ConvTranspose, Gemm, MatMul, "
+                                                       "BatchNormalization, LSTM, GRU, PRelu, Gather (embedding)")
+        return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
+
+    def zero_spatial_pads(self, node: Any, a: dict[str, Any]) -> list[list[int]] | None:
+        """``[[before, after], ...]`` per spatial axis of a constant-zero Pad of N, C, spatial... with nothing
+        added to N or C; None for any other Pad (reflect, non-zero value, pads not constant)."""
+        names = list(node.input[1:]) + [""] * 3
+        if a.get("mode", b"constant") not in (b"constant", "constant") or not self.is_weight(names[0]):
+            return None
+        pads = [int(p) for p in self.numpy_helper.to_array(self.tensors[self.resolve(names[0])]).reshape(-1)]
+        value = self.numpy_helper.to_array(self.tensors[self.resolve(names[1])]) if self.is_weight(names[1]) else 0
+        half = len(pads) // 2
+        if names[2] or np.any(np.asarray(value) != 0) or half < 3 or any(pads[:2]) or any(pads[half:half + 2]):
+            return None
+        return [[pads[k], pads[half + k]] for k in range(2, half)]
+
+    def slope_source(self, node: Any, nodes: Any) -> str:
+        """PRelu's slope, followed back through the Unsqueeze/Reshape torch.onnx puts on a per-channel
+        ``(C,)`` weight to broadcast it as ``(C, 1, 1)``; the weight is read as stored."""
+        name = node.input[1]
+        for _ in range(4):
+            producer = next((n for n in nodes if name in n.output), None)
+            if producer is None or producer.op_type not in ("Unsqueeze", "Reshape") or \
+                    not self.is_parameter(producer.input[0]):
+                break
+            name = producer.input[0]
+        return name
+
+    def is_parameter(self, name: str) -> bool:
+        """A constant that looks like learned weights (float, more than one value), not an index or a scalar."""
+        if not self.is_weight(name):
+            return False
+        proto = self.tensors[self.resolve(name)]
+        dtype = self.proto_dtype(proto)
+        return (dtype.kind == "f" or is_bfloat16(dtype)) and math.prod(proto.dims) > 1
+
+    def is_flatten_reshape(self, node: Any) -> bool:
+        out = self.shapes.get(node.output[0])
+        return out is not None and len(out) == 2
+
+    def conv(self, node: Any, a: dict[str, Any]) -> Layer:
+        if not self.is_weight(node.input[1]):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} takes its weights from a graph input",
+                                   path=self.path, fix="Store the weights as initializers")
+        proto = self.tensors[self.resolve(node.input[1])]
+        dims = [int(d) for d in proto.dims]
+        rank = len(dims) - 2
+        kind = "conv" if node.op_type == "Conv" else "conv_transpose"
+        role = conv_role(kind, rank)
+        layer = Layer(self.layer_name(node, node.input[1]), kind, {}, source_class=node.op_type,
+                      semantics_rule="onnx-correlation")
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], CANONICAL_PATTERNS[role],
+                                              CANONICAL_PATTERNS[role], semantics=CORRELATION)
+        if len(node.input) > 2 and node.input[2]:
+            layer.tensors["bias"] = self.tensor("bias", node.input[2], "o", "o")
+        group = int(a.get("group", 1))
+        kernel = tuple(int(k) for k in a.get("kernel_shape", dims[2:]))
+        strides = tuple(a.get("strides", (1,) * rank))
+        dilations = tuple(a.get("dilations", (1,) * rank))
+        pads = self.pads(node, a, kernel, strides, dilations, kind)
+        if kind == "conv":
+            in_channels, out_channels = dims[1] * group, dims[0]
+        else:
+            in_channels, out_channels = dims[0], dims[1] * group
+            if a.get("output_shape"):
+                raise UnsupportedError(f"ConvTranspose {node.name!r} gives output_shape instead of pads",
+                                       path=self.path, fix="Export it with explicit pads")
+        layer.attrs = {"rank": rank, "kernel_size": kernel, "strides": strides, "dilations": dilations,
+                       "padding": pads, "pads": pads, "groups": group, "in_channels": in_channels,
+                       "out_channels": out_channels, "data_format": "channels_first"}
+        if kind == "conv_transpose":
+            layer.attrs["output_padding"] = tuple(a.get("output_padding", (0,) * rank))
+        return layer
+
+    def pads(self, node: Any, a: dict[str, Any], kernel: tuple[int, ...], strides: tuple[int, ...],
+             dilations: tuple[int, ...], kind: str = "conv") -> list[list[int]]:
+        rank = len(kernel)
+        auto = a.get("auto_pad", b"NOTSET")
+        auto = auto.decode() if isinstance(auto, bytes) else auto
+        if auto in ("NOTSET", ""):
+            flat = list(a.get("pads", [0] * 2 * rank))
+            return [[int(flat[k]), int(flat[k + rank])] for k in range(rank)]
+        if auto == "VALID":
+            return [[0, 0] for _ in range(rank)]
+        shape = self.shapes.get(node.input[0])
+        if kind != "conv" or shape is None or any(n is None for n in shape[2:]):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} uses auto_pad {auto} with unknown input size",
+                                   path=self.path, fix="Export with explicit pads or static input shapes")
+        pairs = []
+        for size, k, s, d in zip(shape[2:], kernel, strides, dilations):
+            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pairs.append([small, large] if auto == "SAME_UPPER" else [large, small])
+        return pairs
+
+    def pool(self, node: Any, a: dict[str, Any]) -> Layer:
+        kernel = tuple(int(k) for k in a["kernel_shape"])
+        strides = tuple(a.get("strides", (1,) * len(kernel)))
+        pads = self.pads(node, a, kernel, strides, (1,) * len(kernel))
+        padded = any(p for pair in pads for p in pair)
+        if a.get("ceil_mode") or (node.op_type == "AveragePool" and a.get("count_include_pad") and padded):
+            raise UnsupportedError(f"{node.op_type} {node.name!r} uses ceil_mode or count_include_pad",
+                                   path=self.path, fix="Export without them")
+        return Layer(self.layer_name(node), "pool", {"rank": len(kernel), "kernel_size": kernel, "strides": strides,
+                                                     "padding": pads, "pads": pads,
+                                                     "mode": "max" if node.op_type == "MaxPool" else "avg"},
+                     source_class=node.op_type)
+
+    def gemm(self, node: Any, a: dict[str, Any]) -> Layer:
+        if a.get("transA", 0):
+            raise UnsupportedError(f"Gemm {node.name!r} with transA=1", path=self.path,
+                                   fix="Only Gemm(x, W) with x as the first input is a dense layer")
+        if not self.is_weight(node.input[1]):
+            raise UnsupportedError(f"Gemm {node.name!r} takes its weights from a graph input", path=self.path,
+                                   fix="Store the weights as initializers")
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="Gemm")
+        src = "o i" if a.get("transB", 0) else "i o"
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], src, "o i",
+                                              (Scale(alpha),) if alpha != 1.0 else ())
+        if len(node.input) > 2 and node.input[2]:
+            bias_proto = self.tensors.get(self.resolve(node.input[2]))
+            if bias_proto is None or len(bias_proto.dims) != 1:
+                raise UnsupportedError(f"Gemm {node.name!r} has a bias that is not a 1-D constant", path=self.path,
+                                       fix="Export the bias as a 1-D initializer")
+            layer.tensors["bias"] = self.tensor("bias", node.input[2], "o", "o", (Scale(beta),) if beta != 1.0 else ())
+        layer.attrs = {"units": layer.tensors["weight"].shape[0],
+                       "onnx_gemm": {"alpha": alpha, "beta": beta, "transB": int(a.get("transB", 0))}}
+        return layer
+
+    def matmul(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
+        layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="MatMul")
+        layer.tensors["weight"] = self.tensor("weight", node.input[1], "i o", "o i")
+        consumers = self.consumed_by.get(node.output[0], [])
+        if len(consumers) == 1 and consumers[0].op_type == "Add":
+            add = consumers[0]
+            other = [n for n in add.input if n != node.output[0]]
+            if other and self.is_weight(other[0]) and len(self.tensors[self.resolve(other[0])].dims) == 1:
+                layer.tensors["bias"] = self.tensor("bias", other[0], "o", "o")
+                position = list(nodes).index(add)
+                skip.add(position)
+                layer.attrs["_fused_until"] = True
+                layer.source_class = "MatMul+Add"
+        layer.attrs["units"] = layer.tensors["weight"].shape[0]
+        return layer
+
+    def batchnorm(self, node: Any, a: dict[str, Any]) -> Layer:
+        layer = Layer(self.layer_name(node, node.input[1]), "batchnorm", {}, source_class="BatchNormalization")
+        for param, name in zip(("weight", "bias", "running_mean", "running_var"), node.input[1:5]):
+            if not self.is_weight(name):
+                raise UnsupportedError(f"BatchNormalization {node.name!r} takes {param} from a graph input",
+                                       path=self.path, fix="Store it as an initializer")
+            layer.tensors[param] = self.tensor(param, name, "o", "o")
+        layer.attrs = {"epsilon": float(a.get("epsilon", 1e-5)), "momentum": float(a.get("momentum", 0.9)),
+                       "num_features": layer.tensors["running_mean"].shape[0]}
+        return layer
+
+    def rnn(self, node: Any, a: dict[str, Any]) -> Layer:
+        """ONNX LSTM (gates i,o,f,c) / GRU (z,r,h) -> PyTorch gate order, one set per direction."""
+        op = node.op_type
+        kind = op.lower()
+        if len(node.input) > 7 and node.input[7] and op == "LSTM":
+            raise UnsupportedError(f"LSTM {node.name!r} has peephole weights P, which torch.nn.LSTM lacks",
+                                   path=self.path, fix="Export an LSTM without peepholes")
+        if a.get("activations") or a.get("clip") or a.get("input_forget"):
+            raise UnsupportedError(f"{op} {node.name!r} uses non-default activations, clip or input_forget",
+                                   path=self.path, fix="Only the default ONNX activations map to PyTorch")
+        if a.get("layout", 0):
+            raise UnsupportedError(f"{op} {node.name!r} uses layout=1", path=self.path, fix="Export with layout=0")
+        gates, canonical = ("iofc", "ifco") if op == "LSTM" else ("zrh", "rzh")
+        direction = a.get("direction", b"forward")
+        direction = direction.decode() if isinstance(direction, bytes) else direction
+        directions = 2 if direction == "bidirectional" else 1
+        layer = Layer(self.layer_name(node, node.input[1]), kind, {}, source_class=op)
+        reorder = ReorderBlocks(0, gates, canonical)
+        for d, suffix in enumerate(("", "_reverse")[:directions]):
+            take = TakeIndex(d, directions)
+            for param, name in ((f"weight_ih_l0{suffix}", node.input[1]), (f"weight_hh_l0{suffix}", node.input[2])):
+                layer.tensors[param] = self.tensor(param, name, "o i", "o i", (reorder,), before=(take,))
+            if len(node.input) > 3 and node.input[3]:
+                halves = Relayout(Layout("(s o)"), Layout("s o"), (("s", 2),))  # B = [Wb, Rb]
+                for half, param in enumerate(("bias_ih_l0", "bias_hh_l0")):
+                    layer.tensors[param + suffix] = self.tensor(param + suffix, node.input[3], "o", "o", (reorder,),
+                                                                before=(take, halves, TakeIndex(half, 2)))
+        hidden = int(a.get("hidden_size", layer.tensors["weight_hh_l0"].shape[1]))
+        layer.attrs = {"units": hidden, "return_sequences": True, "go_backwards": direction == "reverse",
+                       "bidirectional": directions == 2, "merge_mode": "onnx",
+                       "reset_after": bool(a.get("linear_before_reset", 0)) if op == "GRU" else True,
+                       "activation": "tanh", "recurrent_activation": "sigmoid"}
+        return layer
+
+
+def read(path: str, options: ReadOptions) -> Model:
+    """Read an ONNX model into the canonical model (tensors stay in the file until loaded)."""
+    try:
+        return OnnxReader(path, options).model()
+    except WeightportError as error:
+        raise error.with_path(path)
+
+
+# -- writer ------------------------------------------------------------------------------------------
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Write ``model`` as ONNX: into a copy of ``options.template`` (its initializers and Constant weights
+    replaced), or, without a template, as a whole graph traced from the canonical PyTorch module.
+
+    ONNX layouts are the canonical ones and ONNX correlates, so kernels are neither transposed nor
+    flipped on the way out; a template's own storage (Gemm ``transB=0``, ``alpha``/``beta``, LSTM gate
+    order, stacked directions) is restored by inverting the steps its reader would apply.
+    The output passes ``onnx.checker``; ``weightport validate`` runs it in onnxruntime.
+    """
+    onnx = import_onnx()
+    if options.target_semantics not in (None, CORRELATION):
+        raise UsageError("ONNX Conv computes cross-correlation; its kernels cannot be stored for convolution",
+                         fix="Drop --target-semantics for --to onnx")
+    proto = template_with_weights(model, options.template) if options.template else traced_graph(model)
+    external = proto.ByteSize() > EXTERNAL_THRESHOLD
+    data_path = path + ".data"
+    if external:
+        check_can_write(data_path, options.force)
+    with atomic_path(path, options.force) as temporary:
+        try:
+            if external:  # over protobuf's 2 GB: tensors go to NAME.onnx.data beside the model
+                onnx.save_model(proto, temporary, save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=os.path.basename(data_path), size_threshold=1024)
+            else:
+                onnx.save_model(proto, temporary)
+            onnx.checker.check_model(temporary)
+        except BaseException as error:
+            if external and os.path.exists(data_path):
+                os.remove(data_path)
+            if isinstance(error, onnx.checker.ValidationError):
+                raise BadInputError(f"the written ONNX model fails onnx.checker ({str(error).splitlines()[0]})",
+                                    path=path, fix="Report this with the source file") from None
+            raise
+    return []
+
+
+EXTERNAL_THRESHOLD = 2_000_000_000
+
+
+def template_with_weights(model: Model, template: str) -> Any:
+    """The template's ModelProto with every weight tensor replaced by the matching source tensor."""
+    reader = OnnxReader(template, ReadOptions())
+    target = reader.model()
+    pairs = matched_layers(model, target, template)
+    current: dict[str, np.ndarray] = {}
+    for source_layer, template_layer in pairs:
+        for param, slot in template_layer.tensors.items():
+            value = source_layer.tensors[param]
+            name = reader.resolve(slot.provenance.source_key)
+            stored = current.get(name)
+            if stored is None:
+                stored = np.asarray(slot.read())
+            if np.dtype(value.dtype) != stored.dtype:
+                raise UsageError(f"{template_layer.name}.{param} is {stored.dtype} in the template, "
+                                 f"{np.dtype(value.dtype)} in the source; weightport never casts silently",
+                                 path=template, fix="Use a template exported in the source's dtype")
+            current[name] = write_back(stored, slot.transforms, value.load())
+    for name, proto in reader.tensors.items():
+        if name in current:
+            proto.CopyFrom(reader.numpy_helper.from_array(current[name], proto.name))
+        elif proto.data_location == reader.onnx.TensorProto.EXTERNAL:  # read through the confined reader
+            array = reader.reader(proto, tuple(int(d) for d in proto.dims), reader.proto_dtype(proto))()
+            proto.CopyFrom(reader.numpy_helper.from_array(np.asarray(array), proto.name))
+    return reader.proto
+
+
+def matched_layers(model: Model, target: Model, template: str) -> list[tuple[Layer, Layer]]:
+    """Source and template weighted layers paired by name when every template name is in the source,
+    else by position; kinds, parameters and canonical shapes must agree."""
+    ours, theirs = model.weighted_layers(), target.weighted_layers()
+    names = {layer.name: layer for layer in ours}
+    if all(layer.name in names for layer in theirs):
+        pairs = [(names[layer.name], layer) for layer in theirs]
+    elif len(ours) == len(theirs):
+        pairs = list(zip(ours, theirs))
+    else:
+        raise UsageError(f"the template has {len(theirs)} layers with weights, the source {len(ours)}, and their "
+                         "names differ", path=template, fix="Use a template of the same architecture")
+    for source_layer, template_layer in pairs:
+        shapes = {param: tuple(t.shape) for param, t in source_layer.tensors.items()}
+        wanted = {param: tuple(t.shape) for param, t in template_layer.tensors.items()}
+        if source_layer.kind != template_layer.kind or any(shapes.get(p) != s for p, s in wanted.items()):
+            raise UsageError(f"template layer {template_layer.name!r} ({template_layer.kind} {wanted}) does not match "
+                             f"source layer {source_layer.name!r} ({source_layer.kind} {shapes})", path=template,
+                             fix="Use a template of the same architecture, with layers in the same order")
+    return pairs
+
+
+def graph_dtype(model: Model) -> np.dtype:
+    """The one float dtype of the model's weights, which the traced graph computes in (float16/32/64)."""
+    found = {np.dtype(t.dtype) for _, _, t in model.state_keys() if np.dtype(t.dtype).kind == "f" or is_bfloat16(t.dtype)}
+    if any(is_bfloat16(d) for d in found):
+        raise UnsupportedError("the weights are bfloat16, which ONNX Conv, Gemm and the RNN ops of opset 17 do "
+                               "not take", fix="Give --template model.onnx whose initializers are bfloat16 (the "
+                               "weights are then replaced as they are), or convert to torch (.safetensors)")
+    if len(found) > 1:
+        raise UnsupportedError(f"the weights mix dtypes ({', '.join(sorted(d.name for d in found))}); a traced "
+                               "graph computes in one", fix="Give --template model.onnx with the same dtypes")
+    return found.pop() if found else np.dtype(np.float32)
+
+
+def traced_graph(model: Model) -> Any:
+    """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("writing a whole ONNX graph traces it with PyTorch, which is not installed",
+                                     fix="pip install 'weightport[torch]', or give --template model.onnx") from None
+    import io
+
+    from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
+    onnx = import_onnx()
+    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None:
+        raise UnsupportedError("the source carries no architecture with an input shape to trace",
+                               fix="Give --template model.onnx of the same architecture")
+    dtype = getattr(torch, graph_dtype(model).name)
+    module = CanonicalModule(model).eval().to(dtype)
+    module.load_state_dict(canonical_state_dict(model), strict=False)
+    shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
+    takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
+    example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
+    buffer = io.BytesIO()
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on RNN batch sizes and shape inference
+        # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
+        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+                          training=torch.onnx.TrainingMode.PRESERVE,
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return onnx.load_model_from_string(buffer.getvalue())

@@ -1,0 +1,123 @@
+"""Theano/Lasagne target (``--to theano``): a pickle of plain numpy arrays in Lasagne order and layout,
+plus a JSON spec describing each array (the same spec format the Theano reader takes).
+
+Conv kernels are written ``(out, in/groups, rows, cols)`` flipped for Theano's default
+``conv2d(filter_flip=True)`` / Lasagne ``Conv2DLayer`` (``--target-semantics correlation`` for
+``Conv2DDNNLayer`` or ``filter_flip=False``); dense ``W`` as ``(num_inputs, num_units)``; batch norm as
+Lasagne's ``beta, gamma, mean, inv_std`` (``inv_std = 1/sqrt(var + eps)``). The pickle holds only
+lists and numpy arrays (protocol 2, readable by Python 2 and 3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+from weightport.core.dtypes import widened
+from weightport.core.atomic import atomic_path, check_can_write
+from weightport.core.describe import jsonable
+from weightport.core.errors import UnsupportedError
+from weightport.core.layout import CONVOLUTION, NO_SEMANTICS, Layout, Relayout
+from weightport.core.model import Model
+from weightport.core.options import WriteOptions
+from weightport.core.plan import Plan, PlannedTensor, note_bfloat16_widened, torch_plan
+
+NAME = "theano"
+DESCRIPTION = "Theano/Lasagne pickle of numpy arrays with a JSON spec"
+EXTENSIONS = (".pkl", ".pickle")
+LASAGNE_BATCHNORM = (("bias", "beta"), ("weight", "gamma"), ("running_mean", "mean"), ("running_var", "inv_std"))
+
+
+def sniff(path: str) -> bool:
+    return False  # read back by weightport.formats.theano.reader
+
+
+def read(path: str, options) -> Model:
+    raise NotImplementedError("Theano pickles are read by weightport.formats.theano.reader")
+
+
+def theano_plan(model: Model, options: WriteOptions) -> Plan:
+    """Lasagne order, names ``<layer>.<param>`` and layouts, kernels in the target semantics."""
+    from weightport.formats.theano.reader import VarianceToInvStd
+    semantics = options.target_semantics or CONVOLUTION
+    canonical = {(p.layer.name, p.param): p for p in torch_plan(model, options).tensors}
+    planned: list[PlannedTensor] = []
+    for layer in model.layers:
+        if not layer.tensors:
+            continue
+        if layer.kind in ("conv", "depthwise"):
+            weight = canonical[(layer.name, "weight")]
+            target = Layout(weight.layout.pattern, semantics)
+            weight.steps, weight.layout, weight.key = (Relayout(weight.layout, target),), target, f"{layer.name}.W"
+            planned.append(weight)
+            if (layer.name, "bias") in canonical:
+                planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
+        elif layer.kind == "dense":
+            weight = canonical[(layer.name, "weight")]
+            weight.steps, weight.layout, weight.key = (Relayout(Layout("o i"), Layout("i o")),), Layout("i o"), \
+                f"{layer.name}.W"
+            planned.append(weight)
+            if (layer.name, "bias") in canonical:
+                planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
+        elif layer.kind == "batchnorm":
+            for param, lasagne in LASAGNE_BATCHNORM:
+                item = renamed(canonical[(layer.name, param)], f"{layer.name}.{lasagne}")
+                if lasagne == "inv_std":
+                    item.steps = (VarianceToInvStd(float(layer.attrs.get("epsilon", 1e-4))),)
+                planned.append(item)
+        else:
+            raise UnsupportedError(f"layer {layer.name!r} ({layer.kind}) has no Lasagne array layout here",
+                                   fix="Supported for the theano target: conv, depthwise, dense, batchnorm")
+    return Plan("theano", planned, list(model.warnings))
+
+
+def renamed(item: PlannedTensor, key: str) -> PlannedTensor:
+    item.key = key
+    return item
+
+
+def spec_for(model: Model, plan: Plan) -> dict:
+    layers = []
+    for layer in model.layers:
+        items = [p for p in plan.tensors if p.layer is layer]
+        entry = {"name": layer.name, "kind": layer.kind if layer.kind != "depthwise" else "conv"}
+        if items:
+            entry["params"] = {p.key.rsplit(".", 1)[1]: ("inv_std" if p.key.endswith("inv_std") else p.param)
+                               for p in items}
+            kernel = [p for p in items if p.layout.semantics != NO_SEMANTICS]
+            if kernel:
+                a = layer.attrs
+                entry.update(layout=kernel[0].layout.pattern, semantics=kernel[0].layout.semantics,
+                             strides=list(a.get("strides", ())), dilations=list(a.get("dilations", ())),
+                             pads=a.get("pads") or [[0, 0]] * a.get("rank", 2), groups=a.get("groups", 1))
+            elif layer.kind == "dense":
+                entry["layout"] = "i o"
+            if layer.kind == "batchnorm":
+                entry["epsilon"] = layer.attrs.get("epsilon", 1e-4)
+        if not items:
+            entry.update({k: v for k, v in jsonable(layer.attrs).items() if k not in ("name", "kind")})
+        if layer.attrs.get("activation") not in (None, "linear"):
+            entry["activation"] = layer.attrs["activation"]
+        if layer.kind not in ("input",):
+            layers.append(entry)
+    first = model.layers[0] if model.layers else None
+    return {"format": "weightport theano", "arrays": [p.key for p in plan.tensors], "layers": layers,
+            "input_shape": list(first.output_shape) if first is not None and first.kind == "input"
+            and first.output_shape else None}
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """``path`` (pickle of a list of arrays) and ``<stem>.spec.json`` beside it, both atomically."""
+    plan = theano_plan(model, options)
+    spec_path = os.path.join(os.path.dirname(path) or ".", os.path.basename(path).split(".")[0] + ".spec.json")
+    check_can_write(spec_path, options.force)
+    arrays = [widened(item.load()) for item in plan.tensors]
+    note_bfloat16_widened(plan, "Theano")
+    with atomic_path(path, options.force) as temporary:
+        with open(temporary, "wb") as handle:
+            pickle.dump(arrays, handle, protocol=2)
+        with atomic_path(spec_path, options.force) as spec_temporary:
+            with open(spec_temporary, "w", encoding="utf-8") as handle:
+                json.dump(spec_for(model, plan), handle, indent=1)
+    return plan.warnings

@@ -1,0 +1,385 @@
+"""A runnable PyTorch module built from the canonical graph (for validation and the demo).
+
+The module is made of standard ``torch.nn`` layers named after the canonical
+layers, so its ``state_dict`` keys are exactly the torch target's keys and a
+converted file loads with ``load_state_dict(strict=True)``.  Inputs and
+outputs are channels-first (the canonical convention); :func:`to_canonical_input`
+and :func:`from_canonical_output` move a source's channels-last arrays across.
+
+torch is imported only when this module is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weightport.core.dtypes import numpy_to_tensor
+from weightport.core.errors import UnsupportedError
+from weightport.core.layout import Layout, relayout
+from weightport.core.model import Layer, Model
+
+ACTIVATIONS = {
+    None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+    "elu": F.elu, "selu": F.selu, "softplus": F.softplus, "softsign": F.softsign,
+    "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu6": F.relu6,
+    "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0, "exponential": torch.exp,
+}
+
+
+def activation(name: Any, channel_axis: int = 1):
+    """A torch function for a Keras activation name (softmax over the channel axis)."""
+    if isinstance(name, dict):
+        name = name.get("class_name", name.get("config", {}).get("name"))
+    if name == "softmax":
+        return lambda x: F.softmax(x, dim=channel_axis if x.dim() > 2 else -1)
+    if name not in ACTIVATIONS:
+        raise UnsupportedError(f"activation {name!r} has no PyTorch equivalent here",
+                               fix="Validate this layer in the source framework only")
+    return ACTIVATIONS[name]
+
+
+def pre_padded(module: nn.Module, pads: list[list[int]], value: float = 0.0) -> nn.Module:
+    """``module`` with explicit per-side input padding (TensorFlow 'same' pads the odd pixel at the end).
+
+    A forward pre-hook keeps the module's own state_dict keys.
+    """
+    flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last axis first
+    if any(flat):
+        module.register_forward_pre_hook(lambda _m, args: (F.pad(args[0], flat, value=value),) + args[1:])
+    return module
+
+
+def cropped(module: nn.Module, pads: list[list[int]]) -> nn.Module:
+    """``module`` whose output is cropped by per-side pads (a transposed conv's 'same' padding)."""
+    def crop(_m: nn.Module, _args: Any, y: torch.Tensor) -> torch.Tensor:
+        index = [slice(None), slice(None)] + [slice(b, y.shape[2 + k] - a) for k, (b, a) in enumerate(pads)]
+        return y[tuple(index)]
+    if any(p for pair in pads for p in pair):
+        module.register_forward_hook(crop)
+    return module
+
+
+class ElementwisePRelu(torch.autograd.Function):
+    """``x`` where ``x >= 0``, else ``slope * x``; ``slope`` broadcasts against x without its batch axis:
+    (C,), (C, 1, 1) or one slope per element (C, H, W).  torch's own ``F.prelu`` takes only (C,), so this
+    runs ``torch.where`` and exports as one ONNX ``PRelu`` node, whose slope may have any of these shapes."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, slope * x)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, slope: Any) -> Any:
+        return g.op("PRelu", x, slope)
+
+
+class PReluSlope(nn.Module):
+    """Holds a PReLU slope as ``weight``: (C,) per channel (torch.nn.PReLU's layout) or one per element
+    (C, *spatial); a per-channel slope meets a (batch, C, *spatial) map on its channel axis."""
+
+    def __init__(self, shape: tuple[int, ...], channels_axis: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.channels_axis = channels_axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        slope = self.weight
+        if slope.dim() == 1 and self.channels_axis == 1 and x.dim() > 2:
+            slope = slope.reshape((-1,) + (1,) * (x.dim() - 2))
+        return ElementwisePRelu.apply(x, slope)
+
+
+class Separable(nn.Sequential):
+    """Depthwise conv then pointwise conv, with keys ``depthwise.weight``, ``pointwise.weight``/``bias``."""
+
+    def __init__(self, depthwise: nn.Module, pointwise: nn.Module) -> None:
+        super().__init__()
+        self.depthwise = depthwise
+        self.pointwise = pointwise
+
+
+def keras_recurrent(rnn: nn.Module, return_sequences: bool, go_backwards: bool,
+                    directions_apart: bool = False) -> nn.Module:
+    """A batch-first torch LSTM/GRU returning the sequence or the last output, as Keras does.
+
+    A bidirectional RNN's last output is the forward direction's last step and
+    the backward direction's first step (it has then seen the whole sequence).
+    With ``directions_apart`` (an ONNX LSTM/GRU, whose ``Y`` is (seq, directions,
+    batch, hidden)) the sequence is (batch, seq, directions, hidden) instead of
+    the directions concatenated on the last axis.
+    """
+    if go_backwards:
+        rnn.register_forward_pre_hook(lambda _m, args: (torch.flip(args[0], dims=[1]),) + args[1:])
+
+    def last_output(_m: nn.Module, _a: Any, out: Any) -> torch.Tensor:
+        sequence = out[0]
+        if directions_apart:
+            return sequence.reshape(sequence.shape[0], sequence.shape[1], -1, rnn.hidden_size)
+        if return_sequences:
+            return sequence
+        if rnn.bidirectional:
+            half = rnn.hidden_size
+            return torch.cat([sequence[:, -1, :half], sequence[:, 0, half:]], dim=1)
+        return sequence[:, -1]
+    rnn.register_forward_hook(last_output)
+    return rnn
+
+
+def conv_module(layer: Layer) -> nn.Module:
+    """The torch module of a conv, depthwise, separable or transposed conv layer."""
+    a = layer.attrs
+    rank = a["rank"]
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    pads = a.get("pads") or [[0, 0]] * rank
+    if layer.kind == "conv_transpose":
+        transpose = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[rank]
+        inner = transpose(a["in_channels"], a["out_channels"], a["kernel_size"], a["strides"],
+                          output_padding=tuple(a.get("output_padding") or (0,) * rank),
+                          groups=a.get("groups", 1), bias="bias" in layer.tensors, dilation=a["dilations"])
+        return cropped(inner, pads)
+    if layer.kind == "separable":
+        channels = a["in_channels"]
+        depthwise = conv(channels, channels * a["depth_multiplier"], a["kernel_size"], a["strides"],
+                         dilation=a["dilations"], groups=channels, bias=False)
+        pointwise = conv(channels * a["depth_multiplier"], a["out_channels"], 1,
+                         bias="pointwise.bias" in layer.tensors)
+        return pre_padded(Separable(depthwise, pointwise), pads)
+    inner = conv(a["in_channels"], a["out_channels"], a["kernel_size"], a["strides"], dilation=a["dilations"],
+                 groups=a.get("groups", 1), bias="bias" in layer.tensors)
+    return pre_padded(inner, pads)
+
+
+def pool_function(layer: Layer):
+    a = layer.attrs
+    rank = a["rank"]
+    pads = a.get("pads") or [[0, 0]] * rank
+    flat = [p for pair in reversed(pads) for p in pair]
+    if a["mode"] == "max":
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
+        return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+
+    def average(x: torch.Tensor) -> torch.Tensor:
+        if not any(flat):
+            return pool(x, a["kernel_size"], a["strides"])
+        ones = torch.ones_like(x[:1, :1])
+        total = pool(F.pad(x, flat), a["kernel_size"], a["strides"])
+        count = pool(F.pad(ones, flat), a["kernel_size"], a["strides"])
+        return total / count  # TensorFlow excludes padding from the average
+    return average
+
+
+MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
+             "global_pool")
+SEQUENCE_CONSUMERS = ("lstm", "gru")
+MAP_PRESERVING = ("input", "activation", "batchnorm", "dropout", "add", "concat", "multiply", "prelu")
+
+
+def input_kind(model: Model) -> str:
+    """``map`` when the model's input is a channels-first feature map in the canonical module, else ``seq``."""
+    first = model.layers[0] if model.layers else None
+    shape = first.output_shape if first is not None else None
+    if shape is not None and len(shape) >= 2 and spatial_input(model) and model.layers[1:2] and \
+            model.layers[1].kind not in ("embedding", "lstm", "gru", "dense"):
+        return "map"
+    return "seq"
+
+
+def value_kinds(model: Model) -> dict[str, str]:
+    """What each layer's output is in the canonical module: ``map`` (batch, channels, spatial...),
+    ``seq`` (batch, time, features) or ``flat`` (batch, features)."""
+    kinds: dict[str, str] = {}
+    previous = input_kind(model)
+    for position, layer in enumerate(model.layers):
+        names = layer.inputs or ([model.layers[position - 1].name] if position else [])
+        feeding = kinds.get(names[0], previous) if names else previous
+        if layer.kind == "input":
+            kind = input_kind(model)
+        elif layer.kind == "global_pool":
+            kind = "map" if layer.attrs.get("keepdims") else "flat"
+        elif layer.kind in MAP_KINDS:
+            kind = "map"
+        elif layer.kind in MAP_PRESERVING:
+            kind = feeding
+        elif layer.kind in ("lstm", "gru"):
+            kind = "seq" if layer.attrs.get("return_sequences") else "flat"
+        elif layer.kind in ("embedding", "dense"):
+            kind = "seq" if feeding == "seq" or layer.kind == "embedding" else "flat"
+        else:
+            kind = "flat"
+        kinds[layer.name] = previous = kind
+    return kinds
+
+
+class CanonicalModule(nn.Module):
+    """Runs the canonical graph with standard torch layers (channels-first tensors)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+        self.functions: dict[str, Any] = {}
+        self.post: dict[str, Any] = {}
+        self.layer_modules: dict[str, nn.Module] = {}
+        for layer in model.layers:
+            module = self.module_for(layer)
+            if module is not None:
+                self.attach(layer.name, module)
+            act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
+                                                                  "separable", "dense") else None
+            self.post[layer.name] = activation(act)
+
+    def attach(self, name: str, module: nn.Module) -> None:
+        """Register ``module`` under a possibly dotted name (``features.0``), so state_dict keys match."""
+        parent: nn.Module = self
+        parts = name.split(".")
+        for part in parts[:-1]:
+            if part not in parent._modules:
+                parent.add_module(part, nn.Module())
+            parent = parent._modules[part]
+        parent.add_module(parts[-1], module)
+        self.layer_modules[name] = module
+
+    def module_for(self, layer: Layer) -> nn.Module | None:
+        kind, a = layer.kind, layer.attrs
+        if kind in ("conv", "depthwise", "separable", "conv_transpose"):
+            return conv_module(layer)
+        if kind == "dense":
+            weight = layer.tensors["weight"]
+            return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
+        if kind == "batchnorm":
+            rank = max(len(layer.output_shape or (0,)) - 1, 0)
+            bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+            return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
+        if kind == "embedding":
+            return nn.Embedding(a["input_dim"], a["output_dim"])
+        if kind in ("lstm", "gru"):
+            weight = layer.tensors["weight_ih_l0"]
+            if layer.attrs.get("activation", "tanh") != "tanh" or layer.attrs.get("recurrent_activation") not in (
+                    "sigmoid", None):
+                raise UnsupportedError(f"{kind.upper()} layer {layer.name!r} uses activations torch.nn.{kind.upper()} lacks")
+            merge = a.get("merge_mode", "concat")
+            if a.get("bidirectional") and merge not in ("concat", "onnx"):
+                raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
+            rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
+                                                          bidirectional=bool(a.get("bidirectional")))
+            return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"],
+                                   directions_apart=bool(a.get("bidirectional")) and merge == "onnx")
+        if kind == "prelu":
+            channels_axis = 1 if value_kinds(self.model).get(layer.name) == "map" else -1
+            return PReluSlope(layer.tensors["weight"].shape, channels_axis)
+        if kind in ("pool",):
+            self.functions[layer.name] = pool_function(layer)
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values: dict[str, torch.Tensor] = {}
+        kinds = value_kinds(self.model)
+        previous = x
+        for position, layer in enumerate(self.model.layers):
+            names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
+            inputs = [values[n] for n in names] if names else [previous]
+            feeding = kinds.get(names[0]) if names else input_kind(self.model)
+            if layer.kind in SEQUENCE_CONSUMERS and feeding == "map" and inputs[0].dim() == 3:
+                inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
+            elif layer.kind in MAP_KINDS and feeding == "seq" and inputs[0].dim() == 3:
+                inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
+            previous = self.post[layer.name](self.apply(layer, inputs))
+            values[layer.name] = previous
+        return previous
+
+    def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+        kind, a, x = layer.kind, layer.attrs, inputs[0]
+        if kind in ("input", "dropout"):
+            return x
+        if layer.name in self.layer_modules:
+            return self.layer_modules[layer.name](x)
+        if layer.name in self.functions:
+            return self.functions[layer.name](x)
+        if kind == "activation":
+            return activation(a.get("activation"))(x)
+        if kind == "flatten":
+            return torch.flatten(x, 1)
+        if kind == "add":
+            return sum(inputs[1:], inputs[0])
+        if kind == "multiply":
+            out = inputs[0]
+            for other in inputs[1:]:
+                out = out * other
+            return out
+        if kind == "concat":
+            return torch.cat(inputs, dim=1 + a.get("axis", 0))
+        if kind == "global_pool":
+            dims = list(range(2, x.dim()))
+            out = x.amax(dim=dims, keepdim=True) if a["mode"] == "max" else x.mean(dim=dims, keepdim=True)
+            return out if a.get("keepdims") else torch.flatten(out, 1)
+        if kind == "padding":
+            return F.pad(x, [p for pair in reversed(a["pads"]) for p in pair])
+        if kind == "cropping":
+            index = [slice(None), slice(None)] + [slice(b, x.shape[2 + k] - a)
+                                                  for k, (b, a) in enumerate(a["crops"])]
+            return x[tuple(index)]
+        if kind == "upsampling":
+            return F.interpolate(x, scale_factor=tuple(float(s) for s in a["size"]), mode="nearest")
+        raise UnsupportedError(f"layer {layer.name!r} of kind {kind} ({layer.source_class}) cannot be run in torch",
+                               fix="Validate this model layer by layer instead")
+
+
+def canonical_state_dict(model: Model) -> dict[str, torch.Tensor]:
+    """The torch target's state_dict straight from the canonical tensors."""
+    from weightport.core.options import WriteOptions
+    from weightport.core.plan import make_plan
+    return {p.key: numpy_to_tensor(torch, p.load()) for p in make_plan(model, "torch", WriteOptions()).tensors}
+
+
+def spatial_pattern(rank: int) -> tuple[str, str]:
+    """(channels-last, channels-first) batch patterns for a tensor with ``rank`` spatial axes."""
+    spatial = ["d", "h", "w"][3 - rank:]
+    return " ".join(["n"] + spatial + ["c"]), " ".join(["n", "c"] + spatial)
+
+
+def onnx_rnn_input(model: Model) -> bool:
+    """True when an ONNX graph's input goes straight into an LSTM/GRU, which takes (seq, batch, features)."""
+    first = model.layers[0] if model.layers else None
+    return (model.source.format == "onnx" and first is not None and first.kind == "input"
+            and any(layer.kind in SEQUENCE_CONSUMERS and first.name in layer.inputs for layer in model.layers))
+
+
+def onnx_rnn_output(model: Model) -> bool:
+    """True when an ONNX graph ends with an LSTM/GRU, whose ``Y`` is (seq, directions, batch, hidden)."""
+    return model.source.format == "onnx" and bool(model.layers) and model.layers[-1].kind in SEQUENCE_CONSUMERS
+
+
+def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
+    """A source-layout input batch as the canonical module takes it: channels-first, batch-first
+    ((seq, batch, features) of an ONNX LSTM/GRU input becomes (batch, seq, features))."""
+    if onnx_rnn_input(model) and array.ndim == 3:
+        return relayout(array, Layout("t n f"), Layout("n t f"))
+    if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
+            and input_kind(model) == "map"):
+        last, channels_first = spatial_pattern(array.ndim - 2)
+        return relayout(array, Layout(last), Layout(channels_first))
+    return array
+
+
+def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
+    """A canonical (channels-first, batch-first) output batch in the source's layout; an ONNX LSTM/GRU's
+    (batch, seq, [directions,] hidden) becomes its ``Y``, (seq, directions, batch, hidden)."""
+    if onnx_rnn_output(model) and array.ndim in (3, 4):
+        apart = array if array.ndim == 4 else array[:, :, np.newaxis, :]
+        return relayout(apart, Layout("n t d u"), Layout("t d n u"))
+    if (model.source.details.get("data_format") == "channels_last" and array.ndim >= 3
+            and value_kinds(model).get(model.layers[-1].name) == "map"):
+        last, channels_first = spatial_pattern(array.ndim - 2)
+        return relayout(array, Layout(channels_first), Layout(last))
+    return array
+
+
+def spatial_input(model: Model) -> bool:
+    return any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
+               for layer in model.layers)

@@ -1,0 +1,236 @@
+"""safetensors files, read and written in plain NumPy (no torch, no safetensors package needed).
+
+Format: 8-byte little-endian header length N, N bytes of JSON header
+(``{"__metadata__": {str: str}, key: {"dtype", "shape", "data_offsets"}}``,
+padded with spaces to a multiple of 8), then the tensors' little-endian bytes
+back to back.  The reader enforces the safetensors rules: bounded header,
+known dtypes, offsets contiguous, in bounds and covering the buffer exactly.
+The writer streams one tensor at a time after the header.
+
+weightport stores the canonical graph in ``__metadata__["weightport.graph"]``
+so a file it wrote reads back with kinds, attributes and layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from typing import Any
+
+import numpy as np
+
+from weightport.core.atomic import atomic_path
+from weightport.core.describe import graph_metadata
+from weightport.core.dtypes import BFLOAT16, bfloat16, is_bfloat16
+from weightport.core.errors import BadInputError, WeightportError
+from weightport.core.layout import Layout, materialize
+from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
+from weightport.core.options import ReadOptions, WriteOptions
+from weightport.core.plan import make_plan
+from weightport.core.progress import Progress
+from weightport.core.streaming import write_bytes, write_in_background
+
+NAME = "safetensors"
+DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
+EXTENSIONS = (".safetensors",)
+
+MAX_HEADER = 100 * 1024 * 1024
+DTYPES: dict[str, str] = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+    "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?", "BF16": BFLOAT16,
+}
+CODES: dict[str, str] = {np.dtype(v).str.replace("|", "<"): k for k, v in DTYPES.items() if v != BFLOAT16}
+
+
+def numpy_dtype(code: str) -> np.dtype:
+    """NumPy dtype of a safetensors dtype code (``BF16`` needs ml_dtypes, imported only then)."""
+    return bfloat16() if code == "BF16" else np.dtype(DTYPES[code])
+
+
+def itemsize(code: str) -> int:
+    return 2 if code == "BF16" else np.dtype(DTYPES[code]).itemsize
+
+
+def dtype_code(dtype: np.dtype) -> str:
+    """safetensors dtype code of a NumPy dtype (``float32`` -> ``F32``, ml_dtypes ``bfloat16`` -> ``BF16``)."""
+    if is_bfloat16(dtype):
+        return "BF16"
+    key = np.dtype(dtype).newbyteorder("<").str.replace("|", "<")
+    if key not in CODES:
+        raise BadInputError(f"dtype {np.dtype(dtype)} cannot be stored in safetensors",
+                            fix="Convert the tensor to a float or integer dtype")
+    return CODES[key]
+
+
+def sniff(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < MAX_HEADER
+
+
+def read_header(path: str) -> tuple[dict[str, Any], int]:
+    """The validated header and the offset of the data buffer."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise BadInputError("safetensors file shorter than its 8-byte header length", path=path,
+                                fix="The file is truncated; write it again")
+        length = struct.unpack("<Q", head)[0]
+        if length > MAX_HEADER or 8 + length > size:
+            raise BadInputError(f"safetensors header length {length} is larger than allowed or than the file",
+                                path=path, fix="The file is truncated or not safetensors")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise BadInputError("safetensors header is not valid JSON", path=path,
+                            fix="The file is damaged; write it again") from None
+    if not isinstance(header, dict):
+        raise BadInputError("safetensors header is not a JSON object", path=path, fix="Write the file again")
+    check_entries(header, size - 8 - length, path)
+    return header, 8 + length
+
+
+def check_entries(header: dict[str, Any], buffer_size: int, path: str) -> None:
+    """Every entry well-formed, offsets contiguous from 0 and covering the buffer exactly."""
+    spans = []
+    for key, entry in header.items():
+        if key == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise BadInputError("safetensors __metadata__ must map strings to strings", path=path,
+                                    fix="Write the file again")
+            continue
+        if (not isinstance(entry, dict) or entry.get("dtype") not in DTYPES
+                or not isinstance(entry.get("shape"), list)
+                or not all(isinstance(n, int) and n >= 0 for n in entry["shape"])
+                or not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2
+                or not all(isinstance(n, int) for n in entry["data_offsets"])):
+            raise BadInputError(f"safetensors entry {key!r} is malformed", path=path, fix="Write the file again")
+        begin, end = entry["data_offsets"]
+        expected = math.prod(entry["shape"]) * itemsize(entry["dtype"])
+        if end - begin != expected:
+            raise BadInputError(f"safetensors entry {key!r} declares {end - begin} bytes for shape "
+                                f"{entry['shape']} ({expected} needed)", path=path, fix="Write the file again")
+        spans.append((begin, end, key))
+    position = 0
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise BadInputError(f"safetensors entry {key!r} is not contiguous with the previous one", path=path,
+                                fix="Write the file again")
+        position = end
+    if position != buffer_size:
+        raise BadInputError(f"safetensors data buffer is {buffer_size} bytes but entries cover {position}",
+                            path=path, fix="The file is truncated or padded; write it again")
+
+
+def read(path: str, options: ReadOptions) -> Model:
+    """Read a safetensors file; a weightport-written file regains its graph from the metadata."""
+    header, data_start = read_header(path)
+    metadata = header.get("__metadata__", {})
+    graph = graph_from_metadata(metadata, path)
+    model = Model(SourceInfo(path, NAME, metadata.get("weightport.version"), None,
+                             {"written_by_weightport": graph is not None}))
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    tensors = {key: file_tensor(path, key, entry, data_start) for key, entry in entries.items()}
+    if graph is not None:
+        model.has_architecture = True
+        for spec in graph["layers"]:
+            layer = Layer(spec["name"], spec["kind"], spec["attrs"], {}, spec["inputs"], spec.get("class"),
+                          output_shape=tuple(spec["output_shape"]) if spec.get("output_shape") else None)
+            for param, layout in spec["params"].items():
+                tensor = tensors.pop(f"{layer.name}.{param}", None)
+                if tensor is not None:
+                    tensor.name = param
+                    tensor.layout = Layout(layout["layout"], layout["semantics"])
+                    tensor.provenance = Provenance(tensor.provenance.source_key, layout["layout"], layout["semantics"])
+                    layer.tensors[param] = tensor
+            model.layers.append(layer)
+    for key, tensor in tensors.items():
+        layer_name, _, param = key.rpartition(".")
+        layer_name = layer_name or key
+        try:
+            layer = model.layer(layer_name)
+        except KeyError:
+            layer = Layer(layer_name, "other")
+            model.layers.append(layer)
+        tensor.name = param or key
+        layer.tensors[tensor.name] = tensor
+    return model
+
+
+def graph_from_metadata(metadata: dict[str, str], path: str) -> dict[str, Any] | None:
+    """The canonical graph weightport stored in the header, checked for the fields the reader uses."""
+    if "weightport.graph" not in metadata:
+        return None
+    try:
+        graph = json.loads(metadata["weightport.graph"])
+        for spec in graph["layers"]:
+            if not (isinstance(spec["name"], str) and isinstance(spec["kind"], str) and isinstance(spec["attrs"], dict)
+                    and isinstance(spec["inputs"], list) and isinstance(spec["params"], dict)):
+                raise TypeError("bad layer entry")
+            for layout in spec["params"].values():
+                Layout(layout["layout"], layout["semantics"])
+    except (ValueError, KeyError, TypeError, WeightportError) as error:
+        raise BadInputError(f"weightport graph metadata is damaged ({type(error).__name__})", path=path,
+                            fix="Write the file again") from None
+    return graph
+
+
+def file_tensor(path: str, key: str, entry: dict[str, Any], data_start: int) -> Tensor:
+    """A lazy tensor reading its bytes from the file with a memory map."""
+    dtype = numpy_dtype(entry["dtype"])
+    shape = tuple(entry["shape"])
+    offset = data_start + entry["data_offsets"][0]
+
+    def read_array() -> np.ndarray:
+        if math.prod(shape) == 0:
+            return np.zeros(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+    pattern = " ".join(f"a{k}" for k in range(len(shape))) if shape else ""
+    return Tensor(key, shape, dtype, Layout(pattern), Provenance(key, pattern), read_array)
+
+
+def header_bytes(header: dict[str, Any]) -> bytes:
+    """Serialized header padded with spaces to a multiple of 8, preceded by its length."""
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-(8 + len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Write the torch-target plan of ``model`` to ``path``, streaming one tensor at a time."""
+    plan = make_plan(model, "torch", options)
+    metadata = {"format": "pt", "weightport.graph": json.dumps(graph_metadata(model), separators=(",", ":"))}
+    metadata.update(options.metadata)
+    if plan.warnings:
+        metadata["weightport.warnings"] = json.dumps(plan.warnings)
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for item in plan.tensors:
+        header[item.key] = {"dtype": dtype_code(item.dtype), "shape": list(item.shape),
+                            "data_offsets": [offset, offset + item.nbytes]}
+        offset += item.nbytes
+    with atomic_path(path, options.force) as temporary, Progress(f"writing {os.path.basename(path)}", offset,
+                                                                options.quiet) as progress:
+        with open(temporary, "wb") as handle:
+            handle.write(header_bytes(header))
+            for item in plan.tensors:
+                counted = [0]
+
+                def write_block(block: np.ndarray) -> None:
+                    little = materialize(block.astype(block.dtype.newbyteorder("<"), copy=False))
+                    counted[0] += write_bytes(handle, little)
+
+                write_in_background(item.blocks(), write_block)
+                written = counted[0]
+                if written != item.nbytes:
+                    raise BadInputError(f"tensor {item.key} came out as {written} bytes, planned {item.nbytes}")
+                progress.advance(item.key, written)
+    return plan.warnings
