@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from weightport.core.layout import Layout, copy_blocks, elementary_view  # noqa: E402
+from weightport.core.layout import elementary_view, Layout  # noqa: E402
+from weightport.core.blocks import copy_blocks  # noqa: E402
 
 
 def best_of(repeat: int, run: Callable[[], str]) -> tuple[float, str]:

@@ -14,7 +14,7 @@ from weightport.api import ConversionResult, convert, load, save
 from weightport.core.errors import WeightportError
 from weightport.core.model import Layer, Model, Tensor
 
-__version__ = "0.1.0"
+from weightport.core.version import __version__
 
 __all__ = ["ConversionResult", "Layer", "Model", "Tensor", "WeightportError", "convert", "load", "save",
            "__version__"]

@@ -13,7 +13,7 @@ import sys
 import traceback
 from typing import Any, Sequence
 
-from weightport import __version__
+from weightport.core.version import __version__
 from weightport.core.errors import BadInputError, UsageError, WeightportError
 
 TARGET_CHOICES = ("torch", "keras", "onnx", "npz", "java", "raw", "theano")

@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from weightport.core.errors import LayoutError
-from weightport.core.layout import (
-    CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, THEANO_PATTERNS, Layout, Relayout,
-    ReorderBlocks, concat_blocks, flip_axes, parse_pattern, relayout, reorder_blocks, target_shape,
-)
+from weightport.core.layout import (CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, Layout, concat_blocks, flip_axes,
+                                    parse_pattern, relayout, reorder_blocks, target_shape)
+from weightport.core.steps import Relayout, ReorderBlocks
+from weightport.formats.keras.patterns import KERAS_PATTERNS, KERAS_TH_PATTERNS
 
 SETTINGS = settings(max_examples=80, deadline=None, derandomize=True)
 AXES = ["o", "i", "d", "h", "w"]
@@ -116,7 +116,7 @@ def test_every_named_pattern_parses_and_round_trips():
         known = {k: v for k, v in sizes.items() if k in Layout(pattern).axes}
         there = relayout(array, Layout(pattern), Layout(canonical), known)
         assert np.array_equal(relayout(there, Layout(canonical), Layout(pattern), known), array), role
-    for pattern in THEANO_PATTERNS.values():
+    for pattern in KERAS_TH_PATTERNS.values():
         assert Layout(pattern).axes
 
 
@@ -163,7 +163,7 @@ def strided_views(draw):
 @given(strided_views())
 def test_copy_blocks_writes_exactly_numpys_c_order_bytes(case):
     """Blocks concatenated == numpy's own C-order copy, for any view and any block size (multi-block too)."""
-    from weightport.core.layout import copy_blocks
+    from weightport.core.blocks import copy_blocks
     view, block_bytes = case
     pieces = [np.ascontiguousarray(block).tobytes() for block in copy_blocks(view, block_bytes)]
     assert b"".join(pieces) == np.ascontiguousarray(view).tobytes()
@@ -171,7 +171,8 @@ def test_copy_blocks_writes_exactly_numpys_c_order_bytes(case):
 
 def test_compose_relayouts_equals_the_chain_step_by_step():
     """Keras HWIO -> canonical OIHW (flip) -> Theano OIHW (flip back): one composed view, same bytes."""
-    from weightport.core.layout import compose_relayouts, elementary_view
+    from weightport.core.layout import elementary_view
+    from weightport.core.steps import compose_relayouts
     kernel = np.random.default_rng(5).standard_normal((3, 2, 4, 5)).astype(np.float32)
     steps = (Relayout(Layout("h w i o", "convolution"), Layout("o i h w", "correlation")),
              Relayout(Layout("o i h w", "correlation"), Layout("o i h w", "convolution")))
@@ -185,7 +186,7 @@ def test_compose_relayouts_equals_the_chain_step_by_step():
                                           ((49, 61, 83), (2, 1, 0))])
 def test_copy_blocks_split_over_threads_keeps_every_tile_in_place(shape, order):
     """Views whose blocks span many tiles (odd counts, so the two threads' shares differ): same bytes as NumPy."""
-    from weightport.core.layout import copy_blocks
+    from weightport.core.blocks import copy_blocks
     array = np.random.default_rng(11).standard_normal(shape).astype(np.float32)
     view = array.transpose(order)[::-1]
     for block_bytes in (4096, 65536, 1 << 20):

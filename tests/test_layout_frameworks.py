@@ -14,8 +14,8 @@ import tensorflow as tf
 import torch
 import torch.nn.functional as F
 
-from weightport.core.layout import (CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, KERAS_PATTERNS, Layout, relayout,
-                              reorder_blocks)
+from weightport.core.layout import CANONICAL_PATTERNS, CONVOLUTION, CORRELATION, Layout, relayout, reorder_blocks
+from weightport.formats.keras.patterns import KERAS_PATTERNS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 RNG = np.random.default_rng(2026)

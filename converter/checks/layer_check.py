@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightport.core.layout import CONVOLUTION, Layout, flip_axes, relayout, reorder_blocks
+from weightport.core.layout import CONVOLUTION, flip_axes, Layout, relayout, reorder_blocks
 from weightport.core.model import Layer, Model
 from weightport.checks.validate import Check, compare
 

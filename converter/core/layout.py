@@ -25,18 +25,17 @@ over its spatial axes).  Tensors that are not convolution kernels have
 semantics ``none``.  Changing semantics flips every spatial axis.
 
 Everything here is plain NumPy.  Flips are views; the permutation is the one
-copy, made by :func:`materialize`.
+copy, made by :func:`materialize`.  Transform steps built on this algebra are in
+:mod:`weightport.core.steps`, the block-by-block copy engine in
+:mod:`weightport.core.blocks`; each framework's named layouts live in its
+folder under ``weightport.formats`` (the canonical ones are here).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -216,106 +215,6 @@ def relayout(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, int] 
     return materialize(relayout_view(array, src, dst, known))
 
 
-def copy_blocks(view: np.ndarray, block_bytes: int = 8 << 20) -> Iterator[np.ndarray]:
-    """The bytes of ``materialize(view)`` as a sequence of C-contiguous blocks of about ``block_bytes``.
-
-    ``view`` is any strided view (permuted, flipped, over a memory map); the
-    blocks follow axis 0 (recursing into axis 1, ... when one slice along axis
-    0 is larger than ``block_bytes``), so writing them one after another
-    writes the C-order array.  Every block is a view of one of :data:`RING`
-    reused buffers and is valid until ``RING - 1`` more blocks are produced
-    (room for a writer thread, see :mod:`weightport.core.streaming`): memory stays
-    at about ``(RING + 1) * block_bytes`` whatever the size of ``view``.  A view that is
-    already C-contiguous is yielded as it is.
-    """
-    if view.ndim == 0 or view.size == 0 or view.flags.c_contiguous:
-        yield view
-        return
-    row_bytes = view[0].nbytes
-    if row_bytes > block_bytes and view.ndim > 1:
-        for row in view:
-            yield from copy_blocks(row, block_bytes)
-        return
-    rows = max(1, min(view.shape[0], block_bytes // max(row_bytes, 1)))
-    buffers = block_buffers(max(block_bytes, row_bytes))
-    for start in range(0, view.shape[0], rows):
-        yield buffers.copy(view[start:start + rows])
-
-
-TILE_ELEMENTS = 1 << 14
-RING = 3
-_SHARED: list["BlockBuffers"] = []
-
-
-def block_buffers(nbytes: int) -> "BlockBuffers":
-    """The process's shared :class:`BlockBuffers`, grown to ``nbytes`` when a caller needs more."""
-    if not _SHARED or _SHARED[0].nbytes < nbytes:
-        _SHARED[:] = [BlockBuffers(nbytes)]
-    return _SHARED[0]
-
-
-class BlockBuffers:
-    """:data:`RING` output buffers used in turn and one scratch buffer, shared by every tensor of a
-    conversion (fresh memory costs a page fault per 4 KiB on first touch, so it is made once)."""
-
-    def __init__(self, nbytes: int) -> None:
-        self.nbytes = nbytes
-        self.ring = [np.empty(nbytes, np.uint8) for _ in range(RING)]
-        self.turn = 0
-        self.scratch = np.empty(nbytes, np.uint8)
-
-    def copy(self, part: np.ndarray) -> np.ndarray:
-        """``part`` as a C-contiguous array in the output buffer, by a cache-friendly two-stage transpose.
-
-        Stage 1 moves the axis that is contiguous in the source (smallest
-        stride) last, so the source is read in runs; stage 2 is a tiled 2-D
-        transpose of ``(P, M, S)`` into ``(P, S, M)`` that stays in cache.
-        """
-        self.turn = (self.turn + 1) % RING
-        out = self.ring[self.turn][:part.nbytes].view(part.dtype).reshape(part.shape)
-        strides = [abs(st) if n > 1 else np.inf for st, n in zip(part.strides, part.shape)]
-        axis = int(np.argmin(strides))
-        if axis == part.ndim - 1 or strides[axis] == np.inf:
-            np.copyto(out, part)
-            return out
-        moved = np.moveaxis(part, axis, -1)
-        staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
-        half = moved.shape[0] // 2
-        threads = COPY_THREADS if part.nbytes >= PARALLEL_MIN_BYTES else 1
-        in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)], threads)
-        p, s = math.prod(part.shape[:axis]), part.shape[axis]
-        m = part.size // max(p * s, 1)
-        src3, dst3 = staged.reshape(p, m, s), out.reshape(p, s, m)
-        tile_m = max(1, min(m, TILE_ELEMENTS // s))
-        tile_p = max(1, TILE_ELEMENTS // (tile_m * s))
-        starts = range(0, m, tile_m)
-
-        def transpose_tiles(columns: range) -> None:
-            for p0 in range(0, p, tile_p):
-                for m0 in columns:
-                    dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
-        in_parallel(transpose_tiles, [starts[:len(starts) // 2], starts[len(starts) // 2:]], threads)
-        return out
-
-
-COPY_THREADS = min(2, os.cpu_count() or 1)
-PARALLEL_MIN_BYTES = 1 << 20  # below this, handing work to a thread costs more than the copy
-_POOL: list[ThreadPoolExecutor] = []
-
-
-def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int) -> None:
-    """Run ``job(share)`` for every share, on up to ``threads`` threads (NumPy's copies release the
-    GIL; two threads halve the blocked transpose of ``benchmarks/transpose_strategies.py``)."""
-    if threads < 2 or len(shares) < 2:
-        for share in shares:
-            job(share)
-        return
-    if not _POOL:
-        _POOL.append(ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="weightport-copy"))
-    for result in [_POOL[0].submit(job, share) for share in shares]:
-        result.result()
-
-
 def reorder_blocks(array: np.ndarray, axis: int, src_order: str, dst_order: str) -> np.ndarray:
     """Reorder equal blocks along ``axis``: gate blocks of an RNN, for example.
 
@@ -340,141 +239,9 @@ def concat_blocks(arrays: list[np.ndarray], axis: int = -1) -> np.ndarray:
     return materialize(np.concatenate(arrays, axis=axis))
 
 
-@dataclass(frozen=True)
-class Relayout:
-    """A transform step: rearrange from ``src`` to ``dst`` (flipping if semantics differ)."""
-
-    src: Layout
-    dst: Layout
-    known: tuple[tuple[str, int], ...] = field(default=())
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        return relayout(array, self.src, self.dst, dict(self.known))
-
-    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return target_shape(shape, self.src.pattern, self.dst.pattern, dict(self.known))
-
-    def inverse(self) -> "Relayout":
-        return Relayout(self.dst, self.src, self.known)
-
-    def is_identity(self) -> bool:
-        return self.src == self.dst
-
-    def describe(self) -> str:
-        parts = []
-        if self.src.pattern.replace(" ", "") != self.dst.pattern.replace(" ", ""):
-            sizes = "".join(f" {k}={v}" for k, v in self.known)
-            parts.append(f"rearrange {self.src.compact()} -> {self.dst.compact()}{sizes}")
-        if self.src.semantics != self.dst.semantics:
-            spatial = ",".join(a.upper() for a in self.src.spatial_axes) or "spatial axes"
-            parts.append(f"flip {spatial} ({self.src.semantics} -> {self.dst.semantics})")
-        return "; ".join(parts) or "no change"
-
-
-def compose_relayouts(steps: tuple[Any, ...]) -> Relayout | None:
-    """One :class:`Relayout` doing what the chain ``steps`` does, or None when the chain has other steps.
-
-    Consecutive steps must meet in the same pattern (the array between them
-    is read as it was written).  Flips compose: two semantics changes cancel.
-    """
-    if not steps or not all(isinstance(step, Relayout) for step in steps):
-        return None
-    for before, after in zip(steps, steps[1:]):
-        if parse_pattern(before.dst.pattern) != parse_pattern(after.src.pattern):
-            return None
-        if before.dst.semantics != after.src.semantics:
-            return None
-    flips = sum(needs_flip(step.src, step.dst) for step in steps) % 2
-    first, last = steps[0].src, steps[-1].dst
-    known: dict[str, int] = {}
-    for step in steps:
-        known.update(dict(step.known))
-    if first.semantics == NO_SEMANTICS or last.semantics == NO_SEMANTICS:
-        semantics = (first.semantics, first.semantics)
-    else:
-        other = CONVOLUTION if first.semantics == CORRELATION else CORRELATION
-        semantics = (first.semantics, other if flips else first.semantics)
-    return Relayout(Layout(first.pattern, semantics[0]), Layout(last.pattern, semantics[1]), tuple(sorted(known.items())))
-
-
-@dataclass(frozen=True)
-class ReorderBlocks:
-    """A transform step: reorder gate blocks along ``axis`` (see :func:`reorder_blocks`)."""
-
-    axis: int
-    src_order: str
-    dst_order: str
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        return reorder_blocks(array, self.axis, self.src_order, self.dst_order)
-
-    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(shape)
-
-    def inverse(self) -> "ReorderBlocks":
-        return ReorderBlocks(self.axis, self.dst_order, self.src_order)
-
-    def is_identity(self) -> bool:
-        return self.src_order == self.dst_order
-
-    def describe(self) -> str:
-        return f"reorder gate blocks on axis {self.axis}: {self.src_order} -> {self.dst_order}"
-
-
-@dataclass(frozen=True)
-class TakeIndex:
-    """A transform step: the sub-array at ``index`` of the leading axis (e.g. one row of a stacked bias)."""
-
-    index: int
-    count: int
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        if array.shape[0] != self.count:
-            raise LayoutError(f"expected {self.count} stacked arrays, found leading axis {array.shape[0]}")
-        return array[self.index]
-
-    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        return tuple(shape[1:])
-
-    def inverse(self) -> "TakeIndex":
-        raise LayoutError("taking one of stacked arrays cannot be inverted on its own")
-
-    def is_identity(self) -> bool:
-        return False
-
-    def describe(self) -> str:
-        return f"take [{self.index}] of {self.count} stacked arrays"
-
-
-def write_back(stored: np.ndarray, steps: tuple[Any, ...], value: np.ndarray) -> np.ndarray:
-    """``stored`` with the part that ``steps`` read out of it replaced by ``value``.
-
-    The inverse of reading a tensor through ``steps``: invertible steps are
-    inverted; a :class:`TakeIndex` puts ``value`` back into its slot of the
-    stacked array (so two canonical tensors read from one stored array, such as
-    ONNX's ``B = [Wb, Rb]``, are written back one after the other).  Returns a
-    new C-contiguous array of ``stored``'s shape; ``stored`` is not modified.
-    """
-    if not steps:
-        if tuple(value.shape) != tuple(stored.shape):
-            raise LayoutError(f"value of shape {tuple(value.shape)} does not fit stored shape {tuple(stored.shape)}")
-        return materialize(np.asarray(value))
-    *head, last = steps
-    if isinstance(last, TakeIndex):
-        before = stored
-        for step in head:
-            before = step.apply(before)
-        stack = np.array(before, copy=True)
-        stack[last.index] = value
-        value = stack
-    else:
-        value = last.inverse().apply(value)
-    return write_back(stored, tuple(head), value)
-
-
-# Named layouts of every framework this project speaks, by (framework, tensor role).
-# Spatial rank is part of the role ("conv2d").  Semantics of the framework's op
-# is attached by the rules table (weightport.core.rules), not here.
+# The canonical (PyTorch/ONNX) layout of every tensor role.  Spatial rank is part of
+# the role ("conv2d").  Each framework names its own layouts by the same roles in its
+# folder (weightport.formats.keras.patterns); semantics come from weightport.core.rules.
 CANONICAL_PATTERNS: dict[str, str] = {
     "conv1d": "o i w",
     "conv2d": "o i h w",
@@ -490,43 +257,8 @@ CANONICAL_PATTERNS: dict[str, str] = {
     "dense": "o i",
 }
 
-KERAS_PATTERNS: dict[str, str] = {
-    "conv1d": "w i o",
-    "conv2d": "h w i o",
-    "conv3d": "d h w i o",
-    "conv_transpose1d": "w o i",
-    "conv_transpose2d": "h w o i",
-    "conv_transpose3d": "d h w o i",
-    "depthwise1d": "w i m",
-    "depthwise2d": "h w i m",
-    "depthwise3d": "d h w i m",
-    "pointwise1d": "1 i o",
-    "pointwise2d": "1 1 i o",
-    "dense": "i o",
-}
-
-# Keras 1 with dim_ordering='th' (Theano-style) and Theano/Lasagne arrays.
-THEANO_PATTERNS: dict[str, str] = {
-    "conv1d": "o i w",
-    "conv2d": "o i h w",
-    "conv3d": "o i d h w",
-    "conv_transpose2d": "i o h w",
-    "dense": "i o",
-}
-
-
 def conv_role(kind: str, rank: int) -> str:
     """Role key of a kernel: ``conv_role("conv", 2) == "conv2d"``."""
     if rank not in (1, 2, 3):
         raise LayoutError(f"convolutions of spatial rank {rank} are not supported (1, 2 or 3)")
     return f"{kind}{rank}d"
-
-
-def hwio_to_oihw(kernel: np.ndarray, semantics_from: str = CORRELATION, semantics_to: str = CORRELATION) -> np.ndarray:
-    """Keras Conv2D kernel (kh, kw, in, out) -> PyTorch weight (out, in, kh, kw)."""
-    return relayout(kernel, Layout("h w i o", semantics_from), Layout("o i h w", semantics_to))
-
-
-def oihw_to_hwio(weight: np.ndarray, semantics_from: str = CORRELATION, semantics_to: str = CORRELATION) -> np.ndarray:
-    """PyTorch weight (out, in, kh, kw) -> Keras Conv2D kernel (kh, kw, in, out)."""
-    return relayout(weight, Layout("o i h w", semantics_from), Layout("h w i o", semantics_to))

@@ -33,7 +33,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from weightport.core.layout import materialize, CORRELATION, NO_SEMANTICS, Layout
+from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS
 
 WEIGHTED_KINDS = (
     "conv", "conv_transpose", "depthwise", "separable", "dense", "batchnorm",

@@ -16,7 +16,9 @@ from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import UnsupportedError, UsageError
 from collections.abc import Iterator
 
-from weightport.core.layout import NO_SEMANTICS, Layout, Relayout, compose_relayouts, copy_blocks, elementary_view, materialize
+from weightport.core.layout import elementary_view, Layout, materialize, NO_SEMANTICS
+from weightport.core.steps import compose_relayouts, Relayout
+from weightport.core.blocks import copy_blocks
 from weightport.core.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
 from weightport.core.options import WriteOptions
 from weightport.core.shapes import asymmetric_padding

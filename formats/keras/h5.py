@@ -23,7 +23,8 @@ import numpy as np
 from weightport.core.dtypes import widened
 from weightport.core.errors import BadInputError, UnsupportedError, WeightportError
 from weightport.core.atomic import atomic_path
-from weightport.core.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, concat_blocks, Layout, Relayout, ReorderBlocks, TakeIndex
+from weightport.core.layout import concat_blocks, CONVOLUTION, CORRELATION, Layout, NO_SEMANTICS
+from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.core.plan import make_plan, note_bfloat16_widened, plan_by_layer

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from weightport.core.layout import CANONICAL_PATTERNS, KERAS_PATTERNS, THEANO_PATTERNS, conv_role
+from weightport.core.layout import CANONICAL_PATTERNS, conv_role
+from weightport.formats.keras.patterns import KERAS_PATTERNS, KERAS_TH_PATTERNS
 
 CONV_KINDS: dict[str, tuple[str, int]] = {}
 for _rank in (1, 2, 3):
@@ -132,11 +133,11 @@ def kernel_patterns(role: str, data_format: str, keras_major: int | None, ndim: 
         # Keras 1 Deconvolution2D kept Convolution2D's W_shape: (nb_filter, stack, rows, cols) for 'th',
         # (rows, cols, stack, nb_filter) for 'tf' (keras 1.2 layers/convolutional.py l.425-428).
         plain = role.replace("conv_transpose", "conv")
-        source = THEANO_PATTERNS[plain] if data_format == "channels_first" else KERAS_PATTERNS[plain]
+        source = KERAS_TH_PATTERNS[plain] if data_format == "channels_first" else KERAS_PATTERNS[plain]
         return source, CANONICAL_PATTERNS[role]
     source = KERAS_PATTERNS[role]
-    if keras_major == 1 and data_format == "channels_first" and role in THEANO_PATTERNS and role != "dense":
-        source = THEANO_PATTERNS[role]
+    if keras_major == 1 and data_format == "channels_first" and role in KERAS_TH_PATTERNS and role != "dense":
+        source = KERAS_TH_PATTERNS[role]
     return source, CANONICAL_PATTERNS[role]
 
 
@@ -163,7 +164,8 @@ def keras_plan(model, options):
     Dense rows after a Flatten of a map are reordered C,H,W -> H,W,C.
     """
     from weightport.core.errors import UnsupportedError
-    from weightport.core.layout import CORRELATION, Layout, Relayout, ReorderBlocks
+    from weightport.core.layout import CORRELATION, Layout
+    from weightport.core.steps import Relayout, ReorderBlocks
     from weightport.core.model import is_bidirectional
     from weightport.core.plan import Plan, PlannedTensor
     from weightport.core.shapes import flatten_patterns, flattened_map_shape

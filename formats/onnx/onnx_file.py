@@ -30,7 +30,8 @@ from weightport.core.atomic import atomic_path, check_can_write
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, UsageError,
                               WeightportError)
-from weightport.core.layout import NO_SEMANTICS, CORRELATION, Layout, Relayout, ReorderBlocks, TakeIndex, write_back
+from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
+from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.core.layout import CANONICAL_PATTERNS, conv_role
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
 from weightport.core.options import ReadOptions, WriteOptions

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from weightport.core.errors import AmbiguousSemanticsError, BadInputError, UsageError, WeightportError
-from weightport.core.layout import CONVOLUTION, CORRELATION, NO_SEMANTICS, Layout, Relayout, concat_blocks, conv_role
+from weightport.core.layout import concat_blocks, conv_role, CONVOLUTION, CORRELATION, Layout, NO_SEMANTICS
+from weightport.core.steps import Relayout
 from weightport.core.layout import CANONICAL_PATTERNS
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions

@@ -18,7 +18,8 @@ from weightport.core.dtypes import widened
 from weightport.core.atomic import atomic_path, check_can_write
 from weightport.core.describe import jsonable
 from weightport.core.errors import UnsupportedError
-from weightport.core.layout import CONVOLUTION, NO_SEMANTICS, Layout, Relayout
+from weightport.core.layout import CONVOLUTION, Layout, NO_SEMANTICS
+from weightport.core.steps import Relayout
 from weightport.core.model import Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, note_bfloat16_widened, torch_plan
