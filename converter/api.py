@@ -19,7 +19,7 @@ from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
 from weightport.core.model import Model
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.formats import reader_for, writer_for
+from weightport.formats import FormatEntry, check_target_options, entry, reader_for, writer_for
 
 
 @dataclass
@@ -43,21 +43,32 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if os.path.isdir(path):
         raise UsageError("is a folder, not a model file", path=path, fix="Give the model file itself")
     options = ReadOptions(assume_backend, source_semantics, spec)
-    from weightport.formats import entry
     chosen = entry(format) if format else reader_for(path)
     try:
-        return chosen.load().read(path, options)
+        return chosen.reader_module().read(path, options)
     except WeightportError as error:
         raise error.with_path(path)
 
 
 def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
          rename: dict[str, str] | None = None, **write_options: object) -> ConversionResult:
-    """Write ``model`` to ``path`` for target ``to`` (default: from the extension)."""
+    """Write ``model`` to ``path`` for target ``to`` (default: from the extension).
+
+    Options that ``to`` does not take are refused, never ignored.  The result's warnings are the
+    reader's (kept on ``model``) followed by the writer's, each once.
+    """
+    writer, options = writer_and_options(path, to, force, rename, write_options)
+    warnings = writer.writer_module().write(model, path, options)
+    return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + list(warnings or []))))
+
+
+def writer_and_options(path: str, to: str | None, force: bool, rename: dict[str, str] | None,
+                       write_options: dict[str, object]) -> tuple[FormatEntry, WriteOptions]:
+    """The writer for ``path``/``to`` and its options, target-specific options checked against the target."""
     writer = writer_for(path, to)
     options = WriteOptions(force=force, rename=dict(rename or {}), **write_options)  # type: ignore[arg-type]
-    warnings = writer.load().write(model, path, options)
-    return ConversionResult([path], list(warnings or []))
+    check_target_options(writer.target or "", options)
+    return writer, options
 
 
 def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
@@ -71,7 +82,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     (see :func:`validate_conversion`), and moved into place only when it passes; otherwise
     nothing is written and :class:`weightport.core.errors.ValidationFailed` is raised.
     """
-    writer_for(dst, to)  # fail on a bad target before reading anything
+    writer_and_options(dst, to, force, rename, write_options)  # fail on a bad target or option before reading
     check_can_write(dst, force)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
     if fail_on_nonfinite:

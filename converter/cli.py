@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 from weightport.core.version import __version__
 from weightport.core.errors import BadInputError, UsageError, WeightportError
+from weightport.formats import target_names
 
-TARGET_CHOICES = ("torch", "keras", "onnx", "npz", "java", "raw", "theano")
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert SRC to DST for a target framework")
     convert.add_argument("src", metavar="SRC", help="model or weights file to read")
     convert.add_argument("-o", "--output", required=True, metavar="DST", help="output file")
-    convert.add_argument("--to", choices=TARGET_CHOICES, help="target framework (default: from DST's extension)")
+    convert.add_argument("--to", choices=target_names(), help="target framework (default: from DST's extension)")
     add_read_options(convert)
     convert.add_argument("--target-semantics", choices=("convolution", "correlation"),
                          help="semantics the target's kernels must have (default: the target framework's own)")
@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
     explain.add_argument("src", metavar="SRC", help="model or weights file")
-    explain.add_argument("--to", choices=TARGET_CHOICES, default="torch", help="target framework (default torch)")
+    explain.add_argument("--to", choices=target_names(), default="torch", help="target framework (default torch)")
     add_read_options(explain)
+    explain.add_argument("--template", metavar="MODEL.onnx",
+                         help="for --to onnx: the template whose weights a conversion would replace")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input)")
@@ -189,15 +191,7 @@ def command_inspect(args: argparse.Namespace) -> int:
 def command_convert(args: argparse.Namespace) -> int:
     from weightport.api import convert
     from weightport.core.errors import ValidationFailed
-    from weightport.formats import writer_for
     check_pair(args)
-    raw_only = [flag for flag, value in (("--dtype", args.dtype), ("--byte-order", args.byte_order),
-                                         ("--layout", args.layout), ("--emit-forward", args.emit_forward)) if value]
-    if args.template and writer_for(args.output, args.to).target != "onnx":
-        raise UsageError("--template only applies to the ONNX target", fix="Add --to onnx, or drop --template")
-    if raw_only and writer_for(args.output, args.to).target not in ("raw", "java"):
-        raise UsageError(f"{', '.join(raw_only)} only apply to the plain-array targets",
-                         fix="Add --to raw or --to java, or drop those options")
     try:
         result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
                          strict_against=args.strict_against,
@@ -222,9 +216,11 @@ def command_convert(args: argparse.Namespace) -> int:
 def command_explain(args: argparse.Namespace) -> int:
     from weightport.api import load
     from weightport.core.options import WriteOptions
-    from weightport.core.plan import make_plan
+    from weightport.formats import check_target_options, make_plan
+    options = WriteOptions(template=args.template)
+    check_target_options(args.to, options)
     model = load(args.src, **read_options(args))
-    plan = make_plan(model, args.to, WriteOptions())
+    plan = make_plan(model, args.to, options)
     rows = [{"key": p.key, "layer": p.layer.name, "kind": p.layer.kind, "shape": list(p.shape),
              "stored": p.tensor.provenance.source_layout, "source_semantics": p.tensor.provenance.source_semantics,
              "target_layout": p.layout.compact(), "target_semantics": p.layout.semantics,

@@ -1,59 +1,139 @@
-"""File formats: one module each, registered in :data:`FORMATS`.
+"""The registry: every file format weightport reads or writes and every ``--to`` target, in two tables.
 
-Every module exposes the same small interface::
+Each framework has one folder here (``keras``, ``onnx``, ``torch``, ``theano``, ``numpy``,
+``plain``) holding its readers, writers, planner, layout tables and validation oracle.  This
+module names them; the CLI's choices, default extensions, option gating, ``explain``,
+``weightport formats`` and the docs' format table all derive from :data:`FORMATS` and
+:data:`TARGETS`.  Adding a framework touches its own folder plus one line here.
+
+A reader module exposes::
 
     NAME: str                 # registry name
     DESCRIPTION: str          # one line for `weightport formats` and errors
     EXTENSIONS: tuple[str]    # file extensions it owns, lower case
     sniff(path) -> bool       # cheap check that a file is of this format
-    read(path, ReadOptions) -> weightport.core.model.Model          (readers)
-    write(Model, path, WriteOptions) -> list[str] warnings    (writers)
+    read(path, ReadOptions) -> weightport.core.model.Model
 
-Modules are imported only when used, so reading an HDF5 file never imports
-torch or tensorflow.
+and a writer module ``write(Model, path, WriteOptions) -> list[str]`` (its warnings).  Modules
+are imported only when used (by name, below), so reading an HDF5 file never imports torch or
+tensorflow.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import ModuleType
+from typing import Any, Callable
 
 from weightport.core.errors import UsageError
+from weightport.core.options import WriteOptions
 
 
 @dataclass(frozen=True)
 class FormatEntry:
-    """A registered format: its module, extensions, the --to family it serves, and what it can do."""
+    """A file format: the module that reads it and the one that writes it (either may be None)."""
 
     name: str
-    module: str
+    description: str
     extensions: tuple[str, ...]
     target: str | None
-    reads: bool
-    writes: bool
+    reader: str | None = None
+    writer: str | None = None
 
-    def load(self) -> ModuleType:
-        return importlib.import_module(self.module)
+    @property
+    def reads(self) -> bool:
+        return self.reader is not None
+
+    @property
+    def writes(self) -> bool:
+        return self.writer is not None
+
+    def reader_module(self) -> ModuleType:
+        return importlib.import_module(self.reader or "")
+
+    def writer_module(self) -> ModuleType:
+        return importlib.import_module(self.writer or "")
+
+
+@dataclass(frozen=True)
+class TargetEntry:
+    """A ``--to`` target: its default format, its planner, the options only it takes, how it is checked."""
+
+    name: str
+    description: str
+    default_format: str
+    planner: str                      # "module:function(model, WriteOptions) -> Plan"
+    options: tuple[str, ...] = ()     # WriteOptions fields that only this target (and others listing them) takes
+    renames: bool = False             # honours --rename (targets whose names are fixed by a runtime refuse it)
+    check: str = ""                   # how `weightport validate` checks an output of this target
+
+    def plan(self, model: Any, options: WriteOptions) -> Any:
+        module, _, function = self.planner.partition(":")
+        planner: Callable[..., Any] = getattr(importlib.import_module(module), function)
+        return planner(model, options)
 
 
 FORMATS: tuple[FormatEntry, ...] = (
-    FormatEntry("keras_h5", "weightport.formats.keras.h5", (".h5", ".hdf5"), "keras", reads=True, writes=True),
-    FormatEntry("keras3", "weightport.formats.keras.keras3", (".keras", ".weights.h5"), "keras", reads=True, writes=True),
-    FormatEntry("onnx", "weightport.formats.onnx.onnx_file", (".onnx",), "onnx", reads=True, writes=True),
-    FormatEntry("safetensors", "weightport.formats.torch.safetensors", (".safetensors",), "torch", reads=True, writes=True),
-    FormatEntry("npz", "weightport.formats.numpy.npz", (".npz",), "npz", reads=False, writes=True),
-    FormatEntry("theano_pickle", "weightport.formats.theano.reader", (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano",
-                reads=True, writes=False),
-    FormatEntry("theano", "weightport.formats.theano.writer", (".pkl", ".pickle"), "theano", reads=False, writes=True),
-    FormatEntry("torch_pt", "weightport.formats.torch.pt", (".pt", ".pth"), "torch", reads=True, writes=True),
-    FormatEntry("raw", "weightport.formats.plain.raw", ("",), "raw", reads=False, writes=True),
-    FormatEntry("java", "weightport.formats.plain.java", ("",), "java", reads=False, writes=True),
+    FormatEntry("keras_h5", "Keras HDF5 model or weights (Keras 1, 2, 3; tf.keras)", (".h5", ".hdf5"), "keras",
+                "weightport.formats.keras.h5", "weightport.formats.keras.h5"),
+    FormatEntry("keras3", "Keras 3 .keras archive or .weights.h5", (".keras", ".weights.h5"), "keras",
+                "weightport.formats.keras.keras3", "weightport.formats.keras.keras3"),
+    FormatEntry("onnx", "ONNX model (initializers, Constant nodes, external data)", (".onnx",), "onnx",
+                "weightport.formats.onnx.reader", "weightport.formats.onnx.writer"),
+    FormatEntry("safetensors", "safetensors (PyTorch state_dict)", (".safetensors",), "torch",
+                "weightport.formats.torch.safetensors", "weightport.formats.torch.safetensors"),
+    FormatEntry("npz", "NumPy .npz arrays with a JSON sidecar", (".npz",), "npz",
+                None, "weightport.formats.numpy.npz"),
+    FormatEntry("theano_pickle", "Theano, Lasagne or PyTensor pickle (arrays, shared variables), .npz, .zip",
+                (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano", "weightport.formats.theano.reader", None),
+    FormatEntry("theano", "pickle of Lasagne-order arrays with a spec.json", (".pkl", ".pickle"), "theano",
+                None, "weightport.formats.theano.writer"),
+    FormatEntry("torch_pt", "PyTorch .pt/.pth state_dict (read without running code)", (".pt", ".pth"), "torch",
+                "weightport.formats.torch.pt", "weightport.formats.torch.pt"),
+    FormatEntry("raw", "folder of plain arrays: weights.bin and manifest.json", ("",), "raw",
+                None, "weightport.formats.plain.raw"),
+    FormatEntry("java", "folder of plain arrays with a Java loader (and forward pass)", ("",), "java",
+                None, "weightport.formats.plain.java"),
 )
 
-TARGETS: dict[str, str] = {"torch": "safetensors", "keras": "keras_h5", "npz": "npz", "theano": "theano", "raw": "raw",
-                           "java": "java"}  # --to family -> default format
+PLAIN_ARRAY_OPTIONS = ("dtype", "byte_order", "layout")
+
+TARGETS: tuple[TargetEntry, ...] = (
+    TargetEntry("torch", "PyTorch state_dict", "safetensors", "weightport.formats.torch.plan:torch_plan",
+                ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
+                "whole model in torch with --input/--expected"),
+    TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
+                check="not checked by weightport validate yet"),
+    TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
+                check="not checked by weightport validate yet"),
+    TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
+                check="not checked by weightport validate yet"),
+    TargetEntry("theano", "Theano/Lasagne arrays", "theano", "weightport.formats.theano.writer:theano_plan",
+                check="not checked by weightport validate yet"),
+    TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
+                PLAIN_ARRAY_OPTIONS, renames=True, check="by the emitted Java check program (java)"),
+    TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
+                PLAIN_ARRAY_OPTIONS + ("emit_forward",), renames=True,
+                check="by the emitted WeightportCheck program, run in Java"),
+)
+
+OPTION_FLAGS = {"strict_against": "--strict-against", "template": "--template", "dtype": "--dtype",
+                "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
+                "rename": "--rename", "rename_patterns": "--rename"}
+
+
+def target_names() -> tuple[str, ...]:
+    """Every ``--to`` value, in registry order."""
+    return tuple(item.name for item in TARGETS)
+
+
+def target(name: str) -> TargetEntry:
+    for item in TARGETS:
+        if item.name == name:
+            return item
+    raise UsageError(f"unknown or unsupported target {name!r}", fix=f"Use --to with one of: {', '.join(target_names())}")
 
 
 def entry(name: str) -> FormatEntry:
@@ -61,6 +141,31 @@ def entry(name: str) -> FormatEntry:
         if item.name == name:
             return item
     raise KeyError(name)
+
+
+def make_plan(model: Any, target_name: str, options: WriteOptions) -> Any:
+    """The plan of target ``target_name`` for ``model`` (what its writer writes; what explain prints)."""
+    return target(target_name).plan(model, options)
+
+
+def check_target_options(target_name: str, options: WriteOptions) -> None:
+    """Refuse a target-specific option given for a target that does not take it (never ignore it)."""
+    chosen = target(target_name)
+    defaults = WriteOptions()
+    given = [item.name for item in fields(WriteOptions)
+             if getattr(options, item.name) != getattr(defaults, item.name)]
+    specific = {name for item in TARGETS for name in item.options}
+    refused = [name for name in given if name in specific and name not in chosen.options]
+    if not chosen.renames:
+        refused += [name for name in given if name in ("rename", "rename_patterns")]
+    flags = sorted({OPTION_FLAGS[name] for name in refused})
+    if flags:
+        takers = sorted({item.name for item in TARGETS for name in refused
+                         if name in item.options or (name.startswith("rename") and item.renames)})
+        verb = "applies" if len(flags) == 1 else "apply"
+        raise UsageError(f"{', '.join(flags)} only {verb} to the {', '.join(takers)} target"
+                         f"{'s' if len(takers) > 1 else ''}, not {target_name}",
+                         fix=f"Drop {', '.join(flags)}, or convert with --to {takers[0]}")
 
 
 def extension_of(path: str) -> str:
@@ -75,7 +180,7 @@ def reader_for(path: str) -> FormatEntry:
     readers = [item for item in FORMATS if item.reads]
     by_extension = [item for item in readers if extension_of(path) in item.extensions]
     for item in by_extension + [item for item in readers if item not in by_extension]:
-        if item.load().sniff(path):
+        if item.reader_module().sniff(path):
             return item
     if by_extension:  # the name claims a format: let its reader say precisely what is wrong
         return by_extension[0]
@@ -85,20 +190,19 @@ def reader_for(path: str) -> FormatEntry:
 
 
 def writer_for(path: str, to: str | None) -> FormatEntry:
-    """The writer for an output path and an optional ``--to`` family."""
+    """The writer for an output path and an optional ``--to`` target."""
     ext = extension_of(path)
     writers = [item for item in FORMATS if item.writes]
     if to is not None:
         family = [item for item in writers if item.target == to or item.name == to]
         if not family:
-            choices = ", ".join(sorted({item.target for item in writers if item.target}))
-            raise UsageError(f"unknown or unsupported target {to!r}", fix=f"Use --to with one of: {choices}")
+            raise UsageError(f"unknown or unsupported target {to!r}",
+                             fix=f"Use --to with one of: {', '.join(target_names())}")
         for item in family:
             if ext in item.extensions or "" in item.extensions:  # "": writes a folder, any name
                 return item
-        default = TARGETS.get(to)
-        if default is not None and not ext:
-            return entry(default)
+        if not ext:
+            return entry(target(to).default_format)
         names = ", ".join(e for item in family for e in item.extensions)
         raise UsageError(f"output {path!r} does not have an extension of target {to!r}",
                          fix=f"Name the output with one of: {names}")
@@ -107,3 +211,13 @@ def writer_for(path: str, to: str | None) -> FormatEntry:
             return item
     raise UsageError(f"cannot tell the target format from the output name {path!r}",
                      fix="Give --to torch (or name the output .safetensors / .pt)")
+
+
+def format_table() -> str:
+    """The Markdown table of formats and targets (README and docs/formats carry it; a test keeps them equal)."""
+    rows = ["| format | extensions | reads | writes (`--to`) |", "|---|---|---|---|"]
+    for item in FORMATS:
+        extensions = ", ".join(f"`{e}`" for e in item.extensions if e) or "a folder"
+        rows.append(f"| {item.description} | {extensions} | {'yes' if item.reads else ''} | "
+                    f"{f'`{item.target}`' if item.writes else ''} |")
+    return "\n".join(rows)

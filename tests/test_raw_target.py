@@ -249,7 +249,7 @@ def builds(tmp_path_factory) -> dict[tuple[str, str], str]:
             from weightport.api import load
             from weightport.core.errors import UnsupportedError
             from weightport.core.options import WriteOptions
-            from weightport.core.plan import make_plan
+            from weightport.formats import make_plan
             from weightport.formats.plain.java import generate_model
             from weightport.formats.plain.raw import flatten_orders, manifest_head, settings
             model = load(source_file(base), **read_options(base))

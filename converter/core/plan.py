@@ -1,21 +1,25 @@
 """Conversion plans: for each canonical tensor, the target's key and the steps from canonical to target.
 
-The torch target *is* the canonical convention, so its steps are empty; other
-targets add layout steps built from :mod:`weightport.core.layout`.  ``weightport
-explain`` prints a plan together with each tensor's source -> canonical steps.
+The canonical plan (:func:`canonical_plan`) keys every tensor ``<layer>.<param>`` in the canonical
+(PyTorch/ONNX) layout, so its steps are empty; each target's planner lives in its framework's
+folder (``weightport.formats.<framework>``) and adds layout steps built from
+:mod:`weightport.core.steps`.  The registry (:mod:`weightport.formats`) says which planner a target
+uses; ``weightport explain`` prints a plan together with each tensor's source -> canonical steps.
+Planned tensors are immutable: a planner derives a changed one with :func:`dataclasses.replace`.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from weightport.core.dtypes import is_bfloat16
-from weightport.core.errors import UnsupportedError, UsageError
 from collections.abc import Iterator
 
+from weightport.core.dtypes import is_bfloat16
+from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.layout import elementary_view, Layout, materialize, NO_SEMANTICS
 from weightport.core.steps import compose_relayouts, Relayout
 from weightport.core.blocks import copy_blocks
@@ -24,7 +28,7 @@ from weightport.core.options import WriteOptions
 from weightport.core.shapes import asymmetric_padding
 
 
-@dataclass
+@dataclass(frozen=True)
 class PlannedTensor:
     """One output tensor: its key in the target, its canonical source and the steps to the target layout."""
 
@@ -73,7 +77,7 @@ class PlannedTensor:
         where the reader can) is seen through one composed view and copied
         block by block, so memory is the source plus two small buffers.
         Otherwise (gate reorders, combined biases) the array is loaded whole.
-        Blocks are valid until two more are produced (see :func:`weightport.core.layout.copy_blocks`).
+        Blocks are valid until two more are produced (see :func:`weightport.core.blocks.copy_blocks`).
         """
         chain = None if self.combine else compose_relayouts(tuple(self.tensor.transforms) + tuple(self.steps))
         if chain is None:
@@ -131,8 +135,12 @@ def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | 
     return key
 
 
-def torch_plan(model: Model, options: WriteOptions) -> Plan:
-    """Plan for a PyTorch state_dict: canonical tensors under ``<layer>.<param>`` keys."""
+def canonical_plan(model: Model, options: WriteOptions, target: str = "torch") -> Plan:
+    """Canonical tensors under ``<layer>.<param>`` keys (a PyTorch state_dict), renamed by ``options``.
+
+    Refuses what ``torch.nn`` cannot compute (GRU ``reset_after=False``); adds PyTorch's
+    ``num_batches_tracked`` counter to batch norms that lack it.
+    """
     warnings = list(model.warnings)
     planned: list[PlannedTensor] = []
     for layer in model.layers:
@@ -154,60 +162,22 @@ def torch_plan(model: Model, options: WriteOptions) -> Plan:
         warnings.append("asymmetric padding (TensorFlow 'same' pads more at the end) in layers "
                         + ", ".join(asymmetric) + ": a PyTorch model must pad explicitly with "
                         "F.pad before a padding=0 conv; pads are recorded in the file's metadata")
-    keys = [p.key for p in planned]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
+    duplicates = sorted(key for key, count in Counter(p.key for p in planned).items() if count > 1)
     if duplicates:
         raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the --rename map")
-    plan = Plan("torch", planned, warnings)
-    if options.strict_against:
-        from weightport.formats.torch.strict import check_against
-        check_against(options.strict_against, plan)
-    return plan
+    return Plan(target, planned, warnings)
 
 
 def with_semantics(plan: Plan, semantics: str | None) -> Plan:
     """``plan`` with every convolution kernel flipped into ``semantics`` (None: unchanged)."""
     if semantics is None:
         return plan
-    for item in plan.tensors:
-        if item.layout.semantics not in (NO_SEMANTICS, semantics):
-            target = Layout(item.layout.pattern, semantics)
-            item.steps = item.steps + (Relayout(item.layout, target),)
-            item.layout = target
-    return plan
+    return replace(plan, tensors=[with_kernel_semantics(item, semantics) for item in plan.tensors])
 
 
-def npz_plan(model: Model, options: WriteOptions) -> Plan:
-    """Canonical (PyTorch) layouts under the torch keys, kernels in ``options.target_semantics``.
-
-    With ``convolution`` (the ``scipy`` preset) each ``weight[o, i]`` is the kernel that
-    ``scipy.signal.convolve2d(x[i], weight[o, i], 'valid')``, summed over ``i``, needs to reproduce
-    the source framework's output.
-    """
-    plan = with_semantics(torch_plan(model, options), options.target_semantics)
-    plan.target = "npz"
-    return plan
-
-
-def keras_plan(model: Model, options: WriteOptions) -> Plan:
-    from weightport.formats.keras.layers import keras_plan as plan_for_keras
-    return plan_for_keras(model, options)
-
-
-def raw_plan(model: Model, options: WriteOptions) -> Plan:
-    from weightport.formats.plain.raw import raw_plan as plan_for_raw
-    return plan_for_raw(model, options)
-
-
-def theano_plan(model: Model, options: WriteOptions) -> Plan:
-    from weightport.formats.theano.writer import theano_plan as plan_for_theano
-    return plan_for_theano(model, options)
-
-
-PLANNERS = {"torch": torch_plan, "onnx": torch_plan, "keras": keras_plan, "npz": npz_plan, "theano": theano_plan, "raw": raw_plan, "java": raw_plan}
-
-
-def make_plan(model: Model, target: str, options: WriteOptions) -> Plan:
-    if target not in PLANNERS:
-        raise UsageError(f"target {target!r} is not available yet", fix=f"Use one of: {', '.join(PLANNERS)}")
-    return PLANNERS[target](model, options)
+def with_kernel_semantics(item: PlannedTensor, semantics: str) -> PlannedTensor:
+    """``item`` with one more step flipping its kernel into ``semantics`` (unchanged if not a kernel)."""
+    if item.layout.semantics in (NO_SEMANTICS, semantics):
+        return item
+    target = Layout(item.layout.pattern, semantics)
+    return replace(item, steps=item.steps + (Relayout(item.layout, target),), layout=target)

@@ -27,14 +27,14 @@ from weightport.core.layout import concat_blocks, CONVOLUTION, CORRELATION, Layo
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import make_plan, note_bfloat16_widened, plan_by_layer
+from weightport.core.plan import note_bfloat16_widened, plan_by_layer
 from weightport.core.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from weightport.core.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from weightport.formats.keras import hdf5
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
     BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
-    data_format, kernel_patterns,
+    data_format, kernel_patterns, keras_plan,
 )
 
 NAME = "keras_h5"
@@ -415,7 +415,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     matches weighted layers by order, so the Keras model must list its layers in
     the same order as the source.  Datasets are written one at a time.
     """
-    plan = make_plan(model, "keras", options)
+    plan = keras_plan(model, options)
     theano = options.target_semantics == CONVOLUTION
     by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}
     # Keras's legacy HDF5 loader (Keras 2 and 3) reads no bfloat16

@@ -28,11 +28,11 @@ from weightport.core.atomic import atomic_path
 from weightport.core.errors import BadInputError, UnsupportedError, UsageError, WeightportError
 from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import make_plan, plan_by_layer
+from weightport.core.plan import plan_by_layer
 from weightport.formats.keras import hdf5
 from weightport.formats.keras.config import KerasLayerDecl, model_layers
 from weightport.formats.keras.h5 import KerasH5Reader, guess_class
-from weightport.formats.keras.layers import keras3_variable_names
+from weightport.formats.keras.layers import keras3_variable_names, keras_plan
 
 NAME = "keras3"
 DESCRIPTION = "Keras 3 native (.keras archive, .weights.h5)"
@@ -294,7 +294,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     if unknown:
         raise UnsupportedError(f"layers {', '.join(unknown)} have no known Keras 3 class, so their group names "
                                "cannot be known", fix="Convert to legacy Keras HDF5 (.h5), matched by layer order")
-    plan = make_plan(model, "keras", options)
+    plan = keras_plan(model, options)
     keys = layer_group_keys(model)
     with atomic_path(path, options.force) as temporary:
         with h5py.File(temporary, "w") as handle:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from weightport.core.layout import CANONICAL_PATTERNS, conv_role
+from weightport.core.errors import UnsupportedError
+from weightport.core.layout import CANONICAL_PATTERNS, CORRELATION, Layout, conv_role
+from weightport.core.model import Model, is_bidirectional
+from weightport.core.options import WriteOptions
+from weightport.core.plan import Plan, PlannedTensor
+from weightport.core.shapes import flatten_patterns, flattened_map_shape
+from weightport.core.steps import Relayout, ReorderBlocks
 from weightport.formats.keras.patterns import KERAS_PATTERNS, KERAS_TH_PATTERNS
 
 CONV_KINDS: dict[str, tuple[str, int]] = {}
@@ -156,20 +162,13 @@ BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", 
                     ParamMap("running_var", "moving_variance", None)]
 
 
-def keras_plan(model, options):
+def keras_plan(model: Model, options: WriteOptions) -> Plan:
     """Plan for Keras (channels-last, HWIO family): keys ``<layer>/<variable>`` in Keras weight order.
 
     Kernels get ``options.target_semantics`` (default correlation, what Keras
     2/3 on TensorFlow computes; ``convolution`` for a Keras-on-Theano runtime).
     Dense rows after a Flatten of a map are reordered C,H,W -> H,W,C.
     """
-    from weightport.core.errors import UnsupportedError
-    from weightport.core.layout import CORRELATION, Layout
-    from weightport.core.steps import Relayout, ReorderBlocks
-    from weightport.core.model import is_bidirectional
-    from weightport.core.plan import Plan, PlannedTensor
-    from weightport.core.shapes import flatten_patterns, flattened_map_shape
-
     semantics = options.target_semantics or CORRELATION
     planned: list[PlannedTensor] = []
     warnings = list(model.warnings)

@@ -20,7 +20,7 @@ from weightport.core.atomic import atomic_path, check_can_write
 from weightport.core.describe import graph_metadata
 from weightport.core.model import Model
 from weightport.core.options import WriteOptions
-from weightport.core.plan import make_plan
+from weightport.core.plan import Plan, canonical_plan, with_semantics
 
 NAME = "npz"
 DESCRIPTION = "NumPy .npz arrays with a JSON sidecar (scipy preset: --target-semantics convolution)"
@@ -32,16 +32,26 @@ def sniff(path: str) -> bool:
 
 
 def read(path: str, options) -> Model:
-    raise NotImplementedError("npz files are read by weightport.formats.theano_pickle")
+    raise NotImplementedError("npz files are read by weightport.formats.theano.reader")
 
 
 def sidecar_path(path: str) -> str:
     return path + ".json"
 
 
+def npz_plan(model: Model, options: WriteOptions) -> Plan:
+    """Canonical (PyTorch) layouts under the torch keys, kernels in ``options.target_semantics``.
+
+    With ``convolution`` (the ``scipy`` preset) each ``weight[o, i]`` is the kernel that
+    ``scipy.signal.convolve2d(x[i], weight[o, i], 'valid')``, summed over ``i``, needs to reproduce
+    the source framework's output.
+    """
+    return with_semantics(canonical_plan(model, options, "npz"), options.target_semantics)
+
+
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """Write ``path`` (.npz) and ``path + '.json'`` atomically, one array at a time."""
-    plan = make_plan(model, "npz", options)
+    plan = npz_plan(model, options)
     check_can_write(sidecar_path(path), options.force)
     arrays = {}
     with atomic_path(path, options.force) as temporary:

@@ -38,11 +38,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from weightport import __version__
+from weightport.core.version import __version__
 from weightport.core.atomic import check_can_write
 from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
-from weightport.core.layout import CORRELATION, NO_SEMANTICS, SPATIAL_AXES, Layout, Relayout, materialize, parse_pattern
+from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
+from weightport.core.steps import Relayout
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, renamed

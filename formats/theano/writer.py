@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import replace
 
 from weightport.core.dtypes import widened
 from weightport.core.atomic import atomic_path, check_can_write
@@ -22,7 +23,7 @@ from weightport.core.layout import CONVOLUTION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout
 from weightport.core.model import Model
 from weightport.core.options import WriteOptions
-from weightport.core.plan import Plan, PlannedTensor, note_bfloat16_widened, torch_plan
+from weightport.core.plan import Plan, PlannedTensor, canonical_plan, note_bfloat16_widened
 
 NAME = "theano"
 DESCRIPTION = "Theano/Lasagne pickle of numpy arrays with a JSON spec"
@@ -42,7 +43,7 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
     """Lasagne order, names ``<layer>.<param>`` and layouts, kernels in the target semantics."""
     from weightport.formats.theano.reader import VarianceToInvStd
     semantics = options.target_semantics or CONVOLUTION
-    canonical = {(p.layer.name, p.param): p for p in torch_plan(model, options).tensors}
+    canonical = {(p.layer.name, p.param): p for p in canonical_plan(model, options, "theano").tensors}
     planned: list[PlannedTensor] = []
     for layer in model.layers:
         if not layer.tensors:
@@ -50,22 +51,21 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
         if layer.kind in ("conv", "depthwise"):
             weight = canonical[(layer.name, "weight")]
             target = Layout(weight.layout.pattern, semantics)
-            weight.steps, weight.layout, weight.key = (Relayout(weight.layout, target),), target, f"{layer.name}.W"
-            planned.append(weight)
+            planned.append(replace(weight, steps=(Relayout(weight.layout, target),), layout=target,
+                                   key=f"{layer.name}.W"))
             if (layer.name, "bias") in canonical:
                 planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
         elif layer.kind == "dense":
             weight = canonical[(layer.name, "weight")]
-            weight.steps, weight.layout, weight.key = (Relayout(Layout("o i"), Layout("i o")),), Layout("i o"), \
-                f"{layer.name}.W"
-            planned.append(weight)
+            planned.append(replace(weight, steps=(Relayout(Layout("o i"), Layout("i o")),), layout=Layout("i o"),
+                                   key=f"{layer.name}.W"))
             if (layer.name, "bias") in canonical:
                 planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
         elif layer.kind == "batchnorm":
             for param, lasagne in LASAGNE_BATCHNORM:
                 item = renamed(canonical[(layer.name, param)], f"{layer.name}.{lasagne}")
                 if lasagne == "inv_std":
-                    item.steps = (VarianceToInvStd(float(layer.attrs.get("epsilon", 1e-4))),)
+                    item = replace(item, steps=(VarianceToInvStd(float(layer.attrs.get("epsilon", 1e-4))),))
                 planned.append(item)
         else:
             raise UnsupportedError(f"layer {layer.name!r} ({layer.kind}) has no Lasagne array layout here",
@@ -74,8 +74,7 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
 
 
 def renamed(item: PlannedTensor, key: str) -> PlannedTensor:
-    item.key = key
-    return item
+    return replace(item, key=key)
 
 
 def spec_for(model: Model, plan: Plan) -> dict:

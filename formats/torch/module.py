@@ -23,6 +23,8 @@ from weightport.core.dtypes import numpy_to_tensor
 from weightport.core.errors import UnsupportedError
 from weightport.core.layout import Layout, relayout
 from weightport.core.model import Layer, Model
+from weightport.core.options import WriteOptions
+from weightport.core.plan import canonical_plan
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -332,9 +334,7 @@ class CanonicalModule(nn.Module):
 
 def canonical_state_dict(model: Model) -> dict[str, torch.Tensor]:
     """The torch target's state_dict straight from the canonical tensors."""
-    from weightport.core.options import WriteOptions
-    from weightport.core.plan import make_plan
-    return {p.key: numpy_to_tensor(torch, p.load()) for p in make_plan(model, "torch", WriteOptions()).tensors}
+    return {p.key: numpy_to_tensor(torch, p.load()) for p in canonical_plan(model, WriteOptions()).tensors}
 
 
 def spatial_pattern(rank: int) -> tuple[str, str]:

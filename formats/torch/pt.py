@@ -16,7 +16,7 @@ from weightport.core.errors import BadInputError, MissingDependencyError
 from weightport.core.layout import Layout
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, array_tensor
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import make_plan
+from weightport.formats.torch.plan import torch_plan
 
 NAME = "torch_pt"
 DESCRIPTION = "PyTorch state_dict saved with torch.save (.pt, .pth)"
@@ -71,7 +71,7 @@ def read(path: str, options: ReadOptions) -> Model:
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """torch.save of a state_dict that torch.load(weights_only=True) accepts."""
     torch = import_torch()
-    plan = make_plan(model, "torch", options)
+    plan = torch_plan(model, options)
     state = {}
     for item in plan.tensors:
         array = item.load()

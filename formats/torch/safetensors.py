@@ -28,7 +28,7 @@ from weightport.core.errors import BadInputError, WeightportError
 from weightport.core.layout import Layout, materialize
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import make_plan
+from weightport.formats.torch.plan import torch_plan
 from weightport.core.progress import Progress
 from weightport.core.streaming import write_bytes, write_in_background
 
@@ -206,7 +206,7 @@ def header_bytes(header: dict[str, Any]) -> bytes:
 
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """Write the torch-target plan of ``model`` to ``path``, streaming one tensor at a time."""
-    plan = make_plan(model, "torch", options)
+    plan = torch_plan(model, options)
     metadata = {"format": "pt", "weightport.graph": json.dumps(graph_metadata(model), separators=(",", ":"))}
     metadata.update(options.metadata)
     if plan.warnings:

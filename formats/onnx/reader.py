@@ -26,15 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from weightport.core.atomic import atomic_path, check_can_write
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, UsageError,
                               WeightportError)
 from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
-from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.core.layout import CANONICAL_PATTERNS, conv_role
+from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
-from weightport.core.options import ReadOptions, WriteOptions
+from weightport.core.options import ReadOptions
 from weightport.core.shapes import infer_shapes
 
 NAME = "onnx"
@@ -556,137 +555,3 @@ def read(path: str, options: ReadOptions) -> Model:
         return OnnxReader(path, options).model()
     except WeightportError as error:
         raise error.with_path(path)
-
-
-# -- writer ------------------------------------------------------------------------------------------
-
-def write(model: Model, path: str, options: WriteOptions) -> list[str]:
-    """Write ``model`` as ONNX: into a copy of ``options.template`` (its initializers and Constant weights
-    replaced), or, without a template, as a whole graph traced from the canonical PyTorch module.
-
-    ONNX layouts are the canonical ones and ONNX correlates, so kernels are neither transposed nor
-    flipped on the way out; a template's own storage (Gemm ``transB=0``, ``alpha``/``beta``, LSTM gate
-    order, stacked directions) is restored by inverting the steps its reader would apply.
-    The output passes ``onnx.checker``; ``weightport validate`` runs it in onnxruntime.
-    """
-    onnx = import_onnx()
-    if options.target_semantics not in (None, CORRELATION):
-        raise UsageError("ONNX Conv computes cross-correlation; its kernels cannot be stored for convolution",
-                         fix="Drop --target-semantics for --to onnx")
-    proto = template_with_weights(model, options.template) if options.template else traced_graph(model)
-    external = proto.ByteSize() > EXTERNAL_THRESHOLD
-    data_path = path + ".data"
-    if external:
-        check_can_write(data_path, options.force)
-    with atomic_path(path, options.force) as temporary:
-        try:
-            if external:  # over protobuf's 2 GB: tensors go to NAME.onnx.data beside the model
-                onnx.save_model(proto, temporary, save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=os.path.basename(data_path), size_threshold=1024)
-            else:
-                onnx.save_model(proto, temporary)
-            onnx.checker.check_model(temporary)
-        except BaseException as error:
-            if external and os.path.exists(data_path):
-                os.remove(data_path)
-            if isinstance(error, onnx.checker.ValidationError):
-                raise BadInputError(f"the written ONNX model fails onnx.checker ({str(error).splitlines()[0]})",
-                                    path=path, fix="Report this with the source file") from None
-            raise
-    return []
-
-
-EXTERNAL_THRESHOLD = 2_000_000_000
-
-
-def template_with_weights(model: Model, template: str) -> Any:
-    """The template's ModelProto with every weight tensor replaced by the matching source tensor."""
-    reader = OnnxReader(template, ReadOptions())
-    target = reader.model()
-    pairs = matched_layers(model, target, template)
-    current: dict[str, np.ndarray] = {}
-    for source_layer, template_layer in pairs:
-        for param, slot in template_layer.tensors.items():
-            value = source_layer.tensors[param]
-            name = reader.resolve(slot.provenance.source_key)
-            stored = current.get(name)
-            if stored is None:
-                stored = np.asarray(slot.read())
-            if np.dtype(value.dtype) != stored.dtype:
-                raise UsageError(f"{template_layer.name}.{param} is {stored.dtype} in the template, "
-                                 f"{np.dtype(value.dtype)} in the source; weightport never casts silently",
-                                 path=template, fix="Use a template exported in the source's dtype")
-            current[name] = write_back(stored, slot.transforms, value.load())
-    for name, proto in reader.tensors.items():
-        if name in current:
-            proto.CopyFrom(reader.numpy_helper.from_array(current[name], proto.name))
-        elif proto.data_location == reader.onnx.TensorProto.EXTERNAL:  # read through the confined reader
-            array = reader.reader(proto, tuple(int(d) for d in proto.dims), reader.proto_dtype(proto))()
-            proto.CopyFrom(reader.numpy_helper.from_array(np.asarray(array), proto.name))
-    return reader.proto
-
-
-def matched_layers(model: Model, target: Model, template: str) -> list[tuple[Layer, Layer]]:
-    """Source and template weighted layers paired by name when every template name is in the source,
-    else by position; kinds, parameters and canonical shapes must agree."""
-    ours, theirs = model.weighted_layers(), target.weighted_layers()
-    names = {layer.name: layer for layer in ours}
-    if all(layer.name in names for layer in theirs):
-        pairs = [(names[layer.name], layer) for layer in theirs]
-    elif len(ours) == len(theirs):
-        pairs = list(zip(ours, theirs))
-    else:
-        raise UsageError(f"the template has {len(theirs)} layers with weights, the source {len(ours)}, and their "
-                         "names differ", path=template, fix="Use a template of the same architecture")
-    for source_layer, template_layer in pairs:
-        shapes = {param: tuple(t.shape) for param, t in source_layer.tensors.items()}
-        wanted = {param: tuple(t.shape) for param, t in template_layer.tensors.items()}
-        if source_layer.kind != template_layer.kind or any(shapes.get(p) != s for p, s in wanted.items()):
-            raise UsageError(f"template layer {template_layer.name!r} ({template_layer.kind} {wanted}) does not match "
-                             f"source layer {source_layer.name!r} ({source_layer.kind} {shapes})", path=template,
-                             fix="Use a template of the same architecture, with layers in the same order")
-    return pairs
-
-
-def graph_dtype(model: Model) -> np.dtype:
-    """The one float dtype of the model's weights, which the traced graph computes in (float16/32/64)."""
-    found = {np.dtype(t.dtype) for _, _, t in model.state_keys() if np.dtype(t.dtype).kind == "f" or is_bfloat16(t.dtype)}
-    if any(is_bfloat16(d) for d in found):
-        raise UnsupportedError("the weights are bfloat16, which ONNX Conv, Gemm and the RNN ops of opset 17 do "
-                               "not take", fix="Give --template model.onnx whose initializers are bfloat16 (the "
-                               "weights are then replaced as they are), or convert to torch (.safetensors)")
-    if len(found) > 1:
-        raise UnsupportedError(f"the weights mix dtypes ({', '.join(sorted(d.name for d in found))}); a traced "
-                               "graph computes in one", fix="Give --template model.onnx with the same dtypes")
-    return found.pop() if found else np.dtype(np.float32)
-
-
-def traced_graph(model: Model) -> Any:
-    """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`."""
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError("writing a whole ONNX graph traces it with PyTorch, which is not installed",
-                                     fix="pip install 'weightport[torch]', or give --template model.onnx") from None
-    import io
-
-    from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
-    onnx = import_onnx()
-    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None:
-        raise UnsupportedError("the source carries no architecture with an input shape to trace",
-                               fix="Give --template model.onnx of the same architecture")
-    dtype = getattr(torch, graph_dtype(model).name)
-    module = CanonicalModule(model).eval().to(dtype)
-    module.load_state_dict(canonical_state_dict(model), strict=False)
-    shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
-    takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
-    example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
-    buffer = io.BytesIO()
-    import warnings
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on RNN batch sizes and shape inference
-        # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
-                          training=torch.onnx.TrainingMode.PRESERVE,
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return onnx.load_model_from_string(buffer.getvalue())
