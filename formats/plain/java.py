@@ -165,8 +165,12 @@ def java_ints(values: Any) -> str:
     return "new int[]{" + ", ".join(str(int(v)) for v in values) + "}"
 
 
-def java_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def java_double(value: Any, refuse: Any) -> str:
+    """A finite number as a Java double literal (``refuse(why)`` makes the error for any other)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise refuse(f"{number} is not a finite number")
+    return repr(number)
 
 
 def pad3(values: list[int], fill: int) -> list[int]:
@@ -200,10 +204,10 @@ class ForwardWriter:
         name = f"T{self.count}"
         self.count += 1
         shape = tuple(int(n) for n in item.shape)
-        self.fields.append(f"    private final double[] {name};  // {item.key} {list(shape)} {item.layout.compact()} "
-                           f"{item.layout.semantics}")
-        self.loads.append(f"        {name} = tensor(weights, {java_string(item.key)}, {java_string(item.layout.pattern)}, "
-                          f"{java_string(item.layout.semantics)}, {java_ints(shape)});")
+        self.fields.append(f"    private final double[] {name};")
+        self.loads.append(f"        {name} = tensor(weights, {java_string_literal(item.key)}, "
+                          f"{java_string_literal(item.layout.pattern)}, {java_string_literal(item.layout.semantics)}, "
+                          f"{java_ints(shape)});")
         return name, item
 
     def kernel_strides(self, layer: Layer, item: Any) -> tuple[str, list[int], int]:
@@ -266,7 +270,7 @@ class ForwardWriter:
             return
         if name not in ACTIVATIONS:
             raise self.refuse(layer, f"activation {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
-        self.emit(f"x = activation(x, {java_string(name)}, {shape[0]});")
+        self.emit(f"x = activation(x, {java_string_literal(name)}, {shape[0]});")
 
     def layer(self, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
         kind, a = layer.kind, layer.attrs
@@ -335,7 +339,8 @@ class ForwardWriter:
                 raise self.refuse(layer, "batch norm without moving mean and variance")
             names = [self.tensor(layer, p)[0] if p in layer.tensors else "null"
                      for p in ("weight", "bias", "running_mean", "running_var")]
-            self.emit(f"x = batchnorm(x, {shape[0]}, {', '.join(names)}, {float(a.get('epsilon', 1e-3))!r});")
+            epsilon = java_double(a.get("epsilon", 1e-3), lambda why: self.refuse(layer, f"epsilon: {why}"))
+            self.emit(f"x = batchnorm(x, {shape[0]}, {', '.join(names)}, {epsilon});")
             return shape
         if kind == "activation":
             self.activation(layer, a.get("activation"), shape)
@@ -410,13 +415,16 @@ class ForwardWriter:
         if channels_last:
             self.emit(f"x = channelsFirst(x, {shape[0]}, {math.prod(shape[1:])});  // "
                       f"{source_input['layout']} -> C{source_input['layout'][:-1]}")
-        for layer in model.layers[1:]:
-            self.body.append(f"        // {layer.name} ({layer.source_class or layer.kind}): {layer.kind}")
+        for position, layer in enumerate(model.layers[1:], 1):
+            start = len(self.body)
             shape = self.layer(layer, shape)
+            # No name in a comment: the kind is one of FORWARD_KINDS (layer() refuses any other), the name
+            # follows in check()'s string literal.
+            self.body.insert(start, f"        // layer {position}: {layer.kind}")
             if layer.output_shape is not None and all(n is not None for n in layer.output_shape) \
                     and tuple(int(n) for n in layer.output_shape) != shape:
                 raise self.refuse(layer, f"computes shape {shape}, the source says {tuple(layer.output_shape)}")
-            self.emit(f"check(x, {math.prod(shape)}, {java_string(layer.name)});")
+            self.emit(f"check(x, {math.prod(shape)}, {java_string_literal(layer.name)});")
         output_layout = ""
         output_shape = list(shape)
         if len(shape) >= 2 and channels_last:
@@ -425,22 +433,21 @@ class ForwardWriter:
             output_layout, output_shape = letters + "C", list(shape[1:]) + [shape[0]]
         elif len(shape) >= 2:
             output_layout = "C" + "".join(("d", "h", "w")[3 - (len(shape) - 1):]).upper()
-        replacements = {
-            "%SOURCE%": f"{model.source.path} ({model.source.format} {model.source.version or ''}, backend "
-                        f"{model.source.backend or 'unknown'})",
-            "%INPUT_SHAPE%": ", ".join(str(n) for n in source_input["shape"]),
-            "%INPUT_LAYOUT%": source_input["layout"] or "",
-            "%OUTPUT_SHAPE%": ", ".join(str(n) for n in output_shape),
-            "%OUTPUT_LAYOUT%": output_layout,
-            "%SEMANTICS%": self.manifest["semantics"],
-            "%FIELDS%": "\n".join(self.fields),
-            "%LOADS%": "\n".join(self.loads),
-            "%BODY%": "\n".join(self.body),
+        strings = {
+            "SOURCE": f"{model.source.path} ({model.source.format} {model.source.version or ''}, backend "
+                      f"{model.source.backend or 'unknown'})",
+            "SEMANTICS": self.manifest["semantics"],
+            "INPUT_LAYOUT": source_input["layout"] or "",
+            "OUTPUT_LAYOUT": output_layout,
         }
-        text = MODEL_JAVA
-        for key, value in replacements.items():
-            text = text.replace(key, value)
-        return text
+        code = {
+            "INPUT_SHAPE": ", ".join(str(int(n)) for n in source_input["shape"]),
+            "OUTPUT_SHAPE": ", ".join(str(int(n)) for n in output_shape),
+            "FIELDS": "\n".join(self.fields),
+            "LOADS": "\n".join(self.loads),
+            "BODY": "\n".join(self.body),
+        }
+        return fill_template(java_resource(MODEL_FILE), strings, code)
 
 
 def generate_model(model: Model, plan: Any, chosen: Any, orders: dict[str, str], manifest: dict[str, Any]) -> str:

@@ -22,6 +22,10 @@ degrees for a runtime that flips).  Every permutation and flip is a
 
 The folder is built beside the destination and renamed into place, so a
 failure leaves the previous output or nothing.
+
+The ``java`` target (:mod:`weightport.formats.plain.java`) writes the same
+folder plus Java sources through :func:`prepare` and :func:`write_folder`; this
+module never imports it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -296,38 +300,49 @@ def dense_target(model: Model, layer: Layer, choice: LayoutChoice,
 # --------------------------------------------------------------------------------------------- writing
 
 
-def write(model: Model, path: str, options: WriteOptions) -> list[str]:
-    """Write the plain-array folder (weights.bin + manifest.json) to ``path``."""
-    return write_directory(model, path, options, java=False)
+@dataclass
+class Prepared:
+    """What a plain-array folder is written from, all known before anything is written: the settings,
+    the plan, each Flatten's order and the manifest (its tensors are filled in as they are written)."""
+
+    chosen: RawSettings
+    plan: Plan
+    orders: dict[str, str]
+    manifest: dict[str, Any]
 
 
-def write_directory(model: Model, path: str, options: WriteOptions, java: bool) -> list[str]:
-    """Write the folder; with ``java`` also the Java loader, checker and (``emit_forward``) model."""
-    emit_forward = bool(getattr(options, "emit_forward", False))
-    if emit_forward and not java:
-        raise UsageError("--emit-forward writes a Java model", fix="Use --to java")
+def prepare(model: Model, options: WriteOptions) -> Prepared:
+    """Check the options and plan the folder (raises before anything is written)."""
     chosen = settings(options)
     plan = raw_plan(model, options)
-    warnings = list(plan.warnings)
     orders = flatten_orders(model, chosen.layout)
     manifest = manifest_head(model, chosen, orders)
     fill_layers(manifest, model, plan, orders)
-    forward = None
-    if emit_forward:
-        from weightport.formats.plain.java import generate_model
-        forward = generate_model(model, plan, chosen, orders, manifest)  # refuses unsupported layers before writing
+    return Prepared(chosen, plan, orders, manifest)
+
+
+def write(model: Model, path: str, options: WriteOptions) -> list[str]:
+    """Write the plain-array folder (weights.bin + manifest.json) to ``path``."""
+    if getattr(options, "emit_forward", False):
+        raise UsageError("--emit-forward writes a Java model", fix="Use --to java")
+    return write_folder(prepare(model, options), path, options)
+
+
+def write_folder(prepared: Prepared, path: str, options: WriteOptions,
+                 extra_files: Mapping[str, str] | None = None) -> list[str]:
+    """Write weights.bin, manifest.json and ``extra_files`` (file name -> text, e.g. the java target's
+    sources) into a new folder that replaces ``path`` only when complete; returns the warnings."""
+    chosen, manifest = prepared.chosen, prepared.manifest
+    warnings = list(prepared.plan.warnings)
     path = os.path.normpath(path)
     with staged_directory(path, options.force) as folder:
-        manifest["tensors"], overflow = write_weights(plan, os.path.join(folder, WEIGHTS_FILE), chosen,
+        manifest["tensors"], overflow = write_weights(prepared.plan, os.path.join(folder, WEIGHTS_FILE), chosen,
                                                        options.quiet)
         manifest["total_bytes"] = os.path.getsize(os.path.join(folder, WEIGHTS_FILE))
         if overflow:
             warnings.append(f"values too large for {chosen.dtype_name} became infinite in: {', '.join(overflow)}")
         manifest["warnings"] = warnings
-        files = {MANIFEST_FILE: manifest_text(manifest)}
-        if java:
-            from weightport.formats.plain.java import java_files
-            files.update(java_files(forward))
+        files = {MANIFEST_FILE: manifest_text(manifest), **(extra_files or {})}
         for name, text in files.items():
             with open(os.path.join(folder, name), "w", encoding="utf-8", newline="\n") as handle:
                 handle.write(text)
