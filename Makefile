@@ -30,7 +30,7 @@ test: setup
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q
 
 docs: setup
-	$(VENV)/bin/mkdocs build --strict
+	$(PY) -m mkdocs build --strict  # not .venv/bin/mkdocs: its folder holds the weightport script, which griffe would take for the package
 
 clean:
 	rm -rf $(VENV)

@@ -116,6 +116,25 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
+             atol: float = 1e-5, rtol: float = 1e-5, assume_backend: str | None = None,
+             source_semantics: str | None = None, spec: str | None = None):
+    """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
+    a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints)."""
+    source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
+                                                      source_semantics=source_semantics, spec=spec)
+    return validate_conversion(source, converted, input, expected, atol, rtol)
+
+
+def detect(src: str, input: str, expected: str, *, atol: float = 1e-4, rtol: float = 1e-4,
+           spec: str | None = None):
+    """Which kernel semantics of ``src`` reproduce a recorded input/output pair; a
+    :class:`weightport.checks.detect.Detection` (needs torch)."""
+    from weightport.checks.detect import detect as detect_semantics
+    return detect_semantics(src, lambda semantics: load(src, source_semantics=semantics, spec=spec), input, expected,
+                            atol, rtol)
+
+
 def validate_conversion(source: Model, converted_path: str, input: str | None = None, expected: str | None = None,
                         atol: float = 1e-5, rtol: float = 1e-5):
     """Check converted weights against their source; returns a :class:`weightport.checks.validate.Report`."""

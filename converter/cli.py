@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
     add_read_options(validate)
 
+    commands.add_parser("formats", help="list every format read and target written, from the registry")
+
     detect = commands.add_parser("detect", help="find which kernel semantics reproduce a recorded output")
     detect.add_argument("src", metavar="SRC", help="a file whose semantics are unknown (Keras 1, pickle)")
     detect.add_argument("--input", metavar="X.npy", required=True, help="an input batch in the source's layout")
@@ -251,13 +253,19 @@ def command_validate(args: argparse.Namespace) -> int:
 
 
 def command_detect(args: argparse.Namespace) -> int:
-    from weightport.checks.detect import detect
-    detection = detect(args.src, args.input, args.expected, args.atol, args.rtol, spec=args.spec)
+    from weightport.api import detect
+    detection = detect(args.src, args.input, args.expected, atol=args.atol, rtol=args.rtol, spec=args.spec)
     print(detection.to_json() if args.json else detection.summary())
     return 0 if detection.source_semantics else 1
 
 
-COMMANDS = {"detect": command_detect, "inspect": command_inspect, "convert": command_convert, "explain": command_explain,
+def command_formats(args: argparse.Namespace) -> int:
+    from weightport.formats import format_table
+    print(format_table())
+    return 0
+
+
+COMMANDS = {"formats": command_formats, "detect": command_detect, "inspect": command_inspect, "convert": command_convert, "explain": command_explain,
             "validate": command_validate}
 
 

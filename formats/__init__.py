@@ -76,25 +76,28 @@ class TargetEntry:
 
 
 FORMATS: tuple[FormatEntry, ...] = (
-    FormatEntry("keras_h5", "Keras HDF5 model or weights (Keras 1, 2, 3; tf.keras)", (".h5", ".hdf5"), "keras",
+    FormatEntry("keras_h5", "Keras HDF5 (`model.save('x.h5')`, `save_weights`) of Keras 1, Keras 2 (Theano, TensorFlow, "
+                "CNTK backends), tf.keras and Keras 3; written as legacy weights for `load_weights`", (".h5", ".hdf5"), "keras",
                 "weightport.formats.keras.h5", "weightport.formats.keras.h5"),
-    FormatEntry("keras3", "Keras 3 .keras archive or .weights.h5", (".keras", ".weights.h5"), "keras",
+    FormatEntry("keras3", "Keras 3 `.keras` archives and `.weights.h5` (written as `.weights.h5`, for `model.load_weights`)", (".keras", ".weights.h5"), "keras",
                 "weightport.formats.keras.keras3", "weightport.formats.keras.keras3"),
-    FormatEntry("onnx", "ONNX model (initializers, Constant nodes, external data)", (".onnx",), "onnx",
+    FormatEntry("onnx", "ONNX (graph-aware, external data); written into a `--template` or as a whole graph "
+                "traced with torch", (".onnx",), "onnx",
                 "weightport.formats.onnx.reader", "weightport.formats.onnx.writer"),
-    FormatEntry("safetensors", "safetensors (PyTorch state_dict)", (".safetensors",), "torch",
+    FormatEntry("safetensors", "safetensors (streamed, no torch import)", (".safetensors",), "torch",
                 "weightport.formats.torch.safetensors", "weightport.formats.torch.safetensors"),
-    FormatEntry("npz", "NumPy .npz arrays with a JSON sidecar", (".npz",), "npz",
+    FormatEntry("npz", "NumPy `.npz` + JSON sidecar (scipy preset: `--target-semantics convolution`)", (".npz",), "npz",
                 None, "weightport.formats.numpy.npz"),
-    FormatEntry("theano_pickle", "Theano, Lasagne or PyTensor pickle (arrays, shared variables), .npz, .zip",
+    FormatEntry("theano_pickle", "Theano / Lasagne / PyTensor pickles, `np.savez`, `pkl_utils` zips (allowlist unpickler, "
+                "no code runs)",
                 (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano", "weightport.formats.theano.reader", None),
-    FormatEntry("theano", "pickle of Lasagne-order arrays with a spec.json", (".pkl", ".pickle"), "theano",
+    FormatEntry("theano", "Theano / Lasagne arrays for a Theano runtime: pickle + JSON spec, kernels flipped", (".pkl", ".pickle"), "theano",
                 None, "weightport.formats.theano.writer"),
-    FormatEntry("torch_pt", "PyTorch .pt/.pth state_dict (read without running code)", (".pt", ".pth"), "torch",
+    FormatEntry("torch_pt", "PyTorch `.pt` state_dict (read with `weights_only=True`)", (".pt", ".pth"), "torch",
                 "weightport.formats.torch.pt", "weightport.formats.torch.pt"),
-    FormatEntry("raw", "folder of plain arrays: weights.bin and manifest.json", ("",), "raw",
+    FormatEntry("raw", "plain arrays for Java, C, Go, JavaScript (`weights.bin` + `manifest.json`)", ("",), "raw",
                 None, "weightport.formats.plain.raw"),
-    FormatEntry("java", "folder of plain arrays with a Java loader (and forward pass)", ("",), "java",
+    FormatEntry("java", "plain arrays with a Java loader, check program and forward pass", ("",), "java",
                 None, "weightport.formats.plain.java"),
 )
 
@@ -215,9 +218,9 @@ def writer_for(path: str, to: str | None) -> FormatEntry:
 
 def format_table() -> str:
     """The Markdown table of formats and targets (README and docs/formats carry it; a test keeps them equal)."""
-    rows = ["| format | extensions | reads | writes (`--to`) |", "|---|---|---|---|"]
+    rows = ["| format | extensions | read | write |", "|---|---|---|---|"]
     for item in FORMATS:
         extensions = ", ".join(f"`{e}`" for e in item.extensions if e) or "a folder"
-        rows.append(f"| {item.description} | {extensions} | {'yes' if item.reads else ''} | "
-                    f"{f'`{item.target}`' if item.writes else ''} |")
+        rows.append(f"| {item.description} | {extensions} | {'yes' if item.reads else '-'} | "
+                    f"{f'`--to {item.target}`' if item.writes else '-'} |")
     return "\n".join(rows)

@@ -8,13 +8,15 @@ PyTorch module on the recorded input, and compared with the recorded output.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from weightport.core.errors import UsageError, WeightportError
 from weightport.core.layout import CONVOLUTION, CORRELATION
-from weightport.checks.validate import compare, load_array
+from weightport.core.model import Model
+from weightport.checks.report import compare, load_array
 
 BACKEND_OF = {CONVOLUTION: "theano", CORRELATION: "tensorflow"}
 
@@ -62,18 +64,20 @@ class Detection:
         return "\n".join(lines)
 
 
-def detect(path: str, input_path: str, expected_path: str, atol: float = 1e-4, rtol: float = 1e-4,
-           spec: str | None = None) -> Detection:
-    """Try both kernel semantics for ``path`` against a recorded input/output pair."""
+def detect(path: str, read: Callable[[str], Model], input_path: str, expected_path: str, atol: float = 1e-4,
+           rtol: float = 1e-4) -> Detection:
+    """Try both kernel semantics for ``path`` against a recorded input/output pair.
+
+    ``read(semantics)`` reads ``path`` with its kernels taken as ``semantics`` (the API's ``load``).
+    """
     import torch
-    from weightport.api import load
     from weightport.formats.torch.module import CanonicalModule, canonical_state_dict, from_canonical_output, to_canonical_input
     x = load_array(input_path, "input")
     expected = load_array(expected_path, "expected output")
     detection = Detection(path)
     for semantics in (CONVOLUTION, CORRELATION):
         try:
-            model = load(path, source_semantics=semantics, spec=spec)
+            model = read(semantics)
             if not model.has_architecture:
                 raise UsageError("the file carries no architecture to run", path=path,
                                  fix="Give a model file with its config, or a spec file")

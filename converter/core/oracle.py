@@ -1,0 +1,30 @@
+"""The contract between the check layer and a framework's *oracle*: the framework's own computation of
+one layer, fed the arrays exactly as the source file stores them.
+
+An oracle is a function ``(case: LayerCase, x: np.ndarray) -> np.ndarray`` living in its framework's
+folder (``weightport.formats.<framework>.oracle``); ``x`` is the canonical input (channels-first for a
+conv, ``(batch, features)`` for a dense, batch-first ``(batch, time, features)`` for an RNN) and so is
+the output.  An oracle that cannot run a layer raises ``NotImplementedError`` with the reason; the
+check layer (:mod:`weightport.checks.layer_check`) picks the oracle and compares it with PyTorch
+running the converted tensors, so weightport's layout code is never on both sides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from weightport.core.model import Layer
+
+
+@dataclass
+class LayerCase:
+    """One layer to check: its source tensors (as stored) and converted tensors (canonical layout)."""
+
+    layer: Layer
+    stored: dict[str, np.ndarray]
+    stored_layout: dict[str, str]
+    semantics: str
+    converted: dict[str, np.ndarray]
+    source_format: str = ""
