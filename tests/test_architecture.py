@@ -212,3 +212,66 @@ def test_wheel_installs_only_weightport_with_its_java_resources(tmp_path):
     assert top == {"weightport"}, top
     assert "weightport/__main__.py" in names and "weightport/formats/keras/h5.py" in names
     assert any(name.startswith("weightport/formats/plain/java/") and name.endswith(".java") for name in names)
+
+
+# -- behaviour the registry decides -------------------------------------------------------------------
+
+H5 = os.path.join(ROOT, "fixtures", "keras3", "cnn_flatten_dense.h5")
+
+
+@pytest.mark.parametrize("to, output", [("keras", "out.h5"), ("theano", "out.pkl"), ("onnx", "out.onnx")])
+def test_rename_is_refused_where_a_runtime_fixes_the_names(run_cli, tmp_path, to, output):
+    rename = tmp_path / "rename.json"
+    rename.write_text('{"conv2d": "features.0"}')
+    code, out, err = run_cli("convert", H5, "-o", tmp_path / output, "--to", to, "--rename", rename)
+    assert code == 2 and "--rename only applies to the" in err and f"not {to}" in err, err
+    assert not (tmp_path / output).exists()
+    from weightport import load, save
+    from weightport.core.errors import UsageError
+    with pytest.raises(UsageError, match="--rename"):
+        save(load(H5), str(tmp_path / output), to=to, rename={"conv2d": "features.0"})
+
+
+def test_rename_is_honoured_by_the_torch_target(run_cli, tmp_path):
+    from safetensors.numpy import load_file
+    rename = tmp_path / "rename.json"
+    rename.write_text('{"conv_a": "features.0"}')
+    code, out, err = run_cli("convert", H5, "-o", tmp_path / "out.safetensors", "--rename", rename)
+    assert code == 0, err
+    keys = load_file(str(tmp_path / "out.safetensors"))
+    assert "features.0.weight" in keys and "conv_a.weight" not in keys
+
+
+@pytest.mark.parametrize("flag, value, output", [("--template", H5, "out.safetensors"),
+                                                  ("--strict-against", "m.py:M", "out.h5"),
+                                                  ("--emit-forward", None, "out.safetensors"),
+                                                  ("--byte-order", "little", "out.onnx")])
+def test_an_option_of_another_target_is_refused_not_ignored(run_cli, tmp_path, flag, value, output):
+    args = [flag] + ([value] if value else [])
+    code, out, err = run_cli("convert", H5, "-o", tmp_path / output, *args)
+    assert code == 2 and f"{flag} only appl" in err, err
+    assert not (tmp_path / output).exists()
+
+
+def test_reader_warnings_reach_every_target(tmp_path):
+    from weightport import load, save
+    from weightport.formats import TARGETS
+    outputs = {"torch": "o.safetensors", "keras": "o.h5", "onnx": "o.onnx", "npz": "o.npz", "theano": "o.pkl",
+               "raw": "raw", "java": "java"}
+    assert set(outputs) == {item.name for item in TARGETS}
+    for to, name in outputs.items():
+        model = load(H5)
+        model.warn("a reader's note about this file")
+        result = save(model, str(tmp_path / name), to=to)
+        assert result.warnings.count("a reader's note about this file") == 1, (to, result.warnings)
+
+
+def test_explain_shows_what_the_onnx_writer_writes_into_a_template(run_cli, tmp_path):
+    lstm = os.path.join(ROOT, "fixtures", "onnx", "lstm_bidirectional.onnx")
+    code, out, err = run_cli("explain", lstm, "--to", "onnx", "--template", lstm, "--json")
+    assert code == 0, err
+    import json
+    keys = [row["key"] for row in json.loads(out)["tensors"]]
+    assert keys == ["W[0]", "R[0]", "B[0][0]", "B[0][1]", "W[1]", "R[1]", "B[1][0]", "B[1][1]"]
+    code, out, err = run_cli("explain", H5, "--to", "torch", "--template", lstm)
+    assert code == 2 and "--template only applies to the onnx target" in err

@@ -46,9 +46,11 @@ def template_plan(model: Model, reader: OnnxReader, pairs: list[tuple[Layer, Lay
     planned = []
     for source_layer, template_layer in pairs:
         for param, slot in template_layer.tensors.items():
+            takes = [k for k, step in enumerate(slot.transforms) if isinstance(step, TakeIndex)]
+            after = slot.transforms[takes[-1] + 1:] if takes else slot.transforms  # the part's own steps
             key = reader.resolve(slot.provenance.source_key) + "".join(
-                f"[{step.index}]" for step in slot.transforms if isinstance(step, TakeIndex))
-            steps = tuple(step.inverse() for step in reversed(slot.transforms) if not isinstance(step, TakeIndex))
+                f"[{slot.transforms[k].index}]" for k in takes)
+            steps = tuple(step.inverse() for step in reversed(after))
             layout = next((step.dst for step in reversed(steps) if hasattr(step, "dst")), slot.layout)
             planned.append(PlannedTensor(key, source_layer, param, source_layer.tensors[param], steps, layout))
     return Plan("onnx", planned, list(model.warnings))
