@@ -203,8 +203,15 @@ def test_python_m_weightport_and_a_shadowing_formats_module(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("WEIGHTPORT_SKIP_WHEEL") == "1", reason="wheel build disabled")
 def test_wheel_installs_only_weightport_with_its_java_resources(tmp_path):
+    import shutil
+    source = tmp_path / "src"  # a copy: building leaves build/ and *.egg-info beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "converter", "formats"):
+        copy = shutil.copytree if (Path(ROOT) / name).is_dir() else shutil.copy
+        copy(Path(ROOT) / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                   if copy is shutil.copytree else {}))
     result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path), ROOT], capture_output=True, text=True, timeout=300)
+                             "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     wheel = next(tmp_path.glob("weightport-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
