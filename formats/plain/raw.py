@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from weightport.core.version import __version__
-from weightport.core.atomic import check_can_write
+from weightport.core.atomic import check_can_write, current_umask
 from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
 from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
@@ -508,9 +508,7 @@ def staged_directory(path: str, force: bool) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=".weightport-", suffix=".tmp", dir=parent)
     try:
         yield staging
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
+        os.chmod(staging, 0o777 & ~current_umask())
         fsync_folder(staging)
         install(staging, path, force)
         fsync_folder(parent)
