@@ -39,7 +39,7 @@ RULES: tuple[Rule, ...] = (
         "keras-tensorflow-correlation", "keras", "all", "tensorflow", ("*",), CORRELATION,
         "TensorFlow's conv ops (tf.nn.convolution, conv2d_transpose, depthwise_conv2d) compute "
         "cross-correlation; Keras with the TensorFlow, JAX or torch backend stores kernels it "
-        "applies as is. Proved by tests/test_layout_frameworks.py against tf.nn and Keras layers.",
+        "applies as is. Proved by tests/core/test_layout_frameworks.py against tf.nn and Keras layers.",
     ),
     Rule(
         "keras-jax-torch-correlation", "keras", ">=3", "jax|torch|numpy", ("*",), CORRELATION,
@@ -76,7 +76,7 @@ RULES: tuple[Rule, ...] = (
         "keras 1.2 keras/backend/theano_backend.py conv2d uses T.nnet.conv2d with its default "
         "filter_flip=True. Proved by fixtures/keras_theano/RULES.md (Keras 1.2.2 on Theano 1.0.5: "
         "k1_conv2d_single_th reproduces as convolution to 4.8e-7, as correlation off by 8.4; k1_conv2d_tf, "
-        "k1_conv1d, k1_deconv) and tests/test_keras1_theano.py.",
+        "k1_conv1d, k1_deconv) and tests/keras/test_keras1_theano.py.",
     ),
 )
 

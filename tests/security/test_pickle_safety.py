@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from tests.conftest import fixture_path
+from tests.conftest import ROOT, fixture_path
 
 
 def proto0_call(module: str, name: str, arg: str) -> bytes:
@@ -99,7 +99,7 @@ def test_hostile_pickle_is_refused(run_cli, tmp_path, name):
 
 
 def test_no_pickle_load_anywhere_in_the_project():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     for folder in ("converter", "formats"):
         for name in os.listdir(os.path.join(root, folder)):
             if name.endswith(".py"):
