@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import re
 from importlib.resources import files
-from typing import Any
+from typing import Any, Callable
 
 from weightport.core.errors import UnsupportedError
 from weightport.core.layout import CONVOLUTION, parse_pattern
@@ -165,7 +165,7 @@ def java_ints(values: Any) -> str:
     return "new int[]{" + ", ".join(str(int(v)) for v in values) + "}"
 
 
-def java_double(value: Any, refuse: Any) -> str:
+def java_double(value: Any, refuse: Callable[[str], Exception]) -> str:
     """A finite number as a Java double literal (``refuse(why)`` makes the error for any other)."""
     number = float(value)
     if not math.isfinite(number):
