@@ -195,7 +195,7 @@ def benchmark(model: str, files: list[str], framework: str, workdir: str, repeat
 
 def baseline_rss(repeat: int) -> Run:
     """Peak RSS of the interpreter with weightport's core imported (numpy, h5py), doing nothing."""
-    return median_run([PYTHON, "-c", "import weightport.api, weightport.formats.keras.h5, numpy, h5py"], repeat)
+    return median_run([PYTHON, "-c", "import weightport.api, weightport.formats.keras.h5_reader, numpy, h5py"], repeat)
 
 
 def main() -> None:

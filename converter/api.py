@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from weightport.core.atomic import check_can_write
+from weightport.core.blocks import conversion_buffers
 from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
 from weightport.core.model import Model
@@ -58,7 +59,8 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
     reader's (kept on ``model``) followed by the writer's, each once.
     """
     writer, options = writer_and_options(path, to, force, rename, write_options)
-    warnings = writer.writer_module().write(model, path, options)
+    with conversion_buffers():  # this call's own block buffers, whatever other threads convert
+        warnings = writer.writer_module().write(model, path, options)
     return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + list(warnings or []))))
 
 

@@ -78,14 +78,15 @@ class TargetEntry:
 FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("keras_h5", "Keras HDF5 (`model.save('x.h5')`, `save_weights`) of Keras 1, Keras 2 (Theano, TensorFlow, "
                 "CNTK backends), tf.keras and Keras 3; written as legacy weights for `load_weights`", (".h5", ".hdf5"), "keras",
-                "weightport.formats.keras.h5", "weightport.formats.keras.h5"),
+                "weightport.formats.keras.h5_reader", "weightport.formats.keras.h5_writer"),
     FormatEntry("keras3", "Keras 3 `.keras` archives and `.weights.h5` (written as `.weights.h5`, for `model.load_weights`)", (".keras", ".weights.h5"), "keras",
-                "weightport.formats.keras.keras3", "weightport.formats.keras.keras3"),
+                "weightport.formats.keras.keras3_reader", "weightport.formats.keras.keras3_writer"),
     FormatEntry("onnx", "ONNX (graph-aware, external data); written into a `--template` or as a whole graph "
                 "traced with torch", (".onnx",), "onnx",
                 "weightport.formats.onnx.reader", "weightport.formats.onnx.writer"),
     FormatEntry("safetensors", "safetensors (streamed, no torch import)", (".safetensors",), "torch",
-                "weightport.formats.torch.safetensors", "weightport.formats.torch.safetensors"),
+                "weightport.formats.torch.safetensors_reader",
+                "weightport.formats.torch.safetensors_writer"),
     FormatEntry("npz", "NumPy `.npz` + JSON sidecar (scipy preset: `--target-semantics convolution`)", (".npz",), "npz",
                 None, "weightport.formats.numpy.npz"),
     FormatEntry("theano_pickle", "Theano / Lasagne / PyTensor pickles, `np.savez`, `pkl_utils` zips (allowlist unpickler, "
@@ -94,7 +95,7 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("theano", "Theano / Lasagne arrays for a Theano runtime: pickle + JSON spec, kernels flipped", (".pkl", ".pickle"), "theano",
                 None, "weightport.formats.theano.writer"),
     FormatEntry("torch_pt", "PyTorch `.pt` state_dict (read with `weights_only=True`)", (".pt", ".pth"), "torch",
-                "weightport.formats.torch.pt", "weightport.formats.torch.pt"),
+                "weightport.formats.torch.pt_reader", "weightport.formats.torch.pt_writer"),
     FormatEntry("raw", "plain arrays for Java, C, Go, JavaScript (`weights.bin` + `manifest.json`)", ("",), "raw",
                 None, "weightport.formats.plain.raw"),
     FormatEntry("java", "plain arrays with a Java loader, check program and forward pass", ("",), "java",

@@ -217,7 +217,7 @@ def test_wheel_installs_only_weightport_with_its_java_resources(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"weightport"}, top
-    assert "weightport/__main__.py" in names and "weightport/formats/keras/h5.py" in names
+    assert "weightport/__main__.py" in names and "weightport/formats/keras/h5_reader.py" in names
     assert any(name.startswith("weightport/formats/plain/java/") and name.endswith(".java") for name in names)
 
 

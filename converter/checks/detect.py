@@ -11,7 +11,6 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from weightport.core.errors import UsageError, WeightportError
 from weightport.core.layout import CONVOLUTION, CORRELATION

@@ -13,7 +13,7 @@ import numpy as np
 
 from weightport.checks.layer_check import check_layers
 from weightport.checks.report import Check, Report, compare, load_array
-from weightport.core.errors import UnsupportedError, UsageError
+from weightport.core.errors import UnsupportedError
 from weightport.core.model import Model
 
 

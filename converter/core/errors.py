@@ -28,6 +28,12 @@ class WeightportError(Exception):
             text = f"{text}. {self.fix}"
         return " ".join(text.split())
 
+    def __reduce__(self):
+        """Pickle by fields, not by constructor arguments (subclasses take other ones), so an error raised
+        in a worker process arrives whole: class, message, ``problem``, ``path``, ``fix`` and any
+        attribute set on it (a :class:`ValidationFailed`'s ``report``)."""
+        return restore_error, (type(self), self.args, self.__dict__.copy())
+
     def with_path(self, path: str) -> "WeightportError":
         """The same error naming ``path`` (when it names no file yet)."""
         if self.path is None:
@@ -78,3 +84,11 @@ class MissingDependencyError(UsageError):
             f"{purpose} needs the Python package {module!r}, which is not installed",
             fix=f"Install it with: pip install 'weightport[{extra}]'",
         )
+
+
+def restore_error(cls: type, args: tuple, fields: dict) -> WeightportError:
+    """Unpickle a :class:`WeightportError` without calling its ``__init__``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(fields)
+    return error

@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from weightport.core.dtypes import is_bfloat16
-from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, UsageError,
-                              WeightportError)
+from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, WeightportError)
 from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.layout import CANONICAL_PATTERNS, conv_role
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex

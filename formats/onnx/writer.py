@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from typing import Any
 
@@ -100,6 +101,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
 
 
 EXTERNAL_THRESHOLD = 2_000_000_000
+TRACE_LOCK = threading.Lock()
 
 
 def template_with_weights(reader: OnnxReader, pairs: list[tuple[Layer, Layer]]) -> Any:
@@ -181,7 +183,10 @@ def traced_graph(model: Model) -> Any:
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    # torch.onnx.export keeps its state in module globals (GLOBALS.in_onnx_export, the opset) and
+    # warnings.catch_warnings swaps the process's filters (not thread-safe before Python 3.14): one
+    # export at a time.  Only the trace is serialised; reading, planning and writing run in parallel.
+    with TRACE_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on RNN batch sizes and shape inference
         # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from weightport.core.errors import AmbiguousSemanticsError, BadInputError, UsageError, WeightportError
+from weightport.core.errors import AmbiguousSemanticsError, BadInputError, UsageError
 from weightport.core.layout import concat_blocks, conv_role, CONVOLUTION, CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout
 from weightport.core.layout import CANONICAL_PATTERNS

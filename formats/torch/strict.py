@@ -11,8 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import threading
 
 from weightport.core.errors import UsageError
+
+_IMPORT_LOCK = threading.Lock()
 
 
 def load_module_class(spec: str):
@@ -24,14 +27,18 @@ def load_module_class(spec: str):
         raise UsageError("module file not found", path=path, fix="Check the path given to --strict-against")
     module_spec = importlib.util.spec_from_file_location(f"weightport_strict_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as error:
-        raise UsageError(f"importing the module failed ({type(error).__name__}: {error})", path=path,
-                         fix="Make the module importable on its own") from None
-    finally:
-        sys.path.pop(0)
+    folder = os.path.dirname(os.path.abspath(path))
+    # sys.path is the process's: one user module is imported at a time, its folder first meanwhile
+    # (so it can import its neighbours), and exactly that entry is removed afterwards.
+    with _IMPORT_LOCK:
+        sys.path.insert(0, folder)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as error:
+            raise UsageError(f"importing the module failed ({type(error).__name__}: {error})", path=path,
+                             fix="Make the module importable on its own") from None
+        finally:
+            sys.path.remove(folder)
     if not hasattr(module, name):
         raise UsageError(f"the module has no class {name!r}", path=path, fix="Check the class name")
     return getattr(module, name)

@@ -14,27 +14,23 @@ each kernel comes from :mod:`weightport.core.rules`.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import h5py
 import numpy as np
 
-from weightport.core.dtypes import widened
 from weightport.core.errors import BadInputError, UnsupportedError, WeightportError
-from weightport.core.atomic import atomic_path
-from weightport.core.layout import concat_blocks, CONVOLUTION, CORRELATION, Layout, NO_SEMANTICS
+from weightport.core.layout import concat_blocks, CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
-from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import note_bfloat16_widened, plan_by_layer
+from weightport.core.options import ReadOptions
 from weightport.core.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from weightport.core.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from weightport.formats.keras import hdf5
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
     BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
-    data_format, kernel_patterns, keras_plan,
+    data_format, kernel_patterns,
 )
 
 NAME = "keras_h5"
@@ -405,35 +401,6 @@ class KerasH5Reader:
             tensor.transforms = (Relayout(Layout(src), Layout(f"o {channels_first}"), known),)
             tensor.provenance = Provenance(tensor.provenance.source_key, src, NO_SEMANTICS,
                                            "Flatten of a channels-last map: rows reordered H,W,C -> C,H,W")
-
-
-def write(model: Model, path: str, options: WriteOptions) -> list[str]:
-    """Legacy Keras HDF5 weights (``save_weights`` layout) that ``model.load_weights`` of Keras 2/3 accepts.
-
-    One group per canonical layer, in graph order, each with ``weight_names``
-    in the Keras layer's weight order; kernels in Keras layouts.  Keras 3
-    matches weighted layers by order, so the Keras model must list its layers in
-    the same order as the source.  Datasets are written one at a time.
-    """
-    plan = keras_plan(model, options)
-    theano = options.target_semantics == CONVOLUTION
-    by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}
-    # Keras's legacy HDF5 loader (Keras 2 and 3) reads no bfloat16
-    note_bfloat16_widened(plan, "legacy Keras HDF5", "; name the output .weights.h5 to keep bfloat16")
-    with atomic_path(path, options.force) as temporary:
-        with h5py.File(temporary, "w") as handle:
-            handle.attrs["backend"] = "theano" if theano else "tensorflow"
-            handle.attrs["keras_version"] = "2.3.1" if theano else "3.0.0"
-            handle.attrs["weightport_source"] = f"{model.source.format}:{os.path.basename(model.source.path)}"
-            names = [layer.name for layer in model.layers]
-            handle.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
-            for layer in model.layers:
-                group = handle.create_group(layer.name)
-                items = by_layer.get(layer.name, [])
-                group.attrs["weight_names"] = np.array([i.key.encode("utf8") for i in items], dtype="S")
-                for item in items:
-                    hdf5.create_dataset(group, item.key, widened(item.load()))
-    return plan.warnings
 
 
 class JoinedGates:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import zipfile
 
-import numpy as np
 
-from weightport.core.atomic import atomic_path
-from weightport.core.dtypes import numpy_to_tensor, tensor_to_numpy
+from weightport.core.dtypes import tensor_to_numpy
 from weightport.core.errors import BadInputError, MissingDependencyError
 from weightport.core.layout import Layout
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, array_tensor
-from weightport.core.options import ReadOptions, WriteOptions
-from weightport.formats.torch.plan import torch_plan
+from weightport.core.options import ReadOptions
 
 NAME = "torch_pt"
 DESCRIPTION = "PyTorch state_dict saved with torch.save (.pt, .pth)"
@@ -66,16 +63,3 @@ def read(path: str, options: ReadOptions) -> Model:
         pattern = " ".join(f"a{k}" for k in range(array.ndim))
         layer.tensors[param or key] = array_tensor(param or key, array, Layout(pattern), Provenance(key, pattern))
     return model
-
-
-def write(model: Model, path: str, options: WriteOptions) -> list[str]:
-    """torch.save of a state_dict that torch.load(weights_only=True) accepts."""
-    torch = import_torch()
-    plan = torch_plan(model, options)
-    state = {}
-    for item in plan.tensors:
-        array = item.load()
-        state[item.key] = numpy_to_tensor(torch, array)
-    with atomic_path(path, options.force) as temporary:
-        torch.save(state, temporary)
-    return plan.warnings
