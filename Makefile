@@ -10,6 +10,8 @@ PIP := $(PY) -m pip
 .PHONY: setup demo test docs clean
 
 $(VENV)/.installed: pyproject.toml
+	# The plain-array target's tests compile and run the emitted Java: a JDK 17 from Debian if none is here.
+	command -v javac >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless >/dev/null)
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: 2.13.0 is a CPU build; an open range pulls a multi-GB CUDA build.
 	$(PIP) install --quiet "torch==2.13.0"

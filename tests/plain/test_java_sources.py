@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, ROOT
-from tests.test_raw_target import require_jdk
+from tests.plain.test_raw_target import require_jdk
 from weightport.api import load, save
 from weightport.formats.plain import java as java_target
 
