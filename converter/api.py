@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 
-from weightport.core.atomic import check_can_write
+from weightport.core.atomic import check_can_write, staging_folder
+from weightport.core.budget import require_regular_file
 from weightport.core.blocks import conversion_buffers
 from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
@@ -41,8 +41,7 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
         raise UsageError(f"unknown backend {assume_backend!r}", fix="Use --assume-backend theano or tensorflow")
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
-    if os.path.isdir(path):
-        raise UsageError("is a folder, not a model file", path=path, fix="Give the model file itself")
+    require_regular_file(path)  # a FIFO or device could block or never end
     options = ReadOptions(assume_backend, source_semantics, spec)
     chosen = entry(format) if format else reader_for(path)
     try:
@@ -84,8 +83,9 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     (see :func:`validate_conversion`), and moved into place only when it passes; otherwise
     nothing is written and :class:`weightport.core.errors.ValidationFailed` is raised.
     """
-    writer_and_options(dst, to, force, rename, write_options)  # fail on a bad target or option before reading
+    writer, _ = writer_and_options(dst, to, force, rename, write_options)  # a bad target or option: before reading
     check_can_write(dst, force)
+    refuse_writing_over_inputs(src, spec, dst, writer)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
@@ -98,7 +98,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
         validate = False
     if not validate:
         return save(model, dst, to=to, force=force, rename=rename, **write_options)
-    staging = tempfile.mkdtemp(prefix=".weightport-", dir=os.path.dirname(os.path.abspath(dst)))
+    staging = staging_folder(dst)
     try:
         staged = os.path.join(staging, os.path.basename(dst))
         result = save(model, staged, to=to, force=True, rename=rename, **write_options)
@@ -126,6 +126,29 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
                                                       source_semantics=source_semantics, spec=spec)
     return validate_conversion(source, converted, input, expected, atol, rtol)
+
+
+def refuse_writing_over_inputs(src: str, spec: str | None, dst: str, writer: FormatEntry) -> None:
+    """Never let an output (or a file written beside it, or a folder output holding it) be an input."""
+    from weightport.formats.theano.reader import default_spec_for
+    inputs = [path for path in (src, spec, default_spec_for(src)) if path]
+    companions = getattr(writer.writer_module(), "companion_outputs", lambda path: [])
+    for output in [dst] + list(companions(dst)):
+        for source in inputs:
+            if same_path(output, source) or ("" in writer.extensions and inside(source, output)):
+                raise UsageError(f"the output {output!r} would overwrite an input of this conversion", path=source,
+                                 fix="Choose another output name")
+
+
+def same_path(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def inside(path: str, folder: str) -> bool:
+    real, base = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, base]) == base
 
 
 def detect(src: str, input: str, expected: str, *, atol: float = 1e-4, rtol: float = 1e-4,

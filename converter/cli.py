@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, Sequence
 
 from weightport.core.version import __version__
 from weightport.core.errors import BadInputError, UsageError, WeightportError
+from weightport.core.text import printable
 from weightport.formats import target_names
 
 
@@ -24,6 +28,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message, fix=f"See '{self.prog} --help'")
+
+
+def say(line: str, file: Any = None) -> None:
+    """Print one line for a person: control characters from file contents escaped (weightport.core.text)."""
+    print(printable(line), file=file)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,18 +184,18 @@ def command_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(description, indent=2))
         return 0
     source = description["source"]
-    print(f"{source['path']}: {source['format']}, version {source['version'] or 'unknown'}, "
+    say(f"{source['path']}: {source['format']}, version {source['version'] or 'unknown'}, "
           f"backend {source['backend'] or 'unknown'}")
     for layer in description["layers"]:
         shape = "" if layer["output_shape"] is None else f" -> {tuple(layer['output_shape'])}"
-        print(f"  {layer['name']} ({layer['kind']}, {layer['class']}){shape}")
+        say(f"  {layer['name']} ({layer['kind']}, {layer['class']}){shape}")
         for name, tensor in layer["tensors"].items():
             semantics = "" if tensor["semantics"] == "none" else f" {tensor['source_semantics']} kernel"
             rule = f" [rule: {tensor['rule']}]" if tensor["rule"] else ""
-            print(f"    {name}: {tuple(tensor['shape'])} {tensor['dtype']} {tensor['layout']}"
+            say(f"    {name}: {tuple(tensor['shape'])} {tensor['dtype']} {tensor['layout']}"
                   f" (stored {tensor['source_layout']}{semantics}){rule}")
     for warning in description["warnings"]:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     return 0
 
 
@@ -208,10 +217,10 @@ def command_convert(args: argparse.Namespace) -> int:
         raise
     if not args.quiet:
         for warning in result.warnings:
-            print(f"warning: {warning}", file=sys.stderr)
+            say(f"warning: {warning}", file=sys.stderr)
     if result.report is not None:
         print(result.report.summary())
-    print(f"wrote {', '.join(result.outputs)}")
+    say(f"wrote {', '.join(result.outputs)}")
     return 0
 
 
@@ -233,9 +242,9 @@ def command_explain(args: argparse.Namespace) -> int:
     for row in rows:
         steps = "; ".join(row["transforms"]) or "copy as stored"
         why = f"  (why: {row['why']})" if row["why"] else ""
-        print(f"{row['key']}: {steps}{why}")
+        say(f"{row['key']}: {steps}{why}")
     for warning in plan.warnings:
-        print(f"warning: {warning}")
+        say(f"warning: {warning}")
     return 0
 
 
@@ -265,12 +274,30 @@ def command_formats(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"formats": command_formats, "detect": command_detect, "inspect": command_inspect, "convert": command_convert, "explain": command_explain,
-            "validate": command_validate}
+COMMANDS = {"formats": command_formats, "detect": command_detect, "inspect": command_inspect,
+            "convert": command_convert, "explain": command_explain, "validate": command_validate}
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is so that every ``finally`` and temporary-file cleanup runs."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command; SIGTERM is handled like Ctrl-C (temporaries removed, nothing half-written)."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if on_main_thread else None
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run(argv: list[str]) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
@@ -284,12 +311,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"weightport: error: {error.one_line()}", file=sys.stderr)
         return error.exit_code
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): nothing more to say
-        import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("weightport: interrupted; no output was written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("weightport: terminated (SIGTERM); no output was written", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except (OSError, MemoryError) as error:
         if debug:
             traceback.print_exc()
@@ -300,8 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         first = str(error).splitlines()[0] if str(error) else ""
-        print(f"weightport: internal error: {type(error).__name__}: {first}. Nothing was written; rerun with "
-              "--debug and report it", file=sys.stderr)
+        say(f"weightport: internal error: {type(error).__name__}: {first}. Nothing was written; rerun with "
+            "--debug and report it", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 
+from weightport.core.text import printable
 from weightport.core.errors import UsageError, WeightportError
 from weightport.core.layout import CONVOLUTION, CORRELATION
 from weightport.core.model import Model
@@ -60,7 +61,7 @@ class Detection:
             lines.append("result: ambiguous - both readings reproduce the output (symmetric kernels?)")
         else:
             lines.append("result: no hypothesis reproduces the recorded output")
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # one line each, whatever a name holds
 
 
 def detect(path: str, read: Callable[[str], Model], input_path: str, expected_path: str, atol: float = 1e-4,

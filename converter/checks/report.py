@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from weightport.core.text import printable
 from weightport.core.errors import UsageError
 
 
@@ -51,7 +52,7 @@ class Report:
         for skipped in self.skipped:
             lines.append(f"  SKIP {skipped}")
         lines.append("result: " + ("PASS" if self.passed else "FAIL"))
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # one line each, whatever a name holds
 
 
 def compare(name: str, got: np.ndarray, expected: np.ndarray, atol: float, rtol: float) -> Check:

@@ -1,19 +1,29 @@
 """Atomic output: write to a temporary file in the destination's folder, fsync, rename.
 
 A failure (or a kill) leaves either the previous file or nothing; never a
-partial file.  An existing output is replaced only with ``force``.
+partial file.  An existing output is replaced only with ``force``, and only when
+it is a regular file (or a folder, for the folder targets): a device, FIFO or
+socket is never replaced.
+
+Temporary files and staging folders are named ``.weightport-<host>-<pid>-*``.
+A SIGKILL can leave one behind; the next write into the same folder removes
+those whose process (on this host) no longer exists, and nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
+import shutil
+import socket
 import stat
 import tempfile
 import threading
 from collections.abc import Iterator
 
-from weightport.core.errors import OutputExistsError, UsageError
+from weightport.core.errors import OutputError, OutputExistsError, UsageError
 
 
 def check_can_write(path: str, force: bool) -> None:
@@ -24,6 +34,62 @@ def check_can_write(path: str, force: bool) -> None:
         raise UsageError("the output's folder does not exist", path=folder, fix="Create it first")
     if os.path.lexists(path) and not force:
         raise OutputExistsError("output already exists", path=path, fix="Pass --force to overwrite it")
+    refuse_special_file(path)
+
+
+def refuse_special_file(path: str) -> None:
+    """Refuse an output that exists and is neither a regular file nor a folder (``/dev/null``, a FIFO)."""
+    with contextlib.suppress(FileNotFoundError):
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise UsageError("the output is a device, FIFO or socket, which weightport never replaces", path=path,
+                             fix="Name a regular file")
+
+
+def temporary_prefix() -> str:
+    """``.weightport-<host>-<pid>-``: whose temporary a file is, so a later run can tell a stale one."""
+    return f".weightport-{HOST_TAG}-{os.getpid()}-"
+
+
+HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def staging_folder(near: str) -> str:
+    """A new empty folder beside ``near`` for outputs moved into place when complete (caller removes it)."""
+    folder = os.path.dirname(os.path.abspath(near))
+    remove_stale_temporaries(folder)
+    return tempfile.mkdtemp(prefix=temporary_prefix(), suffix=".tmp", dir=folder)
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove ``.weightport-<this host>-<pid>-*`` entries of ``folder`` whose process is gone; return them."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            parts = entry.name.split("-", 3)
+            if len(parts) < 4 or parts[0] != ".weightport" or parts[1] != HOST_TAG or not parts[2].isdigit():
+                continue
+            if process_alive(int(parts[2])):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed.append(entry.path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -34,24 +100,36 @@ def atomic_path(path: str, force: bool = False) -> Iterator[str]:
     mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else None
     temporary = None
     try:
-        fd, temporary = tempfile.mkstemp(prefix=".weightport-", suffix=".tmp", dir=folder)
+        remove_stale_temporaries(folder)
+        fd, temporary = tempfile.mkstemp(prefix=temporary_prefix(), suffix=".tmp", dir=folder)
         os.close(fd)
         yield temporary
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(temporary, 0o666 & ~current_umask() if mode is None else mode)
         os.replace(temporary, path)
-        with contextlib.suppress(OSError):
-            dir_fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-    except BaseException:
+        fsync_folder(folder)
+    except BaseException as error:
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+        if isinstance(error, OSError) and error.errno in WRITE_FAILURES:
+            raise OutputError(f"cannot write the file ({error.strerror})", path=path,
+                              fix="Check free space, quotas and permissions; nothing was written") from None
         raise
+
+
+WRITE_FAILURES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems refuse a folder fsync)."""
+    with contextlib.suppress(OSError):
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 _UMASK_LOCK = threading.Lock()

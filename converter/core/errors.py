@@ -8,6 +8,8 @@ validation) without a traceback.
 
 from __future__ import annotations
 
+from weightport.core.text import printable
+
 
 class WeightportError(Exception):
     """Base class: ``str(error)`` is one line ``FILE: PROBLEM. FIX``."""
@@ -26,7 +28,7 @@ class WeightportError(Exception):
             text = f"{self.path}: {text}"
         if self.fix:
             text = f"{text}. {self.fix}"
-        return " ".join(text.split())
+        return printable(" ".join(text.split()))
 
     def __reduce__(self):
         """Pickle by fields, not by constructor arguments (subclasses take other ones), so an error raised
@@ -64,6 +66,10 @@ class AmbiguousSemanticsError(BadInputError):
 
 class OutputExistsError(UsageError):
     """The output exists and --force was not given (exit 2)."""
+
+
+class OutputError(WeightportError):
+    """The output cannot be written: no space left, no permission, a file size limit (exit 2)."""
 
 
 class LayoutError(WeightportError):

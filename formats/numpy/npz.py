@@ -39,6 +39,11 @@ def sidecar_path(path: str) -> str:
     return path + ".json"
 
 
+def companion_outputs(path: str) -> list[str]:
+    """The JSON sidecar written beside ``path``."""
+    return [sidecar_path(path)]
+
+
 def npz_plan(model: Model, options: WriteOptions) -> Plan:
     """Canonical (PyTorch) layouts under the torch keys, kernels in ``options.target_semantics``.
 

@@ -10,15 +10,19 @@ onnx`` prints and what the writer writes.  onnx (and, for a traced graph, torch)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
+import secrets
+import shutil
 import threading
 import warnings
 from typing import Any
 
 import numpy as np
 
-from weightport.core.atomic import atomic_path, check_can_write
+from weightport.core.atomic import atomic_path, check_can_write, fsync_folder, staging_folder
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import BadInputError, MissingDependencyError, UnsupportedError, UsageError
 from weightport.core.layout import CORRELATION
@@ -78,29 +82,81 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     else:
         plan = canonical_plan(model, options, "onnx")
         proto = traced_graph(model)
-    external = proto.ByteSize() > EXTERNAL_THRESHOLD
-    data_path = path + ".data"
-    if external:
-        check_can_write(data_path, options.force)
+    if proto.ByteSize() > EXTERNAL_THRESHOLD:  # over protobuf's 2 GB: tensors go to a data file beside it
+        write_with_external_data(onnx, proto, path, options.force)
+        return plan.warnings
     with atomic_path(path, options.force) as temporary:
-        try:
-            if external:  # over protobuf's 2 GB: tensors go to NAME.onnx.data beside the model
-                onnx.save_model(proto, temporary, save_as_external_data=True, all_tensors_to_one_file=True,
-                                location=os.path.basename(data_path), size_threshold=1024)
-            else:
-                onnx.save_model(proto, temporary)
-            onnx.checker.check_model(temporary)
-        except BaseException as error:
-            if external and os.path.exists(data_path):
-                os.remove(data_path)
-            if isinstance(error, onnx.checker.ValidationError):
-                raise BadInputError(f"the written ONNX model fails onnx.checker ({str(error).splitlines()[0]})",
-                                    path=path, fix="Report this with the source file") from None
-            raise
+        onnx.save_model(proto, temporary)
+        check_written(onnx, temporary, path)
     return plan.warnings
 
 
-EXTERNAL_THRESHOLD = 2_000_000_000
+def companion_outputs(path: str) -> list[str]:
+    """The tensor file a model over 2 GB is written with (another name when it replaces a previous pair)."""
+    return [path + ".data"]
+
+
+def check_written(onnx: Any, written: str, path: str) -> None:
+    try:
+        onnx.checker.check_model(written)
+    except onnx.checker.ValidationError as error:
+        raise BadInputError(f"the written ONNX model fails onnx.checker ({str(error).splitlines()[0]})",
+                            path=path, fix="Report this with the source file") from None
+
+
+def write_with_external_data(onnx: Any, proto: Any, path: str, force: bool) -> None:
+    """The model and its tensor file written together into a staging folder, then put in place.
+
+    The data file goes in first under a name nothing uses (``NAME.onnx.data``, or
+    ``NAME.onnx.<random>.data`` when a previous pair is being replaced); the model's rename is the one
+    step that switches from the previous pair to the new one, so a kill at any moment leaves the
+    previous pair whole (or no output).  The previous pair's data file is removed after the switch.
+    """
+    check_can_write(path, force)
+    folder, name = os.path.split(os.path.abspath(path))
+    previous = weightport_data_files(onnx, path)
+    data_name = f"{name}.data"
+    if os.path.lexists(os.path.join(folder, data_name)):
+        check_can_write(os.path.join(folder, data_name), force)
+        data_name = f"{name}.{secrets.token_hex(4)}.data"
+    staging = staging_folder(path)
+    try:
+        staged = os.path.join(staging, name)
+        onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=EXTERNAL_TENSOR_BYTES)
+        check_written(onnx, staged, path)
+        written = [name for name in (data_name, name) if os.path.exists(os.path.join(staging, name))]
+        for each in written:
+            with open(os.path.join(staging, each), "rb+") as handle:
+                os.fsync(handle.fileno())
+        if data_name in written:
+            os.replace(os.path.join(staging, data_name), os.path.join(folder, data_name))
+        os.replace(staged, path)
+        fsync_folder(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for old in previous:
+        if old != data_name:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, old))
+
+
+def weightport_data_files(onnx: Any, path: str) -> list[str]:
+    """Data files that the ONNX model at ``path`` (being replaced) names and weightport would have named."""
+    if not os.path.isfile(path):
+        return []
+    pattern = re.compile(re.escape(os.path.basename(path)) + r"(\.[0-9a-f]{8})?\.data")
+    try:
+        previous = onnx.load_model(path, load_external_data=False)
+    except Exception:  # not an ONNX model (being replaced with --force): it names no data file
+        return []
+    names = {entry.value for tensor in previous.graph.initializer for entry in tensor.external_data
+             if entry.key == "location"}
+    return sorted(name for name in names if pattern.fullmatch(name))
+
+
+EXTERNAL_THRESHOLD = 2_000_000_000  # protobuf's limit is 2 GiB: above this, tensors go to a data file
+EXTERNAL_TENSOR_BYTES = 1024  # tensors under this stay in the model file even then
 TRACE_LOCK = threading.Lock()
 
 

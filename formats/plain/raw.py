@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from weightport.core.version import __version__
-from weightport.core.atomic import check_can_write, current_umask
+from weightport.core.atomic import check_can_write, current_umask, fsync_folder, staging_folder
 from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
 from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
@@ -505,7 +505,7 @@ def staged_directory(path: str, force: bool) -> Iterator[str]:
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError("the output's parent folder does not exist", path=path, fix="Create it first")
-    staging = tempfile.mkdtemp(prefix=".weightport-", suffix=".tmp", dir=parent)
+    staging = staging_folder(path)
     try:
         yield staging
         os.chmod(staging, 0o777 & ~current_umask())
@@ -515,15 +515,6 @@ def staged_directory(path: str, force: bool) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def fsync_folder(folder: str) -> None:
-    with contextlib.suppress(OSError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 def install(staging: str, path: str, force: bool) -> None:

@@ -107,10 +107,15 @@ def spec_for(model: Model, plan: Plan) -> dict:
             and first.output_shape else None}
 
 
+def companion_outputs(path: str) -> list[str]:
+    """The spec written beside ``path``: ``<stem>.spec.json``."""
+    return [os.path.join(os.path.dirname(path) or ".", os.path.basename(path).split(".")[0] + ".spec.json")]
+
+
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """``path`` (pickle of a list of arrays) and ``<stem>.spec.json`` beside it, both atomically."""
     plan = theano_plan(model, options)
-    spec_path = os.path.join(os.path.dirname(path) or ".", os.path.basename(path).split(".")[0] + ".spec.json")
+    spec_path, = companion_outputs(path)
     check_can_write(spec_path, options.force)
     arrays = [widened(item.load()) for item in plan.tensors]
     note_bfloat16_widened(plan, "Theano")
