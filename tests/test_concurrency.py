@@ -155,6 +155,22 @@ def test_threads_write_the_bytes_one_thread_writes(tmp_path, monkeypatch, vgg_li
         assert not temporaries(str(folder))
 
 
+def test_a_copy_never_waits_for_helper_threads_busy_with_other_conversions():
+    """Every helper copy thread busy elsewhere: the half offered to them runs on the calling thread instead,
+    and in_parallel returns without waiting for them."""
+    from weightport.core.blocks import COPY_THREADS, HELPERS, in_parallel
+    release = threading.Event()
+    busy = [HELPERS.get().submit(release.wait, 60) for _ in range(COPY_THREADS)]
+    try:
+        ran: list[tuple[int, int]] = []
+        in_parallel(lambda share: ran.append((share, threading.get_ident())), [0, 1], 2)
+        assert sorted(share for share, _ in ran) == [0, 1]
+        assert {thread for _, thread in ran} == {threading.get_ident()}
+        assert not any(future.done() for future in busy)
+    finally:
+        release.set()
+
+
 VALIDATED = [("keras3", "cnn_flatten_dense.h5"), ("keras3", "conv1d_rnn.h5"), ("keras3", "functional_residual.keras"),
              ("keras3", "conv3d_grouped.h5"), ("tf_keras2", "rnn_stack.h5"), ("keras_theano", "k2_cnn_channels_last.h5"),
              ("onnx", "torch_cnn.onnx"), ("onnx", "gru_linear_before_reset.onnx")]
