@@ -18,7 +18,8 @@ from weightport.api import load
 from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
-FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "channels_first_cnn", "conv3d_grouped"]
+FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "channels_first_cnn", "conv3d_grouped",
+            "functional_residual_flatten", "conv2d_transpose_single"]
 
 
 class HandWritten(torch.nn.Module):

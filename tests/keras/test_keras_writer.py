@@ -12,7 +12,8 @@ import scipy.signal
 
 from tests.conftest import fixture_path
 
-FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "conv3d_grouped"]
+FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "conv3d_grouped", "functional_residual_flatten",
+            "conv2d_transpose_single"]
 
 
 def weights_by_layer(path: str) -> dict[str, list[np.ndarray]]:

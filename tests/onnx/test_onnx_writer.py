@@ -24,7 +24,8 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 from onnx import numpy_helper  # noqa: E402
 
-KERAS3 = ["cnn_flatten_dense", "channels_first_cnn", "conv1d_rnn", "conv3d_grouped", "functional_residual"]
+KERAS3 = ["cnn_flatten_dense", "channels_first_cnn", "conv1d_rnn", "conv3d_grouped", "functional_residual",
+          "functional_residual_flatten", "conv2d_transpose_single"]
 ONNX = ["torch_cnn", "torch_cnn_external", "torch_conv1d", "torch_conv3d", "torch_convtranspose",
         "helper_autopad_gemm", "lstm_bidirectional", "gru_linear_before_reset"]
 
@@ -53,6 +54,8 @@ def test_keras3_model_as_whole_onnx_graph_reproduces_keras(run_cli, tmp_path, na
     expected = np.load(fixture_path("keras3", f"{name}.output.npy"))
     channels_last = name != "channels_first_cnn"  # Keras maps and sequences are channels-last; ONNX takes NC...
     got = run_onnx(out, channels_first(x, channels_last))
+    if channels_last and got.ndim >= 3:  # a feature map out (conv2d_transpose_single): NC... back to N...C
+        got = np.moveaxis(got, 1, -1)
     assert_close(got, expected)
 
 
