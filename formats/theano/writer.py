@@ -5,7 +5,8 @@ Conv kernels are written ``(out, in/groups, rows, cols)`` flipped for Theano's d
 ``conv2d(filter_flip=True)`` / Lasagne ``Conv2DLayer`` (``--target-semantics correlation`` for
 ``Conv2DDNNLayer`` or ``filter_flip=False``); dense ``W`` as ``(num_inputs, num_units)``; batch norm as
 Lasagne's ``beta, gamma, mean, inv_std`` (``inv_std = 1/sqrt(var + eps)``). The pickle holds only
-lists and numpy arrays (protocol 2, readable by Python 2 and 3).
+lists and numpy arrays (protocol 2, arrays named through ``numpy.core`` so that numpy 1.x, Python 2's
+included, loads them; fixtures/theano_target holds a real Theano 1.0.5 run of a written pickle).
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
     return Plan("theano", planned, list(model.warnings))
 
 
+class LegacyNumpyPickler(pickle._Pickler):
+    """Pickles arrays as every numpy loads them: numpy 2 names its array reconstructor
+    ``numpy._core.multiarray._reconstruct``, which numpy < 1.26 (every Theano-era install, Python 2's
+    included) cannot import; this writes ``numpy.core.multiarray._reconstruct``, which numpy 1.x
+    defines and numpy 2 still resolves to the same function."""
+
+    def save_global(self, obj, name=None):
+        name = name or obj.__qualname__
+        module = pickle.whichmodule(obj, name)
+        if not module.startswith("numpy._core."):
+            return super().save_global(obj, name)
+        self.write(pickle.GLOBAL + f"numpy.core.{module[len('numpy._core.'):]}\n{name}\n".encode("ascii"))
+        self.memoize(obj)
+
+
 def renamed(item: PlannedTensor, key: str) -> PlannedTensor:
     return replace(item, key=key)
 
@@ -121,7 +137,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     note_bfloat16_widened(plan, "Theano")
     with atomic_path(path, options.force) as temporary:
         with open(temporary, "wb") as handle:
-            pickle.dump(arrays, handle, protocol=2)
+            LegacyNumpyPickler(handle, protocol=2).dump(arrays)
         with atomic_path(spec_path, options.force) as spec_temporary:
             with open(spec_temporary, "w", encoding="utf-8") as handle:
                 json.dump(spec_for(model, plan), handle, indent=1)
