@@ -66,3 +66,32 @@ def check_computed_bytes(nbytes: int, path: str, what: str) -> None:
     if nbytes < 0 or nbytes > MAX_COMPUTED_BYTES:
         raise BadInputError(f"{what} would compute {nbytes} bytes (more than {MAX_COMPUTED_BYTES})", path=path,
                             fix="The file is damaged or crafted; re-export it")
+
+
+def declared_elements(shape, path: str, what: str) -> int:
+    """The element count of a declared shape, a negative dimension refused; counting stops past
+    :data:`MAX_ARRAY_BYTES` (whatever follows), so a shape of many huge dimensions costs no big-number arithmetic."""
+    if any(size < 0 for size in shape):
+        raise BadInputError(f"{what} has a negative dimension ({min(shape)})", path=path,
+                            fix="The file is damaged or crafted; re-export it")
+    if 0 in shape:
+        return 0
+    count = 1
+    for size in shape:
+        count *= size
+        if count > MAX_ARRAY_BYTES:
+            return MAX_ARRAY_BYTES + 1
+    return count
+
+
+def check_nesting(value, path: str, what: str) -> None:
+    """Parsed data nested deeper than :data:`MAX_NESTING` is refused: code walking it recurses.  ``value`` is a
+    tree of dicts, lists and tuples (as ``json.loads`` builds), walked once, level by level, without recursion."""
+    containers = (dict, list, tuple)
+    level = [value] if isinstance(value, containers) else []
+    for _ in range(MAX_NESTING):
+        level = [child for item in level for child in (item.values() if isinstance(item, dict) else item)
+                 if isinstance(child, containers)]
+    if level:
+        raise BadInputError(f"{what} is nested more than {MAX_NESTING} levels deep", path=path,
+                            fix="The file is damaged or crafted; re-export it")

@@ -1,11 +1,15 @@
-"""JSON-ready descriptions of a canonical model (for inspect --json, explain and file metadata)."""
+"""JSON-ready descriptions of a canonical model (for inspect --json, explain and file metadata), and the one
+way JSON read from a file is parsed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 
+from weightport.core.budget import check_nesting, MAX_NESTING
+from weightport.core.errors import BadInputError
 from weightport.core.model import Layer, Model, Tensor
 
 
@@ -68,3 +72,28 @@ def graph_metadata(model: Model) -> dict[str, Any]:
                     "params": {name: {"layout": t.layout.pattern, "semantics": t.layout.semantics}
                                for name, t in l.tensors.items()}} for l in model.layers],
     }
+
+
+def parse_json(text: str | bytes, path: str, what: str) -> Any:
+    """JSON read from a file (a Keras config, a safetensors header, weightport's graph metadata), parsed as
+    data only and under the budget: invalid JSON, a key repeated within one object (which value wins
+    would be the parser's choice) and nesting deeper than :data:`~weightport.core.budget.MAX_NESTING` are
+    refused with a :class:`BadInputError` naming ``path``."""
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        value = dict(pairs)
+        if len(value) != len(pairs):
+            seen: set[str] = set()
+            repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+            raise BadInputError(f"{what} has a duplicate key {repeated[:80]!r} in one object", path=path,
+                                fix="The file is damaged or crafted; write it again")
+        return value
+    try:
+        value = json.loads(text, object_pairs_hook=unique)
+    except RecursionError:
+        raise BadInputError(f"{what} is nested more than {MAX_NESTING} levels deep", path=path,
+                            fix="The file is damaged or crafted; write it again") from None
+    except (UnicodeDecodeError, ValueError) as error:
+        raise BadInputError(f"{what} is not valid JSON ({error})", path=path,
+                            fix="The file is damaged; write it again") from None
+    check_nesting(value, path, what)
+    return value

@@ -116,6 +116,9 @@ def array_tensor(name: str, array: np.ndarray, layout: Layout, provenance: Prove
     return Tensor(name, tuple(array.shape), array.dtype, layout, provenance, lambda: array, transforms)
 
 
+_RENAMES = [0]  # bumped whenever a layer is renamed: every LayerList index is then rebuilt once
+
+
 @dataclass
 class Layer:
     """One node of the canonical graph.
@@ -137,6 +140,71 @@ class Layer:
     semantics_rule: str | None = None
     output_shape: tuple[int | None, ...] | None = None  # channels-first, without batch
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "name" and "name" in self.__dict__:
+            _RENAMES[0] += 1
+        object.__setattr__(self, key, value)
+
+
+class LayerList(list):
+    """:attr:`Model.layers`: a list of layers that also finds a layer by name, or a layer's position, in O(1).
+
+    The index follows the list lazily: layers appended at the end are indexed on the next lookup, and any
+    other change to the list (insert, remove, assignment, sort, ...) or the renaming of any layer rebuilds it
+    once.  A name held by several layers finds the first of them, as a search from the start would.
+    """
+
+    def __init__(self, layers: Any = ()) -> None:
+        super().__init__(layers)
+        self._forget()
+
+    def _forget(self) -> None:
+        self._names: dict[str, Layer] = {}
+        self._positions: dict[int, int] = {}
+        self._indexed = 0
+        self._renames = _RENAMES[0]
+
+    def _sync(self) -> None:
+        if self._renames != _RENAMES[0] or self._indexed > len(self):
+            self._forget()
+        for position in range(self._indexed, len(self)):
+            layer = list.__getitem__(self, position)
+            self._names.setdefault(layer.name, layer)
+            self._positions.setdefault(id(layer), position)
+        self._indexed = len(self)
+
+    def find(self, name: str) -> Layer | None:
+        """The first layer called ``name``, or None."""
+        self._sync()
+        return self._names.get(name)
+
+    def position(self, layer: Layer) -> int | None:
+        """Where ``layer`` (this very object) is in the list, or None."""
+        self._sync()
+        return self._positions.get(id(layer))
+
+    def __reduce__(self):
+        return LayerList, (list(self),)
+
+    def _changed(method):  # type: ignore[no-untyped-def]
+        def changing(self, *args, **kwargs):
+            result = method(self, *args, **kwargs)
+            self._forget()
+            return result
+        changing.__name__ = method.__name__
+        return changing
+
+    insert = _changed(list.insert)
+    remove = _changed(list.remove)
+    pop = _changed(list.pop)
+    clear = _changed(list.clear)
+    sort = _changed(list.sort)
+    reverse = _changed(list.reverse)
+    __setitem__ = _changed(list.__setitem__)
+    __delitem__ = _changed(list.__delitem__)
+    __imul__ = _changed(list.__imul__)
+    del _changed
+
 
 @dataclass
 class SourceInfo:
@@ -154,15 +222,32 @@ class Model:
     """An ordered graph of layers with their canonical tensors."""
 
     source: SourceInfo
-    layers: list[Layer] = field(default_factory=list)
+    layers: list[Layer] = field(default_factory=LayerList)
     warnings: list[str] = field(default_factory=list)
     has_architecture: bool = False
 
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "layers" and not isinstance(value, LayerList):
+            value = LayerList(value)  # any list assigned becomes an indexed one
+        object.__setattr__(self, key, value)
+
     def layer(self, name: str) -> Layer:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        """The layer called ``name`` (the first, when several are), in O(1); KeyError when there is none."""
+        found = self.layers.find(name)
+        if found is None:
+            raise KeyError(name)
+        return found
+
+    def find(self, name: str) -> Layer | None:
+        """The layer called ``name``, or None, in O(1)."""
+        return self.layers.find(name)
+
+    def input_names(self, layer: Layer) -> list[str]:
+        """The names of the layers feeding ``layer``: its ``inputs``, or else the layer before it in graph order."""
+        if layer.inputs:
+            return list(layer.inputs)
+        position = self.layers.position(layer)
+        return [self.layers[position - 1].name] if position else []
 
     def weighted_layers(self) -> list[Layer]:
         return [layer for layer in self.layers if layer.tensors]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from weightport.core.errors import BadInputError
 from weightport.core.model import Layer, Model
 
 Shape = tuple[int | None, ...]
@@ -136,8 +137,40 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
     return None
 
 
+def check_acyclic(model: Model) -> None:
+    """Refuse a graph whose layers feed each other in a cycle (a hostile config): walking such a graph back
+    from a layer would never end.  One pass, O(layers + edges); an input naming no layer is ignored, and so
+    is what precedes an input layer (nothing feeds it, whatever the order of the list)."""
+    positions: dict[str, int] = {}
+    for position, layer in enumerate(model.layers):
+        positions.setdefault(layer.name, position)
+    edges = [[] if layer.kind == "input" else [positions[name] for name in model.input_names(layer) if name in positions]
+             for layer in model.layers]
+    state = [0] * len(edges)  # 0 not seen, 1 on the current path, 2 done
+    for start in range(len(edges)):
+        if state[start]:
+            continue
+        state[start] = 1
+        path = [(start, iter(edges[start]))]
+        while path:
+            node, following = path[-1]
+            feeding = next(following, None)
+            if feeding is None:
+                state[node] = 2
+                path.pop()
+            elif state[feeding] == 1:
+                raise BadInputError(f"the layer graph has a cycle: layer {model.layers[feeding].name!r} feeds itself "
+                                    "through its own inputs", path=model.source.path,
+                                    fix="The model config is damaged or crafted; save the model again")
+            elif state[feeding] == 0:
+                state[feeding] = 1
+                path.append((feeding, iter(edges[feeding])))
+
+
 def infer_shapes(model: Model) -> None:
-    """Fill ``output_shape`` of every layer whose inputs' shapes are known, in graph order."""
+    """Fill ``output_shape`` of every layer whose inputs' shapes are known, in graph order (a graph with a
+    cycle is refused first, see :func:`check_acyclic`)."""
+    check_acyclic(model)
     shapes: dict[str, Shape | None] = {}
     previous: str | None = None
     for layer in model.layers:
@@ -166,35 +199,49 @@ def asymmetric_padding(model: Model) -> list[str]:
     return found
 
 
-def feeding_flatten(model: Model, layer: Layer) -> Layer | None:
-    """The Flatten layer whose output reaches ``layer`` through shape-preserving layers only."""
-    index = {l.name: l for l in model.layers}
-    position = model.layers.index(layer)
-    current = layer
-    while True:
-        names = current.inputs or ([model.layers[position - 1].name] if position > 0 else [])
-        if len(names) != 1 or names[0] not in index:
-            return None
-        current = index[names[0]]
-        position = model.layers.index(current)
+def feeding_flatten(model: Model, layer: Layer, memo: dict[int, Layer | None] | None = None) -> Layer | None:
+    """The Flatten layer whose output reaches ``layer`` through shape-preserving layers only.
+
+    ``memo``, one dict kept over a pass through a model whose graph does not change meanwhile, remembers
+    every layer walked, so the whole pass stays linear however many layers share one long chain.
+    """
+    memo = {} if memo is None else memo
+    names = model.input_names(layer)
+    current = model.find(names[0]) if len(names) == 1 else None
+    walked: dict[int, None] = {}
+    found: Layer | None = None
+    while current is not None:
+        key = id(current)
+        if key in memo:
+            found = memo[key]
+            break
+        if key in walked:  # a cycle (refused when the model was read; never followed twice)
+            break
+        walked[key] = None
         if current.kind == "flatten":
-            return current
+            found = current
+            break
         if current.kind not in ("dropout", "activation"):
-            return None
+            break
+        names = model.input_names(current)
+        current = model.find(names[0]) if len(names) == 1 else None
+    for key in walked:
+        memo[key] = found
+    return found
 
 
-def flattened_map_shape(model: Model, dense: Layer) -> tuple[int, ...] | None | bool:
+def flattened_map_shape(model: Model, dense: Layer,
+                        memo: dict[int, Layer | None] | None = None) -> tuple[int, ...] | None | bool:
     """Channels-first shape ``(c, [d,] [h,] w)`` of the map a Flatten feeds into ``dense``.
 
     ``False`` when no Flatten of a spatial map feeds the layer; ``None`` when
-    one does but its shape is unknown.
+    one does but its shape is unknown.  ``memo`` as for :func:`feeding_flatten`.
     """
-    flatten = feeding_flatten(model, dense)
+    flatten = feeding_flatten(model, dense, memo)
     if flatten is None:
         return False
-    index = {l.name: l for l in model.layers}
-    position = model.layers.index(flatten)
-    before = index.get(flatten.inputs[0]) if flatten.inputs else (model.layers[position - 1] if position else None)
+    names = model.input_names(flatten)
+    before = model.find(names[0]) if names else None
     shape = before.output_shape if before is not None else None
     if shape is None or any(n is None for n in shape):
         return None

@@ -61,11 +61,13 @@ def expand(entry: dict[str, Any], inbound: list[str], path: str, aliases: dict[s
     name = entry.get("name") or (config.get("name") if isinstance(config, dict) else None) or class_name
     if class_name in ("Sequential", "Model", "Functional"):
         inner, functional = model_layers(entry, path)
-        inputs = [d.name for d in inner if d.class_name == "InputLayer"]
+        inputs: dict[str, int] = {}  # input name -> its first position among the inputs
+        for position, input_name in enumerate(d.name for d in inner if d.class_name == "InputLayer"):
+            inputs.setdefault(input_name, position)
         if inbound:
             inner = [d for d in inner if d.class_name != "InputLayer"]
             for decl in inner:
-                decl.inbound = [inbound[min(inputs.index(n), len(inbound) - 1)] if n in inputs else n
+                decl.inbound = [inbound[min(inputs[n], len(inbound) - 1)] if n in inputs else n
                                 for n in decl.inbound]
             if inner and not inner[0].inbound:
                 inner[0].inbound = list(inbound)

@@ -143,6 +143,7 @@ class KerasH5Reader:
                 dataset = group[weight_name]
                 if not isinstance(dataset, h5py.Dataset):
                     raise BadInputError(f"weight {group_name}/{weight_name} is not a dataset")
+                hdf5.check_declared_size(dataset, self.path)
                 owners = [part for part in weight_name.split("/")[:-1] if part in known]
                 owner = owners[-1] if owners else group_name
                 index.setdefault(owner, {})[short_name(owner, weight_name)] = (f"{group.name}/{weight_name}", dataset)
@@ -363,34 +364,45 @@ class KerasH5Reader:
             if not first.inputs:
                 first.inputs = ["input"]
 
-    def map_format(self, model: Model, flatten: Layer) -> str:
-        """The data format of the map reaching ``flatten``: that of the nearest layer before it that has one."""
-        position = model.layers.index(flatten)
-        index = {l.name: l for l in model.layers}
-        current = index.get(flatten.inputs[0]) if flatten.inputs else model.layers[position - 1]
-        while current is not None:
+    def map_format(self, model: Model, flatten: Layer, memo: dict[int, str]) -> str:
+        """The data format of the map reaching ``flatten``: that of the nearest layer before it that has one.
+        ``memo`` (kept over one pass) remembers the answer for every layer walked, so a pass stays linear."""
+        default = model.source.details.get("data_format", "channels_last")
+        names = model.input_names(flatten)
+        current = model.find(names[0]) if names else None
+        walked: dict[int, None] = {}
+        found = default
+        while current is not None and id(current) not in walked:  # a cycle was refused on reading
+            if id(current) in memo:
+                found = memo[id(current)]
+                break
+            walked[id(current)] = None
             if current.kind in ("conv", "conv_transpose", "depthwise", "separable", "pool", "padding",
                                 "cropping", "upsampling"):
-                return current.attrs.get("data_format") or model.source.details.get("data_format", "channels_last")
-            names = current.inputs or ([model.layers[model.layers.index(current) - 1].name]
-                                       if model.layers.index(current) else [])
-            current = index.get(names[0]) if names else None
-        return model.source.details.get("data_format", "channels_last")
+                found = current.attrs.get("data_format") or default
+                break
+            names = model.input_names(current)
+            current = model.find(names[0]) if names else None
+        for key in walked:
+            memo[key] = found
+        return found
 
     def permute_dense_after_flatten(self, model: Model) -> None:
         """Dense rows after a Flatten of a spatial map: source flatten order -> canonical C, (D,) H, W."""
+        flattens: dict[int, Layer | None] = {}
+        formats: dict[int, str] = {}
         for layer in model.layers:
             if layer.kind != "dense":
                 continue
-            shape = flattened_map_shape(model, layer)
+            shape = flattened_map_shape(model, layer, flattens)
             if shape is False:
                 continue
             if shape is None:
                 model.warn(f"layer {layer.name!r}: Dense after Flatten, but the flattened shape is unknown; "
                            "its rows were kept in the source's order (pass a model with an input shape)")
                 continue
-            flatten = feeding_flatten(model, layer)
-            order = keras_flatten_order(self.version, self.map_format(model, flatten),
+            flatten = feeding_flatten(model, layer, flattens)
+            order = keras_flatten_order(self.version, self.map_format(model, flatten, formats),
                                         flatten.attrs.get("flatten_data_format"))
             flatten.attrs["flatten_order"] = order
             if order == "chw":

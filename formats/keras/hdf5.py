@@ -2,18 +2,23 @@
 
 HDF5 files can point outside themselves (external links, external raw
 storage, virtual datasets); weightport reads only what the user pointed at, so
-those are refused before any data is read.
+those are refused before any data is read.  Every object is visited once, however
+many hard links reach it, so a small file whose links form a deep DAG or a cycle
+costs time in proportion to its objects, not to its paths.  A dataset's declared
+size is checked against what the file holds (:func:`check_declared_size`) before
+it is read.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import h5py
 import numpy as np
 
+from weightport.core import budget
+from weightport.core.describe import parse_json
 from weightport.core.dtypes import BFLOAT16, as_bfloat16, bfloat16, is_bfloat16
 from weightport.core.errors import BadInputError, UnsafeInputError
 
@@ -63,28 +68,50 @@ def first_line(error: BaseException) -> str:
 
 
 def refuse_outside_references(group: h5py.Group, path: str) -> None:
-    """Raise :class:`UnsafeInputError` on external links, external storage or virtual datasets."""
-    for name in group:
-        link = group.get(name, getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            raise UnsafeInputError(f"HDF5 external link {group.name.rstrip('/')}/{name} -> {link.filename}",
-                                   path=path, fix="weightport reads only the file given; embed the data in it")
-        if isinstance(link, h5py.SoftLink):
-            continue
-        try:
-            item = group[name]
-        except (KeyError, OSError) as error:
-            raise BadInputError(f"HDF5 object {name!r} cannot be read ({first_line(error)})", path=path,
-                                fix="The file is damaged; export it again") from None
-        if isinstance(item, h5py.Group):
-            refuse_outside_references(item, path)
-        elif isinstance(item, h5py.Dataset):
-            if item.is_virtual:
-                raise UnsafeInputError(f"HDF5 virtual dataset {item.name}", path=path,
-                                       fix="weightport reads only the file given; materialize the dataset")
-            if item.external:
-                raise UnsafeInputError(f"HDF5 dataset {item.name} keeps its data in external files",
-                                       path=path, fix="weightport reads only the file given; embed the data")
+    """Raise :class:`UnsafeInputError` on external links, external storage or virtual datasets.
+
+    Walks every object reachable from ``group`` once (hard links may share or loop back to a group)."""
+    seen: set[Any] = {group.id}
+    pending = [group]
+    while pending:
+        current = pending.pop()
+        for name in current:
+            link = current.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise UnsafeInputError(f"HDF5 external link {current.name.rstrip('/')}/{name} -> {link.filename}",
+                                       path=path, fix="weightport reads only the file given; embed the data in it")
+            if isinstance(link, h5py.SoftLink):
+                continue
+            try:
+                item = current[name]
+            except (KeyError, OSError) as error:
+                raise BadInputError(f"HDF5 object {name!r} cannot be read ({first_line(error)})", path=path,
+                                    fix="The file is damaged; export it again") from None
+            if item.id in seen:
+                continue
+            seen.add(item.id)
+            if isinstance(item, h5py.Group):
+                pending.append(item)
+            elif isinstance(item, h5py.Dataset):
+                if item.is_virtual:
+                    raise UnsafeInputError(f"HDF5 virtual dataset {item.name}", path=path,
+                                           fix="weightport reads only the file given; materialize the dataset")
+                if item.external:
+                    raise UnsafeInputError(f"HDF5 dataset {item.name} keeps its data in external files",
+                                           path=path, fix="weightport reads only the file given; embed the data")
+
+
+def check_declared_size(dataset: h5py.Dataset, path: str) -> None:
+    """Refuse a dataset that declares more than the file can hold, before it is read: an unfiltered one may
+    not be larger than the file ``path`` (a dataset never written reads back as its fill value, gigabytes of
+    it from a small file), a filtered (compressed) one may not expand its stored chunks more than
+    :data:`weightport.core.budget.MAX_COMPRESSION_RATIO` times."""
+    what = f"dataset {dataset.name}"
+    nbytes = budget.declared_elements(dataset.shape or (), path, what) * dataset.dtype.itemsize
+    if dataset.id.get_create_plist().get_nfilters():
+        budget.check_compressed_bytes(nbytes, dataset.id.get_storage_size(), path, what)
+    else:
+        budget.check_stored_bytes(nbytes, budget.file_size(path), path, what)
 
 
 def decode(value: Any) -> Any:
@@ -122,13 +149,7 @@ def name_list_attr(attrs: h5py.AttributeManager, name: str) -> list[str]:
 def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
     """A JSON attribute parsed as data only (never evaluated)."""
     text = text_attr(attrs, name)
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError as error:
-        raise BadInputError(f"attribute {name!r} is not valid JSON ({error})", path=path,
-                            fix="The file is damaged; export it again") from None
+    return None if text is None else parse_json(text, path, f"attribute {name!r}")
 
 
 def is_bfloat16_dataset(dataset: h5py.Dataset) -> bool:

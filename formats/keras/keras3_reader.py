@@ -16,7 +16,6 @@ inflated into memory.
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import zipfile
@@ -24,6 +23,7 @@ from typing import Any
 
 import h5py
 
+from weightport.core.describe import parse_json
 from weightport.core.errors import BadInputError, UnsupportedError, WeightportError
 from weightport.core.model import Model
 from weightport.core.options import ReadOptions
@@ -96,6 +96,9 @@ def open_archive(path: str) -> tuple[h5py.File, Any, dict[str, Any]]:
         with zipfile.ZipFile(path) as archive:
             config = read_json_member(archive, "config.json", path)
             metadata = read_json_member(archive, "metadata.json", path) if "metadata.json" in archive.namelist() else {}
+            if not isinstance(metadata, dict) or not isinstance(metadata.get("keras_version", ""), str):
+                raise BadInputError("metadata.json is not a JSON object with a text keras_version", path=path,
+                                    fix="Save the model again with model.save('model.keras')")
             info = archive.getinfo(WEIGHTS_MEMBER)
     except (zipfile.BadZipFile, KeyError) as error:
         raise BadInputError(f".keras archive is damaged or lacks {WEIGHTS_MEMBER} ({error})", path=path,
@@ -133,9 +136,10 @@ def read_json_member(archive: zipfile.ZipFile, name: str, path: str) -> Any:
     if info.file_size > MAX_JSON:
         raise BadInputError(f"{name} declares {info.file_size} bytes", path=path, fix="This is not a Keras archive")
     try:
-        return json.loads(archive.read(name).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
+        text = archive.read(name).decode("utf-8")
+    except UnicodeDecodeError as error:
         raise BadInputError(f"{name} is not valid JSON ({error})", path=path, fix="Save the model again") from None
+    return parse_json(text, path, name)
 
 
 def read(path: str, options: ReadOptions) -> Model:
@@ -187,6 +191,9 @@ class Keras3Reader(KerasH5Reader):
         group = self.handle[self.groups[name]]
         datasets = [group["vars"]] + ([group["cell/vars"]] if "cell" in group and "vars" in group["cell"] else [])
         arrays = [(f"{g.name}/{k}", g[k]) for g in datasets for k in sorted(g, key=int)]
+        for _, array in arrays:
+            if isinstance(array, h5py.Dataset):
+                hdf5.check_declared_size(array, self.path)
         decl = self.decls.get(name)
         names = keras3_variable_names(decl.class_name, decl.config) if decl else []
         if len(names) != len(arrays):
@@ -199,16 +206,24 @@ class Keras3Reader(KerasH5Reader):
 def vars_groups(handle: h5py.File) -> dict[str, str]:
     """Layer name -> HDF5 path of its group, from each ``vars`` group's ``name`` attribute."""
     found: dict[str, str] = {}
+    seen = {handle.id}
 
-    def walk(group: h5py.Group) -> None:
-        if "layers" not in group:
-            return
-        for key in group["layers"]:
-            child = group["layers"][key]
-            name = hdf5.text_attr(child["vars"].attrs, "name") if "vars" in child else None
-            found[name or key] = child.name
-            walk(child)
-    walk(handle)
+    def children(group: h5py.Group) -> Any:
+        return ((key, group["layers"][key]) for key in group["layers"]) if "layers" in group else iter(())
+
+    pending = [children(handle)]
+    while pending:  # depth first in stored order, as a recursive walk would go; each group once however
+        entry = next(pending[-1], None)  # many hard links reach it
+        if entry is None:
+            pending.pop()
+            continue
+        key, child = entry
+        if not isinstance(child, h5py.Group) or child.id in seen:
+            continue
+        seen.add(child.id)
+        name = hdf5.text_attr(child["vars"].attrs, "name") if "vars" in child else None
+        found[name or key] = child.name
+        pending.append(children(child))
     return found
 
 

@@ -172,6 +172,7 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
     semantics = options.target_semantics or CORRELATION
     planned: list[PlannedTensor] = []
     warnings = list(model.warnings)
+    flattens: dict = {}  # feeding_flatten's memo over this pass
 
     def add(layer, variable: str, param: str, dst: str, sem: str = "none", known=(), extra=(), combine=None,
             more_steps=()) -> None:
@@ -203,7 +204,7 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
                 else:
                     add(layer, variable, spec.param, KERAS_PATTERNS[spec.role], semantics, known)
         elif kind == "dense":
-            shape = flattened_map_shape(model, layer)
+            shape = flattened_map_shape(model, layer, flattens)
             if shape:
                 channels_last, channels_first, known = flatten_patterns(shape)
                 tensor = layer.tensors["weight"]

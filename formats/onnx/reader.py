@@ -10,8 +10,14 @@ tensors for a second direction. Weights may come from initializers, Constant nod
 Identity / Cast chains.
 
 External data (models over 2 GB) is read tensor by tensor with a memory map, never loading the whole
-model, and only from files inside the model's folder: absolute locations, ``..``, symlinks out of the
-folder and offsets or lengths beyond the file are refused.
+model, and only from files inside the model's folder: absolute locations, ``..``, control characters,
+symlinks out of the folder and offsets or lengths beyond the file are refused.
+
+Every tensor's declared shape is checked against the data it holds before it is used (no negative
+dimension, raw bytes or values exactly as many as the shape needs), constant folding computes nothing
+beyond :data:`weightport.core.budget.MAX_COMPUTED_BYTES` (each node's output size is worked out
+before it is computed), and an empty file or a model without a graph is refused.  Reading is linear in
+the nodes: producers, consumers and layer names are found in dictionaries.
 
 onnx is imported only when an ONNX file is read.
 """
@@ -26,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from weightport.core.budget import check_computed_bytes, declared_elements, MAX_ITEMS
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import (BadInputError, MissingDependencyError, UnsafeInputError, UnsupportedError, WeightportError)
 from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
@@ -45,6 +52,9 @@ PASS_THROUGH = ("Identity", "Dropout")
 FOLDABLE = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Squeeze", "Unsqueeze",
             "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand")
 MAX_FOLDED = 1 << 16  # values in a foldable constant: shape arithmetic, never weights
+MAX_RANK = 32         # axes of one tensor (NumPy's own limit before 2.0)
+SAME_NAME_UNDERSCORES = 8  # a repeated layer name gets _, __, ... up to this many, then _9, _10, ...
+PACKED_4BIT = ("INT4", "UINT4", "FLOAT4E2M1")  # two values a byte
 
 
 def import_onnx():
@@ -106,11 +116,21 @@ class OnnxReader:
         self.onnx = import_onnx()
         from onnx import numpy_helper
         self.numpy_helper = numpy_helper
+        if os.path.getsize(path) == 0:
+            raise BadInputError("the ONNX file is empty (0 bytes)", path=path,
+                                fix="Check the file was copied completely")
         try:
             self.proto = self.onnx.load_model(path, load_external_data=False)
         except Exception as error:  # protobuf's DecodeError and friends
             raise BadInputError(f"not a readable ONNX model ({type(error).__name__})", path=path,
                                 fix="Check the file is a complete .onnx model") from None
+        if not self.proto.HasField("graph") or not (self.proto.graph.node or self.proto.graph.initializer):
+            raise BadInputError("not an ONNX model: it holds no graph (no nodes, no weights)", path=path,
+                                fix="Check the file is a complete .onnx model")
+        items = len(self.proto.graph.node) + len(self.proto.graph.initializer)
+        if items > MAX_ITEMS:
+            raise BadInputError(f"the ONNX graph holds {items} nodes and weights (more than {MAX_ITEMS})", path=path,
+                                fix="The model is damaged or crafted; export it again")
         try:
             self.inferred = self.onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
         except Exception:
@@ -118,15 +138,19 @@ class OnnxReader:
         graph = self.proto.graph
         self.tensors: dict[str, Any] = {t.name: t for t in graph.initializer}
         self.aliases: dict[str, str] = {}
-        self.consumed_by: dict[str, list[Any]] = {}
-        for node in graph.node:
+        self.consumed_by: dict[str, list[tuple[int, Any]]] = {}  # value -> (position, node) of its consumers
+        self.made_by: dict[str, Any] = {}  # value -> the first node producing it
+        for position, node in enumerate(graph.node):
             for name in node.input:
-                self.consumed_by.setdefault(name, []).append(node)
+                self.consumed_by.setdefault(name, []).append((position, node))
+            for name in node.output:
+                self.made_by.setdefault(name, node)
             if node.op_type == "Constant":
                 for attribute in node.attribute:
                     if attribute.name == "value":
                         self.tensors[node.output[0]] = attribute.t
-            elif node.op_type in ("Identity", "Cast") and node.input and node.input[0] in self.weight_names():
+            elif node.op_type in ("Identity", "Cast") and node.input and (node.input[0] in self.tensors
+                                                                            or node.input[0] in self.aliases):
                 self.aliases[node.output[0]] = node.input[0]
         self.folded = self.fold_constants(graph)
         self.shapes = self.value_shapes()
@@ -136,26 +160,44 @@ class OnnxReader:
         """Compute the small shape subgraphs exporters leave behind (torch.onnx's ``F.pad`` emits
         ConstantOfShape -> Concat -> Reshape -> Slice -> Transpose -> Cast for its pads) with onnx's own
         reference kernels, so the ops they feed (Pad, Reshape) see constants.  Only nodes of
-        :data:`FOLDABLE` whose inputs are all Constant-node outputs, with at most :data:`MAX_FOLDED`
-        values, are computed; initializers (the weights) are never touched.  Returns the folded nodes."""
+        :data:`FOLDABLE` whose inputs are all Constant-node outputs of at most :data:`MAX_FOLDED` values are
+        computed; initializers (the weights) are never touched.  Each node's output size is worked out
+        from its inputs *before* it is computed, and what all of them compute together stays under
+        :data:`~weightport.core.budget.MAX_COMPUTED_BYTES` (a few bytes of constants can declare gigabytes).
+        Returns the folded nodes."""
         from onnx.reference import ReferenceEvaluator
-        known = {node.output[0]: self.numpy_helper.to_array(self.tensors[node.output[0]])
-                 for node in graph.node if node.op_type == "Constant" and node.output[0] in self.tensors}
+        known: dict[str, np.ndarray] = {}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output and node.output[0] in self.tensors:
+                proto = self.tensors[node.output[0]]
+                shape, dtype = self.checked(proto)
+                if proto.data_location != self.onnx.TensorProto.EXTERNAL and dtype.kind in "biuf" and \
+                        declared_elements(shape, self.path, "") <= MAX_FOLDED:
+                    known[node.output[0]] = self.array(proto)
         folded: set[int] = set()
+        computed = 0
         for index, node in enumerate(graph.node):
             inputs = [name for name in node.input if name]
             if node.op_type not in FOLDABLE or not inputs or not all(name in known for name in inputs):
                 continue
-            if any(known[name].size > MAX_FOLDED for name in inputs) or (
-                    node.op_type == "ConstantOfShape" and np.prod(known[inputs[0]], dtype=np.int64) > MAX_FOLDED):
+            values = [known[name] for name in inputs]
+            estimate = folded_bytes(node.op_type, values, self.attrs(node))
+            if estimate is None:  # onnx could not compute it either: the node stays in the graph
                 continue
+            what = f"constant folding up to node {node.name or node.output[0]!r} ({node.op_type})"
+            computed += estimate
+            check_computed_bytes(computed, self.path, what)
             try:
-                outputs = ReferenceEvaluator(node).run(None, {name: known[name] for name in inputs})
+                outputs = ReferenceEvaluator(node).run(None, dict(zip(inputs, values)))
             except Exception:  # a node onnx cannot compute stays in the graph as it was
                 continue
+            outputs = [np.asarray(value) for value in outputs]
+            computed += max(sum(value.nbytes for value in outputs) - estimate, 0)
+            check_computed_bytes(computed, self.path, what)
             for name, value in zip(node.output, outputs):
-                known[name] = np.asarray(value)
-                self.tensors[name] = self.numpy_helper.from_array(np.asarray(value), name)
+                if value.size <= MAX_FOLDED and value.dtype.kind in "biuf":
+                    known[name] = value
+                self.tensors[name] = self.numpy_helper.from_array(value, name)
             folded.add(index)
         return folded
 
@@ -185,8 +227,10 @@ class OnnxReader:
         """A lazy canonical tensor over the ONNX tensor ``name``: ``before`` steps (taking one direction of a
         stacked RNN tensor), the relayout ``src`` -> ``dst``, then ``after`` steps (gate reorder, scaling)."""
         proto = self.tensors[self.resolve(name)]
-        shape = tuple(int(d) for d in proto.dims)
-        dtype = self.proto_dtype(proto)
+        shape, dtype = self.checked(proto)
+        if dtype.kind not in "biufc" and not is_bfloat16(dtype):
+            raise UnsupportedError(f"tensor {proto.name!r} holds {dtype} values, not numbers", path=self.path,
+                                   fix="Only numeric weights can be converted")
         target = CORRELATION if semantics != NO_SEMANTICS else NO_SEMANTICS
         relayout = Relayout(Layout(src, semantics), Layout(dst, target))
         rule = "ONNX Conv/ConvTranspose compute cross-correlation" if semantics != NO_SEMANTICS else None
@@ -195,7 +239,41 @@ class OnnxReader:
 
     def proto_dtype(self, proto: Any) -> np.dtype:
         """NumPy dtype of a TensorProto's values (bfloat16 from ml_dtypes, as onnx maps it)."""
-        return np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        try:
+            return np.dtype(self.onnx.helper.tensor_dtype_to_np_dtype(proto.data_type))
+        except (KeyError, ValueError, TypeError):
+            raise BadInputError(f"tensor {proto.name!r} has an unknown data type ({proto.data_type})", path=self.path,
+                                fix="The model is damaged or crafted; export it again") from None
+
+    def checked(self, proto: Any) -> tuple[tuple[int, ...], np.dtype]:
+        """The shape and dtype of a TensorProto once its declaration is checked against the data it holds:
+        no negative dimension, and exactly the bytes (``raw_data``) or values (``float_data``, ...) the shape
+        needs.  External data is checked against its file when it is located (:meth:`external_location`)."""
+        what = f"tensor {proto.name!r}"
+        shape = tuple(int(d) for d in proto.dims)
+        if len(shape) > MAX_RANK:
+            raise BadInputError(f"{what} has {len(shape)} dimensions", path=self.path,
+                                fix="The model is damaged or crafted; export it again")
+        count = declared_elements(shape, self.path, what)
+        dtype = self.proto_dtype(proto)
+        if proto.data_location == self.onnx.TensorProto.EXTERNAL:
+            return shape, dtype
+        packed = proto.data_type in {getattr(self.onnx.TensorProto, name, -1) for name in PACKED_4BIT}
+        if proto.HasField("raw_data"):
+            held, needed, unit = len(proto.raw_data), (count + 1) // 2 if packed else count * dtype.itemsize, "bytes"
+        else:
+            field = self.onnx.helper.tensor_dtype_to_field(proto.data_type)
+            held, unit = len(getattr(proto, field)), f"{field} values"
+            needed = (count + 1) // 2 if packed else count * (2 if dtype.kind == "c" else 1)
+        if held != needed:
+            raise BadInputError(f"{what} holds {held} {unit} but its shape {list(shape)} needs {needed}",
+                                path=self.path, fix="The model is damaged or crafted; export it again")
+        return shape, dtype
+
+    def array(self, proto: Any) -> np.ndarray:
+        """The values of a checked TensorProto (external data read from the model's folder only)."""
+        shape, dtype = self.checked(proto)
+        return np.asarray(self.reader(proto, shape, dtype)())
 
     def reader(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype):
         if proto.data_location == self.onnx.TensorProto.EXTERNAL:
@@ -206,14 +284,19 @@ class OnnxReader:
                 return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=shape)
             return read_external
         def read_inline() -> np.ndarray:
-            return self.numpy_helper.to_array(proto)
+            try:
+                return self.numpy_helper.to_array(proto)
+            except (ValueError, TypeError, KeyError) as error:
+                raise BadInputError(f"tensor {proto.name!r} cannot be decoded ({type(error).__name__})",
+                                    path=self.path, fix="The model is damaged; export it again") from None
         return read_inline
 
     def external_location(self, proto: Any, shape: tuple[int, ...], dtype: np.dtype) -> tuple[str, int, int]:
         """(file, offset, length) of an external tensor, confined to the model's folder."""
         entries = {item.key: item.value for item in proto.external_data}
         location = entries.get("location", "")
-        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
+        if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/") \
+                or any(ord(char) < 32 or ord(char) == 127 for char in location):
             raise UnsafeInputError(f"external data location {location!r} of tensor {proto.name!r} is not a plain "
                                    "name inside the model's folder", path=self.path,
                                    fix="Keep external data files beside the model, named relatively")
@@ -259,12 +342,15 @@ class OnnxReader:
                                  {"data_format": "channels_first", "producer": self.proto.producer_name}))
         model.has_architecture = True
         inputs = [i for i in graph.input if i.name not in self.tensors]
+        self.names: set[str] = set()
+        self.next_suffix: dict[str, int] = {}
         sequence_first = {node.input[0] for node in graph.node if node.op_type in ("LSTM", "GRU")}
         for graph_input in inputs:
             shape = self.shapes.get(graph_input.name, ())
             layer = Layer(safe_name(graph_input.name), "input", {}, {}, [], "graph input", None,
                           self.per_sample_shape(shape, graph_input.name in sequence_first))
             model.layers.append(layer)
+            self.names.add(layer.name)
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
         for index, node in enumerate(graph.node):
@@ -274,16 +360,26 @@ class OnnxReader:
             layer = self.layer(node, graph.node, index, skip)
             feeding = [self.producer[n] for n in node.input if n in self.producer]
             layer.inputs = feeding
-            names = {l.name for l in model.layers}
-            while layer.name in names:
-                layer.name += "_"
+            layer.name = self.unique_name(layer.name)
             model.layers.append(layer)
-            output = graph.node[max(skip)].output[0] if layer.attrs.pop("_fused_until", None) else node.output[0]
+            output = layer.attrs.pop("_fused_until", None) or node.output[0]
             self.producer[output] = layer.name
             for extra in node.output:
                 self.producer.setdefault(extra, layer.name)
         infer_shapes(model)
         return model
+
+    def unique_name(self, name: str) -> str:
+        """``name``, or when a layer has it already ``name_``, ``name__``, ... (then ``name_9``, ...), in O(1)
+        amortized: each name remembers the next suffix to try."""
+        if name in self.names:
+            base, tried = name, self.next_suffix.get(name, 1)
+            while name in self.names:
+                name = base + "_" * tried if tried <= SAME_NAME_UNDERSCORES else f"{base}_{tried}"
+                tried += 1
+            self.next_suffix[base] = tried
+        self.names.add(name)
+        return name
 
     @staticmethod
     def per_sample_shape(shape: tuple[int, ...], sequence_first: bool) -> tuple[int, ...] | None:
@@ -365,8 +461,8 @@ class OnnxReader:
         names = list(node.input[1:]) + [""] * 3
         if a.get("mode", b"constant") not in (b"constant", "constant") or not self.is_weight(names[0]):
             return None
-        pads = [int(p) for p in self.numpy_helper.to_array(self.tensors[self.resolve(names[0])]).reshape(-1)]
-        value = self.numpy_helper.to_array(self.tensors[self.resolve(names[1])]) if self.is_weight(names[1]) else 0
+        pads = [int(p) for p in self.array(self.tensors[self.resolve(names[0])]).reshape(-1)]
+        value = self.array(self.tensors[self.resolve(names[1])]) if self.is_weight(names[1]) else 0
         half = len(pads) // 2
         if names[2] or np.any(np.asarray(value) != 0) or half < 3 or any(pads[:2]) or any(pads[half:half + 2]):
             return None
@@ -377,7 +473,7 @@ class OnnxReader:
         ``(C,)`` weight to broadcast it as ``(C, 1, 1)``; the weight is read as stored."""
         name = node.input[1]
         for _ in range(4):
-            producer = next((n for n in nodes if name in n.output), None)
+            producer = self.made_by.get(name)
             if producer is None or producer.op_type not in ("Unsqueeze", "Reshape") or \
                     not self.is_parameter(producer.input[0]):
                 break
@@ -490,14 +586,13 @@ class OnnxReader:
         layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="MatMul")
         layer.tensors["weight"] = self.tensor("weight", node.input[1], "i o", "o i")
         consumers = self.consumed_by.get(node.output[0], [])
-        if len(consumers) == 1 and consumers[0].op_type == "Add":
-            add = consumers[0]
+        if len(consumers) == 1 and consumers[0][1].op_type == "Add":
+            position, add = consumers[0]
             other = [n for n in add.input if n != node.output[0]]
             if other and self.is_weight(other[0]) and len(self.tensors[self.resolve(other[0])].dims) == 1:
                 layer.tensors["bias"] = self.tensor("bias", other[0], "o", "o")
-                position = list(nodes).index(add)
                 skip.add(position)
-                layer.attrs["_fused_until"] = True
+                layer.attrs["_fused_until"] = add.output[0]
                 layer.source_class = "MatMul+Add"
         layer.attrs["units"] = layer.tensors["weight"].shape[0]
         return layer
@@ -554,3 +649,61 @@ def read(path: str, options: ReadOptions) -> Model:
         return OnnxReader(path, options).model()
     except WeightportError as error:
         raise error.with_path(path)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, OverflowError) as error:
+        first = str(error).splitlines()[0][:200] if str(error) else ""
+        raise BadInputError(f"ONNX graph not understood ({type(error).__name__}: {first})", path=path,
+                            fix="The model is damaged or uses a construct weightport does not read") from None
+
+
+def broadcast_elements(shapes: list[tuple[int, ...]]) -> int | None:
+    """Elements of the NumPy broadcast of ``shapes``; None when they do not broadcast or a size is negative."""
+    rank = max((len(shape) for shape in shapes), default=0)
+    result = []
+    for axis in range(1, rank + 1):
+        sizes = {shape[-axis] for shape in shapes if len(shape) >= axis} - {1}
+        if len(sizes) > 1 or any(size < 0 for size in sizes):
+            return None
+        result.append(sizes.pop() if sizes else 1)
+    return declared_elements(result, "", "")  # no negative size: never raises
+
+
+def folded_bytes(op: str, values: list[np.ndarray], attrs: dict[str, Any]) -> int | None:
+    """The bytes a foldable node would compute from constant ``values``, worked out without computing it
+    (an upper bound: 8 bytes a value when the output type is not an input's); None when onnx could not
+    compute the node either (bad shapes, negative sizes, a zero Range step)."""
+    if op in ("Cast", "ConstantOfShape"):
+        itemsize = 8
+    elif op in ("Add", "Sub", "Mul", "Div", "Concat", "Range"):
+        itemsize = max(value.dtype.itemsize for value in values)
+    else:  # the data's own type (the other inputs are shapes, axes or indices)
+        itemsize = values[0].dtype.itemsize
+    sizes = [value.size for value in values]
+    count: int | None
+    if op in ("Add", "Sub", "Mul", "Div"):
+        count = broadcast_elements([value.shape for value in values])
+    elif op in ("Expand", "ConstantOfShape"):
+        if len(values) != (2 if op == "Expand" else 1) or values[-1].ndim != 1 or values[-1].dtype.kind not in "iu":
+            return None
+        dims = tuple(int(n) for n in values[-1])
+        if op == "Expand":
+            count = broadcast_elements([values[0].shape, dims])
+        else:
+            count = None if any(n < 0 for n in dims) else declared_elements(dims, "", "")
+    elif op == "Range":
+        if len(values) != 3 or any(size != 1 for size in sizes):
+            return None
+        start, limit, delta = (float(value.reshape(-1)[0]) for value in values)
+        if not all(math.isfinite(v) for v in (start, limit, delta)) or delta == 0:
+            return None
+        count = max(math.ceil((limit - start) / delta), 0)
+    elif op == "Concat":
+        count = sum(sizes)
+    elif op == "Gather":
+        data = values[0]
+        axis = int(attrs.get("axis", 0))
+        if len(values) != 2 or not -data.ndim <= axis < data.ndim:
+            return None
+        count = data.size // max(data.shape[axis], 1) * values[1].size
+    else:  # Reshape, Slice, Transpose, Cast, Squeeze, Unsqueeze: never more values than their data
+        count = max(sizes)
+    return None if count is None else count * itemsize

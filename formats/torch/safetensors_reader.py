@@ -13,7 +13,6 @@ so a file it wrote reads back with kinds, attributes and layouts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -21,17 +20,21 @@ from typing import Any
 
 import numpy as np
 
+from weightport.core.budget import declared_elements
+from weightport.core.describe import parse_json
 from weightport.core.dtypes import BFLOAT16, bfloat16, is_bfloat16
 from weightport.core.errors import BadInputError, WeightportError
 from weightport.core.layout import Layout
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
 from weightport.core.options import ReadOptions
+from weightport.core.shapes import check_acyclic
 
 NAME = "safetensors"
 DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
 EXTENSIONS = (".safetensors",)
 
 MAX_HEADER = 100 * 1024 * 1024
+MAX_RANK = 32  # axes of one tensor (NumPy's own limit before 2.0)
 DTYPES: dict[str, str] = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?", "BF16": BFLOAT16,
@@ -82,10 +85,11 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
                                 path=path, fix="The file is truncated or not safetensors")
         raw = handle.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise BadInputError("safetensors header is not valid JSON", path=path,
                             fix="The file is damaged; write it again") from None
+    header = parse_json(text, path, "safetensors header")
     if not isinstance(header, dict):
         raise BadInputError("safetensors header is not a JSON object", path=path, fix="Write the file again")
     check_entries(header, size - 8 - length, path)
@@ -102,13 +106,13 @@ def check_entries(header: dict[str, Any], buffer_size: int, path: str) -> None:
                                     fix="Write the file again")
             continue
         if (not isinstance(entry, dict) or entry.get("dtype") not in DTYPES
-                or not isinstance(entry.get("shape"), list)
+                or not isinstance(entry.get("shape"), list) or len(entry["shape"]) > MAX_RANK
                 or not all(isinstance(n, int) and n >= 0 for n in entry["shape"])
                 or not isinstance(entry.get("data_offsets"), list) or len(entry["data_offsets"]) != 2
                 or not all(isinstance(n, int) for n in entry["data_offsets"])):
             raise BadInputError(f"safetensors entry {key!r} is malformed", path=path, fix="Write the file again")
         begin, end = entry["data_offsets"]
-        expected = math.prod(entry["shape"]) * itemsize(entry["dtype"])
+        expected = declared_elements(entry["shape"], path, f"safetensors entry {key!r}") * itemsize(entry["dtype"])
         if end - begin != expected:
             raise BadInputError(f"safetensors entry {key!r} declares {end - begin} bytes for shape "
                                 f"{entry['shape']} ({expected} needed)", path=path, fix="Write the file again")
@@ -125,7 +129,9 @@ def check_entries(header: dict[str, Any], buffer_size: int, path: str) -> None:
 
 
 def read(path: str, options: ReadOptions) -> Model:
-    """Read a safetensors file; a weightport-written file regains its graph from the metadata."""
+    """Read a safetensors file; a weightport-written file regains its graph from the metadata.
+
+    Each key is placed in O(1) (:meth:`Model.layer` is indexed), so reading is linear in the keys."""
     header, data_start = read_header(path)
     metadata = header.get("__metadata__", {})
     graph = graph_from_metadata(metadata, path)
@@ -146,12 +152,12 @@ def read(path: str, options: ReadOptions) -> Model:
                     tensor.provenance = Provenance(tensor.provenance.source_key, layout["layout"], layout["semantics"])
                     layer.tensors[param] = tensor
             model.layers.append(layer)
+        check_acyclic(model)
     for key, tensor in tensors.items():
         layer_name, _, param = key.rpartition(".")
         layer_name = layer_name or key
-        try:
-            layer = model.layer(layer_name)
-        except KeyError:
+        layer = model.find(layer_name)
+        if layer is None:
             layer = Layer(layer_name, "other")
             model.layers.append(layer)
         tensor.name = param or key
@@ -163,11 +169,14 @@ def graph_from_metadata(metadata: dict[str, str], path: str) -> dict[str, Any] |
     """The canonical graph weightport stored in the header, checked for the fields the reader uses."""
     if "weightport.graph" not in metadata:
         return None
+    graph = parse_json(metadata["weightport.graph"], path, "weightport graph metadata")
     try:
-        graph = json.loads(metadata["weightport.graph"])
         for spec in graph["layers"]:
             if not (isinstance(spec["name"], str) and isinstance(spec["kind"], str) and isinstance(spec["attrs"], dict)
-                    and isinstance(spec["inputs"], list) and isinstance(spec["params"], dict)):
+                    and isinstance(spec["inputs"], list) and all(isinstance(n, str) for n in spec["inputs"])
+                    and isinstance(spec["params"], dict) and isinstance(spec.get("class"), (str, type(None)))
+                    and isinstance(spec.get("output_shape") or [], list)
+                    and all(isinstance(n, int) or n is None for n in spec.get("output_shape") or [])):
                 raise TypeError("bad layer entry")
             for layout in spec["params"].values():
                 Layout(layout["layout"], layout["semantics"])
