@@ -20,7 +20,8 @@ from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
 from weightport.core.model import Model
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.formats import FormatEntry, check_target_options, entry, reader_for, writer_for
+from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
+from weightport.formats import FormatEntry, check_target_options, entry, extension_of, reader_for, target, writer_for
 
 
 @dataclass
@@ -75,13 +76,16 @@ def writer_and_options(path: str, to: str | None, force: bool, rename: dict[str,
 def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
-            expected: str | None = None, atol: float = 1e-5, rtol: float = 1e-5, require_all: bool = False,
-            fail_on_nonfinite: bool = False, **write_options: object) -> ConversionResult:
+            expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
+            allow_incomplete: bool = False, fail_on_nonfinite: bool = False,
+            **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
-    With ``validate=True`` the output is written to a staging folder beside ``dst``, checked
-    (see :func:`validate_conversion`), and moved into place only when it passes; otherwise
-    nothing is written and :class:`weightport.core.errors.ValidationFailed` is raised.
+    With ``validate=True`` the output is written to a staging folder beside ``dst``, checked in the
+    target's own runtime (see :func:`validate_conversion`), and moved into place only when the report
+    passes (or is incomplete and ``allow_incomplete`` is given); otherwise nothing is written and
+    :class:`weightport.core.errors.ValidationFailed` is raised, carrying the report (exit 1 for a
+    failure, 3 for an incomplete check).
     """
     writer, _ = writer_and_options(dst, to, force, rename, write_options)  # a bad target or option: before reading
     check_can_write(dst, force)
@@ -90,25 +94,21 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
-    if validate and "" in writer_for(dst, to).extensions:  # a folder of plain arrays: checked by its Java check
-        if require_all:
-            raise ValidationFailed("the conversion was not written: plain-array outputs are not validated here "
-                                   "and --require-all was given", path=src,
-                                   fix="Validate a torch conversion, or run WeightportCheck on the folder")
-        validate = False
     if not validate:
         return save(model, dst, to=to, force=force, rename=rename, **write_options)
     staging = staging_folder(dst)
     try:
         staged = os.path.join(staging, os.path.basename(dst))
         result = save(model, staged, to=to, force=True, rename=rename, **write_options)
-        report = validate_conversion(model, staged, input, expected, atol, rtol)
+        report = validate_conversion(model, staged, input, expected, atol, rtol, allow_incomplete, shown_path=dst)
         result.report = report
-        if not report.passed or (require_all and report.skipped):
-            reason = "a check was skipped and --require-all was given" if report.passed else "it failed validation"
+        if not report.accepted:
+            reason = "it failed validation" if report.status == "fail" else \
+                "some layers went unchecked (--allow-incomplete accepts that)"
             error = ValidationFailed(f"the conversion was not written because {reason}", path=src,
                                      fix="See the report above")
             error.report = report  # type: ignore[attr-defined]
+            error.exit_code = report.exit_code  # type: ignore[misc]
             raise error
         check_can_write(dst, force)
         os.replace(staged, dst)
@@ -119,13 +119,14 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
 
 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
-             atol: float = 1e-5, rtol: float = 1e-5, assume_backend: str | None = None,
-             source_semantics: str | None = None, spec: str | None = None):
+             atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
+             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None):
     """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
-    a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints)."""
+    a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints): its ``status``
+    is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3."""
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
                                                       source_semantics=source_semantics, spec=spec)
-    return validate_conversion(source, converted, input, expected, atol, rtol)
+    return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete)
 
 
 def refuse_writing_over_inputs(src: str, spec: str | None, dst: str, writer: FormatEntry) -> None:
@@ -161,12 +162,31 @@ def detect(src: str, input: str, expected: str, *, atol: float = 1e-4, rtol: flo
 
 
 def validate_conversion(source: Model, converted_path: str, input: str | None = None, expected: str | None = None,
-                        atol: float = 1e-5, rtol: float = 1e-5):
-    """Check converted weights against their source; returns a :class:`weightport.checks.validate.Report`."""
-    from weightport.checks.validate import Report, validate_torch
-    if reader_for(converted_path).target == "torch":
-        return validate_torch(source, load(converted_path), input, expected, atol, rtol)
-    report = Report(source.source.path, converted_path, atol, rtol)
-    report.skipped.append(f"checks of {reader_for(converted_path).name} outputs run through "
-                          "'weightport validate' against a torch conversion; none ran here")
-    return report
+                        atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
+                        shown_path: str | None = None):
+    """Check converted weights against their source in the target's own runtime; a
+    :class:`weightport.checks.report.Report` (pass, fail or incomplete, see its ``status``)."""
+    import importlib
+
+    from weightport.checks.validate import Request, not_checked_yet
+    if not os.path.exists(converted_path):
+        raise UsageError("no such file or folder", path=converted_path, fix="Check the path")
+    request = Request(converted_path, input, expected, atol, rtol, allow_incomplete, shown_path)
+    chosen = target(target_of(converted_path))
+    if not chosen.validator:
+        return not_checked_yet(source, request, load, chosen.name)
+    module, _, function = chosen.validator.partition(":")
+    return getattr(importlib.import_module(module), function)(source, request, load)
+
+
+def target_of(path: str) -> str:
+    """Which target wrote ``path``: a folder by its manifest, a pickle by its spec, an npz by its sidecar."""
+    if os.path.isdir(path):
+        return "java" if os.path.exists(os.path.join(path, "WeightportWeights.java")) else "raw"
+    from weightport.formats.numpy.npz import companion_outputs as npz_sidecars
+    from weightport.formats.theano.writer import companion_outputs as theano_specs
+    if extension_of(path) == ".npz" and os.path.exists(npz_sidecars(path)[0]):
+        return "npz"
+    if extension_of(path) in (".pkl", ".pickle") and os.path.exists(theano_specs(path)[0]):
+        return "theano"
+    return reader_for(path).target or "torch"

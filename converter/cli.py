@@ -1,6 +1,7 @@
 """The ``weightport`` command line.
 
-Exit codes: 0 success, 1 a validation failed, 2 bad input or usage.  Errors
+Exit codes: 0 success, 1 a validation failed, 2 bad input or usage, 3 a validation in which
+nothing failed but some layer went unchecked (``--allow-incomplete`` makes that 0).  Errors
 print one line (file, problem, fix) on stderr; ``--debug`` adds the traceback.
 Only numpy and h5py are imported at start-up.
 """
@@ -17,6 +18,7 @@ import traceback
 from typing import Any, Sequence
 
 from weightport.core.version import __version__
+from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError
 from weightport.core.text import printable
 from weightport.formats import target_names
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--fail-on-nonfinite", action="store_true",
                          help="refuse tensors holding NaN or Inf (by default they are kept bit-exactly and reported)")
     convert.add_argument("--validate", action="store_true",
-                         help="check the conversion before writing; write nothing (exit 1) when it fails")
+                         help="check the conversion in the target's runtime before writing; write nothing when it fails (exit 1) or is incomplete (exit 3)")
     add_check_options(convert)
     convert.add_argument("--template", metavar="MODEL.onnx",
                          help="for --to onnx: a model of the same architecture whose weights are replaced "
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="for --to onnx: the template whose weights a conversion would replace")
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input)")
+    validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input, "
+                                       "3 incomplete: nothing failed but a layer went unchecked)")
     validate.add_argument("src", metavar="SRC", help="the source model file (with its architecture)")
     validate.add_argument("dst", metavar="DST", help="the converted weights file")
     add_check_options(validate)
@@ -116,10 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 def add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", metavar="X.npy", help="an input batch in the source's layout")
     parser.add_argument("--expected", metavar="Y.npy", help="the source framework's output for --input")
-    parser.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
-    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
-    parser.add_argument("--require-all", action="store_true",
-                        help="fail when a check is skipped (e.g. a framework is not installed)")
+    parser.add_argument("--atol", type=float, default=DEFAULT_ATOL,
+                        help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                        help=f"tolerance relative to the reference's scale, max |reference| (default {DEFAULT_RTOL:g})")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="accept (exit 0) a validation in which nothing failed but some layer went unchecked "
+                             "(exit 3 otherwise); the unchecked layers are still listed")
+    parser.add_argument("--require-all", action="store_true", help=argparse.SUPPRESS)  # the default now
 
 
 def check_pair(args: argparse.Namespace) -> None:
@@ -207,7 +214,7 @@ def command_convert(args: argparse.Namespace) -> int:
         result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
                          strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
-                         expected=args.expected, atol=args.atol, rtol=args.rtol, require_all=args.require_all,
+                         expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
                          layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet, template=args.template,
                          **read_options(args))
@@ -253,12 +260,13 @@ def command_validate(args: argparse.Namespace) -> int:
     from weightport.api import validate_conversion
     check_pair(args)
     source = load(args.src, **read_options(args))
-    report = validate_conversion(source, args.dst, args.input, args.expected, args.atol, args.rtol)
+    report = validate_conversion(source, args.dst, args.input, args.expected, args.atol, args.rtol,
+                                 args.allow_incomplete)
     print(report.to_json() if args.json else report.summary())
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:
             handle.write(report.to_json())
-    return 0 if report.passed and not (args.require_all and report.skipped) else 1
+    return report.exit_code
 
 
 def command_detect(args: argparse.Namespace) -> int:

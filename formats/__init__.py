@@ -68,6 +68,7 @@ class TargetEntry:
     options: tuple[str, ...] = ()     # WriteOptions fields that only this target (and others listing them) takes
     renames: bool = False             # honours --rename (targets whose names are fixed by a runtime refuse it)
     check: str = ""                   # how `weightport validate` checks an output of this target
+    validator: str = ""               # "module:function(source, Request, read) -> Report"; "" = none yet
 
     def plan(self, model: Any, options: WriteOptions) -> Any:
         module, _, function = self.planner.partition(":")
@@ -107,7 +108,7 @@ PLAIN_ARRAY_OPTIONS = ("dtype", "byte_order", "layout")
 TARGETS: tuple[TargetEntry, ...] = (
     TargetEntry("torch", "PyTorch state_dict", "safetensors", "weightport.formats.torch.plan:torch_plan",
                 ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
-                "whole model in torch with --input/--expected"),
+                "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
                 check="not checked by weightport validate yet"),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),

@@ -159,7 +159,7 @@ def test_validate_passes_a_correct_conversion_and_fails_a_missing_flip(run_cli, 
     recorded = (fixture_path("keras3", f"{name}.input.npy"), fixture_path("keras3", f"{name}.output.npy"))
     code, report, err = run_cli("validate", H5, out, "--input", recorded[0], "--expected", recorded[1], "--json")
     assert code == 0, report + err
-    assert json.loads(report)["passed"] is True
+    assert json.loads(report)["status"] == "pass"
     tensors = load_file(str(out))
     tensors["conv_a.weight"] = tensors["conv_a.weight"][:, :, ::-1, ::-1].copy()  # the mistake: a flip
     bad = tmp_path / "flipped.safetensors"

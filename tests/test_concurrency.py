@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, require
 from weightport import convert, load, save
 from weightport.core.errors import WeightportError
 
@@ -118,7 +118,7 @@ def run_together(jobs: list) -> list:
         return [future.result() for future in futures]
 
 
-# (target, output name, importorskip): every writer, the streaming ones (safetensors, raw, java) included
+# (target, output name, the module it needs): every writer, the streaming ones (safetensors, raw, java) included
 TARGETS = [("torch", "model.safetensors", None), ("torch", "model.pt", "torch"), ("raw", "model_raw", None),
            ("java", "model_java", None), ("npz", "model.npz", None), ("keras", "model.h5", None),
            ("keras", "model.weights.h5", None), ("onnx", "model.onnx", "onnx"),
@@ -131,9 +131,9 @@ def test_threads_write_the_bytes_one_thread_writes(tmp_path, monkeypatch, vgg_li
     loaded Model: every output (sidecars and external data included) is byte-identical to the output
     of a conversion alone."""
     if needs:
-        pytest.importorskip(needs)
+        require(needs)
     if to == "onnx-external":  # tensors go to NAME.onnx.data above the threshold; 2 GB would take too long here
-        pytest.importorskip("torch")
+        require("torch")
         from weightport.formats.onnx import writer
         monkeypatch.setattr(writer, "EXTERNAL_THRESHOLD", 1 * MIB)
         to = "onnx"
@@ -179,9 +179,8 @@ VALIDATED = [("keras3", "cnn_flatten_dense.h5"), ("keras3", "conv1d_rnn.h5"), ("
 def test_concurrent_validations_report_what_sequential_ones_do(tmp_path):
     """Validation runs real torch, TensorFlow/Keras and onnxruntime; four threads validating every fixture at
     once (each starting at a different one) give the reports, numbers included, of one thread doing it."""
-    pytest.importorskip("torch")
-    pytest.importorskip("tensorflow")
-    pytest.importorskip("onnxruntime")
+    for needs in ("torch", "tensorflow", "onnxruntime"):
+        require(needs)
     from weightport.api import detect, validate
     from weightport.core.describe import describe_model
     jobs = []
@@ -230,8 +229,8 @@ def test_a_thousand_conversions_leave_memory_and_descriptors_where_they_were(tmp
     refused, e.g. an architecture-less file to ONNX) on four threads.  After the first round has warmed
     every path, resident memory stays within a fixed margin and no file descriptor or memory map is left
     open: no cache, no buffer kept per tensor size, no leaked handle."""
-    pytest.importorskip("torch")
-    pytest.importorskip("onnx")
+    require("torch")
+    require("onnx")
     pairs = [(fixture_path(folder, name), to, ext) for folder, name in SOAK_SOURCES for to, ext in SOAK_TARGETS]
     refused = []
 
@@ -377,6 +376,7 @@ def test_errors_and_results_survive_pickling():
         assert (again.problem, again.path, again.fix, again.exit_code) == (error.problem, error.path, error.fix,
                                                                             error.exit_code)
         assert again.report == error.report
-    report = Report("a.h5", "b.safetensors", 1e-5, 1e-5, [Check("whole model", True, 1e-7, 1e-6)], ["skipped"])
+    report = Report("a.h5", "b.safetensors", 1e-5, 1e-5, [Check("whole model", "pass", "whole-model", max_abs_error=1e-7)],
+                    [("conv", "conv")], ["a note"])
     result = ConversionResult(["b.safetensors"], ["a warning"], report)
     assert pickle.loads(pickle.dumps(result)) == result

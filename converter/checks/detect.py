@@ -86,7 +86,7 @@ def detect(path: str, read: Callable[[str], Model], input_path: str, expected_pa
             with torch.no_grad():
                 got = module(torch.from_numpy(to_canonical_input(x, model))).numpy()
             check = compare(semantics, from_canonical_output(got, model), expected, atol, rtol)
-            detection.hypotheses.append(Hypothesis(semantics, check.passed, check.max_abs_error, check.detail))
+            detection.hypotheses.append(Hypothesis(semantics, check.passed, check.max_abs_error, check.reason))
         except WeightportError as error:
             detection.hypotheses.append(Hypothesis(semantics, False, None, error.problem))
     return detection

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
-from weightport.checks.report import Check, compare
+from weightport.checks.report import LAYER, SKIP, Check, compare
 from weightport.core.layout import CONVOLUTION, Layout, flip_axes, relayout, reorder_blocks
 from weightport.core.model import Layer, Model
 from weightport.core.oracle import LayerCase
@@ -151,44 +152,85 @@ def ambiguity(layer: Layer, converted: dict[str, np.ndarray]) -> str | None:
 
 
 def check_layer(layer: Layer, converted: dict[str, np.ndarray], atol: float, rtol: float, seed: int = 0,
-                semantics: str | None = None, source_format: str = "") -> Check:
-    """Run one layer on both sides and compare; name the likely cause of a failure."""
+                semantics: str | None = None, source_format: str = "", source_version: str | None = None) -> Check:
+    """Run one layer on both sides and compare; name the likely cause of a failure.
+
+    The source side runs twice where its oracle can: with the stored float32 arrays and in float64;
+    the float64 output is the reference and their difference the source's own float32 noise.
+    """
     stored, patterns = stored_arrays(layer)
     kernel = layer.tensors.get("weight")
     source_semantics = semantics or (kernel.provenance.source_semantics if kernel is not None else "none")
-    case = LayerCase(layer, stored, patterns, source_semantics, converted, source_format)
+    case = LayerCase(layer, stored, patterns, source_semantics, converted, source_format, source_version)
     rng = np.random.default_rng(seed)
     x = layer_input(layer, rng, stored)
     name = f"layer {layer.name} ({layer.source_class or layer.kind})"
+    where = {"layer": layer.name, "kind": layer.kind}
     try:
         expected = run_source(case, x)
     except NotImplementedError as reason:
-        return Check(name, True, detail=f"skipped: {reason}")
-    except ImportError:
-        raise
+        return Check(name, SKIP, LAYER, **where, reason=str(reason))
+    except ImportError as error:
+        return Check(name, SKIP, LAYER, **where,
+                     reason=f"{error.name or 'a framework'} is not installed (pip install 'weightport[all]')")
     except Exception as error:  # the source framework refused the layer: report, do not crash
-        return Check(name, True, detail=f"skipped: source framework could not run it ({type(error).__name__})")
+        return Check(name, SKIP, LAYER, **where,
+                     reason=f"the source framework could not run it ({type(error).__name__}: {first_line(error)})")
+    expected, noise = with_float64_reference(case, x, expected)
     got = torch_output(layer, converted, x)
-    check = compare(name, got, expected, atol, rtol)
+    check = compare(name, got, expected, atol, rtol, check=LAYER, **where, noise=noise)
     note = ambiguity(layer, converted)
     if check.passed and note:
-        check.detail = f"ambiguous: {note}"
+        check.reason = f"ambiguous: {note}"
     if not check.passed:
         for mistake, tensors in candidate_mistakes(layer, converted):
-            if compare(name, torch_output(layer, tensors, x), expected, atol, rtol).passed:
-                check.detail = f"likely cause: {mistake}"
+            if compare(name, torch_output(layer, tensors, x), expected, atol, rtol, noise=noise).passed:
+                check.likely_cause = mistake
                 break
     return check
 
 
+def with_float64_reference(case: LayerCase, x: np.ndarray, expected32: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """The source's float64 output as the reference and its float32 noise, where the oracle runs float64."""
+    if expected32.dtype != np.float32:
+        return expected32, None
+    wide = replace(case, stored={k: v.astype(np.float64) if v.dtype == np.float32 else v
+                                 for k, v in case.stored.items()})
+    try:
+        expected64 = np.asarray(run_source(wide, x.astype(np.float64)), dtype=np.float64)
+    except Exception:  # the oracle runs float32 only (onnxruntime's RNNs, for one): no noise figure
+        return expected32, None
+    if expected64.shape != expected32.shape:
+        return expected32, None
+    return expected64, float(np.abs(expected64 - expected32.astype(np.float64)).max(initial=0.0))
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def check_layers(source: Model, converted: dict[str, dict[str, np.ndarray]], atol: float, rtol: float) -> list[Check]:
-    """A :class:`Check` per runnable weighted layer of ``source`` against its converted tensors."""
+    """A :class:`Check` per weighted layer of ``source`` against its converted tensors (a skip says why not)."""
+    try:
+        import torch  # noqa: F401  (the converted side of every layer check)
+    except ImportError:
+        return [Check(f"layer {layer.name} ({layer.source_class or layer.kind})", SKIP, LAYER, layer.name, layer.kind,
+                      reason="torch is not installed (pip install 'weightport[torch]')")
+                for layer in source.layers if layer.tensors]
     checks = []
     for seed, layer in enumerate(source.layers):
-        if layer.kind not in RUNNABLE or not layer.tensors or layer.name not in converted:
+        if not layer.tensors:
             continue
-        if layer.attrs.get("time_distributed"):
-            continue
-        checks.append(check_layer(layer, converted[layer.name], atol, rtol, seed,
-                                  source_format=source.source.format))
+        name = f"layer {layer.name} ({layer.source_class or layer.kind})"
+        where = {"layer": layer.name, "kind": layer.kind}
+        if layer.name not in converted:
+            checks.append(Check(name, SKIP, LAYER, **where, reason="the converted file holds none of its tensors"))
+        elif layer.kind not in RUNNABLE:
+            checks.append(Check(name, SKIP, LAYER, **where, reason=f"no layer-level oracle for {layer.kind} layers"))
+        elif layer.attrs.get("time_distributed"):
+            checks.append(Check(name, SKIP, LAYER, **where, reason="TimeDistributed layers are checked whole-model"))
+        else:
+            checks.append(check_layer(layer, converted[layer.name], atol, rtol, seed,
+                                      source_format=source.source.format, source_version=source.source.version))
     return checks

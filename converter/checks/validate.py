@@ -1,58 +1,49 @@
 """Validation: prove converted weights reproduce the source before they ship.
 
-Whole-model check for the torch target: the source's architecture (from its
-own file) becomes a real ``torch.nn`` module, the *converted file* is loaded
-into it with ``load_state_dict(strict=True)``, and its output on the user's
-recorded input is compared with the output the source framework recorded.
-A report says pass or fail with the largest absolute and relative errors.
+Checks, in order (see :mod:`weightport.checks.report` for pass, fail, skip and incomplete):
+
+* names: the converted file holds every tensor of the source, with the source's shapes;
+* layer: each weighted layer run by the source framework's oracle on the *stored* arrays and by
+  PyTorch on the *converted* tensors, on seeded random input (:mod:`weightport.checks.layer_check`);
+* whole-model: the source's architecture as a real ``torch.nn`` module holding the *converted file*
+  (``load_state_dict(strict=True)``), run on the user's recorded input and compared with the output
+  the source framework recorded.  The input is checked against the model's input shape first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
 from weightport.checks.layer_check import check_layers
-from weightport.checks.report import Check, Report, compare, load_array
-from weightport.core.errors import UnsupportedError
+from weightport.checks.report import (DEFAULT_ATOL, DEFAULT_RTOL, FAIL, NAMES, PASS, WHOLE_MODEL, Check, Report,
+                                      compare, load_array)
+from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.model import Model
 
-
-def layer_level(source: Model, state: dict, atol: float, rtol: float, report: Report) -> list[Check]:
-    """Per-layer checks of the converted state_dict against the source framework (see weightport.checks.layer_check)."""
-    converted: dict[str, dict[str, np.ndarray]] = {}
-    for key, _, tensor in source.state_keys():
-        layer, param = key[: -len(tensor.name) - 1], tensor.name
-        if key in state:
-            converted.setdefault(layer, {})[param] = state[key].numpy()
-    try:
-        return check_layers(source, converted, atol, rtol)
-    except ImportError as error:
-        report.skipped.append(f"layer-level checks: {error.name} is not installed (pip install 'weightport[all]')")
-        return []
+WHOLE = "whole model vs recorded output"
 
 
-def validate_torch(source: Model, converted: Model, input_path: str | None, expected_path: str | None,
-                   atol: float = 1e-5, rtol: float = 1e-5) -> Report:
-    """Load the converted tensors into a torch module of the source's architecture and compare outputs."""
-    report = Report(source.source.path, converted.source.path, atol, rtol)
-    try:
-        import torch
-    except ImportError:
-        report.skipped.append("whole-model check in PyTorch: torch is not installed "
-                              "(pip install 'weightport[torch]')")
-        return report
-    from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
-    if not source.has_architecture:
-        report.skipped.append("whole-model check: the source carries no architecture")
-        return report
-    # The module is built from the converted file's own architecture when it carries one (a
-    # weightport-written file records epsilon, pads, ...), so a wrong attribute there is caught too.
-    architecture = converted if converted.has_architecture else source
-    try:
-        module = CanonicalModule(architecture).eval()
-    except UnsupportedError as error:
-        report.skipped.append(f"whole-model check: {error.problem}")
-        return report
+def not_checked_yet(source: Model, request: Request, read: Callable[[str], Model], target: str) -> Report:
+    """A target with no runtime check here: every layer unchecked, the report INCOMPLETE (never a pass)."""
+    report = request.report(source, target)
+    request.recorded(source)
+    report.skip(f"{target} output in its own runtime", f"weightport cannot run {target} outputs yet")
+    return report
+
+
+def new_report(source: Model, converted_path: str, atol: float, rtol: float, allow_incomplete: bool,
+               target: str) -> Report:
+    """An empty report that must cover every weighted layer of ``source``."""
+    return Report(source.source.path, converted_path, atol, rtol,
+                  weighted_layers=[(layer.name, layer.kind) for layer in source.layers if layer.tensors],
+                  allow_incomplete=allow_incomplete, target=target)
+
+
+def names_check(source: Model, converted: Model) -> Check:
+    """Every source tensor is in the converted file under its key, with its shape (numpy only)."""
     expected_keys = {key: tuple(t.shape) for key, _, t in source.state_keys()}
     found_keys = {key: tuple(t.shape) for key, _, t in converted.state_keys()}
     differences = ([f"missing {k}" for k in expected_keys if k not in found_keys]
@@ -60,28 +51,135 @@ def validate_torch(source: Model, converted: Model, input_path: str | None, expe
                       not k.endswith("num_batches_tracked")]
                    + [f"{k} has shape {found_keys[k]}, source {s}" for k, s in expected_keys.items()
                       if k in found_keys and found_keys[k] != s])
-    report.checks.append(Check("converted tensors match the source's names and shapes", not differences,
-                               detail="; ".join(differences)))
-    if differences:
+    return Check("converted tensors match the source's names and shapes", FAIL if differences else PASS, NAMES,
+                 reason="; ".join(differences[:20]) + (f"; and {len(differences) - 20} more"
+                                                       if len(differences) > 20 else ""))
+
+
+def converted_arrays(source: Model, converted: Model) -> dict[str, dict[str, np.ndarray]]:
+    """The converted file's tensors per source layer, as stored (the torch target's canonical layout)."""
+    found = {key: tensor for key, _, tensor in converted.state_keys()}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    for key, _, tensor in source.state_keys():
+        if key in found:
+            layer = key[: -len(tensor.name) - 1]
+            arrays.setdefault(layer, {})[tensor.name] = np.array(found[key].load(), copy=True)
+    return arrays
+
+
+MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
+
+
+def expected_input_shape(model: Model) -> tuple[tuple[int | None, ...], int] | None:
+    """The input batch shape the source takes, in the source's own layout (``None`` for the batch and
+    free axes), and its batch axis.  Shapes in the canonical model are channels-first."""
+    first = model.layers[0] if model.layers else None
+    if first is None or first.kind != "input" or first.output_shape is None:
+        return None
+    sample = tuple(int(n) if n is not None and int(n) > 0 else None for n in first.output_shape)
+    consumers = [layer for layer in model.layers if first.name in layer.inputs]
+    if model.source.format == "onnx" and len(sample) == 2 and any(c.kind in ("lstm", "gru") for c in consumers):
+        return (sample[0], None, sample[1]), 1  # an ONNX LSTM/GRU input is (seq, batch, features)
+    if (model.source.details.get("data_format") == "channels_last" and len(sample) >= 2
+            and any(layer.kind in MAP_KINDS for layer in model.layers)):
+        sample = sample[1:] + sample[:1]
+    return (None,) + sample, 0
+
+
+def check_input(model: Model, x: np.ndarray, path: str) -> None:
+    """Refuse an input batch that does not fit the source's input (wrong rank, or channels in the wrong place)."""
+    wanted = expected_input_shape(model)
+    if wanted is None:
+        return
+    shape, batch_axis = wanted
+    fits = x.ndim == len(shape) and all(n is None or n == got for n, got in zip(shape, x.shape))
+    if fits:
+        return
+    layout = model.source.details.get("data_format")
+    shown = "(" + ", ".join("N" if k == batch_axis else ("?" if n is None else str(n))
+                            for k, n in enumerate(shape)) + ")"
+    hint = f" ({layout.replace('_', '-')})" if layout and len(shape) >= 3 else ""
+    raise UsageError(f"the input has shape {tuple(x.shape)}, but the source model takes {shown}{hint}", path=path,
+                     fix="Give the input in the source framework's own layout, as it was recorded")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a validation is asked: the converted file, the recorded pair, the tolerance, and the name to show."""
+
+    converted_path: str
+    input_path: str | None = None
+    expected_path: str | None = None
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
+    allow_incomplete: bool = False
+    shown_path: str | None = None  # the final output's name when the file checked is a staging copy
+
+    def recorded(self, source: Model) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The recorded input and output, the input checked against the source's input shape first."""
+        if self.input_path is None or self.expected_path is None:
+            return None, None
+        x, expected = load_array(self.input_path, "input"), load_array(self.expected_path, "expected output")
+        check_input(source, x, self.input_path)
+        return x, expected
+
+    def report(self, source: Model, target: str) -> Report:
+        return new_report(source, self.shown_path or self.converted_path, self.atol, self.rtol,
+                          self.allow_incomplete, target)
+
+
+def validate_torch_file(source: Model, request: Request, read: Callable[[str], Model]) -> Report:
+    """The torch target's validator (the registry names it): ``read`` opens the converted file."""
+    x, expected = request.recorded(source)
+    return validate_torch(source, read(request.converted_path), x, expected, request.report(source, "torch"))
+
+
+def validate_torch(source: Model, converted: Model, x: np.ndarray | None, expected: np.ndarray | None,
+                   report: Report) -> Report:
+    """Check a torch-target file: names, every layer, and the whole model on recorded input."""
+    atol, rtol = report.atol, report.rtol
+    names = report.add(names_check(source, converted))
+    if names.status == FAIL:
         return report
+    report.checks.extend(check_layers(source, converted_arrays(source, converted), atol, rtol))
+    whole_model(report, source, converted, x, expected)
+    return report
+
+
+def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray | None,
+                expected: np.ndarray | None) -> None:
+    """The whole-model check in torch on the recorded input (a skip with its reason when it cannot run)."""
+    if x is None or expected is None:
+        report.skip(WHOLE, "no recorded output: give --input X.npy and --expected Y.npy")
+        return
+    try:
+        import torch
+    except ImportError:
+        report.skip(WHOLE, "torch is not installed (pip install 'weightport[torch]')")
+        return
+    from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
+    if not source.has_architecture:
+        report.skip(WHOLE, "the source carries no architecture")
+        return
+    # The module is built from the converted file's own architecture when it carries one (a
+    # weightport-written file records epsilon, pads, ...), so a wrong attribute there is caught too.
+    architecture = converted if converted.has_architecture else source
+    try:
+        module = CanonicalModule(architecture).eval()
+    except UnsupportedError as error:
+        report.skip(WHOLE, error.problem)
+        return
     state = {key: torch.from_numpy(np.array(t.load(), copy=True)) for key, _, t in converted.state_keys()}
-    report.checks.extend(layer_level(source, state, atol, rtol, report))
     try:
         result = module.load_state_dict(state, strict=False)
         problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
     except RuntimeError as error:  # torch reports shape mismatches this way
         problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-    report.checks.append(Check("state_dict keys and shapes match the source architecture", not problems,
-                               detail="; ".join(problems)))
     if problems:
-        return report
-    if input_path is None or expected_path is None:
-        report.skipped.append("recorded-output check: give --input X.npy and --expected Y.npy")
-        return report
-    x = load_array(input_path, "input")
-    expected = load_array(expected_path, "expected output")
+        report.add(Check("state_dict keys and shapes match the source architecture", FAIL, NAMES,
+                         reason="; ".join(problems)))
+        return
     with torch.no_grad():
         got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
-    report.checks.append(compare("whole model vs recorded output", from_canonical_output(got, source), expected,
-                                 atol, rtol))
-    return report
+    report.add(compare(WHOLE, from_canonical_output(got, source), expected, report.atol, report.rtol,
+                       check=WHOLE_MODEL))

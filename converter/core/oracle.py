@@ -28,3 +28,4 @@ class LayerCase:
     semantics: str
     converted: dict[str, np.ndarray]
     source_format: str = ""
+    source_version: str | None = None  # the framework version that saved the file (activations differ)

@@ -42,6 +42,15 @@ def source_conv(case: LayerCase, x_first: np.ndarray) -> np.ndarray:
     return np.moveaxis(y, -1, 1)
 
 
+def keras_activation(name: str, version: str | None):
+    """The activation the file's own Keras computed: Keras 1 and 2 define ``hard_sigmoid`` as
+    ``clip(0.2 x + 0.5, 0, 1)`` (keras 2.3.1 backend), Keras 3 as ``relu6(x + 3) / 6``."""
+    if name != "hard_sigmoid" or (version or "").split(".")[0] not in ("1", "2"):
+        return name
+    import keras
+    return lambda x: keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
 def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's own LSTM/GRU with the stored arrays (kernel, recurrent_kernel, bias)."""
     import keras
@@ -50,10 +59,14 @@ def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError("bidirectional RNNs are checked by the whole-model check")
     if case.stored_layout["weight_ih_l0"] != "i o":
         raise NotImplementedError("RNN check runs on Keras (in, gates*units) kernels")
+    activations = {"activation": keras_activation(a.get("activation", "tanh"), case.source_version),
+                   "recurrent_activation": keras_activation(a.get("recurrent_activation", "sigmoid"),
+                                                            case.source_version)}
     if case.layer.kind == "lstm":
-        rnn = keras.layers.LSTM(a["units"], return_sequences=True)
+        rnn = keras.layers.LSTM(a["units"], return_sequences=True, dtype=x.dtype.name, **activations)
     else:
-        rnn = keras.layers.GRU(a["units"], return_sequences=True, reset_after=a.get("reset_after", True))
+        rnn = keras.layers.GRU(a["units"], return_sequences=True, reset_after=a.get("reset_after", True),
+                               dtype=x.dtype.name, **activations)
     rnn.build(x.shape)
     # the stored bias: (G*u,), or (2, G*u) for a reset_after GRU, as Keras keeps it
     rnn.set_weights([case.stored["weight_ih_l0"], case.stored["weight_hh_l0"], case.stored["bias_ih_l0"]])

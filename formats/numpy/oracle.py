@@ -34,7 +34,7 @@ def scipy_conv(case: LayerCase, x_first: np.ndarray) -> np.ndarray:
                                                       mode="valid")
             per_out.append(total + (case.stored["bias"][o] if "bias" in case.stored else 0.0))
         outputs.append(np.stack(per_out))
-    return np.stack(outputs).astype(np.float32)
+    return np.stack(outputs).astype(np.result_type(x_first, kernel))  # float64 when the case is float64
 
 
 def source_dense(case: LayerCase, x: np.ndarray) -> np.ndarray:
@@ -52,4 +52,4 @@ def source_dense(case: LayerCase, x: np.ndarray) -> np.ndarray:
     y = x.astype(np.float64) @ kernel.astype(np.float64)
     if "bias" in case.stored:
         y = y + case.stored["bias"]
-    return y.astype(np.float32)
+    return y.astype(np.result_type(x, kernel))

@@ -98,9 +98,38 @@ def test_keras1_gru_per_gate_arrays_port_to_keras3(run_cli, tmp_path):
                                np.load(path("k1_gru", ".output.npy")), rtol=1e-5, atol=1e-6)
 
 
-def test_torch_module_refuses_hard_sigmoid_rather_than_mismatch(run_cli, tmp_path):
-    out = tmp_path / "lstm.safetensors"
-    assert run_cli("convert", path("k1_lstm"), "-o", out)[0] == 0  # weights convert; no conv, no backend needed
-    code, report, _ = run_cli("validate", path("k1_lstm"), out, "--input", path("k1_lstm", ".input.npy"),
-                              "--expected", path("k1_lstm", ".output.npy"), "--require-all")
-    assert code == 1 and "activations" in report
+# One rule for the torch target (weightport.core.plan.torch_rnn_problem): an LSTM/GRU that torch.nn.LSTM/GRU
+# cannot compute (a GRU with reset_after=False, a hard_sigmoid gate: Keras 1's default) is refused, with the
+# reason and the fix, rather than written as a state dict that loads and computes something else.
+REFUSED_FOR_TORCH = [
+    ("keras_theano", "k1_lstm.h5", "LSTM layer 'lstm' uses recurrent_activation='hard_sigmoid'"),
+    ("keras_theano", "k1_gru.h5", "GRU layer 'gru' was trained with reset_after=False"),
+    ("keras_theano", "k2_gru_reset_before.h5", "GRU layer 'gru' was trained with reset_after=False"),
+    ("tf_keras2", "gru_reset_before.h5", "GRU layer 'gru_2' was trained with reset_after=False"),
+    ("keras3", "rnn_hard_sigmoid.h5", "LSTM layer 'lstm' uses recurrent_activation='hard_sigmoid'"),
+    ("onnx", "gru_reset_before.onnx", "GRU layer 'gru_reset_before' was trained with reset_after=False"),
+]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("folder, name, says", REFUSED_FOR_TORCH)
+def test_torch_target_refuses_every_rnn_torch_nn_cannot_compute(run_cli, tmp_path, folder, name, says, suffix):
+    out = tmp_path / f"rnn{suffix}"
+    code, _, err = run_cli("convert", fixture_path(folder, name), "-o", out)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert says in err and "cannot compute" in err and "Convert to onnx" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hard_sigmoid_lstm_and_reset_before_gru_are_carried_by_npz(run_cli, tmp_path):
+    """The targets the refusal names carry such layers: npz with the attributes in its sidecar (ONNX computes
+    them: tests/onnx/test_onnx_writer.py; Keras: the port tests above)."""
+    for name in ("k1_lstm", "k1_gru"):
+        out = tmp_path / f"{name}.npz"
+        code, _, err = run_cli("convert", path(name), "-o", out)
+        assert code == 0, err
+        layers = {layer["name"]: layer["attrs"] for layer in json.loads((tmp_path / f"{name}.npz.json").read_text())
+                  ["graph"]["layers"]}
+        rnn = layers["lstm" if name == "k1_lstm" else "gru"]
+        assert rnn["recurrent_activation"] == "hard_sigmoid"
+        assert rnn["reset_after"] is (name == "k1_lstm")  # Keras 1 GRUs apply the reset gate first
