@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
@@ -64,6 +65,41 @@ def spatial_size(kernel: tuple[int, ...], dilations: tuple[int, ...]) -> tuple[i
 
 
 # -- target side ------------------------------------------------------------------------------------
+class TargetSide(Protocol):
+    """The converted file's runtime, one layer at a time (the torch target's is :class:`TorchSide`).
+
+    ``output`` runs ``layer`` on ``x`` (canonical layout: channels-first, batch-first) with the
+    converted weights as the target runtime reads them; it raises ``NotImplementedError`` with the
+    reason when it cannot.  ``variants`` are the same side with one classic mistake undone each, so a
+    failure can name its likely cause (none where the runtime cannot be altered).
+    """
+
+    def output(self, layer: Layer, x: np.ndarray) -> np.ndarray: ...
+
+    def variants(self, layer: Layer) -> list[tuple[str, "TargetSide"]]: ...
+
+
+class TorchSide:
+    """PyTorch running the converted tensors (canonical layout), ``{layer: {param: array}}``."""
+
+    def __init__(self, converted: dict[str, dict[str, np.ndarray]]) -> None:
+        self.converted = converted
+
+    def output(self, layer: Layer, x: np.ndarray) -> np.ndarray:
+        if layer.name not in self.converted:
+            raise NotImplementedError("the converted file holds none of its tensors")
+        return torch_output(layer, self.converted[layer.name], x)
+
+    def variants(self, layer: Layer) -> list[tuple[str, "TargetSide"]]:
+        if layer.name not in self.converted:
+            return []
+        return [(mistake, TorchSide({**self.converted, layer.name: tensors}))
+                for mistake, tensors in candidate_mistakes(layer, self.converted[layer.name])]
+
+    def tensors(self, layer: Layer) -> dict[str, np.ndarray]:
+        return self.converted.get(layer.name, {})
+
+
 def torch_output(layer: Layer, converted: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The layer in PyTorch (valid padding, stride/dilation/groups from the canonical attrs)."""
     import torch
@@ -151,7 +187,7 @@ def ambiguity(layer: Layer, converted: dict[str, np.ndarray]) -> str | None:
     return "; ".join(notes) or None
 
 
-def check_layer(layer: Layer, converted: dict[str, np.ndarray], atol: float, rtol: float, seed: int = 0,
+def check_layer(layer: Layer, side: TargetSide, atol: float, rtol: float, seed: int = 0,
                 semantics: str | None = None, source_format: str = "", source_version: str | None = None) -> Check:
     """Run one layer on both sides and compare; name the likely cause of a failure.
 
@@ -161,7 +197,7 @@ def check_layer(layer: Layer, converted: dict[str, np.ndarray], atol: float, rto
     stored, patterns = stored_arrays(layer)
     kernel = layer.tensors.get("weight")
     source_semantics = semantics or (kernel.provenance.source_semantics if kernel is not None else "none")
-    case = LayerCase(layer, stored, patterns, source_semantics, converted, source_format, source_version)
+    case = LayerCase(layer, stored, patterns, source_semantics, source_format, source_version)
     rng = np.random.default_rng(seed)
     x = layer_input(layer, rng, stored)
     name = f"layer {layer.name} ({layer.source_class or layer.kind})"
@@ -177,14 +213,17 @@ def check_layer(layer: Layer, converted: dict[str, np.ndarray], atol: float, rto
         return Check(name, SKIP, LAYER, **where,
                      reason=f"the source framework could not run it ({type(error).__name__}: {first_line(error)})")
     expected, noise = with_float64_reference(case, x, expected)
-    got = torch_output(layer, converted, x)
+    try:
+        got = side.output(layer, x)
+    except NotImplementedError as reason:
+        return Check(name, SKIP, LAYER, **where, reason=f"the target runtime cannot run it: {reason}")
     check = compare(name, got, expected, atol, rtol, check=LAYER, **where, noise=noise)
-    note = ambiguity(layer, converted)
+    note = ambiguity(layer, getattr(side, "tensors", lambda _: {})(layer))
     if check.passed and note:
         check.reason = f"ambiguous: {note}"
     if not check.passed:
-        for mistake, tensors in candidate_mistakes(layer, converted):
-            if compare(name, torch_output(layer, tensors, x), expected, atol, rtol, noise=noise).passed:
+        for mistake, variant in side.variants(layer):
+            if compare(name, variant.output(layer, x), expected, atol, rtol, noise=noise).passed:
                 check.likely_cause = mistake
                 break
     return check
@@ -210,27 +249,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def check_layers(source: Model, converted: dict[str, dict[str, np.ndarray]], atol: float, rtol: float) -> list[Check]:
-    """A :class:`Check` per weighted layer of ``source`` against its converted tensors (a skip says why not)."""
-    try:
-        import torch  # noqa: F401  (the converted side of every layer check)
-    except ImportError:
-        return [Check(f"layer {layer.name} ({layer.source_class or layer.kind})", SKIP, LAYER, layer.name, layer.kind,
-                      reason="torch is not installed (pip install 'weightport[torch]')")
-                for layer in source.layers if layer.tensors]
+def check_layers(source: Model, side: TargetSide, atol: float, rtol: float) -> list[Check]:
+    """A :class:`Check` per weighted layer of ``source`` against the target runtime (a skip says why not)."""
     checks = []
     for seed, layer in enumerate(source.layers):
         if not layer.tensors:
             continue
         name = f"layer {layer.name} ({layer.source_class or layer.kind})"
         where = {"layer": layer.name, "kind": layer.kind}
-        if layer.name not in converted:
-            checks.append(Check(name, SKIP, LAYER, **where, reason="the converted file holds none of its tensors"))
-        elif layer.kind not in RUNNABLE:
+        if layer.kind not in RUNNABLE:
             checks.append(Check(name, SKIP, LAYER, **where, reason=f"no layer-level oracle for {layer.kind} layers"))
         elif layer.attrs.get("time_distributed"):
             checks.append(Check(name, SKIP, LAYER, **where, reason="TimeDistributed layers are checked whole-model"))
         else:
-            checks.append(check_layer(layer, converted[layer.name], atol, rtol, seed,
+            checks.append(check_layer(layer, side, atol, rtol, seed,
                                       source_format=source.source.format, source_version=source.source.version))
     return checks

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightport.checks.layer_check import check_layers
-from weightport.checks.report import (DEFAULT_ATOL, DEFAULT_RTOL, FAIL, NAMES, PASS, WHOLE_MODEL, Check, Report,
-                                      compare, load_array)
+from weightport.checks.layer_check import TorchSide, check_layers
+from weightport.checks.report import (DEFAULT_ATOL, DEFAULT_RTOL, FAIL, LAYER, NAMES, PASS, SKIP, WHOLE_MODEL, Check,
+                                      Report, compare, load_array)
 from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.model import Model
 
@@ -141,9 +141,20 @@ def validate_torch(source: Model, converted: Model, x: np.ndarray | None, expect
     names = report.add(names_check(source, converted))
     if names.status == FAIL:
         return report
-    report.checks.extend(check_layers(source, converted_arrays(source, converted), atol, rtol))
+    report.checks.extend(torch_layer_checks(source, converted, atol, rtol))
     whole_model(report, source, converted, x, expected)
     return report
+
+
+def torch_layer_checks(source: Model, converted: Model, atol: float, rtol: float) -> list[Check]:
+    """Each weighted layer: the source framework's oracle against PyTorch holding the converted tensors."""
+    try:
+        import torch  # noqa: F401  (the converted side of every layer check)
+    except ImportError:
+        return [Check(f"layer {layer.name} ({layer.source_class or layer.kind})", SKIP, LAYER, layer.name, layer.kind,
+                      reason="torch is not installed (pip install 'weightport[torch]')")
+                for layer in source.layers if layer.tensors]
+    return check_layers(source, TorchSide(converted_arrays(source, converted)), atol, rtol)
 
 
 def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray | None,

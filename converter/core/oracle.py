@@ -6,7 +6,7 @@ folder (``weightport.formats.<framework>.oracle``); ``x`` is the canonical input
 conv, ``(batch, features)`` for a dense, batch-first ``(batch, time, features)`` for an RNN) and so is
 the output.  An oracle that cannot run a layer raises ``NotImplementedError`` with the reason; the
 check layer (:mod:`weightport.checks.layer_check`) picks the oracle and compares it with PyTorch
-running the converted tensors, so weightport's layout code is never on both sides.
+running the converted file in the target's runtime, so weightport's layout code is never on both sides.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from weightport.core.model import Layer
 
 @dataclass
 class LayerCase:
-    """One layer to check: its source tensors (as stored) and converted tensors (canonical layout)."""
+    """One layer to check: its source tensors as stored, their stored layouts and kernel semantics."""
 
     layer: Layer
     stored: dict[str, np.ndarray]
     stored_layout: dict[str, str]
     semantics: str
-    converted: dict[str, np.ndarray]
     source_format: str = ""
     source_version: str | None = None  # the framework version that saved the file (activations differ)
