@@ -6,10 +6,12 @@ no traceback, nothing written, the source untouched, peak memory and wall time u
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,35 +29,38 @@ class Outcome:
     seconds: float
 
 
+# Linux keeps a process's peak RSS across fork and exec, so a child started straight from a pytest
+# that has loaded TensorFlow (2 GB) would report 2 GB whatever it did.  A small launcher (a fresh
+# interpreter of a few MiB) starts weightport and reports that grandchild's own peak from wait4.
+LAUNCHER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss}, report)
+"""
+
+
 def run_weightport(*args: str, timeout: float = TIME_BOUND * 2) -> Outcome:
-    """``python -m weightport ARGS`` in a child process, with the child's own peak RSS (``os.wait4``)."""
+    """``python -m weightport ARGS`` in a child process, with that process's own peak RSS."""
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "weightport", *map(str, args)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    out_chunks: list[str] = []
-    err_chunks: list[str] = []
-    def drain(stream, sink: list[str]) -> None:
-        sink.append(stream.read())
-    readers = [threading.Thread(target=drain, args=(process.stdout, out_chunks)),
-               threading.Thread(target=drain, args=(process.stderr, err_chunks))]
-    for reader in readers:
-        reader.start()
-    deadline = start + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > deadline:
-            process.kill()
-            os.wait4(process.pid, 0)
-            raise AssertionError(f"weightport {' '.join(map(str, args))} ran over {timeout} s")
-        time.sleep(0.02)
-    for reader in readers:
-        reader.join()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return Outcome(process.returncode, "".join(out_chunks), "".join(err_chunks), usage.ru_maxrss * 1024,
-                   time.monotonic() - start)
+    fd, result_path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    try:
+        process = subprocess.Popen([sys.executable, "-c", LAUNCHER, result_path, sys.executable, "-m", "weightport",
+                                    *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), start_new_session=True)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise AssertionError(f"weightport {' '.join(map(str, args))} ran over {timeout} s") from None
+        with open(result_path, encoding="utf-8") as handle:
+            result = json.load(handle)
+    finally:
+        os.unlink(result_path)
+    return Outcome(result["code"], stdout, stderr, result["maxrss"] * 1024, time.monotonic() - start)
 
 
 def digest(path: Path) -> str:
