@@ -192,5 +192,36 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         return
     with torch.no_grad():
         got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
-    report.add(compare(WHOLE, from_canonical_output(got, source), expected, report.atol, report.rtol,
-                       check=WHOLE_MODEL))
+    check = report.add(compare(WHOLE, from_canonical_output(got, source), expected, report.atol, report.rtol,
+                               check=WHOLE_MODEL))
+    if check.status == FAIL:
+        check.likely_cause = first_divergence(report, source, module, to_canonical_input(x, source))
+
+
+def first_divergence(report: Report, source: Model, converted_module: object, x: np.ndarray) -> str | None:
+    """The first layer whose output departs from the source's: a failed layer check names it with its
+    likely cause; otherwise the source's own tensors run in the same torch graph are compared layer by
+    layer with the converted file's (an attribute such as epsilon or padding, which no tensor shows)."""
+    for check in report.checks:
+        if check.check == LAYER and check.status == FAIL:
+            cause = f": {check.likely_cause}" if check.likely_cause else ""
+            return f"first diverging layer {check.layer} ({check.kind}){cause}"
+    import torch
+
+    from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
+    try:
+        reference = CanonicalModule(source).eval()
+        reference.load_state_dict(canonical_state_dict(source), strict=False)
+        with torch.no_grad():
+            reference(torch.from_numpy(x))
+    except Exception:  # the source's own graph cannot run here: no finer answer than the whole model
+        return None
+    ours, theirs = getattr(converted_module, "values", {}), getattr(reference, "values", {})
+    for layer in source.layers:
+        if layer.name in ours and layer.name in theirs and tuple(ours[layer.name].shape) == tuple(theirs[layer.name].shape):
+            step = compare(layer.name, ours[layer.name].numpy(), theirs[layer.name].numpy(), report.atol, report.rtol)
+            if step.status == FAIL:
+                return (f"first diverging layer {layer.name} ({layer.kind}): its weights match the source, so an "
+                        "attribute differs (epsilon, padding, strides, activation)" if layer.tensors else
+                        f"first diverging layer {layer.name} ({layer.kind})")
+    return None
