@@ -63,7 +63,7 @@ def test_missing_flip_is_caught_and_named(run_cli, tmp_path):
     failed = failing(json.loads(out))
     assert code == 1
     assert "180-degree flip" in failed["layer conv_a (Conv2D)"]["likely_cause"]
-    assert "whole model vs recorded output" in failed
+    assert failed["whole model vs recorded output"]["likely_cause"].startswith("first diverging layer conv_a (conv)")
 
 
 def test_swapped_kernel_axes_are_caught(run_cli, tmp_path):
@@ -109,7 +109,8 @@ def test_wrong_epsilon_is_caught(run_cli, tmp_path):
         metadata["weightport.graph"] = json.dumps(graph)
     bad = tamper(good, tmp_path / "bad.safetensors", lambda t: None, epsilon)
     code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", bad)
-    assert code == 1 and "whole model vs recorded output" in failing(json.loads(out))
+    whole = failing(json.loads(out))["whole model vs recorded output"]
+    assert code == 1 and "first diverging layer bn (batchnorm)" in whole["likely_cause"], whole
 
 
 def test_symmetric_padding_instead_of_tf_same_is_caught(run_cli, tmp_path):
@@ -122,7 +123,8 @@ def test_symmetric_padding_instead_of_tf_same_is_caught(run_cli, tmp_path):
         metadata["weightport.graph"] = json.dumps(graph)
     bad = tamper(good, tmp_path / "bad.safetensors", lambda t: None, pads)
     code, out, _ = validate(run_cli, "keras3", "cnn_flatten_dense", bad)
-    assert code == 1 and "whole model vs recorded output" in failing(json.loads(out))
+    whole = failing(json.loads(out))["whole model vs recorded output"]
+    assert code == 1 and "first diverging layer conv_same_s2 (conv)" in whole["likely_cause"], whole
 
 
 def test_flip_symmetric_kernel_is_reported_as_ambiguous():
