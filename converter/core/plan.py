@@ -135,20 +135,48 @@ def renamed(key: str, rename: dict[str, str], patterns: list[tuple[str, str]] | 
     return key
 
 
+def torch_rnn_problem(layer: Layer) -> str | None:
+    """Why ``torch.nn.LSTM``/``torch.nn.GRU`` cannot compute the recurrent ``layer`` (None when they can).
+
+    The one rule: torch.nn's RNNs have sigmoid gates, a tanh cell and (GRU) the reset gate applied after
+    the recurrent matmul.  A GRU with ``reset_after=False`` or an LSTM/GRU with another activation (Keras
+    1/2's default ``hard_sigmoid`` recurrent activation) has weights that load into them and compute
+    something else, so the torch target refuses it rather than write a file that runs wrong.
+    """
+    if layer.kind not in ("lstm", "gru"):
+        return None
+    cls = f"torch.nn.{layer.kind.upper()}"
+    a = layer.attrs
+    problems = []
+    if layer.kind == "gru" and not a.get("reset_after", True):
+        problems.append(f"was trained with reset_after=False, which {cls} cannot compute (it applies the reset "
+                        "gate after the recurrent matmul)")
+    for attr, default, part in (("recurrent_activation", "sigmoid", "its gates are"),
+                                ("activation", "tanh", "its cell is")):
+        if a.get(attr) not in (default, None):
+            problems.append(f"uses {attr}={a[attr]!r}, which {cls} cannot compute ({part} {default})")
+    return f"{layer.kind.upper()} layer {layer.name!r} {' and '.join(problems)}" if problems else None
+
+
+def refuse_for_torch(layer: Layer) -> None:
+    """Refuse, for the torch target, a recurrent layer torch.nn cannot compute (:func:`torch_rnn_problem`)."""
+    problem = torch_rnn_problem(layer)
+    if problem:
+        raise UnsupportedError(problem,
+                               fix="Convert to onnx, which computes it, or to keras, npz or raw, which carry it")
+
+
 def canonical_plan(model: Model, options: WriteOptions, target: str = "torch") -> Plan:
     """Canonical tensors under ``<layer>.<param>`` keys (a PyTorch state_dict), renamed by ``options``.
 
-    Refuses what ``torch.nn`` cannot compute (GRU ``reset_after=False``); adds PyTorch's
-    ``num_batches_tracked`` counter to batch norms that lack it.
+    For the torch target, refuses a recurrent layer ``torch.nn`` cannot compute (:func:`torch_rnn_problem`);
+    adds PyTorch's ``num_batches_tracked`` counter to batch norms that lack it.
     """
     warnings = list(model.warnings)
     planned: list[PlannedTensor] = []
     for layer in model.layers:
-        if layer.kind == "gru" and not layer.attrs.get("reset_after", True):
-            raise UnsupportedError(
-                f"GRU layer {layer.name!r} was trained with reset_after=False, which torch.nn.GRU "
-                "cannot compute (it applies the reset gate after the recurrent matmul)",
-                fix="Convert to a target that supports it (keras, npz, raw) or retrain with reset_after=True")
+        if target == "torch":
+            refuse_for_torch(layer)
         for param, tensor in layer.tensors.items():
             key = renamed(f"{layer.name}.{param}", options.rename, options.rename_patterns)
             planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))

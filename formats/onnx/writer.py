@@ -11,6 +11,7 @@ onnx`` prints and what the writer writes.  onnx (and, for a traced graph, torch)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
@@ -25,23 +26,25 @@ import numpy as np
 from weightport.core.atomic import atomic_path, check_can_write, fsync_folder, staging_folder
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import BadInputError, MissingDependencyError, UnsupportedError, UsageError
-from weightport.core.layout import CORRELATION
+from weightport.core.layout import CORRELATION, Layout
 from weightport.core.model import Layer, Model
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.core.plan import Plan, PlannedTensor, canonical_plan
-from weightport.core.steps import TakeIndex, write_back
+from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_problem
+from weightport.core.rules import keras_major
+from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
 
 def onnx_plan(model: Model, options: WriteOptions) -> Plan:
     """What the ONNX target writes.
 
     Without a template: the canonical plan (the traced graph's initializers are the canonical
-    tensors as they are).  With ``options.template``: one entry per weight slot of the template,
-    keyed by the template's initializer name (``NAME[i]`` for one of a stacked array's parts, as
+    tensors as they are), except for the LSTM/GRU layers torch.nn cannot compute, whose ONNX ``W``,
+    ``R``, ``B`` are planned here (:func:`rnn_plan`).  With ``options.template``: one entry per weight
+    slot of the template, keyed by the template's initializer name (``NAME[i]`` for one of a stacked array's parts, as
     ONNX's LSTM ``B = [Wb, Rb]``), with the inverse of the steps the ONNX reader applies to it.
     """
     if not options.template:
-        return canonical_plan(model, options, "onnx")
+        return traced_plan(model, options)
     reader = OnnxReader(options.template, ReadOptions())
     return template_plan(model, reader, matched_layers(model, reader.model(), options.template))
 
@@ -80,8 +83,8 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
         plan = template_plan(model, reader, pairs)
         proto = template_with_weights(reader, pairs)
     else:
-        plan = canonical_plan(model, options, "onnx")
-        proto = traced_graph(model)
+        plan = traced_plan(model, options)
+        proto = traced_graph(model, plan)
     if proto.ByteSize() > EXTERNAL_THRESHOLD:  # over protobuf's 2 GB: tensors go to a data file beside it
         write_with_external_data(onnx, proto, path, options.force)
         return plan.warnings
@@ -220,8 +223,147 @@ def graph_dtype(model: Model) -> np.dtype:
     return found.pop() if found else np.dtype(np.float32)
 
 
-def traced_graph(model: Model) -> Any:
-    """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`."""
+# An LSTM or GRU that torch.nn cannot compute (a GRU with reset_after=False, a hard_sigmoid recurrent
+# activation: weightport.core.plan.torch_rnn_problem) is still an ONNX LSTM/GRU node: the graph is traced
+# with torch.nn's LSTM/GRU standing in for it, then its node is written anew with onnx.helper, with the
+# layer's own activations, linear_before_reset and W, R, B in ONNX's gate order.
+RNN_GATES = {"lstm": ("ifco", "iofc"), "gru": ("rzh", "zrh")}  # canonical (PyTorch) -> ONNX gate order
+ONNX_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "hard_sigmoid": "HardSigmoid"}
+
+
+def direct_rnn_layers(model: Model) -> list[Layer]:
+    """The LSTM/GRU layers written as ONNX nodes of their own (those torch.nn cannot compute)."""
+    return [layer for layer in model.layers if torch_rnn_problem(layer)]
+
+
+def traced_plan(model: Model, options: WriteOptions) -> Plan:
+    """The canonical plan, with each directly written LSTM/GRU's tensors replaced by its ONNX W, R, B."""
+    plan = canonical_plan(model, options, "onnx")
+    direct = {id(layer): layer for layer in direct_rnn_layers(model)}
+    if not direct:
+        return plan
+    tensors: list[PlannedTensor] = []
+    written: set[int] = set()
+    for item in plan.tensors:
+        if id(item.layer) not in direct:
+            tensors.append(item)
+        elif id(item.layer) not in written:
+            written.add(id(item.layer))
+            tensors.extend(rnn_plan(direct[id(item.layer)]))
+    return dataclasses.replace(plan, tensors=tensors)
+
+
+def rnn_plan(layer: Layer) -> list[PlannedTensor]:
+    """ONNX ``W`` (directions, G*hidden, input), ``R`` (directions, G*hidden, hidden) and ``B``
+    (directions, 2*G*hidden: ``[Wb, Rb]``) of an LSTM/GRU layer: the canonical tensors stacked over
+    directions (forward, reverse), gate blocks from PyTorch's order to ONNX's (LSTM i,f,g,o -> i,o,f,c;
+    GRU r,z,n -> z,r,h)."""
+    canonical, onnx_order = RNN_GATES[layer.kind]
+    suffixes = ("", "_reverse") if layer.attrs.get("bidirectional") else ("",)
+    reorder = ReorderBlocks(1, canonical, onnx_order)
+    planned = []
+    for name, param in (("W", "weight_ih_l0"), ("R", "weight_hh_l0")):
+        parts = [layer.tensors[param + suffix] for suffix in suffixes]
+        planned.append(PlannedTensor(f"{layer.name}.{name}", layer, param, parts[0], (reorder,), Layout("k o i"),
+                                     tuple(parts[1:]), "stack"))
+    if "bias_ih_l0" in layer.tensors:
+        parts = [layer.tensors[param + suffix] for suffix in suffixes for param in ("bias_ih_l0", "bias_hh_l0")]
+        halves = Relayout(Layout("(k s) o"), Layout("k (s o)"), (("k", len(suffixes)),))  # B = [Wb, Rb]
+        planned.append(PlannedTensor(f"{layer.name}.B", layer, "bias_ih_l0", parts[0], (reorder, halves),
+                                     Layout("k (s o)"), tuple(parts[1:]), "stack"))
+    return planned
+
+
+def hard_sigmoid_coefficients(model: Model) -> tuple[float, float]:
+    """(alpha, beta) of ``clip(alpha * x + beta, 0, 1)``, the source's ``hard_sigmoid``.
+
+    Keras 1 and 2 (Theano's ``T.nnet.hard_sigmoid``, the TensorFlow and CNTK backends, tf.keras 2):
+    0.2 x + 0.5.  Keras 3: ``relu6(x + 3) / 6`` (keras/src/backend/*/nn.py), x / 6 + 0.5.
+    """
+    major = model.source.details.get("keras_major") or keras_major(model.source.version)
+    if not model.source.format.startswith("keras") or major is None:
+        raise UnsupportedError(f"the source ({model.source.format}) says hard_sigmoid without saying whose",
+                               fix="Convert to a target that keeps the activation's name (keras, npz, raw)")
+    return (1.0 / 6.0, 0.5) if major >= 3 else (0.2, 0.5)
+
+
+def rnn_node(onnx: Any, model: Model, layer: Layer, traced: Any, inputs: list[str]) -> Any:
+    """The LSTM/GRU node of ``layer`` in place of ``traced`` (torch's stand-in): same data input, outputs,
+    direction and hidden size; the layer's activations (f, g[, h] for each direction) and, for a GRU,
+    linear_before_reset."""
+    a = layer.attrs
+    names = [a.get("recurrent_activation") or "sigmoid", a.get("activation") or "tanh"]
+    names += names[1:] if layer.kind == "lstm" else []
+    for name in names:
+        if name not in ONNX_ACTIVATIONS:
+            raise UnsupportedError(f"{layer.kind.upper()} layer {layer.name!r} uses activation {name!r}, which "
+                                   "weightport does not write as an ONNX RNN activation",
+                                   fix=f"Convert to a target that keeps it (keras, npz, raw); ONNX RNNs take "
+                                       f"{', '.join(sorted(ONNX_ACTIVATIONS))} here")
+    attrs = {x.name: onnx.helper.get_attribute_value(x) for x in traced.attribute
+             if x.name in ("direction", "hidden_size")}
+    names *= 2 if attrs.get("direction") in ("bidirectional", b"bidirectional") else 1  # one list per direction
+    attrs["activations"] = [ONNX_ACTIVATIONS[name] for name in names]
+    if "hard_sigmoid" in names:  # one (alpha, beta) per activation: onnxruntime gives them to those that take them
+        alpha, beta = hard_sigmoid_coefficients(model)
+        attrs.update(activation_alpha=[alpha] * len(names), activation_beta=[beta] * len(names))
+    if layer.kind == "gru":
+        attrs["linear_before_reset"] = int(bool(a.get("reset_after", True)))
+    return onnx.helper.make_node(traced.op_type, inputs, list(traced.output), name=traced.name, **attrs)
+
+
+def write_rnn_nodes(onnx: Any, proto: Any, model: Model, plan: Plan) -> None:
+    """Replace the traced stand-in node of every directly written LSTM/GRU with its own node and tensors."""
+    nodes = [node for node in proto.graph.node if node.op_type in ("LSTM", "GRU")]
+    layers = [layer for layer in model.layers if layer.kind in RNN_GATES]
+    if [node.op_type.lower() for node in nodes] != [layer.kind for layer in layers]:
+        raise UnsupportedError("the traced graph's LSTM/GRU nodes do not match the model's recurrent layers",
+                               fix="Give --template model.onnx of the same architecture")
+    by_layer: dict[int, dict[str, PlannedTensor]] = {}
+    for item in plan.tensors:
+        by_layer.setdefault(id(item.layer), {})[item.key.rsplit(".", 1)[1]] = item
+    taken = {t.name for t in proto.graph.initializer} | {name for n in proto.graph.node for name in n.output}
+    for node, layer in zip(nodes, layers):
+        if not torch_rnn_problem(layer):
+            continue
+        inputs = [node.input[0]]
+        for part in ("W", "R", "B"):
+            item = by_layer[id(layer)].get(part)
+            if item is None:
+                inputs.append("")  # no bias: ONNX's B defaults to zeros
+                continue
+            name = unique_name(f"{layer.name}.{part}", taken)
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(item.load(), name))
+            inputs.append(name)
+        node.CopyFrom(rnn_node(onnx, model, layer, node, inputs + list(node.input[4:])))
+    used = {name for node in proto.graph.node for name in node.input}
+    kept = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    candidate, count = name, 1
+    while candidate in taken:
+        candidate, count = f"{name}_{count}", count + 1
+    taken.add(candidate)
+    return candidate
+
+
+def stand_in(model: Model) -> Model:
+    """``model`` with every LSTM/GRU torch.nn cannot compute replaced by one it can (same tensors): traced
+    only for the graph around it, its node is then written anew (:func:`write_rnn_nodes`)."""
+    direct = {id(layer) for layer in direct_rnn_layers(model)}
+    if not direct:
+        return model
+    computable = {"reset_after": True, "recurrent_activation": "sigmoid", "activation": "tanh"}
+    return dataclasses.replace(model, layers=[dataclasses.replace(layer, attrs={**layer.attrs, **computable})
+                                              if id(layer) in direct else layer for layer in model.layers])
+
+
+def traced_graph(model: Model, plan: Plan | None = None) -> Any:
+    """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`
+    (LSTM/GRU layers torch.nn cannot compute written as their own nodes, from ``plan``)."""
     try:
         import torch
     except ImportError:
@@ -233,8 +375,9 @@ def traced_graph(model: Model) -> Any:
         raise UnsupportedError("the source carries no architecture with an input shape to trace",
                                fix="Give --template model.onnx of the same architecture")
     dtype = getattr(torch, graph_dtype(model).name)
-    module = CanonicalModule(model).eval().to(dtype)
-    module.load_state_dict(canonical_state_dict(model), strict=False)
+    traced = stand_in(model)
+    module = CanonicalModule(traced).eval().to(dtype)
+    module.load_state_dict(canonical_state_dict(traced), strict=False)
     shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
@@ -248,4 +391,7 @@ def traced_graph(model: Model) -> Any:
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
                           training=torch.onnx.TrainingMode.PRESERVE,
                           output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return onnx.load_model_from_string(buffer.getvalue())
+    proto = onnx.load_model_from_string(buffer.getvalue())
+    if direct_rnn_layers(model):
+        write_rnn_nodes(onnx, proto, model, plan or traced_plan(model, WriteOptions()))
+    return proto

@@ -24,7 +24,7 @@ from weightport.core.errors import UnsupportedError
 from weightport.core.layout import Layout, relayout
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
-from weightport.core.plan import canonical_plan
+from weightport.core.plan import canonical_plan, refuse_for_torch
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -262,9 +262,7 @@ class CanonicalModule(nn.Module):
             return nn.Embedding(a["input_dim"], a["output_dim"])
         if kind in ("lstm", "gru"):
             weight = layer.tensors["weight_ih_l0"]
-            if layer.attrs.get("activation", "tanh") != "tanh" or layer.attrs.get("recurrent_activation") not in (
-                    "sigmoid", None):
-                raise UnsupportedError(f"{kind.upper()} layer {layer.name!r} uses activations torch.nn.{kind.upper()} lacks")
+            refuse_for_torch(layer)
             merge = a.get("merge_mode", "concat")
             if a.get("bidirectional") and merge not in ("concat", "onnx"):
                 raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
@@ -293,6 +291,7 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
             previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
+        self.values = values  # every layer's output of the last call, for naming a first divergence
         return previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:

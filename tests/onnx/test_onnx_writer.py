@@ -17,12 +17,12 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, optional_module
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("torch")
-from onnx import numpy_helper  # noqa: E402
+onnx = optional_module("onnx")
+ort = optional_module("onnxruntime")
+numpy_helper = optional_module("onnx.numpy_helper")
+pytestmark = pytest.mark.requires("onnx", "onnxruntime", "torch")  # per test: skipped, or failed under CI
 
 KERAS3 = ["cnn_flatten_dense", "channels_first_cnn", "conv1d_rnn", "conv3d_grouped", "functional_residual",
           "functional_residual_flatten", "conv2d_transpose_single"]
@@ -123,3 +123,81 @@ def test_template_only_with_the_onnx_target(run_cli, tmp_path):
     code, _, err = run_cli("convert", fixture_path("keras3", "cnn_flatten_dense.h5"), "-o",
                            str(tmp_path / "a.safetensors"), "--template", fixture_path("onnx", "torch_cnn.onnx"))
     assert code == 2 and "--template only applies" in err
+
+
+# LSTM/GRU layers torch.nn cannot compute (GRU reset_after=False, hard_sigmoid gates) are written, without a
+# template, as ONNX LSTM/GRU nodes of their own: the recorded outputs of Keras 1 and 2 on Theano, tf.keras 2
+# and Keras 3 must come out of onnxruntime.  Keras sequences are (batch, time, features), as the graph takes them.
+DIRECT_RNN = [("keras_theano", "k1_lstm"), ("keras_theano", "k1_gru"), ("keras_theano", "k2_gru_reset_before"),
+              ("tf_keras2", "gru_reset_before"), ("keras3", "rnn_hard_sigmoid")]
+
+
+@pytest.mark.parametrize("folder, name", DIRECT_RNN)
+def test_rnn_torch_cannot_compute_is_an_onnx_node_reproducing_the_source(run_cli, tmp_path, folder, name):
+    out = str(tmp_path / f"{name}.onnx")
+    code, _, err = run_cli("convert", fixture_path(folder, f"{name}.h5"), "-o", out)
+    assert code == 0, err
+    onnx.checker.check_model(out, full_check=True)
+    x = np.load(fixture_path(folder, f"{name}.input.npy"))
+    assert_close(run_onnx(out, x), np.load(fixture_path(folder, f"{name}.output.npy")))
+
+
+def rnn_nodes(path: str) -> list:
+    return [node for node in onnx.load(path).graph.node if node.op_type in ("LSTM", "GRU")]
+
+
+@pytest.mark.parametrize("folder, name, alpha", [("keras_theano", "k1_lstm", 0.2),
+                                                  ("keras3", "rnn_hard_sigmoid", 1 / 6)])
+def test_hard_sigmoid_is_the_source_frameworks_own(run_cli, tmp_path, folder, name, alpha):
+    """Keras 1/2: clip(0.2 x + 0.5, 0, 1) (Theano's T.nnet.hard_sigmoid, the TF backend); Keras 3: relu6(x + 3) / 6
+    (keras/src/backend/tensorflow/nn.py).  The outputs above prove it; here is where it is written."""
+    out = str(tmp_path / "rnn.onnx")
+    assert run_cli("convert", fixture_path(folder, f"{name}.h5"), "-o", out)[0] == 0
+    for node in rnn_nodes(out):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["activations"][0] == b"HardSigmoid", attrs
+        np.testing.assert_allclose(attrs["activation_alpha"][0], alpha, rtol=1e-6)
+        np.testing.assert_allclose(attrs["activation_beta"][0], 0.5, rtol=1e-6)
+
+
+def test_onnx_gru_reset_before_is_written_back_without_a_template(run_cli, tmp_path):
+    """fixtures/onnx/gru_reset_before.onnx (linear_before_reset=0) -> ONNX: onnxruntime's recorded output again,
+    and W, R, B bit-identical to the file's own (gate order z, r, h and B = [Wb, Rb] restored exactly)."""
+    source = fixture_path("onnx", "gru_reset_before.onnx")
+    out = str(tmp_path / "gru.onnx")
+    code, _, err = run_cli("convert", source, "-o", out)
+    assert code == 0, err
+    x = np.load(fixture_path("onnx", "gru_reset_before.input.npy"))          # (seq, batch, features)
+    expected = np.load(fixture_path("onnx", "gru_reset_before.output.npy"))  # (seq, directions, batch, hidden)
+    got = run_onnx(out, np.ascontiguousarray(x.transpose(1, 0, 2)))         # the written graph is batch-first
+    assert got.shape == (2, 5, 3)                                            # (batch, seq, hidden), one direction
+    assert_close(got.transpose(1, 0, 2)[:, np.newaxis], expected)
+    node, = rnn_nodes(out)
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["linear_before_reset"] == 0
+    original, returned = weights_of(source), weights_of(out)
+    for slot, name in zip(("W", "R", "B"), node.input[1:4]):
+        assert returned[name].tobytes() == original[slot].tobytes(), slot
+
+
+def test_keras3_bidirectional_backwards_rnns_torch_cannot_compute_reproduce_keras(run_cli, tmp_path):
+    """Built here by Keras 3: a Bidirectional hard_sigmoid LSTM (sequences), a hard_sigmoid GRU with
+    reset_after=True (its two biases: B = [Wb, Rb] in the right halves matters), a go_backwards GRU with
+    reset_after=False and a relu cell, a Bidirectional reset_after=False hard_sigmoid GRU (last output);
+    seeded asymmetric weights.  Keras's predict is the truth."""
+    import keras
+    layers = keras.layers
+    inputs = keras.Input((6, 3))
+    x = layers.Bidirectional(layers.LSTM(4, recurrent_activation="hard_sigmoid", return_sequences=True))(inputs)
+    x = layers.GRU(5, recurrent_activation="hard_sigmoid", reset_after=True, return_sequences=True)(x)
+    x = layers.GRU(3, reset_after=False, go_backwards=True, activation="relu", return_sequences=True)(x)
+    x = layers.Bidirectional(layers.GRU(2, reset_after=False, recurrent_activation="hard_sigmoid"))(x)
+    model = keras.Model(inputs, x)
+    rng = np.random.RandomState(5)
+    model.set_weights([rng.uniform(-1, 1, w.shape).astype("float32") for w in model.get_weights()])
+    source, out = str(tmp_path / "rnn.h5"), str(tmp_path / "rnn.onnx")
+    model.save(source)
+    x = rng.uniform(-1, 1, (2, 6, 3)).astype("float32")
+    code, _, err = run_cli("convert", source, "-o", out)
+    assert code == 0, err
+    assert_close(run_onnx(out, x), model.predict(x, verbose=0))
+    assert [node.op_type for node in rnn_nodes(out)] == ["LSTM", "GRU", "GRU", "GRU"]
