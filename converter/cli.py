@@ -273,7 +273,7 @@ def command_detect(args: argparse.Namespace) -> int:
     from weightport.api import detect
     detection = detect(args.src, args.input, args.expected, atol=args.atol, rtol=args.rtol, spec=args.spec)
     print(detection.to_json() if args.json else detection.summary())
-    return 0 if detection.source_semantics else 1
+    return 0 if detection.source_semantics or detection.per_layer else 1
 
 
 def command_formats(args: argparse.Namespace) -> int:

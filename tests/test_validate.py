@@ -297,3 +297,34 @@ def test_validating_an_onnx_source_imports_no_tensorflow(tmp_path):
               "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'framework imported'")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_detect_gives_a_per_layer_answer_when_layers_differ(run_cli, tmp_path):
+    """A Keras file whose first kernel is stored flipped (convolution) and its second as is (correlation):
+    neither whole-file reading reproduces the recorded output; the per-layer search does."""
+    import shutil
+
+    import h5py
+    name = "cnn_flatten_dense"
+    mixed = tmp_path / "mixed.h5"
+    shutil.copy(fixture_path("keras3", f"{name}.h5"), mixed)
+    with h5py.File(mixed, "r+") as handle:
+        found = []
+        handle.visititems(lambda key, item: found.append(key) if key.endswith("kernel") and "conv_a" in key
+                          and isinstance(item, h5py.Dataset) else None)
+        kernel = handle[found[0]]
+        kernel[...] = np.ascontiguousarray(kernel[()][::-1, ::-1])  # HWIO: rows and columns reversed
+    code, out, err = run_cli("detect", mixed, "--input", fixture_path("keras3", f"{name}.input.npy"),
+                             "--expected", fixture_path("keras3", f"{name}.output.npy"), "--json")
+    detection = json.loads(out)
+    assert code == 0 and detection["source_semantics"] is None, out + err
+    assert detection["per_layer"] == {"conv_a": "convolution", "conv_same_s2": "correlation"}, detection
+
+
+def test_detect_without_architecture_asks_for_a_spec(run_cli, tmp_path):
+    import shutil
+    bare = tmp_path / "weights.pkl"
+    shutil.copy(fixture_path("theano", "theano_cnn.values.p2.pkl"), bare)
+    code, out, err = run_cli("detect", bare, "--input", fixture_path("theano", "theano_cnn.input.npy"),
+                             "--expected", fixture_path("theano", "theano_cnn.output.npy"))
+    assert code == 2 and "--spec" in err and "internal error" not in err, err
