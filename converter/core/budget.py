@@ -68,6 +68,22 @@ def check_computed_bytes(nbytes: int, path: str, what: str) -> None:
                             fix="The file is damaged or crafted; re-export it")
 
 
+def check_archive_members(members, archive_bytes: int, path: str) -> None:
+    """Each member of a zip archive (``zipfile.ZipInfo``: ``filename``, ``compress_type``, ``compress_size``,
+    ``file_size``) within its budget, and all of them together at most :data:`MAX_COMPRESSION_RATIO` times the
+    archive: members may share their bytes, so each passing alone says nothing of the total."""
+    total = 0
+    for info in members:
+        what = f"archive member {info.filename}"
+        check_stored_bytes(info.compress_size, archive_bytes, path, what)
+        if info.compress_type == 0:  # stored
+            check_stored_bytes(info.file_size, info.compress_size, path, what)
+        else:
+            check_compressed_bytes(info.file_size, info.compress_size, path, what)
+        total += info.file_size
+    check_compressed_bytes(total, archive_bytes, path, "the archive (all members together)")
+
+
 def declared_elements(shape, path: str, what: str) -> int:
     """The element count of a declared shape, a negative dimension refused; counting stops past
     :data:`MAX_ARRAY_BYTES` (whatever follows), so a shape of many huge dimensions costs no big-number arithmetic."""

@@ -22,13 +22,18 @@ carry (shared variables) or by position.
 from __future__ import annotations
 
 import json
+import lzma
+import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from weightport.core.budget import (check_archive_members, check_compressed_bytes, check_stored_bytes, file_size,
+                                    require_regular_file)
 from weightport.core.errors import AmbiguousSemanticsError, BadInputError, UsageError
 from weightport.core.layout import concat_blocks, conv_role, CONVOLUTION, CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout
@@ -36,12 +41,15 @@ from weightport.core.layout import CANONICAL_PATTERNS
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
 from weightport.core.shapes import infer_shapes
-from weightport.formats.theano.allowlist import arrays_in, safe_loads
+from weightport.formats.theano.allowlist import ArrayStub, arrays_in, plain_dtype, safe_loads
 
 NAME = "theano_pickle"
 DESCRIPTION = "Theano/Lasagne/PyTensor pickles, np.savez files and pkl_utils zips (allowlist unpickler)"
 EXTENSIONS = (".pkl", ".pickle", ".p", ".npz", ".zip")
-MAX_FILE = 16 * 1024 ** 3
+MAX_FILE = 16 * 1024 ** 3  # a pickle is read whole
+# what reading a crafted file can raise beyond our own errors: each becomes one line naming the file
+BROKEN = (ValueError, KeyError, IndexError, MemoryError, OverflowError, EOFError, RecursionError, OSError,
+          NotImplementedError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
 LSTM_GATES = ("ingate", "forgetgate", "cell", "outgate")  # PyTorch order i, f, g, o
 
 
@@ -91,6 +99,7 @@ class VarianceToInvStd:
 
 
 def sniff(path: str) -> bool:
+    require_regular_file(path)  # before opening: a FIFO blocks, /dev/zero never ends
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
@@ -104,7 +113,7 @@ def sniff(path: str) -> bool:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (OSError, zipfile.BadZipFile):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             return False
         if any(n.endswith("data.pkl") for n in names) or "model.weights.h5" in names:
             return False  # torch.save / .keras archives belong to other readers
@@ -115,14 +124,19 @@ def sniff(path: str) -> bool:
 # -- reading the arrays -----------------------------------------------------------------------------
 def read_arrays(path: str) -> list[tuple[str | None, np.ndarray]]:
     """(name or None, array) for every array in the file, in file order."""
-    size = os.path.getsize(path)
+    require_regular_file(path)
+    size = file_size(path)
     if size > MAX_FILE:
         raise BadInputError(f"file is {size} bytes", path=path, fix="Split the weights")
     if zipfile.is_zipfile(path):
-        return zip_arrays(path)
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return arrays_in(parameters_of(safe_loads(data, path)), path)
+        arrays = zip_arrays(path)
+    else:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        arrays = arrays_in(parameters_of(safe_loads(data, path)), path)
+    # one array referenced a million times would be written a million times
+    check_compressed_bytes(sum(array.nbytes for _, array in arrays), size, path, "the arrays (all together)")
+    return arrays
 
 
 def parameters_of(value: Any) -> Any:
@@ -137,13 +151,11 @@ def zip_arrays(path: str) -> list[tuple[str | None, np.ndarray]]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-            for info in archive.infolist():
-                if info.file_size > MAX_FILE or (info.compress_size and info.file_size > 200 * info.compress_size
-                                                 and info.file_size > 1 << 28):
-                    raise BadInputError(f"zip member {info.filename} declares {info.file_size} bytes", path=path,
-                                        fix="The archive is hostile or damaged")
+            check_archive_members(archive.infolist(), file_size(path), path)
             if "pkl" in names:
-                def persistent(pid: Any) -> np.ndarray:
+                members: dict[str, ArrayStub] = {}  # a member referred to again is the same array, not a copy
+
+                def persistent(pid: Any) -> ArrayStub:
                     text = pid.decode("latin1") if isinstance(pid, bytes) else str(pid)
                     kind, _, member = text.partition(".")  # 'ndarray.<member>' (member names may hold dots)
                     if kind != "ndarray":
@@ -152,7 +164,9 @@ def zip_arrays(path: str) -> list[tuple[str | None, np.ndarray]]:
                     if member not in names:
                         raise BadInputError(f"pkl_utils zip refers to a missing member {member!r}", path=path,
                                             fix="The archive is damaged")
-                    return npy_member(archive, member, path)
+                    if member not in members:
+                        members[member] = ArrayStub(npy_member(archive, member, path))
+                    return members[member]
                 return arrays_in(safe_loads(archive.read("pkl"), path, persistent), path)
             ordered = sorted((n for n in names if n.endswith(".npy")), key=savez_order)
             return [(n[:-4], npy_member(archive, n, path)) for n in ordered]
@@ -166,8 +180,22 @@ def savez_order(name: str) -> tuple[int, str]:
 
 
 def npy_member(archive: zipfile.ZipFile, member: str, path: str) -> np.ndarray:
+    """An ``.npy`` member, read once its header declares a plain numeric array of the size the member holds."""
+    info = archive.getinfo(member)
     try:
-        with archive.open(member) as handle:
+        with archive.open(info) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version not in ((1, 0), (2, 0)):
+                raise BadInputError(f"array {member} is .npy version {version}", path=path,
+                                    fix="Save numeric arrays with np.save")
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = header(handle)
+            plain_dtype(dtype, f"array {member}")
+            if not all(n >= 0 for n in shape):
+                raise BadInputError(f"array {member} declares shape {shape}", path=path, fix="The file is damaged")
+            check_stored_bytes(math.prod(shape) * dtype.itemsize, info.file_size - handle.tell(), path,
+                               f"array {member}")
+            handle.seek(0)
             return np.lib.format.read_array(handle, allow_pickle=False)
     except ValueError as error:
         raise BadInputError(f"array {member} cannot be read ({error})", path=path,
@@ -200,6 +228,15 @@ def default_spec_for(path: str) -> str | None:
 
 
 def read(path: str, options: ReadOptions) -> Model:
+    try:
+        return read_model(path, options)
+    except BROKEN as error:
+        detail = str(error).splitlines()[0][:160] if str(error) else ""
+        raise BadInputError(f"cannot be read ({type(error).__name__}{': ' if detail else ''}{detail})", path=path,
+                            fix="The file is damaged or crafted") from None
+
+
+def read_model(path: str, options: ReadOptions) -> Model:
     arrays = read_arrays(path)
     if not arrays:
         raise BadInputError("the file holds no numeric arrays", path=path,

@@ -2,15 +2,22 @@
 
 torch is imported only here, only when such a file is read or written.
 Keys follow the torch plan (``<layer>.<param>``); layouts are canonical.
+
+Before torch reads anything, the archive's members are checked against the archive (a deflated
+storage may not expand beyond the compression-ratio bound; members sharing bytes may not add up beyond
+it either).  After loading, which only maps the stored bytes, each tensor must be a dense CPU tensor
+whose view declares no more bytes than its storage holds: a zero-stride ``expand()`` or overlapping
+strides would otherwise turn a few stored bytes into gigabytes when the view is written out.
 """
 
 from __future__ import annotations
 
 import zipfile
 
-
+from weightport.core.budget import (check_archive_members, check_compressed_bytes, check_stored_bytes, file_size,
+                                    require_regular_file)
 from weightport.core.dtypes import tensor_to_numpy
-from weightport.core.errors import BadInputError, MissingDependencyError
+from weightport.core.errors import BadInputError, MissingDependencyError, UnsupportedError
 from weightport.core.layout import Layout
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, array_tensor
 from weightport.core.options import ReadOptions
@@ -30,29 +37,70 @@ def import_torch():
 
 def sniff(path: str) -> bool:
     """A torch.save file is a zip archive holding ``*/data.pkl``."""
+    require_regular_file(path)  # before opening: a FIFO blocks, /dev/zero never ends
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("data.pkl") for name in archive.namelist())
-    except (OSError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return False
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__
+
+
+def check_archive(path: str) -> None:
+    """The members of a zip ``.pt`` (torch.save writes them stored) within the budget, before torch reads
+    any; a legacy (pre-zip) file is left to torch.load."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            check_archive_members(archive.infolist(), file_size(path), path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise BadInputError(f"the zip archive is damaged ({first_line(error)})", path=path,
+                            fix="Save the state_dict again with torch.save") from None
+
+
+def check_tensor(torch, key: str, value, path: str) -> int:
+    """A dense CPU tensor whose view fits its storage; the bytes the view declares."""
+    if value.layout != torch.strided or value.is_quantized or value.device.type != "cpu":
+        raise UnsupportedError(f"tensor {key!r} is a {value.layout} {value.device.type} tensor"
+                               f"{' (quantized)' if value.is_quantized else ''}; only dense tensors are read",
+                               path=path, fix="Save dense tensors (tensor.to_dense(), dequantize())")
+    declared = value.numel() * value.element_size()
+    check_stored_bytes(declared, value.untyped_storage().nbytes(), path, f"tensor {key!r}")
+    return declared
 
 
 def read(path: str, options: ReadOptions) -> Model:
     """Read a state_dict with torch.load(weights_only=True): no code from the file runs."""
+    require_regular_file(path)
     torch = import_torch()
+    check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files
-        raise BadInputError(f"torch.load(weights_only=True) refused the file ({str(error).splitlines()[0]})",
+        raise BadInputError(f"torch.load(weights_only=True) refused the file ({first_line(error)})",
                             path=path, fix="Only plain state_dicts of tensors can be read") from None
     if not isinstance(state, dict):
         raise BadInputError("the file does not hold a state_dict (a dict of tensors)", path=path,
                             fix="Save model.state_dict(), not the model")
+    tensors = [(key, value) for key, value in state.items() if isinstance(value, torch.Tensor)]
+    for key, _ in tensors:
+        if not isinstance(key, str):
+            raise BadInputError(f"the state_dict has a key {type(key).__name__} {str(key)[:40]!r}", path=path,
+                                fix="Save model.state_dict(): its keys are strings")
+    declared = sum(check_tensor(torch, key, value, path) for key, value in tensors)
+    check_compressed_bytes(declared, file_size(path), path, "the state_dict (all tensors together)")
     model = Model(SourceInfo(path, NAME, str(torch.__version__), None))
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        array = tensor_to_numpy(torch, value)
+    for key, value in tensors:
+        try:
+            array = tensor_to_numpy(torch, value)
+        except (TypeError, RuntimeError, ValueError) as error:
+            raise UnsupportedError(f"tensor {key!r} cannot be read as an array ({first_line(error)})", path=path,
+                                   fix="Save tensors of standard dtypes") from None
         layer_name, _, param = key.rpartition(".")
         layer_name = layer_name or key
         try:
