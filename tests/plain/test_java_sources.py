@@ -6,7 +6,7 @@ translates ``\\u000a`` into a line end before it reads anything, even inside a c
 ``//`` comment could end the comment and run code in ``forward()``. The hostile-name tests build a
 model whose names carry such payloads (each would create a marker file), compile and run its Java,
 and check that nothing ran and that the model computes what the same model with plain names does.
-Tests that need a JDK skip without one, except under CI=true where they fail (see require_jdk).
+Tests that need a JDK skip without one, except under CI=true where they fail (tests/conftest.py require).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from importlib.resources import files
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURES, ROOT
-from tests.plain.test_raw_target import require_jdk
+from tests.conftest import FIXTURES, ROOT, require
 from weightport.api import load, save
 from weightport.formats.plain import java as java_target
 
@@ -68,7 +67,7 @@ def test_every_java_resource_is_package_data():
 
 def test_a_built_wheel_ships_the_java_resources(tmp_path):
     """What a pip install gets: build a wheel of the package sources and look inside."""
-    pytest.importorskip("setuptools", reason="building a wheel needs setuptools")
+    require("setuptools")
     source = tmp_path / "src"
     for name in ("pyproject.toml", "README.md"):
         os.makedirs(source, exist_ok=True)
@@ -102,7 +101,7 @@ def test_raw_never_imports_the_java_target():
 
 def test_the_resources_compile_on_their_own(tmp_path):
     """The loader, the checker and the model template (placeholders unfilled) are valid Java as they are."""
-    require_jdk()
+    require("jdk")
     compile_java(tmp_path, *java_sources(JAVA_DIR))
 
 
@@ -115,7 +114,7 @@ COMPILED = {  # fixture -> convert options: a channels-last CNN in OIHW, and tru
 
 @pytest.mark.parametrize("base", sorted(COMPILED))
 def test_emitted_java_compiles_without_warnings(tmp_path, base):
-    require_jdk()
+    require("jdk")
     path = next(os.path.join(FIXTURES, base + ext) for ext in (".h5", ".onnx")
                 if os.path.exists(os.path.join(FIXTURES, base + ext)))
     out = tmp_path / "out"
@@ -157,7 +156,7 @@ def test_java_string_literal_is_printable_ascii_with_no_stray_unicode_escape():
 
 def test_java_reads_each_literal_back_as_the_text(tmp_path):
     """javac is the oracle: every literal compiles and holds exactly the text's UTF-16 code units."""
-    require_jdk()
+    require("jdk")
     literals = ",\n        ".join(java_target.java_string_literal(text) for text in NASTY)
     (tmp_path / "Literals.java").write_text(
         "public final class Literals {\n"
@@ -242,7 +241,7 @@ def assert_names_only_in_literals(java: str) -> None:
 def test_a_hostile_layer_name_is_data_not_code(tmp_path):
     """Payloads in a layer name and in a layer's source class: on the old generator they became code in
     forward() and created the markers; now they are string literals and nothing runs."""
-    require_jdk()
+    require("jdk")
     markers = [tmp_path / "pwned-by-name", tmp_path / "pwned-by-class"]
     hostile = renamed_model({"pool": "pool" + payload(markers[0])}, {"relu": "Activation" + payload(markers[1])})
     got, java = forward(tmp_path, hostile, "hostile")
@@ -258,7 +257,7 @@ def test_every_hostile_character_in_names_round_trips(tmp_path):
     """Quotes, backslashes, comment ends, line ends, NUL, non-ASCII and \\u sequences in layer (hence
     tensor) names and in the source's path, version and backend: the Java compiles, finds every tensor
     by its exact name (the literal must equal what the manifest's JSON says) and computes the same."""
-    require_jdk()
+    require("jdk")
     marker = tmp_path / "pwned"
     names = {
         "conv_a": 'c\\u000a"q\\"*/\n\r\x00é\U0001F600\u2028' + payload(marker),

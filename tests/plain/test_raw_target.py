@@ -3,7 +3,11 @@
 Every oracle is independent of weightport's writer: tensor sums and bytes come from the source file
 read with h5py (or onnx), forward passes are compared with the outputs the source framework recorded.
 Java is compiled once for the module (one JVM compiles every output folder through javax.tools).
-Tests that run Java skip without a JDK, except under CI=true where a missing JDK fails (see require_jdk).
+Tests that run Java need a JDK (tests/conftest.py require: skipped per test without one, failed under CI=true).
+
+Nothing here turns a failure into a skip: every fixture must read, every forward pass must reproduce the
+recorded output, and the models --emit-forward refuses are listed in EMIT_FORWARD_REFUSALS with the reason
+(a refusal not listed fails, and so does a listed model that generates).
 """
 
 from __future__ import annotations
@@ -22,19 +26,7 @@ import pytest
 
 from weightport.cli import main
 from weightport.core.layout import parse_pattern
-from tests.conftest import FIXTURES, ROOT
-
-
-def require_jdk() -> None:
-    """Skip the calling test when javac or java is missing; under CI=true fail instead (CI must run it)."""
-    missing = [tool for tool in ("javac", "java") if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = (f"needs a JDK: {' and '.join(missing)} not on PATH (install one, e.g. "
-               "apt-get install openjdk-17-jdk-headless)")
-    if os.environ.get("CI") == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+from tests.conftest import FIXTURES, ROOT, require
 
 
 KERAS_CNNS = ["keras3/cnn_flatten_dense", "keras3/channels_first_cnn", "keras3/conv3d_grouped",
@@ -72,48 +64,6 @@ def later_fixtures() -> list[str]:
 
 def convert(*args: str) -> int:
     return main(["convert", *[str(a) for a in args]])
-
-
-def readable(base: str) -> tuple[bool, str]:
-    """Whether weightport reads this fixture into a model it can run (reason when not)."""
-    from weightport.api import load
-    from weightport.core.errors import WeightportError
-    try:
-        model = load(source_file(base), **read_options(base))
-    except WeightportError as error:
-        if "format not recognized" in error.problem:
-            return False, f"{base}: weightport has no reader for this format yet ({error.problem})"
-        return False, f"{base}: the reader refuses it ({error.problem})"
-    except Exception as error:  # a reader still being written
-        return False, f"{base}: no reader yet ({type(error).__name__})"
-    if not model.has_architecture:
-        return False, f"{base}: no architecture in the file"
-    return True, ""
-
-
-CANONICAL: dict[str, tuple[bool, str]] = {}
-
-
-def canonical_reproduces(base: str) -> tuple[bool, str]:
-    """Whether weightport's canonical model of a later fixture, run in PyTorch (no code of this target),
-    reproduces the recorded output. When it does not, the reader or the semantics rules are wrong for
-    that fixture, upstream of this target, and the Java forward tests are skipped saying so."""
-    if base not in CANONICAL:
-        from weightport.api import load
-        from weightport.checks.validate import validate_torch
-        model = load(source_file(base), **read_options(base))
-        report = validate_torch(model, model, os.path.join(FIXTURES, base + ".input.npy"),
-                                os.path.join(FIXTURES, base + ".output.npy"))
-        whole = [c for c in report.checks if c.name.startswith("whole model")]
-        if whole and whole[0].passed:
-            CANONICAL[base] = (True, "")
-        elif whole:
-            CANONICAL[base] = (False, f"{base}: weightport's canonical model run in PyTorch does not reproduce the "
-                                      f"recorded output either (max abs error {whole[0].max_abs_error:.3g}): the reader "
-                                      "or semantics rules are wrong for it, upstream of this target")
-        else:
-            CANONICAL[base] = (True, "")  # no torch check possible (unsupported there): let Java decide
-    return CANONICAL[base]
 
 
 def read_options(base: str) -> dict[str, str]:
@@ -158,6 +108,23 @@ def convert_fixture(base: str, out, args: list[str]) -> int:
 
 
 FORWARD = [base for base in KERAS_CNNS if recorded(base)] + later_fixtures()
+
+# fixture -> what --emit-forward's refusal must say (the generated forward pass covers sequential CNNs only).
+NOT_A_KIND = "is not supported (supported: input, conv, depthwise"
+EMIT_FORWARD_REFUSALS: dict[str, str] = {
+    "keras_theano/k1_gru": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
+    "keras_theano/k1_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
+    "keras_theano/k2_conv1d_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
+    "keras_theano/k2_functional_residual": "layer 'residual' (Add): the model is not sequential",
+    "keras_theano/k2_functional_residual_flatten": "layer 'residual' (Add): the model is not sequential",
+    "keras_theano/k2_gru_reset_before": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
+    "onnx/gru_linear_before_reset": f"layer 'gru_linear_before_reset' (GRU): kind 'gru' {NOT_A_KIND}",
+    "onnx/gru_reset_before": f"layer 'gru_reset_before' (GRU): kind 'gru' {NOT_A_KIND}",
+    "onnx/lstm_bidirectional": f"layer 'lstm_bidirectional' (LSTM): kind 'lstm' {NOT_A_KIND}",
+    "theano/theano_lstm": f"layer 'lstm' (Theano lstm): kind 'lstm' {NOT_A_KIND}",
+}
+GENERATED = [base for base in FORWARD if base not in EMIT_FORWARD_REFUSALS]  # a forward pass to run
+NO_SPATIAL_KERNEL = {"keras_theano/k1_batchnorm_dense"}  # dense and batch norm only: no flip to check
 
 # Output folders built for the module: (fixture, variant) -> convert arguments.
 VARIANTS = {
@@ -223,22 +190,7 @@ public class IndexProbe {
 '''
 
 
-REFUSED: dict[str, str] = {}  # fixture -> why --emit-forward refuses it (branches, recurrent layers, ...)
-
-
-def skip_reason(base: str) -> str:
-    if base in REFUSED:
-        return f"{base}: --emit-forward refuses this model ({REFUSED[base]})"
-    return readable(base)[1] or f"{base}: not built"
-
-
-def forward_skip(builds: dict, base: str, variant: str) -> None:
-    if (base, variant) not in builds or base in REFUSED:
-        pytest.skip(skip_reason(base))
-    if base not in KERAS_CNNS:
-        works, why = canonical_reproduces(base)
-        if not works:
-            pytest.skip(why)
+REFUSED: dict[str, str] = {}  # fixture -> why --emit-forward refused it, as observed by builds
 
 
 @pytest.fixture(scope="module")
@@ -246,15 +198,14 @@ def builds(tmp_path_factory) -> dict[tuple[str, str], str]:
     """Convert every (fixture, variant) once and compile all the Java in one JVM.
 
     A model --emit-forward cannot generate (only ever a later fixture, never KERAS_CNNS) is built
-    without it, for the loader checks, and its forward tests are skipped with the refusal."""
-    require_jdk()
+    without it, for the loader checks; its refusal is recorded in REFUSED, which
+    test_emit_forward_refuses_exactly_the_listed_models compares with EMIT_FORWARD_REFUSALS."""
+    require("jdk")
     root = tmp_path_factory.mktemp("raw_target")
     folders: dict[tuple[str, str], str] = {}
     jobs = {(base, name): args for base in FORWARD for name, args in VARIANTS.items()}
     jobs.update({key: args for key, args in EXTRA.items() if key[0] in FORWARD})
     for (base, name), args in jobs.items():
-        if base not in KERAS_CNNS and not readable(base)[0]:
-            continue
         out = root / f"{base.replace('/', '_')}_{name}"
         code = convert_fixture(base, out, args)
         if code != 0 and "--emit-forward" in args and base not in KERAS_CNNS:
@@ -266,6 +217,7 @@ def builds(tmp_path_factory) -> dict[tuple[str, str], str]:
             from weightport.formats.plain.raw import flatten_orders, manifest_head, settings
             model = load(source_file(base), **read_options(base))
             options = WriteOptions()
+            REFUSED[base] = f"convert exited {code}, yet the generator does not refuse the model"
             try:
                 generate_model(model, make_plan(model, "raw", options), settings(options),
                                flatten_orders(model, settings(options).layout),
@@ -354,24 +306,56 @@ def theano_arrays(base: str) -> dict[tuple[str, str], np.ndarray]:
     return out
 
 
+def onnx_constants(graph) -> dict[str, np.ndarray]:
+    """Every constant value of an ONNX graph by name: initializers, Constant nodes, and Identity of either."""
+    from onnx import numpy_helper
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            values[node.output[0]] = numpy_helper.to_array(next(a.t for a in node.attribute if a.name == "value"))
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def onnx_array(path: str, layer: str, param: str) -> np.ndarray:
+    """The ONNX graph's own array for a torch key, found through the node's inputs (not through weightport):
+    the node named ``layer`` (or ``/layer/Op`` as torch.onnx.export names it); Conv/Gemm inputs 1 and 2;
+    a MatMul named ``layer`` and the Add after it; an LSTM/GRU's W, R and B (B = [Wb, Rb]) per direction.
+    Only sums are compared, which gate order and transposes leave alone."""
+    import onnx
+    graph = onnx.load(path).graph
+    values = onnx_constants(graph)
+    node = next(n for n in graph.node if n.name == layer or n.name.startswith(f"/{layer}/"))
+    if node.op_type in ("LSTM", "GRU"):
+        direction = 1 if param.endswith("_reverse") else 0
+        name = param.removesuffix("_reverse")
+        if name.startswith("weight"):
+            return values[node.input[1 if name == "weight_ih_l0" else 2]][direction]
+        bias = values[node.input[3]][direction]
+        half = bias.shape[0] // 2
+        return bias[:half] if name == "bias_ih_l0" else bias[half:]
+    if node.op_type == "MatMul":
+        if param == "weight":
+            return values[node.input[1]]
+        add = next(n for n in graph.node if n.op_type == "Add" and node.output[0] in n.input)
+        return values[next(i for i in add.input if i in values)]
+    if node.op_type == "Gemm":  # Y = alpha * A B + beta * C: the scales belong to the weights
+        scale = {a.name: a.f for a in node.attribute}.get("alpha" if param == "weight" else "beta", 1.0)
+        return values[node.input[{"weight": 1, "bias": 2}[param]]].astype(np.float64) * scale
+    return values[node.input[{"weight": 1, "bias": 2}[param]]]
+
+
 def source_array(path: str, layer: str, kind: str, param: str) -> np.ndarray:
     """The source's own array for a torch key's tensor (Keras HDF5, ONNX initializer, Theano savez)."""
     if path.endswith(".pkl"):
         base = os.path.relpath(path, FIXTURES).split(".")[0]
         arrays = theano_arrays(base)
-        if (layer, param) not in arrays:
-            pytest.skip(f"{base}: the spec names no array for {layer}.{param}")
+        assert (layer, param) in arrays, f"{base}: the spec names no array for {layer}.{param}"
         return arrays[(layer, param)]
     if path.endswith(".onnx"):
-        import onnx
-        from onnx import numpy_helper
-        graph = onnx.load(path).graph
-        initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-        candidates = [name for name in initializers if name.startswith(layer)]
-        for name in candidates:
-            if name.split(".")[-1] in (param.split(".")[-1], {"running_var": "var", "running_mean": "mean"}.get(param)):
-                return initializers[name]
-        pytest.skip(f"cannot tell which ONNX initializer is {layer}.{param}")
+        return onnx_array(path, layer, param)
     variables = keras_arrays(path)[layer]
     if param in RNN_VARIABLES and any(re.fullmatch(r"[WUb]_[a-z]", v) for v in variables):
         # Keras 1 keeps one array per gate: their sum is the sum of PyTorch's stacked gate blocks.
@@ -390,8 +374,7 @@ def source_array(path: str, layer: str, kind: str, param: str) -> np.ndarray:
         if bias.ndim == 2:             # GRU reset_after: input and recurrent biases stacked
             return bias[row]
         return bias if row == 0 else np.zeros_like(bias)  # one Keras bias; PyTorch's second one is zero
-    if param not in KERAS_VARIABLES:
-        pytest.skip(f"no Keras variable is known for parameter {param!r}")
+    assert param in KERAS_VARIABLES, f"no Keras variable is known for parameter {param!r}: add it to KERAS_VARIABLES"
     names = KERAS_VARIABLES[param]
     for name in names:
         if name in variables:
@@ -415,8 +398,6 @@ def keras_sources() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("key", keras_sources(), ids="-".join)
 def test_java_sums_equal_numpy_sums_of_the_source(builds, key):
-    if key not in builds:
-        pytest.skip(skip_reason(key[0]))
     folder = builds[key]
     manifest = manifest_of(folder)
     sums = checked_sums(folder)
@@ -460,13 +441,20 @@ def close(got: np.ndarray, want: np.ndarray) -> bool:
     return got.shape == want.shape and bool(np.allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max())))
 
 
-FORWARD_RUNS = [(base, variant) for base in FORWARD for variant in ("corr", "conv")] + \
-    [key for key, args in EXTRA.items() if "--emit-forward" in args and key[0] in FORWARD]
+FORWARD_RUNS = [(base, variant) for base in GENERATED for variant in ("corr", "conv")] + \
+    [key for key, args in EXTRA.items() if "--emit-forward" in args and key[0] in GENERATED]
+
+
+def test_emit_forward_refuses_exactly_the_listed_models(builds):
+    assert sorted(REFUSED) == sorted(EMIT_FORWARD_REFUSALS), \
+        "EMIT_FORWARD_REFUSALS must list exactly the models --emit-forward refuses: " + repr(REFUSED)
+    for base, reason in EMIT_FORWARD_REFUSALS.items():
+        assert reason in REFUSED[base], (base, REFUSED[base])
 
 
 @pytest.mark.parametrize("base,variant", FORWARD_RUNS)
 def test_emitted_forward_reproduces_the_recorded_output(builds, base, variant):
-    forward_skip(builds, base, variant)
+    assert base not in REFUSED, f"--emit-forward refused {base}: {REFUSED[base]}"
     got = java_forward(builds[(base, variant)], base)
     want = expected_output(base)
     assert got.shape == want.shape
@@ -479,15 +467,15 @@ def spatial_kernel(entry: dict) -> bool:
     return entry["semantics"] != "none" and any(n > 1 for g, n in zip(groups, entry["shape"]) if g and g[0] in "dhw")
 
 
-@pytest.mark.parametrize("base", FORWARD)
+@pytest.mark.parametrize("base", [base for base in GENERATED if base not in NO_SPATIAL_KERNEL])
 def test_convolution_loop_needs_flipped_kernels(builds, base):
     """The generated loop for --target-semantics convolution reads kernels rotated 180 degrees: with the
     flipped weights it reproduces the source; given the same layout's correlation bytes (a missing flip)
     it does not."""
-    forward_skip(builds, base, "conv")
+    assert base not in REFUSED, f"--emit-forward refused {base}: {REFUSED[base]}"
     conv, corr = builds[(base, "conv")], builds[(base, "corr_hwio")]
-    if not any(spatial_kernel(t) for t in manifest_of(conv)["tensors"]):
-        pytest.skip(f"{base}: no kernel with a spatial extent, nothing to flip")
+    assert any(spatial_kernel(t) for t in manifest_of(conv)["tensors"]), \
+        f"{base}: no kernel with a spatial extent (list it in NO_SPATIAL_KERNEL)"
     source = open(os.path.join(conv, "WeightportModel.java"), encoding="utf-8").read()
     assert "rotated 180 degrees" in source.split("public double[] forward")[1].split("public static void main")[0]
     assert close(java_forward(conv, base), expected_output(base))
@@ -755,3 +743,8 @@ def test_float16_overflow_is_reported(tmp_path):
     result = save(model, str(tmp_path / "half"), to="raw", dtype="float16")
     assert any("dense.bias" in w and "infinite" in w for w in result.warnings)
     assert "dense.bias" in " ".join(manifest_of(str(tmp_path / "half"))["warnings"])
+
+
+def test_models_listed_without_a_spatial_kernel_have_none(builds):
+    for base in NO_SPATIAL_KERNEL:
+        assert not any(spatial_kernel(t) for t in manifest_of(builds[(base, "conv")])["tensors"]), base
