@@ -41,7 +41,7 @@ def tamper(path, out, change, metadata_change=None):
     return out
 
 
-@pytest.mark.parametrize("folder,name", [("keras3", "cnn_flatten_dense"), ("keras3", "functional_residual"),
+@pytest.mark.parametrize("folder,name", [("keras3", "cnn_flatten_dense"), ("keras3", "functional_residual_flatten"),
                                          ("keras3", "conv1d_rnn"), ("tf_keras2", "rnn_stack"),
                                          ("tf_keras2", "cnn_sequential")])
 def test_correct_conversions_pass(run_cli, tmp_path, folder, name):
