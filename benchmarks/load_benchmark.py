@@ -7,7 +7,9 @@ runner process, after a warm-up that imports every framework it uses (in every w
 time is conversion time, not import time.
 
 Reported per configuration (median of ``--repeat`` runs): wall seconds, conversions per second,
-source MB converted per second, speed-up over K = 1 of the same kind, and peak resident memory:
+source MB converted per second, speed-up over K = 1 of the same kind, CPU seconds spent by the
+conversions (all their threads; less sensitive than wall time to other load on the machine), and
+peak resident memory:
 for threads the runner's own peak (``ru_maxrss``, from ``os.wait4``); for processes the sum of every
 worker's peak plus the runner's (spawned workers share no pages, so the sum is what they held).
 
@@ -60,12 +62,20 @@ def make_models(workdir: str) -> None:
 
 
 # -- runner (one configuration, in its own process) -------------------------------------------------
-def convert_one(job: tuple[str, str, str, str]) -> tuple[int, int]:
-    """Convert one job; returns this process's id and peak RSS so far (bytes)."""
+def cpu_seconds() -> float:
+    """CPU time of this process so far, every thread of it (user + system)."""
+    times = os.times()
+    return times.user + times.system
+
+
+def convert_one(job: tuple[str, str, str, str]) -> tuple[int, int, float]:
+    """Convert one job; returns this process's id, its peak RSS so far (bytes) and the CPU seconds the
+    process spent meanwhile (the conversion's own in a worker process, which runs one at a time)."""
     from weightport import convert
     source, to, output, _ = job
+    before = cpu_seconds()
     convert(source, output, to=to, force=True)
-    return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, cpu_seconds() - before
 
 
 def process_id(_: object) -> int:
@@ -98,14 +108,17 @@ def run(mode: str, k: int, workdir: str, rounds: int) -> dict[str, float]:
             list(pool.map(process_id, range(k)))  # every worker started and warmed up before the clock starts
         with pool:
             subprocess.run(["sync"], check=True)
-            start = time.perf_counter()
-            peaks = list(pool.map(convert_one, work))
-            seconds = time.perf_counter() - start
-        workers = {pid: peak for pid, peak in peaks}  # the last (largest) peak each worker reported
+            start, cpu = time.perf_counter(), cpu_seconds()
+            reports = list(pool.map(convert_one, work))
+            seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        workers = {pid: peak for pid, peak, _ in reports}  # the last (largest) peak each worker reported
+        if mode == "processes":
+            cpu = sum(spent for _, _, spent in reports)
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         held = own + (sum(workers.values()) if mode == "processes" else 0)
         source_bytes = sum(os.path.getsize(source) for source, _, _, _ in work)
-        return {"seconds": seconds, "conversions": len(work), "source_bytes": source_bytes, "peak_rss": held}
+        return {"seconds": seconds, "cpu": cpu, "conversions": len(work), "source_bytes": source_bytes,
+                "peak_rss": held}
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -141,16 +154,17 @@ def main() -> None:
     first = runs[next(iter(runs))][0]
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {first['conversions']} conversions of "
           f"{first['source_bytes'] / 1e6:.0f} MB of sources per run; medians of {args.repeat} runs")
-    print("| workers | K | wall s | conversions/s | source MB/s | speed-up | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| workers | K | wall s | conversions/s | source MB/s | speed-up | CPU s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode in args.modes:
         base = None
         for k in args.ks:
             seconds = statistics.median(r["seconds"] for r in runs[(mode, k)])
+            cpu = statistics.median(r["cpu"] for r in runs[(mode, k)])
             peak = max(r["peak_rss"] for r in runs[(mode, k)])
             base = base or seconds
             print(f"| {mode} | {k} | {seconds:.2f} | {first['conversions'] / seconds:.1f} | "
-                  f"{first['source_bytes'] / 1e6 / seconds:.0f} | {base / seconds:.2f} | {peak / 2**20:.0f} |")
+                  f"{first['source_bytes'] / 1e6 / seconds:.0f} | {base / seconds:.2f} | {cpu:.1f} | {peak / 2**20:.0f} |")
 
 
 if __name__ == "__main__":
