@@ -252,7 +252,7 @@ def onnx_converted(run_cli, tmp_path, name):
 
 
 @pytest.mark.parametrize("name, layers", [("torch_cnn", 4), ("helper_autopad_gemm", 4),
-                                          ("gru_linear_before_reset", 1), ("lstm_bidirectional", 0)])
+                                          ("gru_linear_before_reset", 1), ("lstm_bidirectional", 1)])
 def test_onnx_sources_pass_layer_checks_in_onnxruntime_and_the_whole_model_check(run_cli, tmp_path, name, layers):
     """Each weighted layer's own ONNX operator runs in onnxruntime on the stored initializers; an ONNX
     LSTM/GRU graph takes (seq, batch, features) and gives (seq, directions, batch, hidden)."""

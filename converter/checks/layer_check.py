@@ -4,19 +4,30 @@ arrays and in PyTorch with the *converted* tensors, on seeded random asymmetric 
 Source side, by what the source computes: the framework's *oracle* chosen by :data:`ORACLES`
 (each lives in its framework's folder, see :mod:`weightport.core.oracle`):
 
-* Keras kernels with correlation semantics: TensorFlow ops and Keras RNN layers, fed the arrays
-  exactly as the file stores them (``weightport.formats.keras.oracle``).
-* Convolution semantics (Theano-backend Keras, Theano/Lasagne): ``scipy.signal.convolve``
-  (true convolution) over each input/output channel pair, and dense layers as ``x @ kernel`` in
-  the stored layout (``weightport.formats.numpy.oracle``).
-* ONNX sources: the layer's own ONNX operator with the stored initializers, as a one-node graph run
-  by onnxruntime (``weightport.formats.onnx.oracle``).
+* Keras kernels with correlation semantics: TensorFlow ops (conv, grouped conv, depthwise, separable,
+  ``conv_transpose``) fed the arrays exactly as the file stores them, and Keras's own BatchNormalization,
+  Embedding, PReLU formula and LSTM/GRU layers (``go_backwards``, ``Bidirectional``)
+  (``weightport.formats.keras.oracle``).
+* Convolution semantics (Theano-backend Keras, Theano/Lasagne), and every kernel of a Theano pickle:
+  ``scipy.signal.convolve`` / ``correlate`` over each input/output channel pair (strides subsample the
+  output, dilations dilate the kernel, groups one at a time; a transposed conv as a full correlation of
+  the stride-dilated input, as Theano's ``conv2d`` gradient computes it), dense layers as ``x @ kernel``
+  in the stored layout, Lasagne's batch norm with its stored ``inv_std`` (``weightport.formats.numpy.oracle``).
+* ONNX sources: the layer's own ONNX operator with the stored initializers, as a one-node graph run by
+  onnxruntime (``weightport.formats.onnx.oracle``).
 
-Target side: standard ``torch.nn`` layers holding the converted tensors.  Our layout code is
-never on both sides of a comparison.  When a layer fails, candidate mistakes (a flip, a swap of
-two spatial axes, a gate reorder) are tried on the converted tensor and the one that makes it
-pass is named as the likely cause.  A kernel equal to its own 180-degree rotation cannot reveal
-a missing flip; that is reported as an ambiguity, not a pass.
+Every layer runs with valid padding (and no output padding): the check is about the weights; padding is
+the whole-model check's.  A recurrent layer returns its whole sequence in the canonical module's
+convention (formats/torch/module.py): a backwards layer reads the steps last to first and returns its
+outputs in that order, a bidirectional one concatenates its forward and backward halves per step.
+
+Target side: ``torch.nn.functional`` (and ``torch.nn.LSTM``/``GRU``) holding the converted tensors in the
+canonical layouts (weightport.core.model).  Our layout code is never on both sides of a comparison.  When
+a layer fails, candidate mistakes (a flip, a swap of two spatial axes, a gate reorder, swapped batch-norm
+vectors, ...) are tried on the converted tensors and the one that makes it pass is named as the likely
+cause.  A kernel equal to its own 180-degree rotation (or H/W transpose) cannot reveal a missing flip (or
+swap); that is reported as an ambiguity, not a plain pass, unless the kernel is 1 wide on those axes (a
+flip cannot change it, so nothing is hidden).
 """
 
 from __future__ import annotations
@@ -29,19 +40,26 @@ from typing import Protocol
 import numpy as np
 
 from weightport.checks.report import LAYER, SKIP, Check, compare
-from weightport.core.layout import CONVOLUTION, Layout, flip_axes, relayout, reorder_blocks
+from weightport.core.layout import CONVOLUTION, NO_SEMANTICS, Layout, flip_axes, relayout, reorder_blocks
 from weightport.core.model import Layer, Model
 from weightport.core.oracle import LayerCase
 
-RUNNABLE = ("conv", "depthwise", "dense", "lstm", "gru")
+CONV_KINDS = ("conv", "conv_transpose", "depthwise", "separable")
+RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "embedding", "prelu", "lstm", "gru")
+THEANO = "theano_pickle"
 
 # Which framework's oracle computes a layer, first match wins:
 # (source format or "*", layer kinds, kernel semantics or "*", "module:function").
 ORACLES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("onnx", RUNNABLE, "*", "weightport.formats.onnx.oracle:source_onnx"),
-    ("*", ("conv", "depthwise"), CONVOLUTION, "weightport.formats.numpy.oracle:scipy_conv"),
-    ("*", ("conv", "depthwise"), "*", "weightport.formats.keras.oracle:source_conv"),
+    (THEANO, CONV_KINDS, "*", "weightport.formats.numpy.oracle:scipy_conv"),  # conv2d with or without filter_flip
+    ("*", CONV_KINDS, CONVOLUTION, "weightport.formats.numpy.oracle:scipy_conv"),
+    ("*", CONV_KINDS, "*", "weightport.formats.keras.oracle:source_conv"),
     ("*", ("dense",), "*", "weightport.formats.numpy.oracle:source_dense"),
+    (THEANO, ("batchnorm",), "*", "weightport.formats.numpy.oracle:lasagne_batchnorm"),
+    ("*", ("batchnorm",), "*", "weightport.formats.keras.oracle:source_batchnorm"),
+    ("*", ("embedding",), "*", "weightport.formats.keras.oracle:source_embedding"),
+    ("*", ("prelu",), "*", "weightport.formats.keras.oracle:source_prelu"),
     ("*", ("lstm", "gru"), "*", "weightport.formats.keras.oracle:source_rnn"),
 )
 
@@ -59,9 +77,12 @@ def random_input(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray
     return rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
 
 
-def spatial_size(kernel: tuple[int, ...], dilations: tuple[int, ...]) -> tuple[int, ...]:
-    """An input size a little larger than the kernel's reach, different per axis (never square)."""
-    return tuple((k - 1) * d + 4 + axis for axis, (k, d) in enumerate(zip(kernel, dilations)))
+def spatial_size(kernel: tuple[int, ...], dilations: tuple[int, ...], strides: tuple[int, ...] | None = None
+                 ) -> tuple[int, ...]:
+    """An input size giving a few output samples past the kernel's reach at each stride, different per axis
+    (never square)."""
+    strides = strides or (1,) * len(kernel)
+    return tuple((k - 1) * d + 1 + s * (3 + axis) for axis, (k, d, s) in enumerate(zip(kernel, dilations, strides)))
 
 
 # -- target side ------------------------------------------------------------------------------------
@@ -101,31 +122,70 @@ class TorchSide:
 
 
 def torch_output(layer: Layer, converted: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-    """The layer in PyTorch (valid padding, stride/dilation/groups from the canonical attrs)."""
+    """The layer in PyTorch on the converted (canonical) tensors: valid padding, no output padding,
+    stride/dilation/groups from the canonical attrs; an RNN returns its whole sequence."""
     import torch
     import torch.nn.functional as F
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in converted.items()}
-    xt = torch.from_numpy(x)
+    tensors = {k: torch.from_numpy(np.array(v)) for k, v in converted.items()}  # writable copies
+    xt = torch.from_numpy(np.array(x))
+    kind, a = layer.kind, layer.attrs
     with torch.no_grad():
-        if layer.kind in ("conv", "depthwise"):
-            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[layer.attrs["rank"]]
-            return conv(xt, tensors["weight"], tensors.get("bias"), stride=layer.attrs["strides"],
-                        dilation=layer.attrs["dilations"], groups=layer.attrs.get("groups", 1)).numpy()
-        if layer.kind == "dense":
+        if kind in CONV_KINDS:
+            rank = a["rank"]
+            conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
+            if kind == "conv_transpose":
+                transpose = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[rank]
+                return transpose(xt, tensors["weight"], tensors.get("bias"), stride=a["strides"], padding=0,
+                                 output_padding=0, groups=a.get("groups", 1), dilation=a["dilations"]).numpy()
+            if kind == "separable":
+                depth = conv(xt, tensors["depthwise.weight"], None, stride=a["strides"], dilation=a["dilations"],
+                             groups=xt.shape[1])
+                return conv(depth, tensors["pointwise.weight"], tensors.get("pointwise.bias")).numpy()
+            return conv(xt, tensors["weight"], tensors.get("bias"), stride=a["strides"],
+                        dilation=a["dilations"], groups=a.get("groups", 1)).numpy()
+        if kind == "dense":
             return F.linear(xt, tensors["weight"], tensors.get("bias")).numpy()
-        rnn_class = torch.nn.LSTM if layer.kind == "lstm" else torch.nn.GRU
-        rnn = rnn_class(tensors["weight_ih_l0"].shape[1], layer.attrs["units"], batch_first=True)
-        rnn.load_state_dict({k: v for k, v in tensors.items() if k.endswith("_l0")}, strict=True)
+        if kind == "batchnorm":
+            return F.batch_norm(xt, tensors["running_mean"], tensors["running_var"], tensors.get("weight"),
+                                tensors.get("bias"), training=False, eps=float(a["epsilon"])).numpy()
+        if kind == "embedding":
+            return F.embedding(xt, tensors["weight"]).numpy()
+        if kind == "prelu":
+            slope = tensors["weight"]
+            if slope.dim() == 1:
+                return F.prelu(xt, slope).numpy()  # one slope per channel (axis 1)
+            return torch.where(xt >= 0, xt, slope * xt).numpy()  # one per element, (C, spatial...)
+        rnn_class = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+        bidirectional = bool(a.get("bidirectional"))
+        rnn = rnn_class(tensors["weight_ih_l0"].shape[1], a["units"], batch_first=True, bidirectional=bidirectional,
+                        bias="bias_ih_l0" in tensors)
+        rnn.load_state_dict({k: v for k, v in tensors.items() if "_l0" in k}, strict=True)
+        if a.get("go_backwards"):
+            xt = torch.flip(xt, dims=[1])  # read last to first; outputs in reading order (module.keras_recurrent)
         return rnn(xt)[0].numpy()
 
 
 def layer_input(layer: Layer, rng: np.random.Generator, stored: dict[str, np.ndarray]) -> np.ndarray:
+    """A seeded random input for ``layer`` in the canonical layout: channels-first maps for convs, batch
+    norms and PReLUs, ``(batch, features)`` for a dense, indices for an embedding, ``(batch, time,
+    features)`` for an RNN."""
     a = layer.attrs
-    if layer.kind in ("conv", "depthwise"):
-        spatial = spatial_size(tuple(a["kernel_size"]), tuple(a["dilations"]))
+    if layer.kind == "conv_transpose":
+        return random_input(rng, (2, a["in_channels"], *(3 + axis for axis in range(a["rank"]))))
+    if layer.kind in CONV_KINDS:
+        spatial = spatial_size(tuple(a["kernel_size"]), tuple(a["dilations"]), tuple(a["strides"]))
         return random_input(rng, (2, a["in_channels"], *spatial))
     if layer.kind == "dense":
         return random_input(rng, (2, layer.tensors["weight"].shape[1]))
+    if layer.kind == "embedding":
+        return rng.integers(0, layer.tensors["weight"].shape[0], size=(2, 5), dtype=np.int64)
+    if layer.kind in ("batchnorm", "prelu"):
+        weight = layer.tensors["running_mean" if layer.kind == "batchnorm" else "weight"].shape
+        shape = tuple(layer.output_shape or ())
+        if len(weight) > 1:  # one PReLU slope per element: the map is the slope's shape
+            return random_input(rng, (2, *weight))
+        known = len(shape) > 1 and shape[0] == weight[0] and all(isinstance(n, int) and n > 0 for n in shape)
+        return random_input(rng, (2, *shape) if known else (2, weight[0]))
     return random_input(rng, (2, 5, layer.tensors["weight_ih_l0"].shape[1]))
 
 
@@ -144,18 +204,39 @@ def run_source(case: LayerCase, x: np.ndarray) -> np.ndarray:
 
 
 # -- diagnosis ----------------------------------------------------------------------------------------
+KERNELS = {"conv": "weight", "conv_transpose": "weight", "depthwise": "weight", "separable": "depthwise.weight"}
+FLIP = "missing or extra 180-degree flip (convolution vs correlation)"
+SWAP_HW = "kernel rows and columns swapped (H/W transposed)"
+
+
+def spatially_altered(layer: Layer, converted: dict[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The kernel flipped, and with H and W swapped where they are equal: each only where it changes the
+    kernel's shape-compatible values (a 1-wide axis cannot be flipped)."""
+    param = KERNELS[layer.kind]
+    weight = converted.get(param)
+    if weight is None or weight.ndim < 3:
+        return []
+    spatial = tuple(range(2, weight.ndim))
+    found = []
+    if any(weight.shape[axis] > 1 for axis in spatial):
+        found.append((FLIP, {**converted, param: flip_axes(weight, spatial).copy()}))
+    if weight.ndim == 4 and weight.shape[2] == weight.shape[3] > 1:
+        found.append((SWAP_HW, {**converted, param: np.ascontiguousarray(weight.swapaxes(2, 3))}))
+    return found
+
+
 def candidate_mistakes(layer: Layer, converted: dict[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Converted tensors with one classic mistake undone each: (name of the mistake, tensors)."""
     candidates = []
-    if layer.kind in ("conv", "depthwise"):
-        weight = converted["weight"]
-        spatial = tuple(range(2, weight.ndim))
-        candidates.append(("missing or extra 180-degree flip (convolution vs correlation)",
-                           dict(converted, weight=flip_axes(weight, spatial).copy())))
-        if weight.ndim == 4 and weight.shape[2] == weight.shape[3]:
-            candidates.append(("kernel rows and columns swapped (H/W transposed)",
-                               dict(converted, weight=relayout(weight, Layout("o i h w"), Layout("o i w h")))))
-    if layer.kind == "dense":
+    kind = layer.kind
+    if kind in CONV_KINDS:
+        candidates += spatially_altered(layer, converted)
+        weight = converted.get("weight")
+        if kind == "conv_transpose" and weight is not None and weight.shape[0] == weight.shape[1] \
+                and layer.attrs.get("groups", 1) == 1:
+            candidates.append(("transposed-conv kernel read as a conv kernel (in and out channel axes swapped)",
+                               dict(converted, weight=np.ascontiguousarray(weight.swapaxes(0, 1)))))
+    if kind == "dense":
         step = layer.tensors["weight"].transforms[0] if layer.tensors["weight"].transforms else None
         known = dict(getattr(step, "known", ()))
         if "c" in known:
@@ -164,27 +245,68 @@ def candidate_mistakes(layer: Layer, converted: dict[str, np.ndarray]) -> list[t
             candidates.append(("Dense rows not permuted after Flatten (C,H,W vs H,W,C order)",
                                dict(converted, weight=relayout(converted["weight"], Layout(f"o ({last})"),
                                                                Layout(f"o ({first})"), known))))
-    if layer.kind in ("lstm", "gru"):
-        orders = [("ifco", "ifoc"), ("ifco", "icfo"), ("ifco", "iofc")] if layer.kind == "lstm" else [("zrh", "rzh")]
+    if kind == "batchnorm":
+        candidates += batchnorm_mistakes(layer, converted)
+    if kind in ("lstm", "gru"):
+        orders = [("ifco", "ifoc"), ("ifco", "icfo"), ("ifco", "iofc")] if kind == "lstm" else [("zrh", "rzh")]
         for src, dst in orders:
             swapped = {k: reorder_blocks(v, 0, src, dst) if v.ndim >= 1 and v.shape[0] % len(src) == 0 else v
                        for k, v in converted.items()}
             candidates.append((f"RNN gates in the wrong order ({src} vs {dst})", swapped))
+        if layer.attrs.get("bidirectional"):
+            candidates.append(("RNN directions swapped (forward and backward weights exchanged)",
+                               {k: converted.get(k[:-len("_reverse")] if k.endswith("_reverse") else k + "_reverse", v)
+                                for k, v in converted.items()}))
     return candidates
 
 
+def batchnorm_mistakes(layer: Layer, converted: dict[str, np.ndarray]) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """A batch norm's classic mistakes: vectors exchanged, a variance stored as something else."""
+    found = []
+    if {"weight", "bias"} <= converted.keys():
+        found.append(("gamma and beta swapped", dict(converted, weight=converted["bias"], bias=converted["weight"])))
+    var = converted.get("running_var")
+    if var is None or "running_mean" not in converted:
+        return found
+    found.append(("running mean and variance swapped",
+                  dict(converted, running_mean=var, running_var=converted["running_mean"])))
+    wide = var.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if np.all(wide >= 0):
+            found.append(("running_var squared (a variance taken for a standard deviation, e.g. Keras 1's "
+                          "running_std, which holds the variance)",
+                          dict(converted, running_var=np.sqrt(wide).astype(var.dtype))))
+            found.append(("running_var is a standard deviation (not squared)",
+                          dict(converted, running_var=(wide * wide).astype(var.dtype))))
+        if np.all(wide > 0) and "epsilon" in layer.attrs:
+            found.append(("running_var holds Lasagne's inv_std, not converted (var = 1/inv_std^2 - epsilon)",
+                          dict(converted, running_var=(1 / (wide * wide) - float(layer.attrs["epsilon"]))
+                               .astype(var.dtype))))
+    return found
+
+
 def ambiguity(layer: Layer, converted: dict[str, np.ndarray]) -> str | None:
-    """Why a pass proves less than it seems: a flip-symmetric or transpose-symmetric kernel."""
-    if layer.kind not in ("conv", "depthwise"):
+    """Why a pass proves less than it seems: a kernel equal to its 180-degree rotation, or to its H/W
+    transpose, where that could hide a mistake (a kernel 1 wide on those axes hides nothing)."""
+    param = KERNELS.get(layer.kind)
+    weight = converted.get(param) if param else None
+    if weight is None or weight.ndim < 3:
         return None
-    weight = converted["weight"]
     spatial = tuple(range(2, weight.ndim))
     notes = []
-    if np.array_equal(weight, flip_axes(weight, spatial)):
+    if any(weight.shape[axis] > 1 for axis in spatial) and np.array_equal(weight, flip_axes(weight, spatial)):
         notes.append("kernel equals its 180-degree rotation, so a missing flip cannot be seen")
-    if weight.ndim == 4 and weight.shape[2] == weight.shape[3] and np.array_equal(weight, weight.swapaxes(2, 3)):
+    if weight.ndim == 4 and weight.shape[2] == weight.shape[3] > 1 and np.array_equal(weight, weight.swapaxes(2, 3)):
         notes.append("kernel equals its H/W transpose, so swapped axes cannot be seen")
     return "; ".join(notes) or None
+
+
+def kernel_semantics(layer: Layer) -> str:
+    """The semantics the source stored the layer's kernel with (``none`` for a layer without a kernel)."""
+    for tensor in layer.tensors.values():
+        if tensor.provenance.source_semantics != NO_SEMANTICS:
+            return tensor.provenance.source_semantics
+    return NO_SEMANTICS
 
 
 def check_layer(layer: Layer, side: TargetSide, atol: float, rtol: float, seed: int = 0,
@@ -195,8 +317,7 @@ def check_layer(layer: Layer, side: TargetSide, atol: float, rtol: float, seed: 
     the float64 output is the reference and their difference the source's own float32 noise.
     """
     stored, patterns = stored_arrays(layer)
-    kernel = layer.tensors.get("weight")
-    source_semantics = semantics or (kernel.provenance.source_semantics if kernel is not None else "none")
+    source_semantics = semantics or kernel_semantics(layer)
     case = LayerCase(layer, stored, patterns, source_semantics, source_format, source_version)
     rng = np.random.default_rng(seed)
     x = layer_input(layer, rng, stored)
@@ -223,7 +344,11 @@ def check_layer(layer: Layer, side: TargetSide, atol: float, rtol: float, seed: 
         check.reason = f"ambiguous: {note}"
     if not check.passed:
         for mistake, variant in side.variants(layer):
-            if compare(name, variant.output(layer, x), expected, atol, rtol, noise=noise).passed:
+            try:
+                undone = variant.output(layer, x)
+            except (NotImplementedError, RuntimeError, ValueError):  # a variant the runtime cannot hold
+                continue
+            if compare(name, undone, expected, atol, rtol, noise=noise).passed:
                 check.likely_cause = mistake
                 break
     return check
@@ -236,7 +361,8 @@ def with_float64_reference(case: LayerCase, x: np.ndarray, expected32: np.ndarra
     wide = replace(case, stored={k: v.astype(np.float64) if v.dtype == np.float32 else v
                                  for k, v in case.stored.items()})
     try:
-        expected64 = np.asarray(run_source(wide, x.astype(np.float64)), dtype=np.float64)
+        expected64 = np.asarray(run_source(wide, x.astype(np.float64) if x.dtype.kind == "f" else x),
+                                dtype=np.float64)
     except Exception:  # the oracle runs float32 only (onnxruntime's RNNs, for one): no noise figure
         return expected32, None
     if expected64.shape != expected32.shape:
@@ -259,9 +385,7 @@ def check_layers(source: Model, side: TargetSide, atol: float, rtol: float) -> l
         where = {"layer": layer.name, "kind": layer.kind}
         if layer.kind not in RUNNABLE:
             checks.append(Check(name, SKIP, LAYER, **where, reason=f"no layer-level oracle for {layer.kind} layers"))
-        elif layer.attrs.get("time_distributed"):
-            checks.append(Check(name, SKIP, LAYER, **where, reason="TimeDistributed layers are checked whole-model"))
-        else:
+        else:  # a TimeDistributed layer is its inner layer applied at each step: checked as that layer
             checks.append(check_layer(layer, side, atol, rtol, seed,
                                       source_format=source.source.format, source_version=source.source.version))
     return checks

@@ -1,7 +1,27 @@
-"""Keras/TensorFlow as the oracle of a layer whose stored kernel is a correlation kernel: TensorFlow ops
-(``tf.nn.convolution``, ``tf.nn.depthwise_conv2d``) fed Keras's own HWIO arrays, and Keras's own
-LSTM/GRU layers fed the stored ``kernel``, ``recurrent_kernel`` and ``bias``.  tensorflow and keras
-are imported only when an oracle runs.  See :mod:`weightport.core.oracle` for the contract.
+"""Keras/TensorFlow as the oracle of a Keras layer whose stored kernel is a correlation kernel (Keras on
+TensorFlow, and Keras on Theano for depthwise and separable kernels, see
+fixtures/keras_theano/RULES.md), fed the arrays exactly as the file stores them:
+
+* conv: ``tf.nn.convolution`` (one group at a time, as TensorFlow's CPU kernels run grouped convs);
+  depthwise: ``tf.nn.depthwise_conv2d`` (a 1-D one with a unit row, as Keras's ``DepthwiseConv1D``);
+  separable: ``tf.nn.separable_conv2d`` (the depthwise kernel, then the pointwise one; a 1-D one with a
+  unit row, as Keras's ``separable_conv1d``); transposed conv: ``tf.nn.conv_transpose`` with Keras's
+  ``(spatial..., out, in)`` kernel.  Valid padding, no output padding (``(n - 1) * s + (k - 1) * d + 1``
+  samples per axis, as torch's ``conv_transpose`` with ``padding=0, output_padding=0``).
+* BatchNormalization: Keras's own layer at inference with the stored gamma, beta, moving mean and
+  variance and the file's epsilon (Keras 1's ``running_std`` holds the variance, and Keras 1 used it so:
+  fixtures/keras_theano/RULES.md).
+* Embedding: Keras's own layer with the stored ``embeddings``.
+* PReLU: Keras's formula ``relu(x) - alpha * relu(-x)`` with the stored ``alpha``, its axes found by name.
+* LSTM/GRU: Keras's own layers with the stored ``kernel``, ``recurrent_kernel`` and ``bias`` and the
+  file's activations (``go_backwards`` and ``Bidirectional`` too, with their sequences returned in
+  Keras's order: a backwards layer's outputs in the order it read the steps, a bidirectional layer's
+  backward half re-reversed, forward and backward halves concatenated).
+
+Kernels are put in TensorFlow's ``(spatial..., in, out)`` order by the axis names of their stored pattern
+(``np.transpose`` in :func:`weightport.formats.numpy.oracle.arrange`), never through weightport's layout
+code.  tensorflow and keras are imported only when an oracle runs; everything runs in the dtype of the
+input.  See :mod:`weightport.core.oracle` for the contract.
 """
 
 from __future__ import annotations
@@ -11,35 +31,98 @@ import os
 import numpy as np
 
 from weightport.core.oracle import LayerCase
+from weightport.formats.numpy.oracle import arrange, depth_multiplier
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def tf_kernel(case: LayerCase, param: str, last: tuple[str, str]) -> np.ndarray:
+    """The stored kernel ``param`` as TensorFlow takes it: spatial axes (d, h, w), then ``last``."""
+    kernel = arrange(case.stored[param], case.stored_layout[param], last, depth_multiplier(case))
+    return np.moveaxis(kernel, (0, 1), (-2, -1))
+
+
 def source_conv(case: LayerCase, x_first: np.ndarray) -> np.ndarray:
-    """TensorFlow's conv/depthwise output with the stored (correlation) kernel, for a channels-first input
-    (valid padding)."""
-    layer, a = case.layer, case.layer.attrs
-    kernel = case.stored["weight"]
-    pattern = case.stored_layout["weight"].split()
-    rank = a["rank"]
+    """TensorFlow's conv, depthwise, separable or transposed conv output with the stored (correlation)
+    kernels, for a channels-first input (valid padding)."""
     import tensorflow as tf
-    x_last = np.moveaxis(x_first, 1, -1)
-    if pattern[-2:] not in (["i", "o"], ["i", "m"]):
-        raise NotImplementedError(f"stored layout {' '.join(pattern)} is not a TensorFlow kernel layout")
-    if layer.kind == "depthwise":
-        if rank != 2:
-            raise NotImplementedError("depthwise check runs for 2-D kernels")
-        y = tf.nn.depthwise_conv2d(x_last, kernel, [1, *a["strides"], 1], "VALID", dilations=a["dilations"]).numpy()
-    else:
-        groups = a.get("groups", 1)  # TensorFlow's CPU kernels run grouped convs one group at a time
-        cin, cout = x_last.shape[-1] // groups, kernel.shape[-1] // groups
+    layer, a = case.layer, case.layer.attrs
+    x = np.moveaxis(x_first, 1, -1)
+    strides, dilations, groups = list(a["strides"]), list(a["dilations"]), int(a.get("groups", 1))
+    if layer.kind == "conv":
+        kernel = tf_kernel(case, "weight", ("i", "o"))
+        cin, cout = x.shape[-1] // groups, kernel.shape[-1] // groups
         y = np.concatenate([
-            tf.nn.convolution(x_last[..., g * cin:(g + 1) * cin], kernel[..., g * cout:(g + 1) * cout],
-                              strides=a["strides"], padding="VALID", dilations=a["dilations"]).numpy()
+            tf.nn.convolution(x[..., g * cin:(g + 1) * cin], kernel[..., g * cout:(g + 1) * cout],
+                              strides=strides, padding="VALID", dilations=dilations).numpy()
             for g in range(groups)], axis=-1)
-    if "bias" in case.stored:
-        y = y + case.stored["bias"]
+    elif layer.kind == "conv_transpose":
+        kernel = tf_kernel(case, "weight", ("o", "i"))
+        cin, cout = x.shape[-1] // groups, kernel.shape[-2]
+        size = [(n - 1) * s + (k - 1) * d + 1 for n, s, k, d in zip(x.shape[1:-1], strides, kernel.shape, dilations)]
+        y = np.concatenate([
+            tf.nn.conv_transpose(x[..., g * cin:(g + 1) * cin], kernel[..., g * cin:(g + 1) * cin],
+                                 [x.shape[0], *size, cout], strides, "VALID", dilations=dilations).numpy()
+            for g in range(groups)], axis=-1)
+    elif layer.kind in ("depthwise", "separable"):
+        y = depthwise_or_separable(tf, case, x, strides, dilations)
+    else:
+        raise NotImplementedError(f"the TensorFlow check does not run {layer.kind} layers")
+    bias = case.stored.get("pointwise.bias" if layer.kind == "separable" else "bias")
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
     return np.moveaxis(y, -1, 1)
+
+
+def depthwise_or_separable(tf, case: LayerCase, x: np.ndarray, strides: list[int], dilations: list[int]) -> np.ndarray:
+    """``tf.nn.depthwise_conv2d`` / ``tf.nn.separable_conv2d`` on a channels-last ``x``; a 1-D layer runs as a
+    2-D one with a unit row, as Keras runs it."""
+    separable = case.layer.kind == "separable"
+    depthwise = tf_kernel(case, "depthwise.weight" if separable else "weight", ("i", "m"))
+    rank = x.ndim - 2
+    if rank == 1:
+        x, depthwise = x[:, np.newaxis], depthwise[np.newaxis]
+        strides, dilations = [1, *strides], [1, *dilations]
+    elif rank != 2:
+        raise NotImplementedError(f"TensorFlow has no {rank}-D depthwise convolution")
+    if separable:
+        pointwise = arrange(case.stored["pointwise.weight"], case.stored_layout["pointwise.weight"], ("i", "o"))
+        y = tf.nn.separable_conv2d(x, depthwise, pointwise[np.newaxis, np.newaxis], [1, *strides, 1], "VALID",
+                                   dilations=dilations).numpy()
+    else:
+        y = tf.nn.depthwise_conv2d(x, depthwise, [1, *strides, 1], "VALID", dilations=dilations).numpy()
+    return y[:, 0] if rank == 1 else y
+
+
+def source_batchnorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """Keras's BatchNormalization at inference over axis 1 of the canonical input, with the stored vectors."""
+    import keras
+    stored = case.stored
+    bn = keras.layers.BatchNormalization(axis=1, epsilon=float(case.layer.attrs["epsilon"]), dtype=x.dtype.name)
+    bn.build(x.shape)
+    bn.set_weights([stored[param].astype(x.dtype) for param in ("weight", "bias", "running_mean", "running_var")])
+    return np.asarray(bn(x, training=False))
+
+
+def source_embedding(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """Keras's Embedding with the stored ``(input_dim, output_dim)`` table, on integer indices."""
+    import keras
+    table = case.stored["weight"]
+    if case.stored_layout["weight"] != "n e":
+        raise NotImplementedError(f"embedding check cannot read stored layout {case.stored_layout['weight']}")
+    embedding = keras.layers.Embedding(table.shape[0], table.shape[1], dtype=table.dtype.name)
+    embedding.build((None,))
+    embedding.set_weights([table])
+    return np.asarray(embedding(x))
+
+
+def source_prelu(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """Keras's PReLU, ``relu(x) - alpha * relu(-x)``, the stored alpha met with the canonical (channels-first)
+    input by the names of its axes (a shared axis is a unit axis)."""
+    import keras
+    alpha = arrange(case.stored["weight"], case.stored_layout["weight"], ("c",)).astype(x.dtype)
+    alpha = alpha.reshape(alpha.shape + (1,) * (x.ndim - 1 - alpha.ndim))
+    return np.asarray(keras.ops.relu(x) - alpha * keras.ops.relu(-x))
 
 
 def keras_activation(name: str, version: str | None):
@@ -52,22 +135,34 @@ def keras_activation(name: str, version: str | None):
 
 
 def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
-    """Keras's own LSTM/GRU with the stored arrays (kernel, recurrent_kernel, bias)."""
+    """Keras's own LSTM/GRU with the stored arrays (kernel, recurrent_kernel, bias), the whole sequence
+    returned; ``go_backwards`` and ``Bidirectional`` (concatenated) as Keras computes them."""
     import keras
-    a = case.layer.attrs
-    if a.get("bidirectional"):
-        raise NotImplementedError("bidirectional RNNs are checked by the whole-model check")
-    if case.stored_layout["weight_ih_l0"] != "i o":
+    a, stored = case.layer.attrs, case.stored
+    directions = ("", "_reverse") if a.get("bidirectional") else ("",)
+    if any(case.stored_layout[f"{param}{suffix}"] != "i o" for param in ("weight_ih_l0", "weight_hh_l0")
+           for suffix in directions):
         raise NotImplementedError("RNN check runs on Keras (in, gates*units) kernels")
     activations = {"activation": keras_activation(a.get("activation", "tanh"), case.source_version),
                    "recurrent_activation": keras_activation(a.get("recurrent_activation", "sigmoid"),
                                                             case.source_version)}
-    if case.layer.kind == "lstm":
-        rnn = keras.layers.LSTM(a["units"], return_sequences=True, dtype=x.dtype.name, **activations)
-    else:
-        rnn = keras.layers.GRU(a["units"], return_sequences=True, reset_after=a.get("reset_after", True),
-                               dtype=x.dtype.name, **activations)
-    rnn.build(x.shape)
+    use_bias = "bias_ih_l0" in stored
+
+    def make(go_backwards: bool):
+        if case.layer.kind == "lstm":
+            return keras.layers.LSTM(a["units"], return_sequences=True, go_backwards=go_backwards, use_bias=use_bias,
+                                     dtype=x.dtype.name, **activations)
+        return keras.layers.GRU(a["units"], return_sequences=True, go_backwards=go_backwards, use_bias=use_bias,
+                                reset_after=a.get("reset_after", True), dtype=x.dtype.name, **activations)
+
     # the stored bias: (G*u,), or (2, G*u) for a reset_after GRU, as Keras keeps it
-    rnn.set_weights([case.stored["weight_ih_l0"], case.stored["weight_hh_l0"], case.stored["bias_ih_l0"]])
+    weights = [stored[f"{param}{suffix}"] for suffix in directions
+               for param in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0")[:3 if use_bias else 2]]
+    backwards = bool(a.get("go_backwards"))
+    if len(directions) == 2:
+        rnn = keras.layers.Bidirectional(make(backwards), backward_layer=make(not backwards), merge_mode="concat")
+    else:
+        rnn = make(backwards)
+    rnn.build(x.shape)
+    rnn.set_weights(weights)
     return np.asarray(rnn(x))
