@@ -26,21 +26,30 @@ from weightport.core.layout import Layout, relayout
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
+from weightport.core.rules import hard_sigmoid_coefficients
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
     "elu": F.elu, "selu": F.selu, "softplus": F.softplus, "softsign": F.softsign,
     "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu6": F.relu6,
-    "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0, "exponential": torch.exp,
+    "exponential": torch.exp,
 }
+ONNX_HARD_SIGMOID = (0.2, 0.5)  # HardSigmoid's default alpha, beta (onnx/defs/math/defs.cc)
 
 
-def activation(name: Any, channel_axis: int = 1):
-    """A torch function for a Keras activation name (softmax over the channel axis)."""
+def activation(name: Any, channel_axis: int = 1, model: Model | None = None):
+    """A torch function for a Keras activation name (softmax over the channel axis).  ``hard_sigmoid`` is
+    the source's own: ``clip(alpha x + beta, 0, 1)`` with Keras 1/2's or Keras 3's coefficients
+    (:func:`weightport.core.rules.hard_sigmoid_coefficients`), ONNX's defaults for an ONNX source."""
     if isinstance(name, dict):
         name = name.get("class_name", name.get("config", {}).get("name"))
     if name == "softmax":
         return lambda x: F.softmax(x, dim=channel_axis if x.dim() > 2 else -1)
+    if name == "hard_sigmoid":
+        if model is None:
+            raise UnsupportedError("hard_sigmoid without its source: Keras 1/2 and Keras 3 define it differently")
+        alpha, beta = ONNX_HARD_SIGMOID if model.source.format == "onnx" else hard_sigmoid_coefficients(model)
+        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
     if name not in ACTIVATIONS:
         raise UnsupportedError(f"activation {name!r} has no PyTorch equivalent here",
                                fix="Validate this layer in the source framework only")
@@ -256,8 +265,8 @@ class CanonicalModule(nn.Module):
             if module is not None:
                 self.attach(layer.name, module)
             act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
-                                                                  "separable", "dense") else None
-            self.post[layer.name] = activation(act)
+                                                                  "separable", "dense", "activation") else None
+            self.post[layer.name] = activation(act, model=model)
 
     def attach(self, name: str, module: nn.Module) -> None:
         """Register ``module`` under a possibly dotted name (``features.0``), so state_dict keys match."""
@@ -371,7 +380,7 @@ def prelu_module(layer: Layer, model: Model) -> nn.Module:
 
 
 runs("input", "dropout")(lambda layer, inputs: inputs[0])
-runs("activation")(lambda layer, inputs: activation(layer.attrs.get("activation"))(inputs[0]))
+runs("activation")(lambda layer, inputs: inputs[0])  # the activation itself is the layer's ``post``
 runs("flatten")(lambda layer, inputs: torch.flatten(inputs[0], 1))
 runs("add")(lambda layer, inputs: sum(inputs[1:], inputs[0]))
 runs("pool")(lambda layer, inputs: pool_function(layer)(inputs[0]))
