@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="check every key and shape against your torch module class (instantiated with no "
                               "arguments) before writing")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--max-shard-size", metavar="SIZE", type=shard_size,
+                         help="for DST NAME.safetensors.index.json: bytes of tensors per shard, e.g. 5GB, 500MB, "
+                              "2GiB (default 5GB)")
     convert.add_argument("--fail-on-nonfinite", action="store_true",
                          help="refuse tensors holding NaN or Inf (by default they are kept bit-exactly and reported)")
     convert.add_argument("--validate", action="store_true",
@@ -217,6 +220,7 @@ def command_convert(args: argparse.Namespace) -> int:
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
                          layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet, template=args.template,
+                         max_shard_size=args.max_shard_size,
                          **read_options(args))
     except ValidationFailed as failure:
         if getattr(failure, "report", None) is not None:
@@ -292,6 +296,23 @@ class Terminated(BaseException):
 
 def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+              "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def shard_size(text: str) -> int:
+    """``5GB`` -> 5000000000 (decimal units, as transformers counts; ``GiB`` for binary)."""
+    number = text.strip().rstrip("bBiIkKmMgGtT")
+    unit = text.strip()[len(number):].lower()
+    try:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 5GB, 500MB or 2GiB") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard must hold at least one byte")
+    return size
 
 
 def main(argv: Sequence[str] | None = None) -> int:

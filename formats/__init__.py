@@ -85,7 +85,8 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("onnx", "ONNX (graph-aware, external data); written into a `--template` or as a whole graph "
                 "traced with torch", (".onnx",), "onnx",
                 "weightport.formats.onnx.reader", "weightport.formats.onnx.writer"),
-    FormatEntry("safetensors", "safetensors (streamed, no torch import)", (".safetensors",), "torch",
+    FormatEntry("safetensors", "safetensors (streamed, no torch import), one file or Hugging Face shards with "
+                "their index", (".safetensors", ".safetensors.index.json"), "torch",
                 "weightport.formats.torch.safetensors_reader",
                 "weightport.formats.torch.safetensors_writer"),
     FormatEntry("npz", "NumPy `.npz` + JSON sidecar (scipy preset: `--target-semantics convolution`)", (".npz",), "npz",
@@ -107,7 +108,7 @@ PLAIN_ARRAY_OPTIONS = ("dtype", "byte_order", "layout")
 
 TARGETS: tuple[TargetEntry, ...] = (
     TargetEntry("torch", "PyTorch state_dict", "safetensors", "weightport.formats.torch.plan:torch_plan",
-                ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
+                ("strict_against", "max_shard_size"), renames=True, check="layer by layer against the source framework, and the "
                 "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
                 check="not checked by weightport validate yet"),
@@ -124,7 +125,7 @@ TARGETS: tuple[TargetEntry, ...] = (
                 check="by the emitted WeightportCheck program, run in Java"),
 )
 
-OPTION_FLAGS = {"strict_against": "--strict-against", "template": "--template", "dtype": "--dtype",
+OPTION_FLAGS = {"strict_against": "--strict-against", "max_shard_size": "--max-shard-size", "template": "--template", "dtype": "--dtype",
                 "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
                 "rename": "--rename", "rename_patterns": "--rename"}
 
@@ -175,8 +176,9 @@ def check_target_options(target_name: str, options: WriteOptions) -> None:
 
 def extension_of(path: str) -> str:
     """Lower-case extension, keeping Keras 3's double extension ``.weights.h5``."""
-    if path.lower().endswith(".weights.h5"):
-        return ".weights.h5"
+    for double in (".weights.h5", ".safetensors.index.json"):
+        if path.lower().endswith(double):
+            return double
     return os.path.splitext(path)[1].lower()
 
 
