@@ -77,14 +77,15 @@ def write_tensors(path: str, header: dict[str, Any], items: list[PlannedTensor],
         for item in items:
             counted = [0]
 
-            def write_block(block: np.ndarray) -> None:
+            def write_block(block: np.ndarray, key: str = item.key) -> None:
                 little = materialize(block.astype(block.dtype.newbyteorder("<"), copy=False))
-                counted[0] += write_bytes(handle, little)
+                written = write_bytes(handle, little)
+                counted[0] += written
+                progress.advance(key, written)
 
             write_in_background(item.blocks(), write_block)
             if counted[0] != item.nbytes:
                 raise BadInputError(f"tensor {item.key} came out as {counted[0]} bytes, planned {item.nbytes}")
-            progress.advance(item.key, counted[0])
 
 
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
