@@ -19,6 +19,7 @@ from weightport.core.blocks import conversion_buffers
 from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
 from weightport.core.model import Model
+from weightport.core.rename_check import check_renames
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.formats import FormatEntry, check_target_options, entry, extension_of, reader_for, target, writer_for
@@ -39,7 +40,7 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if source_semantics is not None and source_semantics not in SEMANTICS[:2]:
         raise UsageError(f"unknown semantics {source_semantics!r}", fix="Use convolution or correlation")
     if assume_backend is not None and assume_backend not in ("theano", "tensorflow"):
-        raise UsageError(f"unknown backend {assume_backend!r}", fix="Use --assume-backend theano or tensorflow")
+        raise UsageError(f"unknown backend {assume_backend!r}", fix="Use {opt:assume_backend=theano} or {opt:assume_backend=tensorflow}")
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
     require_regular_file(path)  # a FIFO or device could block or never end
@@ -52,16 +53,17 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
 
 
 def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
-         rename: dict[str, str] | None = None, **write_options: object) -> ConversionResult:
+         rename: dict[str, str] | None = None, strict: bool = False, **write_options: object) -> ConversionResult:
     """Write ``model`` to ``path`` for target ``to`` (default: from the extension).
 
     Options that ``to`` does not take are refused, never ignored.  The result's warnings are the
     reader's (kept on ``model``) followed by the writer's, each once.
     """
     writer, options = writer_and_options(path, to, force, rename, write_options)
+    renames = check_renames(model, options.rename, options.rename_patterns, strict)  # strict: refuse, not warn
     with conversion_buffers():  # this call's own block buffers, whatever other threads convert
         warnings = writer.writer_module().write(model, path, options)
-    return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + list(warnings or []))))
+    return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + renames + list(warnings or []))))
 
 
 def writer_and_options(path: str, to: str | None, force: bool, rename: dict[str, str] | None,
@@ -77,7 +79,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
-            allow_incomplete: bool = False, fail_on_nonfinite: bool = False,
+            allow_incomplete: bool = False, fail_on_nonfinite: bool = False, strict: bool = False,
             **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
@@ -95,16 +97,16 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
     if not validate:
-        return save(model, dst, to=to, force=force, rename=rename, **write_options)
+        return save(model, dst, to=to, force=force, rename=rename, strict=strict, **write_options)
     staging = staging_folder(dst)
     try:
         staged = os.path.join(staging, os.path.basename(dst))
-        result = save(model, staged, to=to, force=True, rename=rename, **write_options)
+        result = save(model, staged, to=to, force=True, rename=rename, strict=strict, **write_options)
         report = validate_conversion(model, staged, input, expected, atol, rtol, allow_incomplete, shown_path=dst)
         result.report = report
         if not report.accepted:
             reason = "it failed validation" if report.status == "fail" else \
-                "some layers went unchecked (--allow-incomplete accepts that)"
+                "some layers went unchecked ({opt:allow_incomplete=True} accepts that)"
             error = ValidationFailed(f"the conversion was not written because {reason}", path=src,
                                      fix="See the report above")
             error.report = report  # type: ignore[attr-defined]
