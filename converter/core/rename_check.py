@@ -55,4 +55,4 @@ def check_renames(model: Model, rename: dict[str, str] | None, patterns: list[tu
     if strict:
         raise UsageError(problem, fix=f"Correct the {option('rename')} entries (weightport inspect lists the names), "
                                       f"or drop {option('strict', True)}")
-    return [problem + "; those entries were ignored"]
+    return [problem + "; ignored"]
