@@ -57,15 +57,16 @@ def quiet_loggers() -> None:
 
 def import_quietly(name: str) -> ModuleType:
     """``importlib.import_module(name)`` with TensorFlow's C++ start-up lines dropped from stderr."""
-    if name in sys.modules:
-        return sys.modules[name]
-    with LOCK:
+    with LOCK:  # one first import at a time; a module another thread is importing is waited for by import_module
         if name in sys.modules:
-            return sys.modules[name]
+            return importlib.import_module(name)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        try:
+            saved = os.dup(2)
+        except OSError:  # no file descriptor 2 (a daemon): nothing to keep quiet
+            return importlib.import_module(name)
         with tempfile.TemporaryFile(mode="w+b") as captured:
             sys.stderr.flush()
-            saved = os.dup(2)
             os.dup2(captured.fileno(), 2)
             try:
                 module = importlib.import_module(name)
