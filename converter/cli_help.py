@@ -15,7 +15,7 @@ GROUP_TITLES: dict[str, str] = {
     "target": "what is written to DST",
     "validation": "checking the conversion before it is written",
     "raw/java": "plain arrays (--to raw, --to java)",
-    "messages": "help and messages",
+    "messages": "what is printed, and what is refused instead of warned",
 }
 
 # option dest -> group title
