@@ -21,6 +21,8 @@ from weightport.core.version import __version__
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError
 from weightport.core.text import printable
+from weightport.cli_help import group_convert_options, output_help
+from weightport.stdout_output import output_path
 from weightport.formats import target_names
 
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert SRC to DST for a target framework")
     convert.add_argument("src", metavar="SRC", help="model or weights file to read")
-    convert.add_argument("-o", "--output", required=True, metavar="DST", help="output file")
+    convert.add_argument("-o", "--output", required=True, metavar="DST", help=output_help())
     convert.add_argument("--to", choices=target_names(), help="target framework (default: from DST's extension)")
     add_read_options(convert)
     convert.add_argument("--target-semantics", choices=("convolution", "correlation"),
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--emit-forward", action="store_true",
                          help="--to java: also write WeightportModel.java, the forward pass of a sequential CNN/MLP")
     convert.add_argument("--quiet", action="store_true", help="print no warnings and no progress line")
+    convert.add_argument("--strict", action="store_true",
+                         help="refuse (exit 2) instead of warning where a warning flags a likely mistake: a "
+                              "--rename entry that matches nothing")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
     explain.add_argument("src", metavar="SRC", help="model or weights file")
@@ -116,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     detect.add_argument("--json", action="store_true", help="print JSON (with source_semantics)")
     detect.add_argument("--spec", metavar="FILE", help="JSON naming the layers and arrays of a pickle")
+    group_convert_options(commands.choices["convert"])  # sections and examples of convert --help (cli_help.py)
     return parser
 
 
@@ -210,12 +216,17 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 
 def command_convert(args: argparse.Namespace) -> int:
+    check_pair(args)
+    with output_path(args.output, args.to) as (output, out, say_wrote):  # "-": the file to stdout, messages to stderr
+        return convert_to(args, output, out, say_wrote)
+
+
+def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool) -> int:
     from weightport.api import convert
     from weightport.core.errors import ValidationFailed
-    check_pair(args)
     try:
-        result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
-                         strict_against=args.strict_against,
+        result = convert(args.src, output, to=args.to, force=args.force, **load_rename(args.rename),
+                         strict=args.strict, strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
@@ -224,14 +235,15 @@ def command_convert(args: argparse.Namespace) -> int:
                          **read_options(args))
     except ValidationFailed as failure:
         if getattr(failure, "report", None) is not None:
-            print(failure.report.summary())  # type: ignore[attr-defined]
+            print(failure.report.summary(), file=out)  # type: ignore[attr-defined]
         raise
     if not args.quiet:
         for warning in result.warnings:
             say(f"warning: {warning}", file=sys.stderr)
     if result.report is not None:
-        print(result.report.summary())
-    say(f"wrote {', '.join(result.outputs)}")
+        print(result.report.summary(), file=out)
+    if say_wrote:
+        say(f"wrote {', '.join(result.outputs)}")
     return 0
 
 
@@ -337,7 +349,7 @@ def run(argv: list[str]) -> int:
     except WeightportError as error:
         if debug:
             traceback.print_exc()
-        print(f"weightport: error: {error.one_line()}", file=sys.stderr)
+        print(f"weightport: error: {error.one_line(cli=True)}", file=sys.stderr)  # options named as flags
         return error.exit_code
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any, Callable
 
-from weightport.core.errors import UsageError
+from weightport.core.errors import UsageError, option
 from weightport.core.options import WriteOptions
 
 
@@ -125,7 +125,16 @@ TARGETS: tuple[TargetEntry, ...] = (
                 check="by the emitted WeightportCheck program, run in Java"),
 )
 
-OPTION_FLAGS = {"strict_against": "--strict-against", "max_shard_size": "--max-shard-size", "template": "--template", "dtype": "--dtype",
+# Extensions read but never written, and why: never suggested for an output, refused with the reason.
+UNWRITTEN: dict[str, tuple[str, str]] = {
+    ".keras": ("weightport writes no .keras archive: its config.json is the model's architecture as Keras "
+               "serializes it, which a weights conversion does not produce",
+               "Name the output NAME.weights.h5 (Keras 3's own weights format) and load it with "
+               "model.load_weights into the Keras model built from your code"),
+}
+
+OPTION_FLAGS = {"strict_against": "--strict-against", "max_shard_size": "--max-shard-size", "template": "--template",
+                "dtype": "--dtype",
                 "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
                 "rename": "--rename", "rename_patterns": "--rename"}
 
@@ -139,7 +148,7 @@ def target(name: str) -> TargetEntry:
     for item in TARGETS:
         if item.name == name:
             return item
-    raise UsageError(f"unknown or unsupported target {name!r}", fix=f"Use --to with one of: {', '.join(target_names())}")
+    raise UsageError(f"unknown or unsupported target {name!r}", fix=f"Use {{opt:to}} with one of: {', '.join(target_names())}")
 
 
 def entry(name: str) -> FormatEntry:
@@ -169,9 +178,10 @@ def check_target_options(target_name: str, options: WriteOptions) -> None:
         takers = sorted({item.name for item in TARGETS for name in refused
                          if name in item.options or (name.startswith("rename") and item.renames)})
         verb = "applies" if len(flags) == 1 else "apply"
-        raise UsageError(f"{', '.join(flags)} only {verb} to the {', '.join(takers)} target"
+        named = ", ".join(option(flag[2:].replace("-", "_")) for flag in flags)  # shown as flags or keywords
+        raise UsageError(f"{named} only {verb} to the {', '.join(takers)} target"
                          f"{'s' if len(takers) > 1 else ''}, not {target_name}",
-                         fix=f"Drop {', '.join(flags)}, or convert with --to {takers[0]}")
+                         fix=f"Drop {named}, or convert with {option('to', takers[0])}")
 
 
 def extension_of(path: str) -> str:
@@ -199,25 +209,28 @@ def reader_for(path: str) -> FormatEntry:
 def writer_for(path: str, to: str | None) -> FormatEntry:
     """The writer for an output path and an optional ``--to`` target."""
     ext = extension_of(path)
+    if ext in UNWRITTEN:
+        problem, fix = UNWRITTEN[ext]
+        raise UsageError(problem, path=path, fix=fix)
     writers = [item for item in FORMATS if item.writes]
     if to is not None:
         family = [item for item in writers if item.target == to or item.name == to]
         if not family:
             raise UsageError(f"unknown or unsupported target {to!r}",
-                             fix=f"Use --to with one of: {', '.join(target_names())}")
+                             fix=f"Use {{opt:to}} with one of: {', '.join(target_names())}")
         for item in family:
             if ext in item.extensions or "" in item.extensions:  # "": writes a folder, any name
                 return item
         if not ext:
             return entry(target(to).default_format)
-        names = ", ".join(e for item in family for e in item.extensions)
+        names = ", ".join(e for item in family for e in item.extensions if e not in UNWRITTEN)
         raise UsageError(f"output {path!r} does not have an extension of target {to!r}",
                          fix=f"Name the output with one of: {names}")
     for item in writers:
         if ext and ext in item.extensions:  # a folder writer ("") is chosen only with --to
             return item
     raise UsageError(f"cannot tell the target format from the output name {path!r}",
-                     fix="Give --to torch (or name the output .safetensors / .pt)")
+                     fix="Give {opt:to=torch} (or name the output .safetensors / .pt)")
 
 
 def format_table() -> str:

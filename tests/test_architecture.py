@@ -235,7 +235,7 @@ def test_rename_is_refused_where_a_runtime_fixes_the_names(run_cli, tmp_path, to
     assert not (tmp_path / output).exists()
     from weightport import load, save
     from weightport.core.errors import UsageError
-    with pytest.raises(UsageError, match="--rename"):
+    with pytest.raises(UsageError, match="^rename only applies"):
         save(load(H5), str(tmp_path / output), to=to, rename={"conv2d": "features.0"})
 
 

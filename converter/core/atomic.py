@@ -34,7 +34,7 @@ def check_can_write(path: str, force: bool) -> None:
     if not os.path.isdir(folder):
         raise UsageError("the output's folder does not exist", path=folder, fix="Create it first")
     if os.path.lexists(path) and not force:
-        raise OutputExistsError("output already exists", path=path, fix="Pass --force to overwrite it")
+        raise OutputExistsError("output already exists", path=path, fix="Pass {opt:force=True} to overwrite it")
     refuse_special_file(path)
 
 

@@ -121,7 +121,7 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
             f"the file records no Keras backend, so whether its {layer_class} kernels are "
             "convolution (Theano) or correlation (TensorFlow) kernels cannot be known",
             path=path,
-            fix="Pass --assume-backend theano or --assume-backend tensorflow "
+            fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow} "
                 "(or run 'weightport detect' with a recorded input and output)",
         )
     if backend == "tensorflow":
@@ -136,12 +136,12 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
         raise AmbiguousSemanticsError(
             f"no established rule says whether Keras {version} under Theano stores {layer_class} "
             "kernels flipped",
-            path=path, fix="Pass --source-semantics convolution or correlation",
+            path=path, fix="Pass {opt:source_semantics=convolution} or {opt:source_semantics=correlation}",
         )
     if backend in ("jax", "torch", "numpy", "cntk"):
         return CORRELATION, find_rule("keras-jax-torch-correlation")
     raise AmbiguousSemanticsError(f"unknown Keras backend {backend!r}", path=path,
-                                  fix="Pass --assume-backend theano or --assume-backend tensorflow")
+                                  fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow}")
 
 
 def keras_flatten_order(version: str | None, data_format: str, flatten_data_format: str | None) -> str:

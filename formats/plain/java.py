@@ -192,8 +192,8 @@ class ForwardWriter:
 
     def refuse(self, layer: Layer | None, why: str) -> UnsupportedError:
         where = f"layer {layer.name!r} ({layer.source_class or layer.kind}): " if layer is not None else ""
-        return UnsupportedError(f"--emit-forward: {where}{why}",
-                                fix="Drop --emit-forward; weights.bin and manifest.json still hold every tensor "
+        return UnsupportedError(f"{{opt:emit_forward=True}}: {where}{why}",
+                                fix="Drop {opt:emit_forward=True}; weights.bin and manifest.json still hold every tensor "
                                     "and the layer attributes for your own runtime")
 
     def tensor(self, layer: Layer, param: str) -> tuple[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from weightport.core.atomic import atomic_paths, check_free_space
 from weightport.core.describe import graph_metadata
-from weightport.core.errors import BadInputError, UsageError
+from weightport.core.errors import BadInputError, UsageError, option
 from weightport.core.layout import materialize
 from weightport.core.model import Model
 from weightport.core.options import WriteOptions
@@ -100,7 +100,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     limit = options.max_shard_size or (DEFAULT_SHARD_SIZE if sharded else None)
     shards = shards_of(plan.tensors, limit) if limit else [plan.tensors]
     if not sharded and len(shards) > 1:
-        raise UsageError(f"the tensors ({total} bytes) do not fit one shard of --max-shard-size {limit} bytes",
+        raise UsageError(f"the tensors ({total} bytes) do not fit one shard of {option('max_shard_size', limit)} bytes",
                          path=path, fix=f"Name the output {os.path.basename(path)[:-len('.safetensors')] or 'model'}"
                                         f"{INDEX_SUFFIX} to write shards and their index")
     headers = [file_header(items, metadata if k == 0 else {"format": "pt"}) for k, items in enumerate(shards)]

