@@ -11,9 +11,9 @@ What every array target (``npz`` here, ``raw``/``java`` in :mod:`weightport.form
   computed from the declared arrays, kernels found by their declared axis names and slid with
   ``scipy.signal.correlate`` or ``scipy.signal.convolve`` as their declared semantics say, a Dense fed its
   features in the runtime's flatten order, Lasagne's ``inv_std`` used as it is, RNN gates in PyTorch order;
-* :func:`structure_check` (every tensor of every weighted source layer present, with the shape its
-  declared layout gives) and :func:`layer_checks` (the source framework's oracle against the side; a batch
-  norm no source oracle computes, against its formula on the source's vectors).
+* :func:`structure_check`: every tensor of every weighted source layer present, with the shape its
+  declared layout gives; the layer checks are the check layer's ``check_layers`` (the source framework's
+  oracle) against the side.
 
 :func:`validate_npz` is the npz target's validator (named by the registry): the archive's ``.npy``
 members read with ``allow_pickle=False`` (each header checked against its member first) and the JSON
@@ -561,41 +561,6 @@ def layer_rtol(rtol: float, arrays: list[np.ndarray], notes: list[str]) -> float
     return rtol
 
 
-def layer_checks(source: Model, side: DeclaredSide, atol: float, rtol: float) -> list[Any]:
-    """The check layer's layer checks against ``side``; a batch norm for which the check layer has no source
-    oracle is checked by :func:`batchnorm_check` instead."""
-    m = checks()
-    found = m.check_layers(source, side, atol, rtol)
-    for k, check in enumerate(found):
-        if check.status == m.SKIP and check.kind == "batchnorm" and check.reason.startswith("no layer-level oracle"):
-            found[k] = batchnorm_check(source.layer(check.layer), side, atol, rtol, seed=k)
-    return found
-
-
-def batchnorm_check(layer: Layer, side: DeclaredSide, atol: float, rtol: float, seed: int = 0) -> Any:
-    """A batch norm against ``(x - mean) / sqrt(var + epsilon) * gamma + beta`` computed on the source's own
-    vectors (as weightport reads them; they have no layout to get wrong) and the source's epsilon."""
-    m = checks()
-    name = f"layer {layer.name} ({layer.source_class or layer.kind})"
-    where = {"layer": layer.name, "kind": layer.kind}
-    vectors = {param: Declared(np.asarray(tensor.load(), dtype=np.float64), "o")
-               for param, tensor in layer.tensors.items()}
-    shape = layer.output_shape
-    channels = int(np.asarray(vectors["running_mean"].array).size) if "running_mean" in vectors else 0
-    if not shape or any(n is None for n in shape) or int(shape[0]) != channels:
-        shape = (channels,)
-    x = np.random.default_rng(seed).uniform(-1.0, 1.0, (2,) + tuple(int(n) for n in shape))
-    try:
-        expected = batchnorm(x, vectors, float(layer.attrs["epsilon"]) if "epsilon" in layer.attrs else None)
-        got = side.output(layer, x)
-    except NotImplementedError as reason:
-        return m.Check(name, m.SKIP, m.LAYER, **where, reason=f"batch norm not computed: {reason}")
-    check = m.compare(name, got, expected, atol, rtol, check=m.LAYER, **where)
-    if check.passed:
-        check.reason = "against the batch-norm formula on the source's vectors (no source-framework oracle for it)"
-    return check
-
-
 def read_sidecar(path: str) -> dict[str, Any]:
     """The npz sidecar (``NAME.npz.json``) as data, or raise ValueError saying what is wrong with it."""
     with open(path, "rb") as handle:
@@ -678,7 +643,7 @@ def validate_declared(source: Model, request: Any, target: str,
                                problems))
     side = DeclaredSide(by_layer(found), flattens(source, channels_first), keras3_source(source))
     rtol = layer_rtol(report.rtol, [item.array for item in found.values()], report.notes)
-    report.checks.extend(layer_checks(source, side, report.atol, rtol))
+    report.checks.extend(m.check_layers(source, side, report.atol, rtol))
     report.skip("whole model", no_whole_model, m.WHOLE_MODEL)
     return report
 

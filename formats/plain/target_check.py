@@ -34,7 +34,7 @@ from weightport.core.describe import parse_json
 from weightport.core.errors import WeightportError
 from weightport.core.model import Layer, Model
 from weightport.formats.numpy.target_check import (Declared, DeclaredSide, by_layer, checks, flattens, keras3_source,
-                                                   layer_checks, layer_rtol, structure_check, unreadable)
+                                                   layer_rtol, structure_check, unreadable)
 
 MANIFEST, WEIGHTS = "manifest.json", "weights.bin"
 JAVA_LOADER, JAVA_CHECK, JAVA_MODEL = "WeightportWeights.java", "WeightportCheck.java", "WeightportModel.java"
@@ -136,7 +136,7 @@ def validate_plain(source: Model, request: Any, read: Any) -> Any:
                        if folder.bad_hashes else ""))
     side = DeclaredSide(by_layer(folder.found), flattens(source, folder.flatten_order), keras3_source(source))
     rtol = layer_rtol(report.rtol, [item.array for item in folder.by_name.values()], report.notes)
-    report.checks.extend(layer_checks(source, side, report.atol, rtol))
+    report.checks.extend(m.check_layers(source, side, report.atol, rtol))
     if not java:
         report.skip("whole model", "a raw folder has no forward pass of its own (--to java --emit-forward writes "
                     "one)", m.WHOLE_MODEL)
