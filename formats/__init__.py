@@ -110,9 +110,11 @@ TARGETS: tuple[TargetEntry, ...] = (
                 ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
                 "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
-                check="not checked by weightport validate yet"),
+                check="not checked by weightport validate yet",
+                validator="weightport.formats.keras.target_check:validate_keras"),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
-                check="not checked by weightport validate yet"),
+                check="not checked by weightport validate yet",
+                validator="weightport.formats.onnx.target_check:validate_onnx"),
     TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
                 check="not checked by weightport validate yet",
                 validator="weightport.formats.numpy.target_check:validate_npz"),
