@@ -23,46 +23,34 @@ Keras itself loads them, so a mistake shared by weightport's writer and reader c
   and runs the recorded ``--input``; without a recorded pair, a correlating (TensorFlow-backend or Keras 3)
   source run by Keras 3 with its own weights on seeded random input is the reference.
 
-Validators are called by the check layer (``weightport.checks``), which sits above the frameworks
-(docs/architecture.md); its report and layer-check functions are reached here by name (:func:`check_api`),
-the way the registry names modules, so no framework module imports the check layer.
+These are the runtime's half of the check; the validator that turns them into checks and a report is the
+check layer's (:mod:`weightport.checks.targets.keras`), which sits above the frameworks (docs/architecture.md):
+nothing here imports it, by statement or by name.  A piece that cannot check raises ``NotImplementedError``
+with the reason; one that finds the converted file unusable raises :class:`weightport.core.oracle.Refused`.
 """
 
 from __future__ import annotations
 
 import ast
 import copy
-import importlib
 import json
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from weightport.core.model import Layer, Model, is_bidirectional
+from weightport.core.oracle import Refused
 from weightport.core.shapes import feeding_flatten, flattened_map_shape
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-STRUCTURE = "converted file holds every weighted source layer's weights, as Keras loads them"
-WHOLE_RECORDED = "whole model vs recorded output"
-WHOLE_REFERENCE = "whole model vs the source run by {runtime} on seeded random input"
 KERNEL_KINDS = ("conv", "conv_transpose", "depthwise", "separable")
 RNN_KINDS = ("lstm", "gru")
 GATES = {"lstm": "ifco", "gru": "zrh"}  # Keras's gate blocks, in the order its kernels hold them
-
-
-def check_api() -> SimpleNamespace:
-    """The check layer's report and layer-check functions, reached by name when a validator runs."""
-    report = importlib.import_module("weightport.checks.report")
-    layer_check = importlib.import_module("weightport.checks.layer_check")
-    return SimpleNamespace(Check=report.Check, compare=report.compare, FAIL=report.FAIL, PASS=report.PASS,
-                           SKIP=report.SKIP, NAMES=report.NAMES, WHOLE_MODEL=report.WHOLE_MODEL,
-                           check_layers=layer_check.check_layers)
 
 
 class Unloadable(Exception):
@@ -744,36 +732,36 @@ def keras_reference(source: Model) -> tuple[Callable[[], tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------------------------------------ validator
 
 
-def whole_keras_model(report: Any, api: SimpleNamespace, source: Model, path: str, x: np.ndarray | None,
-                      expected: np.ndarray | None, convolving: bool) -> None:
-    """The source's architecture rebuilt in Keras 3, the converted file loaded by ``load_weights``, run."""
-    name = WHOLE_RECORDED if x is not None else WHOLE_REFERENCE.format(runtime="Keras 3")
+def rebuilt_source(source: Model, convolving: bool, x: np.ndarray | None,
+                   expected: np.ndarray | None) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The source's architecture rebuilt in Keras 3, with the input and reference output to run it on: the
+    recorded pair, else seeded random input and the rebuilt source's own output on it (its own weights);
+    NotImplementedError saying why the whole model cannot be checked in Keras 3."""
     if convolving:
-        report.skip(name, "the file is written for Keras on Theano (its backend attribute): Keras 3 correlates")
-        return
+        raise NotImplementedError("the file is written for Keras on Theano (its backend attribute): Keras 3 correlates")
     model, reason = source_keras_model(source)
     if model is None:
-        report.skip(name, f"{reason}; each weighted layer is checked alone")
-        return
+        raise NotImplementedError(f"{reason}; each weighted layer is checked alone")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        report.skip(name, "the rebuilt model has several inputs or outputs")
-        return
+        raise NotImplementedError("the rebuilt model has several inputs or outputs")
     if x is None or expected is None:
         if not correlating(source):
-            report.skip(name, "no recorded output (give --input X.npy and --expected Y.npy), and the source's "
-                              "kernels convolve (Theano backend), which Keras 3 cannot run")
-            return
+            raise NotImplementedError("no recorded output (give --input X.npy and --expected Y.npy), and the source's "
+                                      "kernels convolve (Theano backend), which Keras 3 cannot run")
         x = model_input(model, source)
         expected = run_model(model, x)
-    for variable in model.weights:  # nothing left of the source's weights: the file must supply every one
+    return model, x, expected
+
+
+def load_weights(model: Any, path: str) -> None:
+    """Every variable of ``model`` zeroed, then the converted file loaded by Keras's ``Model.load_weights``
+    (so the file must supply every one); Refused with Keras's reason when it does not load."""
+    for variable in model.weights:
         variable.assign(np.zeros(variable.shape, variable.dtype))
     try:
         model.load_weights(path)
-    except Exception as error:
-        report.add(api.Check("Keras load_weights of the converted file into the rebuilt source model", api.FAIL,
-                             api.NAMES, reason=said(error)))
-        return
-    report.add(api.compare(name, run_model(model, x), expected, report.atol, report.rtol, check=api.WHOLE_MODEL))
+    except Exception as error:  # Keras refuses the file in many ways: say which
+        raise Refused(said(error)) from None
 
 
 def activation_notes(source: Model) -> list[str]:
@@ -784,26 +772,3 @@ def activation_notes(source: Model) -> list[str]:
             "activation=lambda x: keras.ops.clip(0.2 * x + 0.5, 0, 1) to compute what the source did"
             for layer in source.layers if layer.attrs.get("recurrent_activation") == "hard_sigmoid"
             or layer.attrs.get("activation") == "hard_sigmoid"]
-
-
-def validate_keras(source: Model, request: Any, read: Callable[[str], Model]) -> Any:
-    """The Keras target's validator (the registry names it): structure, every layer in Keras 3, and the
-    whole model rebuilt in Keras 3 (``read``, weightport's reader, is never used on the converted file)."""
-    api = check_api()
-    report = request.report(source, "keras")
-    x, expected = request.recorded(source)
-    try:
-        import keras  # noqa: F401  (the runtime every check here runs in)
-    except ImportError:
-        report.skip("keras output in Keras", "keras is not installed (pip install 'weightport[tensorflow]')")
-        return report
-    loaded = load_converted(source, request.converted_path)
-    report.add(api.Check(STRUCTURE, api.FAIL if loaded.problems else api.PASS, api.NAMES,
-                         reason="; ".join(loaded.problems[:20])))
-    report.notes.extend(loaded.notes + activation_notes(source))
-    if loaded.problems and not loaded.arrays:
-        return report
-    side = KerasSide(source, loaded.arrays, loaded.unavailable, loaded.convolving)
-    report.checks.extend(api.check_layers(source, side, report.atol, report.rtol))
-    whole_keras_model(report, api, source, request.converted_path, x, expected, loaded.convolving)
-    return report

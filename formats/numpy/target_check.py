@@ -11,33 +11,28 @@ What every array target (``npz`` here, ``raw``/``java`` in :mod:`weightport.form
   computed from the declared arrays, kernels found by their declared axis names and slid with
   ``scipy.signal.correlate`` or ``scipy.signal.convolve`` as their declared semantics say, a Dense fed its
   features in the runtime's flatten order, Lasagne's ``inv_std`` used as it is, RNN gates in PyTorch order;
-* :func:`structure_check`: every tensor of every weighted source layer present, with the shape its
-  declared layout gives; the layer checks are the check layer's ``check_layers`` (the source framework's
-  oracle) against the side.
+* :func:`structure_problems`: what differs from "every tensor of every weighted source layer present, with
+  the shape its declared layout gives";
+* :func:`read_npz`: an npz output's arrays (``.npy`` members read with ``allow_pickle=False``, each header
+  checked against its member first) with its JSON sidecar's layouts and semantics.
 
-:func:`validate_npz` is the npz target's validator (named by the registry): the archive's ``.npy``
-members read with ``allow_pickle=False`` (each header checked against its member first) and the JSON
-sidecar.  Validators are called by the check layer (``weightport.checks``), which sits above the
-frameworks (docs/architecture.md); they reach its report and layer-check functions by name, through
-:func:`checks`, the way the registry names them, so no framework module imports the check layer.
+These are the runtime's half of a check.  The validators that turn them into checks and a report live in
+the check layer (:mod:`weightport.checks.targets`), which sits above the frameworks (docs/architecture.md):
+nothing here imports it, by statement or by name.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from weightport.core.budget import check_archive_members, check_stored_bytes, declared_elements, file_size
 from weightport.core.describe import parse_json
-from weightport.core.errors import WeightportError
 from weightport.core.model import Layer, Model
 from weightport.core.shapes import feeding_flatten, flattened_map_shape
 
@@ -46,20 +41,6 @@ SPATIAL = "dhw"
 FEATURES = frozenset("cdhw")  # letters of a flattened feature map (a Dense input after Flatten)
 FLOAT16_RTOL = 16 * 2.0 ** -11  # 16 float16 ulps of the scale: what storing weights in float16 costs
 KERNELS = {"conv": "weight", "depthwise": "weight", "conv_transpose": "weight", "separable": "depthwise.weight"}
-STRUCTURE = "converted tensors match the source's layers, with the shapes their declared layouts give"
-
-
-def checks() -> SimpleNamespace:
-    """The check layer's report and layer-check machinery, looked up by name when a validator runs.
-
-    A validator is called by ``weightport.checks`` through the registry (by name); the check layer is
-    above the frameworks, so it is reached here by name too, never imported by a framework module.
-    """
-    report = importlib.import_module("weightport.checks.report")
-    layer_check = importlib.import_module("weightport.checks.layer_check")
-    return SimpleNamespace(Check=report.Check, compare=report.compare, PASS=report.PASS, FAIL=report.FAIL,
-                           SKIP=report.SKIP, NAMES=report.NAMES, LAYER=report.LAYER,
-                           WHOLE_MODEL=report.WHOLE_MODEL, check_layers=layer_check.check_layers)
 
 
 # ------------------------------------------------------------------------------- declared layouts
@@ -513,12 +494,11 @@ def keras3_source(source: Model) -> bool:
     return source.source.format.startswith("keras") and major.isdigit() and int(major) >= 3
 
 
-def structure_check(source: Model, found: Mapping[tuple[str, str], Declared], problems: list[str] | None = None,
-                    ignored: tuple[str, ...] = ("num_batches_tracked",)) -> Any:
-    """Every tensor of every weighted source layer is in ``found`` (``{(layer, param): Declared}``) with the
-    shape the source's canonical shape takes in its declared layout; nothing else is (but ``ignored``
-    params).  ``problems``: what reading the output already found wrong."""
-    m = checks()
+def structure_problems(source: Model, found: Mapping[tuple[str, str], Declared], problems: list[str] | None = None,
+                       ignored: tuple[str, ...] = ("num_batches_tracked",)) -> list[str]:
+    """What keeps ``found`` (``{(layer, param): Declared}``) from holding every tensor of every weighted source
+    layer, each with the shape the source's canonical shape takes in its declared layout, and nothing else
+    (but ``ignored`` params); ``problems``, what reading the output already found wrong, come first."""
     issues = list(problems or [])
     expected = {(layer.name, param): tensor for layer in source.layers for param, tensor in layer.tensors.items()}
     for (layer, param), tensor in expected.items():
@@ -539,8 +519,7 @@ def structure_check(source: Model, found: Mapping[tuple[str, str], Declared], pr
                           f"{tuple(tensor.shape)} in layout {item.layout} is {shape}")
     issues += [f"unexpected {layer}.{param}" for layer, param in found
                if (layer, param) not in expected and param not in ignored]
-    return m.Check(STRUCTURE, m.FAIL if issues else m.PASS, m.NAMES,
-                   reason="; ".join(issues[:20]) + (f"; and {len(issues) - 20} more" if len(issues) > 20 else ""))
+    return issues
 
 
 def by_layer(found: Mapping[tuple[str, str], Declared]) -> dict[str, dict[str, Declared]]:
@@ -615,41 +594,3 @@ def npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) -> np
         check_stored_bytes(declared_elements(shape, path, what) * dtype.itemsize, info.file_size, path, what)
     with archive.open(info) as handle:
         return np.lib.format.read_array(handle, allow_pickle=False)
-
-
-def unreadable(report: Any, what: str, error: Exception) -> Any:
-    """The report of an output that cannot be read at all: one failed check saying why."""
-    m = checks()
-    text = error.problem if isinstance(error, WeightportError) else str(error)
-    report.add(m.Check(STRUCTURE, m.FAIL, m.NAMES, reason=f"{what} cannot be read: {text}"))
-    return report
-
-
-def validate_declared(source: Model, request: Any, target: str,
-                      read_output: Callable[[str], tuple[dict[tuple[str, str], Declared], list[str]]],
-                      no_whole_model: str, source_param: Callable[[str], str] = str) -> Any:
-    """Validate an output of arrays with declared layouts that no runtime here runs whole: what
-    ``read_output(path)`` finds (``{(layer, param): Declared}`` and its problems) against the source's
-    structure (``source_param`` names a param as the source does), and every layer with scipy against the
-    source framework's oracle; the whole-model check is skipped saying ``no_whole_model``."""
-    m = checks()
-    report = request.report(source, target)
-    request.recorded(source)  # a recorded input must fit the source, even though no runtime runs the whole model
-    try:
-        found, problems = read_output(request.converted_path)
-    except (OSError, ValueError, WeightportError) as error:
-        return unreadable(report, os.path.basename(request.converted_path), error)
-    report.add(structure_check(source, {(layer, source_param(param)): item for (layer, param), item in found.items()},
-                               problems))
-    side = DeclaredSide(by_layer(found), flattens(source, channels_first), keras3_source(source))
-    rtol = layer_rtol(report.rtol, [item.array for item in found.values()], report.notes)
-    report.checks.extend(m.check_layers(source, side, report.atol, rtol))
-    report.skip("whole model", no_whole_model, m.WHOLE_MODEL)
-    return report
-
-
-def validate_npz(source: Model, request: Any, read: Any) -> Any:
-    """The npz target's validator: the arrays (``.npy`` members, ``allow_pickle=False``) with the sidecar's
-    layouts and semantics, every layer run with scipy against the source framework's oracle."""
-    return validate_declared(source, request, "npz", read_npz,
-                             "an npz holds arrays only: no runtime here runs the whole model")

@@ -21,6 +21,9 @@ reader or layout code, so a mistake shared by weightport's writer and reader can
   output given back in the recorded layout and compared with ``--expected``.  Without a recorded pair the
   reference is the source run by its own framework on seeded random input: onnxruntime for an ONNX source,
   Keras 3 for a correlating Keras source (:func:`weightport.formats.keras.target_check.keras_reference`).
+
+These are the runtime's half of the check; the validator that turns them into checks and a report is the
+check layer's (:mod:`weightport.checks.targets.onnx`): nothing here imports it, by statement or by name.
 """
 
 from __future__ import annotations
@@ -32,12 +35,11 @@ from typing import Any
 import numpy as np
 
 from weightport.core.model import Layer, Model, is_bidirectional
+from weightport.core.oracle import Refused
 from weightport.core.shapes import flattened_map_shape
-from weightport.formats.keras.target_check import (WHOLE_RECORDED, WHOLE_REFERENCE, RuntimeSide, check_api,
-                                                   gate_swaps, keras_reference, said, spatial_mistakes,
+from weightport.formats.keras.target_check import (RuntimeSide, gate_swaps, keras_reference, said, spatial_mistakes,
                                                    swapped_blocks)
 
-STRUCTURE = "converted graph holds every weighted source layer's node and weights"
 NODE_OPS = {"conv": ("Conv",), "depthwise": ("Conv",), "separable": ("Conv",), "conv_transpose": ("ConvTranspose",),
             "dense": ("Gemm", "MatMul"), "batchnorm": ("BatchNormalization",), "lstm": ("LSTM",), "gru": ("GRU",),
             "prelu": ("PRelu",), "embedding": ("Gather",)}
@@ -514,75 +516,27 @@ def onnx_reference(source: Model) -> tuple[Callable[[], tuple[np.ndarray, np.nda
     return None, f"onnxruntime and Keras cannot run a {source.source.format} source"
 
 
-def whole_graph(report: Any, api: Any, source: Model, path: str, x: np.ndarray | None,
-                expected: np.ndarray | None) -> None:
-    """The converted graph in onnxruntime on the recorded input (or the source's own run on random input)."""
-    name = WHOLE_RECORDED
-    if x is None or expected is None:
-        make, reason = onnx_reference(source)
-        runtime = "onnxruntime" if source.source.format == "onnx" else "Keras 3"
-        name = WHOLE_REFERENCE.format(runtime=runtime)
-        if make is None:
-            report.skip(WHOLE_RECORDED, f"no recorded output (give --input X.npy and --expected Y.npy), and {reason}")
-            return
-        try:
-            x, expected = make()
-        except Exception as why:  # the source's own framework refused it: no reference, said why
-            report.skip(name, f"the source could not be run ({said(why)})")
-            return
+def run_graph(path: str, source: Model, x: np.ndarray, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """The converted graph run whole by onnxruntime on ``x`` (the source's layout, its axes moved to the
+    graph's input shape), the output given back in the source's layout (the one of ``expected_shape``).
+    Refused when onnxruntime cannot load or run it or the input fits it in no layout; NotImplementedError when
+    the graph takes several inputs."""
     try:
         run = session(path)
     except Exception as error:  # onnxruntime refuses the converted graph: a failure of the converted file
-        report.add(api.Check(name, api.FAIL, api.WHOLE_MODEL,
-                             reason=f"onnxruntime cannot load the converted graph ({said(error)})"))
-        return
+        raise Refused(f"onnxruntime cannot load the converted graph ({said(error)})") from None
     inputs = run.get_inputs()
     if len(inputs) != 1:
-        report.skip(name, f"the converted graph takes {len(inputs)} inputs; the recorded input is one array")
-        return
+        raise NotImplementedError(f"the converted graph takes {len(inputs)} inputs; the recorded input is one array")
     declared = list(inputs[0].shape)
     fitted = fitted_input(x, declared, layout_hint(source))
     if fitted is None:
         shown = "(" + ", ".join(str(d) if isinstance(d, int) else "N" for d in declared) + ")"
-        report.add(api.Check(name, api.FAIL, api.WHOLE_MODEL,
-                             reason=f"the converted graph takes {shown}; the input {tuple(x.shape)} fits it neither "
-                                    "as it is, nor channels-first, nor batch-first"))
-        return
+        raise Refused(f"the converted graph takes {shown}; the input {tuple(x.shape)} fits it neither as it is, nor "
+                      "channels-first, nor batch-first")
     how, fed = fitted
     try:
         got = run.run(None, {inputs[0].name: np.ascontiguousarray(fed.astype(np_type(inputs[0].type)))})[0]
     except Exception as error:
-        report.add(api.Check(name, api.FAIL, api.WHOLE_MODEL,
-                             reason=f"onnxruntime cannot run the converted graph ({said(error)})"))
-        return
-    shaped = next((y for _, y in output_layouts(got, how) if y.shape == expected.shape), got)
-    report.add(api.compare(name, shaped, expected, report.atol, report.rtol, check=api.WHOLE_MODEL))
-
-
-# ------------------------------------------------------------------------------------------------ validator
-
-
-def validate_onnx(source: Model, request: Any, read: Callable[[str], Model]) -> Any:
-    """The ONNX target's validator (the registry names it): structure, every layer's node cut out and run
-    by onnxruntime, and the whole graph (``read``, weightport's reader, is never used on the converted file)."""
-    api = check_api()
-    report = request.report(source, "onnx")
-    x, expected = request.recorded(source)
-    try:
-        onnx_modules()
-    except ImportError:
-        report.skip("onnx output in onnxruntime", "onnx and onnxruntime are not installed (pip install "
-                                                 "'weightport[onnx]')")
-        return report
-    try:
-        graph = Graph(request.converted_path)
-    except Exception as error:
-        report.add(api.Check(STRUCTURE, api.FAIL, api.NAMES, reason=f"onnx cannot load it ({said(error)})"))
-        return report
-    matched = match(graph, source)
-    report.add(api.Check(STRUCTURE, api.FAIL if matched.problems else api.PASS, api.NAMES,
-                         reason="; ".join(matched.problems[:20])))
-    side = OnnxSide(graph, source, matched.bound, matched.unavailable)
-    report.checks.extend(api.check_layers(source, side, report.atol, report.rtol))
-    whole_graph(report, api, source, request.converted_path, x, expected)
-    return report
+        raise Refused(f"onnxruntime cannot run the converted graph ({said(error)})") from None
+    return next((y for _, y in output_layouts(got, how) if y.shape == tuple(expected_shape)), got)

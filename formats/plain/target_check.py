@@ -13,7 +13,9 @@ runtime to (docs/targets/plain-arrays.md), never through weightport's writer or 
   with the recorded output; without a recorded pair it runs on random input, which proves it runs and
   agrees with the folder, not that it computes the source's output.
 
-:func:`validate_plain` is the validator the registry names for both targets.
+These are the runtime's half of the check; the validator that runs them for both targets is the check
+layer's (:mod:`weightport.checks.targets.plain`).  Here, a piece that cannot check raises
+``NotImplementedError`` and one that finds the folder unusable raises :class:`weightport.core.oracle.Refused`.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from weightport.core.describe import parse_json
-from weightport.core.errors import WeightportError
 from weightport.core.model import Layer, Model
-from weightport.formats.numpy.target_check import (Declared, DeclaredSide, by_layer, checks, flattens, keras3_source,
-                                                   layer_rtol, structure_check, unreadable)
+from weightport.core.oracle import Refused
+from weightport.formats.numpy.target_check import Declared
 
 MANIFEST, WEIGHTS = "manifest.json", "weights.bin"
 JAVA_LOADER, JAVA_CHECK, JAVA_MODEL = "WeightportWeights.java", "WeightportCheck.java", "WeightportModel.java"
@@ -42,11 +45,6 @@ DTYPES = ("float16", "float32", "float64")
 BYTE_ORDERS = {"big": ">", "little": "<"}
 JDK = ("javac", "java")
 JAVA_TIMEOUT = 600
-RUNTIME = "runtime"  # a check of the target's runtime that covers no layer (no source reference)
-HASHES = "weights.bin holds the bytes whose SHA-256 the manifest gives"
-LOADER = "the Java loader (WeightportCheck --verify) reads every tensor as the manifest says"
-WHOLE = "whole model in Java (WeightportModel) vs recorded output"
-RUNS = "the emitted WeightportModel runs on random input (no reference without --input/--expected)"
 
 
 class Folder:
@@ -118,84 +116,21 @@ class Folder:
             return handle.read().decode("ascii", errors="replace")
 
 
-def validate_plain(source: Model, request: Any, read: Any) -> Any:
-    """The raw and java targets' validator: the folder read by its manifest, every layer run with scipy
-    against the source framework's oracle, and (java, with a JDK) the folder's own Java compiled and run."""
-    m = checks()
-    path = request.converted_path
-    java = os.path.exists(os.path.join(path, JAVA_LOADER))
-    report = request.report(source, "java" if java else "raw")
-    x, expected = request.recorded(source)
-    try:
-        folder = Folder(path)
-    except (OSError, ValueError, WeightportError) as error:
-        return unreadable(report, f"{os.path.basename(os.path.normpath(path))}/{MANIFEST} with {WEIGHTS}", error)
-    report.add(structure_check(source, folder.found, folder.problems))
-    report.add(m.Check(HASHES, m.FAIL if folder.bad_hashes else m.PASS, m.NAMES,
-                       reason=f"bytes differ from the manifest's sha256 in: {', '.join(folder.bad_hashes)}"
-                       if folder.bad_hashes else ""))
-    side = DeclaredSide(by_layer(folder.found), flattens(source, folder.flatten_order), keras3_source(source))
-    rtol = layer_rtol(report.rtol, [item.array for item in folder.by_name.values()], report.notes)
-    report.checks.extend(m.check_layers(source, side, report.atol, rtol))
-    if not java:
-        report.skip("whole model", "a raw folder has no forward pass of its own (--to java --emit-forward writes "
-                    "one)", m.WHOLE_MODEL)
-        return report
-    java_checks(report, folder, source, x, expected, rtol)
-    return report
+def missing_jdk() -> list[str]:
+    """The JDK tools not on PATH (none: the folder's Java can be compiled and run)."""
+    return [tool for tool in JDK if shutil.which(tool) is None]
 
 
-def java_checks(report: Any, folder: Folder, source: Model, x: np.ndarray | None, expected: np.ndarray | None,
-                rtol: float) -> None:
-    """Compile the folder's Java in a temporary folder and run its check program and (when emitted) its model."""
-    m = checks()
-    model = folder.has(JAVA_MODEL)
-    missing = [tool for tool in JDK if shutil.which(tool) is None]
-    if missing:
-        why = f"{' and '.join(missing)} not on PATH: the folder's Java was not run (install a JDK, e.g. " \
-              "apt-get install openjdk-17-jdk-headless)"
-        report.skip(LOADER, why, m.NAMES)
-        report.skip(WHOLE if model else "whole model", why, m.WHOLE_MODEL)
-        return
-    foreign = foreign_java(folder)
-    if foreign:
-        why = f"not compiled or run: {foreign} (weightport runs only the Java it emits)"
-        report.skip(LOADER, why, m.NAMES)
-        report.skip(WHOLE if model else "whole model", why, m.WHOLE_MODEL)
-        return
+@contextmanager
+def compiled_java(folder: Folder) -> Iterator[str]:
+    """The folder's Java compiled into a temporary folder of classes (never into the output), removed after;
+    Refused with javac's last lines when it does not compile."""
+    sources = [os.path.join(folder.path, name) for name in (JAVA_LOADER, JAVA_CHECK, JAVA_MODEL) if folder.has(name)]
     with tempfile.TemporaryDirectory(prefix="weightport-java-") as classes:
-        sources = [os.path.join(folder.path, name) for name in (JAVA_LOADER, JAVA_CHECK, JAVA_MODEL)
-                   if folder.has(name)]
         compiled = run(["javac", "-nowarn", "-proc:none", "-encoding", "US-ASCII", "-d", classes, *sources])
         if compiled.returncode != 0:
-            report.add(m.Check("the folder's Java compiles", m.FAIL, m.NAMES, reason=tail(compiled.stderr)))
-            return
-        loader_check(report, folder, classes)
-        if not model:
-            report.skip("whole model", "the folder has no WeightportModel.java (convert with --emit-forward for "
-                        "one)", m.WHOLE_MODEL)
-        elif x is not None and expected is not None:
-            got = java_forward(folder, classes, x)
-            if isinstance(got, str):
-                report.add(m.Check(WHOLE, m.FAIL, m.WHOLE_MODEL, reason=got))
-            else:
-                check = report.add(m.compare(WHOLE, got, np.asarray(expected).reshape(len(expected), -1),
-                                             report.atol, rtol, check=m.WHOLE_MODEL))
-                if check.status == m.FAIL:
-                    check.likely_cause = first_divergence(report)
-        else:
-            report.skip(WHOLE, "no recorded output: give --input X.npy and --expected Y.npy", m.WHOLE_MODEL)
-            random_run(report, folder, classes, source)
-
-
-def first_divergence(report: Any) -> str | None:
-    """The first failed layer check, with its likely cause, as the likely cause of a whole-model failure."""
-    m = checks()
-    for check in report.checks:
-        if check.check == m.LAYER and check.status == m.FAIL:
-            return f"first diverging layer {check.layer} ({check.kind})" + (f": {check.likely_cause}"
-                                                                           if check.likely_cause else "")
-    return None
+            raise Refused(tail(compiled.stderr))
+        yield classes
 
 
 # What WeightportModel.java may hold where its template has placeholders (formats/plain/java/): string
@@ -264,20 +199,18 @@ def tail(text: str) -> str:
 NUMBER = re.compile(r" ([-+]?(?:\d\.\d+e[-+]\d+|NaN|Infinity))$", re.MULTILINE)
 
 
-def loader_check(report: Any, folder: Folder, classes: str) -> None:
+def wrong_sums(folder: Folder, classes: str) -> list[str]:
     """``java WeightportCheck DIR --verify``: every SHA-256 checked in Java, and each tensor's sum as Java
-    reads it equal to numpy's sum of the array read by the manifest."""
-    m = checks()
+    reads it compared with numpy's sum of the array read by the manifest; the tensors whose sums differ.
+    Refused when the program fails; NotImplementedError when its sums cannot be paired with the tensors."""
     result = run(["java", "-cp", classes, "WeightportCheck", folder.path, "--verify"])
     if result.returncode != 0:
-        report.add(m.Check(LOADER, m.FAIL, m.NAMES, reason=tail(result.stderr)))
-        return
+        raise Refused(tail(result.stderr))
     sums = [float(value) for value in NUMBER.findall(result.stdout)]
     names = [entry.get("name") for entry in folder.manifest["tensors"] if isinstance(entry, dict)]
     if len(sums) != len(names):
-        report.skip(LOADER, f"WeightportCheck printed {len(sums)} sums for {len(names)} tensors (names holding line "
-                    "ends cannot be paired with their sums)", m.NAMES)
-        return
+        raise NotImplementedError(f"WeightportCheck printed {len(sums)} sums for {len(names)} tensors (names "
+                                  "holding line ends cannot be paired with their sums)")
     wrong = []
     for name, value in zip(names, sums):
         item = folder.by_name.get(name)
@@ -287,42 +220,35 @@ def loader_check(report: Any, folder: Folder, classes: str) -> None:
         if not np.isclose(value, float(np.sum(values)), rtol=0.0, atol=1e-8 * float(np.sum(np.abs(values))) + 1e-300,
                           equal_nan=True):
             wrong.append(f"{name} (Java {value:.9e}, numpy {float(np.sum(values)):.9e})")
-    report.add(m.Check(LOADER, m.FAIL if wrong else m.PASS, m.NAMES,
-                       reason=f"sums differ: {'; '.join(wrong[:10])}" if wrong else ""))
+    return wrong
 
 
-def java_forward(folder: Folder, classes: str, x: np.ndarray) -> np.ndarray | str:
-    """``java WeightportModel DIR INPUT.bin float64`` on the batch ``x`` (source layout): one row per sample,
-    or what went wrong."""
+def java_forward(folder: Folder, classes: str, x: np.ndarray) -> np.ndarray:
+    """``java WeightportModel DIR INPUT.bin float64`` on the batch ``x`` (source layout): one row per sample;
+    Refused saying what went wrong."""
     data = os.path.join(classes, "input.bin")
     np.asarray(x).astype(np.dtype(np.float64).newbyteorder(folder.order)).tofile(data)
     result = run(["java", "-cp", classes, "WeightportModel", folder.path, data, "float64"])
     if result.returncode != 0:
-        return f"WeightportModel failed: {tail(result.stderr)}"
+        raise Refused(f"WeightportModel failed: {tail(result.stderr)}")
     try:
         rows = [[float(v) for v in line.split()] for line in result.stdout.splitlines() if line.strip()]
         return np.array(rows, dtype=np.float64)
     except ValueError:
-        return f"WeightportModel printed something other than numbers: {tail(result.stdout)}"
+        raise Refused(f"WeightportModel printed something other than numbers: {tail(result.stdout)}") from None
 
 
-def random_run(report: Any, folder: Folder, classes: str, source: Model) -> None:
+def random_run(folder: Folder, classes: str, source: Model) -> None:
     """Run WeightportModel on two random samples: it must accept the folder and print finite rows of the size
-    the source's last layer gives.  No reference: this covers no layer."""
-    m = checks()
+    the source's last layer gives (Refused saying how it did not).  No reference: this covers no layer.
+    NotImplementedError when the manifest records no input shape."""
     shape = (folder.manifest.get("input") or {}).get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and n > 0 for n in shape):
-        report.skip(RUNS, "the manifest records no input shape", RUNTIME)
-        return
+        raise NotImplementedError("the manifest records no input shape")
     got = java_forward(folder, classes, np.random.default_rng(0).uniform(-1.0, 1.0, (2, *shape)))
     last = source.layers[-1].output_shape if source.layers else None
     size = math.prod(int(n) for n in last) if last and all(n is not None for n in last) else None
-    if isinstance(got, str):
-        problem = got
-    elif got.ndim != 2 or got.shape[0] != 2 or (size is not None and got.shape[1] != size):
-        problem = f"printed {got.shape} values for 2 samples" + (f" of {size} outputs" if size else "")
-    elif not np.all(np.isfinite(got)):
-        problem = "printed values that are not finite"
-    else:
-        problem = ""
-    report.add(m.Check(RUNS, m.FAIL if problem else m.PASS, RUNTIME, reason=problem))
+    if got.ndim != 2 or got.shape[0] != 2 or (size is not None and got.shape[1] != size):
+        raise Refused(f"printed {got.shape} values for 2 samples" + (f" of {size} outputs" if size else ""))
+    if not np.all(np.isfinite(got)):
+        raise Refused("printed values that are not finite")

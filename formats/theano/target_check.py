@@ -11,19 +11,18 @@ Theano's ``conv2d(filter_flip=True)``, ``correlation`` for ``filter_flip=False``
 num_units)``, fed a map flattened C, H, W as Lasagne does.  Theano itself is not run here, so there is no
 whole-model check: a real Theano run of a written pickle is in fixtures/theano_target.
 
-:func:`validate_theano` is the validator the registry names for the target.
+:func:`read_output` is the runtime's half of the check; the validator that runs it is the check layer's
+(:mod:`weightport.checks.targets.theano`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
 from weightport.core.describe import parse_json
-from weightport.core.model import Model
-from weightport.formats.numpy.target_check import Declared, validate_declared
+from weightport.formats.numpy.target_check import Declared
 from weightport.formats.theano.reader import default_spec_for, read_arrays
 
 INV_STD = "inv_std"  # Lasagne's BatchNormLayer stores 1/sqrt(var + epsilon) where the source has running_var
@@ -65,10 +64,7 @@ def read_output(path: str) -> tuple[dict[tuple[str, str], Declared], list[str]]:
     return found, problems
 
 
-def validate_theano(source: Model, request: Any, read: Any) -> Any:
-    """The theano target's validator: the arrays through the allowlist reader, the spec, and every layer run
-    with Lasagne's formulas in scipy against the source framework's oracle (Lasagne's ``inv_std`` stands
-    where the source has ``running_var``)."""
-    return validate_declared(source, request, "theano", read_output,
-                             "Theano is not run here: no runtime runs the whole model",
-                             lambda param: "running_var" if param == INV_STD else param)
+def source_param(param: str) -> str:
+    """A spec's parameter as the source names it (Lasagne's ``inv_std`` stands where the source has
+    ``running_var``)."""
+    return "running_var" if param == INV_STD else param
