@@ -119,13 +119,16 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
 
 def move_into_place(writer: FormatEntry, staged: str, dst: str, force: bool) -> None:
     """Move a validated output from staging to ``dst``, with the files its writer puts beside it (a theano
-    spec, an npz sidecar, an ONNX external-data file): those first, the output itself last."""
-    companions = getattr(writer.writer_module(), "companion_outputs", lambda path: [])
+    spec, an npz sidecar, an ONNX external-data file): those first, the output itself last (a folder by its
+    writer's own ``move_into_place``, which replaces only weightport's own folders)."""
+    module = writer.writer_module()
+    companions = getattr(module, "companion_outputs", lambda path: [])
     pairs = [(beside, final) for beside, final in zip(companions(staged), companions(dst)) if os.path.exists(beside)]
     for _, final in pairs + [(staged, dst)]:
         check_can_write(final, force)
-    for beside, final in pairs + [(staged, dst)]:
+    for beside, final in pairs:
         os.replace(beside, final)
+    getattr(module, "move_into_place", lambda complete, path, force: os.replace(complete, path))(staged, dst, force)
 
 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
