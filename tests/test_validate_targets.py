@@ -176,7 +176,8 @@ def test_a_tampered_keras_file_fails_naming_the_layer(run_cli, tmp_path, suffix,
     failure = failed_layer(report, layer)
     assert code == 1 and report["status"] == "fail"
     assert failure["name"] == f"layer {layer} ({keras_class})" and cause in (failure["likely_cause"] or ""), failure
-    assert any(c["check"] == "whole-model" and c["status"] == "fail" for c in report["checks"])
+    whole = [c for c in report["checks"] if c["check"] == "whole-model" and c["status"] == "fail"]
+    assert whole and whole[0]["likely_cause"].startswith(f"first diverging layer {layer} "), whole
 
 
 @pytest.mark.parametrize("suffix", KERAS)
@@ -262,7 +263,8 @@ def test_a_tampered_onnx_graph_fails_naming_the_layer(run_cli, tmp_path, tamper)
     failure = failed_layer(report, layer)
     assert code == 1 and report["status"] == "fail"
     assert failure["name"] == f"layer {layer} ({keras_class})" and cause in (failure["likely_cause"] or ""), failure
-    assert any(c["check"] == "whole-model" and c["status"] == "fail" for c in report["checks"])
+    whole = [c for c in report["checks"] if c["check"] == "whole-model" and c["status"] == "fail"]
+    assert whole and whole[0]["likely_cause"].startswith(f"first diverging layer {layer} "), whole
 
 
 def test_an_onnx_template_filled_in_is_checked_through_its_constant_nodes(run_cli, tmp_path):

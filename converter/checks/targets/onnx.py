@@ -18,7 +18,7 @@ import numpy as np
 
 from weightport.checks.layer_check import check_layers
 from weightport.checks.report import FAIL, NAMES, WHOLE_MODEL, Check, Report, compare
-from weightport.checks.targets.common import WHOLE_RECORDED, WHOLE_REFERENCE, names_check
+from weightport.checks.targets.common import WHOLE_RECORDED, WHOLE_REFERENCE, first_failed_layer, names_check
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
 from weightport.formats.keras.target_check import said
@@ -73,4 +73,6 @@ def whole_graph(report: Report, source: Model, path: str, x: np.ndarray | None, 
     except Refused as error:
         report.add(Check(name, FAIL, WHOLE_MODEL, reason=str(error)))
         return
-    report.add(compare(name, got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+    whole = report.add(compare(name, got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+    if whole.status == FAIL:
+        whole.likely_cause = first_failed_layer(report)
