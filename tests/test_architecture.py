@@ -265,6 +265,9 @@ def test_wheel_installs_only_weightport_with_its_java_resources(tmp_path):
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"weightport"}, top
     assert "weightport/__main__.py" in names and "weightport/formats/keras/h5_reader.py" in names
+    missing = [module for module in module_files()  # every subpackage listed in pyproject.toml's packages
+               if f"{module.replace('.', '/')}.py" not in names and f"{module.replace('.', '/')}/__init__.py" not in names]
+    assert not missing, missing
     assert any(name.startswith("weightport/formats/plain/java/") and name.endswith(".java") for name in names)
 
 
