@@ -48,6 +48,16 @@ def validate(run_cli, folder, name, converted, recorded=True):
     return code, json.loads(out)
 
 
+def assert_fails_naming(code, report, layer, keras_class, cause):
+    """FAIL (exit 1): the layer's check fails with its likely cause, and the whole model's names that layer
+    as the first diverging one."""
+    failure = failed_layer(report, layer)
+    assert code == 1 and report["status"] == "fail"
+    assert failure["name"] == f"layer {layer} ({keras_class})" and cause in (failure["likely_cause"] or ""), failure
+    whole = [c for c in report["checks"] if c["check"] == "whole-model" and c["status"] == "fail"]
+    assert whole and whole[0]["likely_cause"].startswith(f"first diverging layer {layer} "), whole
+
+
 def failed_layer(report, layer):
     found = [c for c in report["checks"] if c["status"] == "fail" and c.get("layer") == layer]
     assert found, json.dumps(report["checks"], indent=1)
@@ -172,12 +182,7 @@ def test_a_tampered_keras_file_fails_naming_the_layer(run_cli, tmp_path, suffix,
     name, layer, keras_class, change, indices, cause = KERAS_TAMPERS[tamper]
     good = convert(run_cli, tmp_path, "keras3", name, suffix)
     bad = tamper_keras(good, tmp_path / f"bad{suffix}", layer, change, indices)
-    code, report = validate(run_cli, "keras3", name, bad)
-    failure = failed_layer(report, layer)
-    assert code == 1 and report["status"] == "fail"
-    assert failure["name"] == f"layer {layer} ({keras_class})" and cause in (failure["likely_cause"] or ""), failure
-    whole = [c for c in report["checks"] if c["check"] == "whole-model" and c["status"] == "fail"]
-    assert whole and whole[0]["likely_cause"].startswith(f"first diverging layer {layer} "), whole
+    assert_fails_naming(*validate(run_cli, "keras3", name, bad), layer, keras_class, cause)
 
 
 @pytest.mark.parametrize("suffix", KERAS)
@@ -259,12 +264,7 @@ def test_a_tampered_onnx_graph_fails_naming_the_layer(run_cli, tmp_path, tamper)
         first, second = (0, 1) if op == "GRU" else (2, 3)
         tamper_onnx(bad, bad, layer, op, lambda b: np.concatenate(
             [swap_blocks(h, 1, count, first, second) for h in np.split(b, 2, axis=1)], axis=1), (3,))
-    code, report = validate(run_cli, "keras3", name, bad)
-    failure = failed_layer(report, layer)
-    assert code == 1 and report["status"] == "fail"
-    assert failure["name"] == f"layer {layer} ({keras_class})" and cause in (failure["likely_cause"] or ""), failure
-    whole = [c for c in report["checks"] if c["check"] == "whole-model" and c["status"] == "fail"]
-    assert whole and whole[0]["likely_cause"].startswith(f"first diverging layer {layer} "), whole
+    assert_fails_naming(*validate(run_cli, "keras3", name, bad), layer, keras_class, cause)
 
 
 def test_an_onnx_template_filled_in_is_checked_through_its_constant_nodes(run_cli, tmp_path):
