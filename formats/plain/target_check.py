@@ -1,7 +1,7 @@
 """Checking a ``raw`` or ``java`` folder in its own runtime, reading it the way the manifest tells any
 runtime to (docs/targets/plain-arrays.md), never through weightport's writer or layout code.
 
-* :func:`read_folder` reads ``weights.bin`` by ``manifest.json`` alone: each tensor's dtype, the byte order,
+* :class:`Folder` reads ``weights.bin`` by ``manifest.json`` alone: each tensor's dtype, the byte order,
   offset, byte count and shape, its SHA-256, and the layout (``OIHW``, ``HWIO``, ``OHWI``, ``(IM)1HW``,
   ``(HWC)O``, ...) and semantics it declares.
 * Each weighted layer is then run from those arrays with scipy (correlate or convolve as declared, a
