@@ -30,7 +30,7 @@ from weightport.core.layout import CORRELATION, Layout
 from weightport.core.model import Layer, Model
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_problem
-from weightport.core.rules import keras_major
+from weightport.core.rules import hard_sigmoid_coefficients
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
 
@@ -272,19 +272,6 @@ def rnn_plan(layer: Layer) -> list[PlannedTensor]:
         planned.append(PlannedTensor(f"{layer.name}.B", layer, "bias_ih_l0", parts[0], (reorder, halves),
                                      Layout("k (s o)"), tuple(parts[1:]), "stack"))
     return planned
-
-
-def hard_sigmoid_coefficients(model: Model) -> tuple[float, float]:
-    """(alpha, beta) of ``clip(alpha * x + beta, 0, 1)``, the source's ``hard_sigmoid``.
-
-    Keras 1 and 2 (Theano's ``T.nnet.hard_sigmoid``, the TensorFlow and CNTK backends, tf.keras 2):
-    0.2 x + 0.5.  Keras 3: ``relu6(x + 3) / 6`` (keras/src/backend/*/nn.py), x / 6 + 0.5.
-    """
-    major = model.source.details.get("keras_major") or keras_major(model.source.version)
-    if not model.source.format.startswith("keras") or major is None:
-        raise UnsupportedError(f"the source ({model.source.format}) says hard_sigmoid without saying whose",
-                               fix="Convert to a target that keeps the activation's name (keras, npz, raw)")
-    return (1.0 / 6.0, 0.5) if major >= 3 else (0.2, 0.5)
 
 
 def rnn_node(onnx: Any, model: Model, layer: Layer, traced: Any, inputs: list[str]) -> Any:
