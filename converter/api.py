@@ -153,12 +153,25 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             error.report = report  # type: ignore[attr-defined]
             error.exit_code = report.exit_code  # type: ignore[misc]
             raise error
-        check_can_write(dst, force)
-        os.replace(staged, dst)
+        move_into_place(writer, staged, dst, force)
         result.outputs = [dst]
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_into_place(writer: FormatEntry, staged: str, dst: str, force: bool) -> None:
+    """Move a validated output from staging to ``dst``, with the files its writer puts beside it (a theano
+    spec, an npz sidecar, an ONNX external-data file): those first, the output itself last (a folder by its
+    writer's own ``move_into_place``, which replaces only weightport's own folders)."""
+    module = writer.writer_module()
+    companions = getattr(module, "companion_outputs", lambda path: [])
+    pairs = [(beside, final) for beside, final in zip(companions(staged), companions(dst)) if os.path.exists(beside)]
+    for _, final in pairs + [(staged, dst)]:
+        check_can_write(final, force)
+    for beside, final in pairs:
+        os.replace(beside, final)
+    getattr(module, "move_into_place", lambda complete, path, force: os.replace(complete, path))(staged, dst, force)
 
 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
@@ -228,8 +241,7 @@ def validate_conversion(source: Model, converted_path: str, input: str | None = 
                         shown_path: str | None = None):
     """Check converted weights against their source in the target's own runtime; a
     :class:`weightport.checks.report.Report` (pass, fail or incomplete, see its ``status``)."""
-    import importlib
-
+    from weightport.checks.targets import run_validator
     from weightport.checks.validate import Request, not_checked_yet
     if not os.path.exists(converted_path):
         raise UsageError("no such file or folder", path=converted_path, fix="Check the path")
@@ -237,8 +249,7 @@ def validate_conversion(source: Model, converted_path: str, input: str | None = 
     chosen = target(target_of(converted_path))
     if not chosen.validator:
         return not_checked_yet(source, request, load, chosen.name)
-    module, _, function = chosen.validator.partition(":")
-    return getattr(importlib.import_module(module), function)(source, request, load)
+    return run_validator(chosen.validator, source, request, load)
 
 
 def target_of(path: str) -> str:

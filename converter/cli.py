@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input, "
                                        "3 incomplete: nothing failed but a layer went unchecked)")
     validate.add_argument("src", metavar="SRC", help="the source model file (with its architecture)")
-    validate.add_argument("dst", metavar="DST", help="the converted weights file")
+    validate.add_argument("dst", metavar="DST", help="the converted output of any target (a file, or a raw/java "
+                          "folder), checked in that target's own runtime")
     add_check_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")

@@ -68,7 +68,8 @@ class TargetEntry:
     options: tuple[str, ...] = ()     # WriteOptions fields that only this target (and others listing them) takes
     renames: bool = False             # honours --rename (targets whose names are fixed by a runtime refuse it)
     check: str = ""                   # how `weightport validate` checks an output of this target
-    validator: str = ""               # "module:function(source, Request, read) -> Report"; "" = none yet
+    validator: str = ""               # "module:function(source, Request, read) -> Report" under weightport.checks
+                                      # (the check layer resolves it: weightport.checks.targets); "" = none
 
     def plan(self, model: Any, options: WriteOptions) -> Any:
         module, _, function = self.planner.partition(":")
@@ -109,20 +110,26 @@ PLAIN_ARRAY_OPTIONS = ("dtype", "byte_order", "layout")
 TARGETS: tuple[TargetEntry, ...] = (
     TargetEntry("torch", "PyTorch state_dict", "safetensors", "weightport.formats.torch.plan:torch_plan",
                 ("strict_against", "max_shard_size"), renames=True, check="layer by layer against the source framework, and the "
-                "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
+                "whole model in torch with --input/--expected", validator="validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
-                check="not checked by weightport validate yet"),
+                check="in Keras 3: the file as load_weights reads it, each layer as its Keras layer, the whole "
+                "model rebuilt from the source's architecture", validator="targets.keras:validate_keras"),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
-                check="not checked by weightport validate yet"),
+                check="in onnxruntime: each layer's node cut out and run, and the whole graph",
+                validator="targets.onnx:validate_onnx"),
     TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
-                check="not checked by weightport validate yet"),
+                check="in scipy: the arrays as the sidecar declares them, each layer with scipy's correlate or "
+                "convolve", validator="targets.npz:validate_npz"),
     TargetEntry("theano", "Theano/Lasagne arrays", "theano", "weightport.formats.theano.writer:theano_plan",
-                check="not checked by weightport validate yet"),
+                check="in scipy: the pickle as the spec declares it, each layer with Lasagne's formulas (true "
+                "convolution)", validator="targets.theano:validate_theano"),
     TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
-                PLAIN_ARRAY_OPTIONS, renames=True, check="by the emitted Java check program (java)"),
+                PLAIN_ARRAY_OPTIONS, renames=True, check="weights.bin read by manifest.json alone, each layer in "
+                "scipy as declared", validator="targets.plain:validate_plain"),
     TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
                 PLAIN_ARRAY_OPTIONS + ("emit_forward",), renames=True,
-                check="by the emitted WeightportCheck program, run in Java"),
+                check="as raw, and with a JDK the folder's own Java compiled and run (WeightportCheck, and "
+                "WeightportModel with --emit-forward)", validator="targets.plain:validate_plain"),
 )
 
 # Extensions read but never written, and why: never suggested for an output, refused with the reason.

@@ -19,6 +19,7 @@ oneDNN stays on: numerics are TensorFlow's defaults.  Later imports are ordinary
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 import logging
 import os
 import re
@@ -32,6 +33,9 @@ CPP_LOG_NOISE = ("WARNING: All log messages before absl::InitializeLog() is call
                  "To enable the following instructions:")
 QUIET_LOGGERS = ("absl", "tensorflow")
 LOCK = threading.Lock()
+# the modules imported quietly, each by a literal name (the import graph of tests/test_architecture.py sees them)
+IMPORTS: dict[str, Callable[[], ModuleType]] = {"tensorflow": lambda: importlib.import_module("tensorflow"),
+                                                "keras": lambda: importlib.import_module("keras")}
 
 
 def is_cpp_log_line(line: str) -> bool:
@@ -56,20 +60,22 @@ def quiet_loggers() -> None:
 
 
 def import_quietly(name: str) -> ModuleType:
-    """``importlib.import_module(name)`` with TensorFlow's C++ start-up lines dropped from stderr."""
+    """Module ``name`` (tensorflow or keras, :data:`IMPORTS`) with TensorFlow's C++ start-up lines dropped
+    from stderr."""
+    load = IMPORTS[name]
     with LOCK:  # one first import at a time; a module another thread is importing is waited for by import_module
         if name in sys.modules:
-            return importlib.import_module(name)
+            return load()
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         try:
             saved = os.dup(2)
         except OSError:  # no file descriptor 2 (a daemon): nothing to keep quiet
-            return importlib.import_module(name)
+            return load()
         with tempfile.TemporaryFile(mode="w+b") as captured:
             sys.stderr.flush()
             os.dup2(captured.fileno(), 2)
             try:
-                module = importlib.import_module(name)
+                module = load()
             finally:
                 sys.stderr.flush()
                 os.dup2(saved, 2)

@@ -66,6 +66,11 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     return raw.write_folder(prepared, path, options, java_files(forward))
 
 
+def move_into_place(complete: str, path: str, force: bool) -> None:
+    """A complete folder (a validated staging copy) put at ``path`` as the raw target puts its own."""
+    raw.move_into_place(complete, path, force)
+
+
 def java_resource(name: str) -> str:
     """The text of ``java/NAME``, shipped as package data."""
     return (files(__package__) / "java" / name).read_text(encoding="utf-8")

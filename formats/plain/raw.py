@@ -489,6 +489,22 @@ def is_replaceable(path: str) -> bool:
         return False
 
 
+def check_replaceable(path: str, force: bool) -> None:
+    """Refuse to write ``path`` when it exists without ``force``, or is a folder weightport did not write."""
+    check_can_write(path, force)
+    if os.path.lexists(path) and not is_replaceable(path):
+        raise OutputExistsError("output folder exists and was not written by weightport", path=path,
+                                fix="Choose a new or empty folder; {opt:force=True} only replaces weightport's own output")
+
+
+def move_into_place(complete: str, path: str, force: bool) -> None:
+    """Put a complete folder written elsewhere (a validated staging copy) at ``path``, under the rules of a
+    direct write: an existing ``path`` needs ``force`` and must be weightport's own; the old one is replaced."""
+    check_replaceable(path, force)
+    install(complete, path, force)
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
 @contextlib.contextmanager
 def staged_directory(path: str, force: bool) -> Iterator[str]:
     """Yield a new folder beside ``path``; on success it replaces ``path``, else it is removed.
@@ -498,10 +514,7 @@ def staged_directory(path: str, force: bool) -> Iterator[str]:
     aside, the new one renamed into place, then the old one deleted; a failure
     puts the old one back.
     """
-    check_can_write(path, force)
-    if os.path.lexists(path) and not is_replaceable(path):
-        raise OutputExistsError("output folder exists and was not written by weightport", path=path,
-                                fix="Choose a new or empty folder; {opt:force=True} only replaces weightport's own output")
+    check_replaceable(path, force)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError("the output's parent folder does not exist", path=path, fix="Create it first")

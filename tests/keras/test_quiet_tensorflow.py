@@ -53,7 +53,9 @@ def test_lines_and_errors_from_the_imported_module_are_not_hidden(tmp_path):
         "os.write(2, b'a real message from the module\\n')\n"
         "raise RuntimeError('broken install')\n")
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+            "from weightport.formats.keras import runtime\n"
             "from weightport.formats.keras.runtime import import_quietly\n"
+            "runtime.IMPORTS['noisy_module'] = lambda: __import__('noisy_module')\n"
             "try:\n    import_quietly('noisy_module')\n"
             "except RuntimeError as error:\n    print('raised:', error)\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
