@@ -95,6 +95,8 @@ FORMATS: tuple[FormatEntry, ...] = (
                 (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano", "weightport.formats.theano.reader", None),
     FormatEntry("theano", "Theano / Lasagne arrays for a Theano runtime: pickle + JSON spec, kernels flipped", (".pkl", ".pickle"), "theano",
                 None, "weightport.formats.theano.writer"),
+    FormatEntry("caffe", "Caffe `.caffemodel` + `.prototxt` (V1 and V2 layers; read without Caffe or protobuf)",
+                (".caffemodel",), "torch", "weightport.formats.caffe.reader", None),
     FormatEntry("torch_pt", "PyTorch `.pt` state_dict (read with `weights_only=True`)", (".pt", ".pth"), "torch",
                 "weightport.formats.torch.pt_reader", "weightport.formats.torch.pt_writer"),
     FormatEntry("raw", "plain arrays for Java, C, Go, JavaScript (`weights.bin` + `manifest.json`)", ("",), "raw",
