@@ -356,12 +356,12 @@ class CaffeReader:
         factor = self.scalar_blob(name, 2)
         divide = ScaleValues(0.0 if factor == 0 else 1.0 / factor, f"Caffe BatchNorm scale factor {factor:g}")
         built = Layer(name, "batchnorm", {}, source_class="BatchNorm")
-        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "c", steps=(divide,))
+        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "o", steps=(divide,))
         channels = built.tensors["running_mean"].shape[0]
-        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "c", steps=(divide,), expected=(channels,))
+        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "o", steps=(divide,), expected=(channels,))
         for param_name, value in (("weight", 1.0), ("bias", 0.0)):
-            built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("c"),
-                                                     Provenance(f"{name} (none: BatchNorm without Scale)", "c"))
+            built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("o"),
+                                                     Provenance(f"{name} (none: BatchNorm without Scale)", "o"))
         built.attrs = {"epsilon": float(param.get("eps", 1e-5)), "momentum": 0.999, "num_features": channels,
                        "caffe_scale_factor": factor}
         return built
@@ -389,16 +389,16 @@ class CaffeReader:
             raise UnsupportedError(f"Scale {name!r} is not a per-channel scale of one input", path=self.path,
                                    fix="Only Scale with axis 1, num_axes 1 and learned blobs is converted")
         built = Layer(name, "batchnorm", {}, source_class="Scale")
-        built.tensors["weight"] = self.tensor(name, 0, "weight", "c")
+        built.tensors["weight"] = self.tensor(name, 0, "weight", "o")
         channels = built.tensors["weight"].shape[0]
         if param.get("bias_term", False) and len(self.blobs.get(name, [])) > 1:
-            built.tensors["bias"] = self.tensor(name, 1, "bias", "c", expected=(channels,))
+            built.tensors["bias"] = self.tensor(name, 1, "bias", "o", expected=(channels,))
         else:
-            built.tensors["bias"] = array_tensor("bias", np.zeros((channels,), np.float32), Layout("c"),
-                                                 Provenance(f"{name} (no bias_term)", "c"))
+            built.tensors["bias"] = array_tensor("bias", np.zeros((channels,), np.float32), Layout("o"),
+                                                 Provenance(f"{name} (no bias_term)", "o"))
         for param_name, value in (("running_mean", 0.0), ("running_var", 1.0)):
-            built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("c"),
-                                                     Provenance(f"{name} (none: Scale alone)", "c"))
+            built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("o"),
+                                                     Provenance(f"{name} (none: Scale alone)", "o"))
         built.attrs = {"epsilon": 0.0, "momentum": 0.999, "num_features": channels}
         return built
 
