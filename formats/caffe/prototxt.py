@@ -69,35 +69,36 @@ def scalar(kind: str, text: str) -> Any:
     return text  # an enum identifier
 
 
-def tokens(text: str, path: str) -> list[tuple[str, str, int]]:
+def tokens(text: str, path: str, label: str = "prototxt") -> list[tuple[str, str, int]]:
     """(kind, text, line) of every token, or a one-line error at the first character that starts none."""
     found: list[tuple[str, str, int]] = []
     position, line = 0, 1
     while position < len(text):
         match = TOKEN.match(text, position)
         if match is None:
-            raise BadInputError(f"prototxt line {line}: unexpected character {text[position]!r}", path=path,
+            raise BadInputError(f"{label} line {line}: unexpected character {text[position]!r}", path=path,
                                 fix="Check the file is a Caffe .prototxt (protobuf text format)")
         kind = match.lastgroup or ""
         if kind != "space":
             found.append((kind, match.group(0), line))
             if len(found) > MAX_ITEMS:
-                raise BadInputError(f"prototxt holds more than {MAX_ITEMS} tokens", path=path,
+                raise BadInputError(f"{label} holds more than {MAX_ITEMS} tokens", path=path,
                                     fix="The file is damaged or crafted")
         line += match.group(0).count("\n")
         position = match.end()
     return found
 
 
-def parse(text: str, path: str, root: str = "NetParameter") -> Message:
-    """The message a prototxt's text describes (iterative; nesting bounded)."""
-    items = tokens(text, path)
+def parse(text: str, path: str, label: str = "prototxt", root: str = "NetParameter") -> Message:
+    """The message a prototxt's text describes (iterative; nesting bounded).  Errors name ``path`` (the
+    model being read) and say ``label`` (the prototxt) and the line."""
+    items = tokens(text, path, label)
     stack = [Message(root)]
     position = 0
 
     def fail(problem: str) -> BadInputError:
         line = items[min(position, len(items) - 1)][2] if items else 1
-        return BadInputError(f"prototxt line {line}: {problem}", path=path,
+        return BadInputError(f"{label} line {line}: {problem}", path=path,
                              fix="Check the file is a Caffe .prototxt (protobuf text format)")
 
     while position < len(items):
@@ -149,19 +150,20 @@ def parse(text: str, path: str, root: str = "NetParameter") -> Message:
         else:
             raise fail(f"field {name!r} has no value (found {text_value!r})")
     if len(stack) != 1:
-        raise BadInputError(f"prototxt ends inside {len(stack) - 1} unclosed message(s)", path=path,
+        raise BadInputError(f"{label} ends inside {len(stack) - 1} unclosed message(s)", path=path,
                             fix="Check the file is complete")
     return stack[0]
 
 
-def read_text(path: str) -> str:
-    """The text of a prototxt, refused when larger than :data:`MAX_TEXT_BYTES` or not text."""
-    with open(path, "rb") as handle:
+def read_text(source: str, path: str, label: str = "prototxt") -> str:
+    """The text of the prototxt ``source``, refused when larger than :data:`MAX_TEXT_BYTES` or not text
+    (errors name ``path``, the model being read)."""
+    with open(source, "rb") as handle:
         data = handle.read(MAX_TEXT_BYTES + 1)
     if len(data) > MAX_TEXT_BYTES:
-        raise BadInputError(f"prototxt larger than {MAX_TEXT_BYTES} bytes", path=path,
+        raise BadInputError(f"{label} is larger than {MAX_TEXT_BYTES} bytes", path=path,
                             fix="A deploy prototxt is small text; check the file is the network definition")
     if b"\x00" in data:
-        raise BadInputError("the prototxt holds NUL bytes (a binary file?)", path=path,
+        raise BadInputError(f"{label} holds NUL bytes (a binary file?)", path=path,
                             fix="Give the text .prototxt as --spec and the binary .caffemodel as the source")
     return data.decode("utf-8", "replace")

@@ -134,7 +134,8 @@ class CaffeReader:
         self.prototxt = find_prototxt(path, options)
         if self.prototxt is not None:
             require_regular_file(self.prototxt)
-            self.net = prototxt.parse(prototxt.read_text(self.prototxt), self.prototxt)
+            label = f"prototxt {os.path.basename(self.prototxt)}"
+            self.net = prototxt.parse(prototxt.read_text(self.prototxt, path, label), path, label)
         else:
             self.net = self.binary
         self.blobs = {str(layer.get("name", "")): layer.all("blobs") for layer, _ in net_layers(self.binary)}
@@ -211,7 +212,7 @@ class CaffeReader:
         missing = [str(b) for b in layer.all("bottom") if str(b) not in self.producer]
         if missing:
             raise BadInputError(f"layer {layer.get('name')!r} reads blob {missing[0]!r} that no layer before it "
-                                "produces", path=self.prototxt or self.path, fix="Check the prototxt")
+                                "produces", path=self.path, fix="Check the prototxt")
         return [self.producer[str(b)] for b in layer.all("bottom")]
 
     def model(self) -> Model:
@@ -227,7 +228,7 @@ class CaffeReader:
                 self.add(model, layer, kind, entries, position, skip)
         if not any(layer.kind == "input" for layer in model.layers):
             raise BadInputError("the network has no input (no input: field, Input or data layer)",
-                                path=self.prototxt or self.path, fix="Give the deploy .prototxt with --spec")
+                                path=self.path, fix="Give the deploy .prototxt with --spec")
         if self.prototxt is None:
             model.warn("no .prototxt beside the .caffemodel (or --spec): the structure comes from the caffemodel, "
                        "whose input shape is unknown")
@@ -412,7 +413,7 @@ class CaffeReader:
             return Layer(name, "global_pool", {"mode": mode, "keepdims": True}, source_class="Pooling")
         kernel = per_axis(param, "kernel", 2, 0) if param.has("kernel_h") else per_axis(param, "kernel_size", 2, 0)
         if 0 in kernel:
-            raise BadInputError(f"Pooling {name!r} has no kernel size", path=self.prototxt or self.path,
+            raise BadInputError(f"Pooling {name!r} has no kernel size", path=self.path,
                                 fix="Give kernel_size (or kernel_h and kernel_w)")
         ceil = str(param.get("round_mode", "CEIL")) != "FLOOR" and param.get("ceil_mode", True) is not False
         pads = [[p, p] for p in per_axis(param, "pad", 2, 0)]
