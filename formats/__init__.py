@@ -97,6 +97,8 @@ FORMATS: tuple[FormatEntry, ...] = (
                 None, "weightport.formats.theano.writer"),
     FormatEntry("caffe", "Caffe `.caffemodel` + `.prototxt` (V1 and V2 layers; read without Caffe or protobuf)",
                 (".caffemodel",), "torch", "weightport.formats.caffe.reader", None),
+    FormatEntry("torch7", "Torch7 `.t7` nn models (binary `torch.save`, either byte order; read without Lua)",
+                (".t7",), "torch", "weightport.formats.torch7.reader", None),
     FormatEntry("torch_pt", "PyTorch `.pt` state_dict (read with `weights_only=True`)", (".pt", ".pth"), "torch",
                 "weightport.formats.torch.pt_reader", "weightport.formats.torch.pt_writer"),
     FormatEntry("raw", "plain arrays for Java, C, Go, JavaScript (`weights.bin` + `manifest.json`)", ("",), "raw",
