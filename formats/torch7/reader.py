@@ -25,7 +25,8 @@ from typing import Any, Callable
 import numpy as np
 
 from weightport.core.budget import MAX_NESTING, require_regular_file
-from weightport.core.errors import BadInputError, LayoutError, UnsupportedError, WeightportError
+from weightport.core.describe import parse_json
+from weightport.core.errors import BadInputError, LayoutError, UnsupportedError, UsageError, WeightportError
 from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
@@ -140,6 +141,7 @@ class Torch7Reader:
             raise BadInputError(f"the file holds a {type(self.root).__name__}, not an nn module", path=path,
                                 fix="Give a torch.save() of an nn model (weights-only tables are not read yet)")
         self.model_: Model | None = None
+        self.input_shape = input_shape(options.spec or beside(path), path)
 
     # -- tensors ------------------------------------------------------------------------------------
     def tensor(self, owner: str, module: TorchObject, key: str, src: str, dst: str, semantics: str = NO_SEMANTICS,
@@ -178,6 +180,11 @@ class Torch7Reader:
         first = self.first_leaf(self.root)
         channels = integer(first, "nInputPlane") if first is not None else 0
         shape = (channels, None, None) if channels and "Spatial" in first.class_name else None
+        if self.input_shape is not None:
+            shape = self.input_shape
+        else:
+            model.warn("a .t7 file records no input size: give --spec FILE (or NAME.spec.json beside it) with "
+                       "{\"input_shape\": [C, H, W]} for shape inference and the ONNX target")
         model.layers.append(Layer("input", "input", {}, {}, [], "input", None, shape))
         self.build(self.root, ["input"], "", 0)
         infer_shapes(model)
@@ -378,6 +385,27 @@ LEAVES: dict[str, Callable[[Torch7Reader, TorchObject, str], Layer]] = {
     "Tanh": Torch7Reader.activation, "Sigmoid": Torch7Reader.activation, "SoftMax": Torch7Reader.activation,
     "PReLU": Torch7Reader.prelu, "View": Torch7Reader.view, "Reshape": Torch7Reader.view,
 }
+
+
+def beside(path: str) -> str | None:
+    """``NAME.spec.json`` beside ``NAME.t7``, when there is one."""
+    candidate = os.path.splitext(path)[0] + ".spec.json"
+    return candidate if os.path.isfile(candidate) else None
+
+
+def input_shape(spec: str | None, path: str) -> tuple[int, ...] | None:
+    """One sample's input shape from ``--spec FILE`` (JSON ``{"input_shape": [C, H, W]}``), or None."""
+    if not spec:
+        return None
+    require_regular_file(spec)
+    with open(spec, "rb") as handle:
+        text = handle.read(1 << 16)
+    value = parse_json(text, path, f"--spec {os.path.basename(spec)}")
+    shape = value.get("input_shape") if isinstance(value, dict) else None
+    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and 0 < n < 1 << 20 for n in shape):
+        raise UsageError("--spec for a .t7 file must be JSON {\"input_shape\": [C, H, W]} of positive sizes",
+                         path=spec, fix="Give one sample's shape, without the batch")
+    return tuple(shape)
 
 
 def read(path: str, options: ReadOptions) -> Model:
