@@ -400,11 +400,12 @@ def input_shape(spec: str | None, path: str) -> tuple[int, ...] | None:
     require_regular_file(spec)
     with open(spec, "rb") as handle:
         text = handle.read(1 << 16)
-    value = parse_json(text, path, f"--spec {os.path.basename(spec)}")
+    what = f"spec {os.path.basename(spec)}"
+    value = parse_json(text, path, what)
     shape = value.get("input_shape") if isinstance(value, dict) else None
-    if not isinstance(shape, list) or not shape or not all(isinstance(n, int) and 0 < n < 1 << 20 for n in shape):
-        raise UsageError("--spec for a .t7 file must be JSON {\"input_shape\": [C, H, W]} of positive sizes",
-                         path=spec, fix="Give one sample's shape, without the batch")
+    if not isinstance(shape, list) or not shape or not all(type(n) is int and 0 < n < 1 << 20 for n in shape):
+        raise UsageError(f"{what}: a .t7 file's spec must be JSON {{\"input_shape\": [C, H, W]}} of positive sizes",
+                         path=path, fix="Give one sample's shape, without the batch")
     return tuple(shape)
 
 
