@@ -54,7 +54,7 @@ BGR_NOTE = ("Caffe models are usually trained on BGR images (OpenCV/Caffe image 
 
 def sniff(path: str) -> bool:
     """The .caffemodel extension and a first byte that opens a NetParameter field (name, layers, layer)."""
-    if not path.lower().endswith(".caffemodel"):
+    if not path.lower().endswith(".caffemodel") or not os.path.isfile(path):  # a FIFO or device is never opened here
         return False
     try:
         with open(path, "rb") as handle:

@@ -46,7 +46,7 @@ PASS = ("Dropout", "SpatialDropout", "Identity", "Copy")
 
 def sniff(path: str) -> bool:
     """The .t7 extension and a first int32 that is a Torch7 type tag (a torch object or a table) either way round."""
-    if not path.lower().endswith(".t7"):
+    if not path.lower().endswith(".t7") or not os.path.isfile(path):  # a FIFO or device is never opened here
         return False
     try:
         with open(path, "rb") as handle:

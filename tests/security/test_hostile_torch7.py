@@ -89,3 +89,15 @@ def test_bad_input_shape_spec_is_refused(tmp_path):
     source.write_bytes(GOOD)
     (tmp_path / "x.spec.json").write_text('{"input_shape": [3, -1, 1e9]}')
     assert_refused(source, tmp_path, must_mention="input_shape")
+
+
+@pytest.mark.parametrize("suffix", [".t7", ".caffemodel"])
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero"])
+def test_fifo_and_device_are_refused_without_blocking(tmp_path, suffix, kind):
+    import os
+    source = tmp_path / f"model{suffix}"
+    if kind == "fifo":
+        os.mkfifo(source)
+    else:
+        source.symlink_to("/dev/zero")
+    assert_refused(source, tmp_path, must_mention="not a regular file")
