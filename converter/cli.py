@@ -150,8 +150,9 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-semantics", choices=("convolution", "correlation"),
                         help="force the semantics of the source's convolution kernels")
     parser.add_argument("--spec", metavar="FILE",
-                        help="JSON naming the layers and arrays of an architecture-less pickle (default: "
-                             "NAME.spec.json beside the file)")
+                        help="JSON naming the layers and arrays of an architecture-less pickle, a Caffe "
+                             "model's .prototxt, or a .t7 model's {\"input_shape\": [C, H, W]} (default: "
+                             "NAME.spec.json, NAME.prototxt or deploy.prototxt beside the file)")
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -85,6 +85,24 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+CAFFE_RULE = Rule(
+    "caffe-correlation", "caffe", "all", "caffe", ("Convolution", "Deconvolution"), CORRELATION,
+    "BVLC Caffe src/caffe/layers/base_conv_layer.cpp forward_cpu_gemm: im2col then a GEMM with the stored "
+    "(out, in/group, kh, kw) weights, no flip (cross-correlation); Deconvolution runs the same GEMM "
+    "transposed (backward_cpu_gemm). Proved by fixtures/caffe: OpenCV's readNetFromCaffe forward equals the "
+    "converted torch module, and fails with the kernel flipped (tests/caffe/test_caffe_opencv.py).",
+)
+TORCH7_RULE = Rule(
+    "torch7-correlation", "torch7", "all", "lua", ("nn.SpatialConvolution", "nn.SpatialConvolutionMM",
+                                                   "nn.SpatialFullConvolution", "nn.SpatialDilatedConvolution"),
+    CORRELATION,
+    "Torch7 nn SpatialConvolutionMM.c unfolds the input and multiplies by weight (nOut, nIn*kH*kW) with no "
+    "flip (cross-correlation), as cudnn.SpatialConvolution. Proved by fixtures/torch7 against OpenCV's "
+    "readNetFromTorch.",
+)
+RULES = RULES + (CAFFE_RULE, TORCH7_RULE)
+
+
 def find_rule(rule_id: str) -> Rule:
     for rule in RULES:
         if rule.id == rule_id:

@@ -75,6 +75,15 @@ def transpose_out(size: int | None, kernel: int, stride: int, dilation: int, pad
     return (size - 1) * stride - pads[0] - pads[1] + (kernel - 1) * dilation + 1 + output_padding
 
 
+def ceil_pool_out(size: int | None, kernel: int, stride: int, pads: list[int]) -> int | None:
+    """A pool's output size rounded up (Caffe, Torch7 ``:ceil()``, torch ``ceil_mode``): the last window is
+    dropped when it would start past the input and its left padding."""
+    if size is None:
+        return None
+    out = -(-(size + pads[0] + pads[1] - kernel) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pads[0] else out
+
+
 def _spatial_out(layer: Layer, spatial: Shape) -> Shape:
     attrs = layer.attrs
     kernel = attrs["kernel_size"]
@@ -88,6 +97,8 @@ def _spatial_out(layer: Layer, spatial: Shape) -> Shape:
     pads = explicit_pads(attrs, spatial)
     if all(n is not None for n in spatial) or attrs.get("padding") != "same":
         attrs["pads"] = pads
+    if layer.kind == "pool" and attrs.get("ceil_mode"):
+        return tuple(ceil_pool_out(n, k, s, p) for n, k, s, p in zip(spatial, kernel, strides, pads))
     return tuple(conv_out(n, k, s, d, p) for n, k, s, d, p in zip(spatial, kernel, strides, dilations, pads))
 
 

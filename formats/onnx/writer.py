@@ -358,9 +358,11 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
                                      fix="pip install 'weightport[torch]', or give {opt:template=model.onnx}") from None
     from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
     onnx = import_onnx()
-    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None:
+    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None \
+            or any(n is None for n in model.layers[0].output_shape):
         raise UnsupportedError("the source carries no architecture with an input shape to trace",
-                               fix="Give {opt:template=model.onnx} of the same architecture")
+                               fix="Give {opt:template=model.onnx} of the same architecture (or the input shape: "
+                                   "{opt:spec} for a .t7 file)")
     dtype = getattr(torch, graph_dtype(model).name)
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)

@@ -41,6 +41,7 @@ from weightport.core.errors import UnsupportedError
 from weightport.core.layout import CONVOLUTION, parse_pattern
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
+from weightport.core.shapes import ceil_pool_out
 from weightport.formats.plain import raw
 
 NAME = "java"
@@ -372,6 +373,9 @@ class ForwardWriter:
             spatial = []
             for n, k, s, (before, after) in zip(shape[1:], kernel, strides, pads):
                 spatial.append((n + before + after - k) // s + 1)
+            if a.get("ceil_mode") and any(ceil_pool_out(n, k, s, pair) != out for n, k, s, pair, out
+                                          in zip(shape[1:], kernel, strides, pads, spatial)):
+                raise self.refuse(layer, "ceil-mode pooling (Caffe, Torch7) whose last window is partial")
             mode = a.get("mode")
             if mode not in ("max", "avg"):
                 raise self.refuse(layer, f"pooling mode {mode!r}")

@@ -172,6 +172,8 @@ def pool_function(layer: Layer):
     rank = a["rank"]
     pads = a.get("pads") or [[0, 0]] * rank
     flat = [p for pair in reversed(pads) for p in pair]
+    if a.get("ceil_mode") or a.get("count_include_pad"):
+        return ceil_pool_function(layer)
     if a["mode"] == "max":
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
         return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
@@ -185,6 +187,25 @@ def pool_function(layer: Layer):
         count = pool(F.pad(ones, flat), a["kernel_size"], a["strides"])
         return total / count  # TensorFlow excludes padding from the average
     return average
+
+
+def ceil_pool_function(layer: Layer):
+    """Caffe / Torch7 pooling: symmetric pads, output size rounded up (``ceil_mode``, the last window kept only
+    when it starts inside the input or its left padding) and an average that counts the padding
+    (``count_include_pad``) but not the part of a window past the padded input: torch's own rule, identical."""
+    a = layer.attrs
+    rank = a["rank"]
+    pads = a.get("pads") or [[0, 0]] * rank
+    if any(before != after for before, after in pads):
+        raise UnsupportedError(f"layer {layer.name!r}: ceil-mode pooling with asymmetric pads {pads}")
+    padding = tuple(before for before, _ in pads)
+    ceil = bool(a.get("ceil_mode"))
+    if a["mode"] == "max":
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
+        return lambda x: pool(x, a["kernel_size"], a["strides"], padding, ceil_mode=ceil)
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    include = bool(a.get("count_include_pad"))
+    return lambda x: pool(x, a["kernel_size"], a["strides"], padding, ceil_mode=ceil, count_include_pad=include)
 
 
 MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
