@@ -69,6 +69,7 @@ class TargetEntry:
     renames: bool = False             # honours --rename (targets whose names are fixed by a runtime refuse it)
     check: str = ""                   # how `weightport validate` checks an output of this target
     validator: str = ""               # "module:function(source, Request, read) -> Report"; "" = none yet
+    needs_kinds: bool = False         # a state dict without --arch cannot be written (layer kinds unknown)
 
     def plan(self, model: Any, options: WriteOptions) -> Any:
         module, _, function = self.planner.partition(":")
@@ -110,13 +111,13 @@ TARGETS: tuple[TargetEntry, ...] = (
                 ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
                 "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
-                check="not checked by weightport validate yet"),
+                check="not checked by weightport validate yet", needs_kinds=True),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
-                check="not checked by weightport validate yet"),
+                check="not checked by weightport validate yet", needs_kinds=True),
     TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
                 check="not checked by weightport validate yet"),
     TargetEntry("theano", "Theano/Lasagne arrays", "theano", "weightport.formats.theano.writer:theano_plan",
-                check="not checked by weightport validate yet"),
+                check="not checked by weightport validate yet", needs_kinds=True),
     TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
                 PLAIN_ARRAY_OPTIONS, renames=True, check="by the emitted Java check program (java)"),
     TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
@@ -150,7 +151,14 @@ def entry(name: str) -> FormatEntry:
 
 def make_plan(model: Any, target_name: str, options: WriteOptions) -> Any:
     """The plan of target ``target_name`` for ``model`` (what its writer writes; what explain prints)."""
+    require_architecture(model, target_name, options)
     return target(target_name).plan(model, options)
+
+
+def require_architecture(model: Any, target_name: str, options: WriteOptions) -> None:
+    """A state dict without ``--arch`` refused for a target that needs layer kinds (weightport.formats.torch.arch)."""
+    from weightport.formats.torch.arch import require_architecture as require
+    require(model, target_name, target(target_name).needs_kinds, options.template)
 
 
 def check_target_options(target_name: str, options: WriteOptions) -> None:
