@@ -73,8 +73,11 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
     """
     writer, options = writer_and_options(path, to, force, rename, write_options)
     require_architecture(model, writer.target or "", options)
+    write = writer.writer_module().write
+    if writer.target == "onnx" and not options.template and getattr(model, "arch_module", None) is not None:
+        from weightport.formats.torch.arch_onnx import write  # --arch: the user's own module, exported
     with conversion_buffers():  # this call's own block buffers, whatever other threads convert
-        warnings = writer.writer_module().write(model, path, options)
+        warnings = write(model, path, options)
     return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + list(warnings or []))))
 
 

@@ -197,7 +197,26 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
                          path=path, fix="Give --input-shape N,C,H,W (an example input) so the module is traced")
     model.has_architecture = True
     model.source.details["arch"] = options.arch
+    model.arch_module = module  # type: ignore[attr-defined]  (validate and --to onnx run it)
     return model
+
+
+def user_module(model: Model) -> Any:
+    """The ``--arch`` module ``model`` was read with (holding the source's weights), or None."""
+    return getattr(model, "arch_module", None)
+
+
+def run_user_module(model: Model, state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The ``--arch`` module holding ``state`` (``load_state_dict(strict=True)``) run on ``x``; its first
+    output when it returns several."""
+    import copy
+    torch = import_torch()
+    module = copy.deepcopy(user_module(model))
+    module.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
+                           strict=True)
+    with torch.no_grad():
+        result = module(torch.from_numpy(np.ascontiguousarray(x)))
+    return (result[0] if isinstance(result, (tuple, list)) else result).numpy()
 
 
 def unknown_flatten(model: Model) -> list[str]:
