@@ -214,7 +214,7 @@ def command_inspect(args: argparse.Namespace) -> int:
           f"backend {source['backend'] or 'unknown'}")
     for layer in description["layers"]:
         shape = "" if layer["output_shape"] is None else f" -> {tuple(layer['output_shape'])}"
-        say(f"  {layer['name']} ({layer['kind']}, {layer['class']}){shape}")
+        say(f"  {layer['name'] or '(top level)'} ({layer['kind']}, {layer['class']}){shape}")
         for name, tensor in layer["tensors"].items():
             semantics = "" if tensor["semantics"] == "none" else f" {tensor['source_semantics']} kernel"
             rule = f" [rule: {tensor['rule']}]" if tensor["rule"] else ""

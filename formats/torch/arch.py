@@ -35,9 +35,8 @@ from weightport.core.model import Layer, Model, Tensor
 from weightport.core.options import ReadOptions
 from weightport.formats.torch.pt_reader import import_torch
 from weightport.formats.torch.strict import load_module_class
+from weightport.formats.torch.trace import UNKNOWN_FLATTEN, trace_into
 
-UNKNOWN_FLATTEN = "torch.unknown_flatten"  # SourceInfo.details key: Dense layers reading a permuted map
-TRACE_SEED = 0
 
 
 def pairs(value: Any, rank: int) -> tuple[int, ...]:
@@ -78,27 +77,6 @@ KINDS: dict[str, tuple[str, Callable[[Any, str], dict[str, Any]]]] = {
     "Embedding": ("embedding", lambda m, k: {"input_dim": m.num_embeddings, "output_dim": m.embedding_dim}),
     "PReLU": ("prelu", lambda m, k: {"num_parameters": m.num_parameters}),
 }
-WEIGHTLESS = {  # nn class name -> canonical weightless kind (when the trace calls the module)
-    **dict.fromkeys(("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax",
-                     "LogSoftmax", "Hardswish", "Hardsigmoid", "Mish", "Softplus"), "activation"),
-    **dict.fromkeys((f"{p}Pool{n}d" for p in ("Max", "Avg", "LPPool") for n in (1, 2, 3)), "pool"),
-    **dict.fromkeys((f"AdaptiveAvgPool{n}d" for n in (1, 2, 3)), "global_pool"),
-    **dict.fromkeys(("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity"), "dropout"),
-    "Flatten": "flatten",
-}
-FUNCTIONS = {  # torch function or Tensor method name -> canonical weightless kind
-    **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "leaky_relu",
-                     "elu", "hardswish", "hardsigmoid"), "activation"),
-    **dict.fromkeys(("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d"), "pool"),
-    **dict.fromkeys(("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"), "global_pool"),
-    **dict.fromkeys(("dropout", "contiguous"), "dropout"),
-    **dict.fromkeys(("add", "iadd", "__add__"), "add"),
-    **dict.fromkeys(("mul", "__mul__"), "multiply"),
-    **dict.fromkeys(("cat", "concat"), "concat"),
-    **dict.fromkeys(("permute", "transpose", "t"), "permute"),
-    **dict.fromkeys(("flatten", "view", "reshape"), "reshape"),  # a flatten when it makes (N, features)
-}
-RNN_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
 def canonical_layouts(layer: Layer) -> None:
@@ -189,7 +167,6 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
     load_strict(module, model, torch, options.arch or "")
     assign_kinds(module, model)
     if options.input_shape is not None:
-        from weightport.formats.torch.trace import trace_into
         trace_into(model, module, options.input_shape, torch, options.arch or "")
     elif needs_trace(model):
         raise UsageError(f"--arch {options.arch}: the module has a Linear and a convolution, and the order in "

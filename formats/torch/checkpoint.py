@@ -77,8 +77,9 @@ def find_state_dict(loaded: Any, torch: Any, key: str | None, path: str) -> tupl
         raise BadInputError(f"the file holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)",
                             path=path, fix="Save model.state_dict(), not the model")
     state, entry = choose(loaded, torch, key, path)
+    chosen_by = "" if key is not None else "; --key chooses another"
     notes = [] if entry is None else [f"read the state dict under checkpoint key {entry!r} (of "
-                                      f"{', '.join(repr(str(k)) for k in loaded)}); --key chooses another"]
+                                      f"{', '.join(repr(str(k)) for k in loaded)}){chosen_by}"]
     state, stripped = strip_parallel(state)
     if stripped:
         notes.append("removed the 'module.' prefix nn.DataParallel adds to every key")

@@ -18,9 +18,29 @@ from typing import Any
 
 from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.model import Layer, LayerList, Model
-from weightport.formats.torch.arch import FUNCTIONS, TRACE_SEED, UNKNOWN_FLATTEN, WEIGHTLESS
 
-SHAPE_PRESERVING = ("activation", "dropout", "batchnorm", "prelu")
+UNKNOWN_FLATTEN = "torch.unknown_flatten"  # SourceInfo.details key: Dense layers reading a permuted map
+TRACE_SEED = 0
+WEIGHTLESS = {  # nn class name -> canonical weightless kind (when the trace calls the module)
+    **dict.fromkeys(("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax",
+                     "LogSoftmax", "Hardswish", "Hardsigmoid", "Mish", "Softplus"), "activation"),
+    **dict.fromkeys((f"{p}Pool{n}d" for p in ("Max", "Avg", "LPPool") for n in (1, 2, 3)), "pool"),
+    **dict.fromkeys((f"AdaptiveAvgPool{n}d" for n in (1, 2, 3)), "global_pool"),
+    **dict.fromkeys(("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "Identity"), "dropout"),
+    "Flatten": "flatten",
+}
+FUNCTIONS = {  # torch function or Tensor method name -> canonical weightless kind
+    **dict.fromkeys(("relu", "relu_", "sigmoid", "tanh", "softmax", "log_softmax", "gelu", "silu", "leaky_relu",
+                     "elu", "hardswish", "hardsigmoid"), "activation"),
+    **dict.fromkeys(("max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d"), "pool"),
+    **dict.fromkeys(("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"), "global_pool"),
+    **dict.fromkeys(("dropout", "contiguous"), "dropout"),
+    **dict.fromkeys(("add", "iadd", "__add__"), "add"),
+    **dict.fromkeys(("mul", "__mul__"), "multiply"),
+    **dict.fromkeys(("cat", "concat"), "concat"),
+    **dict.fromkeys(("permute", "transpose", "t"), "permute"),
+    **dict.fromkeys(("flatten", "view", "reshape"), "reshape"),  # a flatten when it makes (N, features)
+}
 
 
 def trace_into(model: Model, module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> None:
