@@ -317,3 +317,20 @@ def test_resemblyzer_three_layer_lstm_is_refused_for_keras(run_cli, tmp_path):
     """A genuine limit: torch's num_layers=3 LSTM is one module; Keras needs three layers (not split yet)."""
     code, _, err = run_cli("convert", fetched(RESEMBLYZER), "-o", tmp_path / "r.h5", "--to", "keras", *RESEMBLYZER_ARCH)
     assert code == 2 and "'lstm'" in err, err
+
+
+def test_the_api_takes_arch_and_input_shape(tmp_path):
+    from weightport.api import convert, load
+    model = load(PNET, arch=f"{MTCNN}:PNet", input_shape=(1, 3, 12, 12))
+    assert [layer.kind for layer in model.layers if layer.tensors] == ["conv", "prelu", "conv", "prelu", "conv",
+                                                                       "prelu", "conv", "conv"]
+    convert(PNET, str(tmp_path / "w.h5"), to="keras", arch=f"{MTCNN}:PNet", input_shape=(1, 3, 12, 12))
+    assert (tmp_path / "w.h5").exists()
+
+
+def test_input_shape_without_arch_and_arch_on_a_file_with_architecture_are_refused(run_cli, tmp_path):
+    code, _, err = run_cli("convert", PNET, "-o", tmp_path / "w.pt", "--input-shape", "1,3,12,12")
+    assert code == 2 and "--arch" in err, err
+    keras_file = fixture_path("keras3", "cnn_flatten_dense.h5")
+    code, _, err = run_cli("convert", keras_file, "-o", tmp_path / "w.pt", "--arch", f"{MTCNN}:PNet")
+    assert code == 2 and "already carries" in err, err
