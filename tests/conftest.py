@@ -31,6 +31,8 @@ INSTALL_HINTS = {
     "onnx": f"pip install -e '.[onnx]' ({SETUP})",
     "onnxruntime": f"pip install -e '.[onnx]' ({SETUP})",
     "setuptools": "pip install setuptools",
+    "huggingface_hub": f"pip install -e '.[test]' ({SETUP})",
+    "build": f"pip install -e '.[test]' ({SETUP})",
     "jdk": f"apt-get install openjdk-17-jdk-headless ({SETUP} when javac is missing)",
 }
 TOOLS = {"jdk": ("javac", "java")}  # needs met by programs on PATH rather than a Python module

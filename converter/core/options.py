@@ -39,6 +39,7 @@ class WriteOptions:
     ``layout``: for the plain-array target.  ``emit_forward``: also write the
     model's forward pass in Java (java target).  ``quiet``: no progress output.
     ``template``: an ONNX model whose weights the onnx target replaces.
+    ``max_shard_size``: bytes of tensor data per safetensors shard (torch target, sharded output).
     """
 
     target_semantics: str | None = None
@@ -53,3 +54,4 @@ class WriteOptions:
     quiet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
     template: str | None = None
+    max_shard_size: int | None = None

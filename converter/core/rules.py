@@ -8,9 +8,13 @@ fixture that proves it).  Readers call :func:`keras_kernel_semantics` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from weightport.core.errors import AmbiguousSemanticsError
+from weightport.core.errors import AmbiguousSemanticsError, UnsupportedError
 from weightport.core.layout import CONVOLUTION, CORRELATION
+
+if TYPE_CHECKING:
+    from weightport.core.model import Model
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
             f"the file records no Keras backend, so whether its {layer_class} kernels are "
             "convolution (Theano) or correlation (TensorFlow) kernels cannot be known",
             path=path,
-            fix="Pass --assume-backend theano or --assume-backend tensorflow "
+            fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow} "
                 "(or run 'weightport detect' with a recorded input and output)",
         )
     if backend == "tensorflow":
@@ -132,12 +136,12 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
         raise AmbiguousSemanticsError(
             f"no established rule says whether Keras {version} under Theano stores {layer_class} "
             "kernels flipped",
-            path=path, fix="Pass --source-semantics convolution or correlation",
+            path=path, fix="Pass {opt:source_semantics=convolution} or {opt:source_semantics=correlation}",
         )
     if backend in ("jax", "torch", "numpy", "cntk"):
         return CORRELATION, find_rule("keras-jax-torch-correlation")
     raise AmbiguousSemanticsError(f"unknown Keras backend {backend!r}", path=path,
-                                  fix="Pass --assume-backend theano or --assume-backend tensorflow")
+                                  fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow}")
 
 
 def keras_flatten_order(version: str | None, data_format: str, flatten_data_format: str | None) -> str:
@@ -172,3 +176,17 @@ def keras_same_convention(backend: str | None) -> str:
     fixtures/keras_theano k2_cnn_channels_last and k2_functional_residual); every other backend
     follows TensorFlow, which puts it after."""
     return "theano" if normalize_backend(backend) == "theano" else "tensorflow"
+
+
+def hard_sigmoid_coefficients(model: Model) -> tuple[float, float]:
+    """(alpha, beta) of ``clip(alpha * x + beta, 0, 1)``, the source's ``hard_sigmoid``.
+
+    Keras 1 and 2 (Theano's ``T.nnet.hard_sigmoid``, the TensorFlow and CNTK backends, tf.keras 2):
+    0.2 x + 0.5.  Keras 3: ``relu6(x + 3) / 6`` (keras/src/backend/*/nn.py), x / 6 + 0.5.  ONNX's
+    ``HardSigmoid`` carries its own alpha/beta (the reader keeps them in the layer's attributes).
+    """
+    major = model.source.details.get("keras_major") or keras_major(model.source.version)
+    if not model.source.format.startswith("keras") or major is None:
+        raise UnsupportedError(f"the source ({model.source.format}) says hard_sigmoid without saying whose",
+                               fix="Convert to a target that keeps the activation's name (keras, npz, raw)")
+    return (1.0 / 6.0, 0.5) if major >= 3 else (0.2, 0.5)

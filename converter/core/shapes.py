@@ -3,7 +3,7 @@
 Readers that know an input shape call :func:`infer_shapes`; it fills
 ``Layer.output_shape`` and resolves ``padding="same"`` into the explicit
 per-side pads TensorFlow uses (the odd pad at the end), which a PyTorch model
-must reproduce and which :func:`asymmetric_padding` reports.
+must reproduce and which :mod:`weightport.core.padding_note` reports.
 """
 
 from __future__ import annotations
@@ -187,16 +187,6 @@ def infer_shapes(model: Model) -> None:
         layer.output_shape = shape
         shapes[layer.name] = shape
         previous = layer.name
-
-
-def asymmetric_padding(model: Model) -> list[str]:
-    """Names of layers whose explicit pads differ before and after (TF 'same', stride > 1 or even kernels)."""
-    found = []
-    for layer in model.layers:
-        pads = layer.attrs.get("pads")
-        if pads and any(p[0] != p[1] for p in pads):
-            found.append(layer.name)
-    return found
 
 
 def feeding_flatten(model: Model, layer: Layer, memo: dict[int, Layer | None] | None = None) -> Layer | None:

@@ -66,6 +66,11 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     return raw.write_folder(prepared, path, options, java_files(forward))
 
 
+def move_into_place(complete: str, path: str, force: bool) -> None:
+    """A complete folder (a validated staging copy) put at ``path`` as the raw target puts its own."""
+    raw.move_into_place(complete, path, force)
+
+
 def java_resource(name: str) -> str:
     """The text of ``java/NAME``, shipped as package data."""
     return (files(__package__) / "java" / name).read_text(encoding="utf-8")
@@ -192,8 +197,8 @@ class ForwardWriter:
 
     def refuse(self, layer: Layer | None, why: str) -> UnsupportedError:
         where = f"layer {layer.name!r} ({layer.source_class or layer.kind}): " if layer is not None else ""
-        return UnsupportedError(f"--emit-forward: {where}{why}",
-                                fix="Drop --emit-forward; weights.bin and manifest.json still hold every tensor "
+        return UnsupportedError(f"{{opt:emit_forward=True}}: {where}{why}",
+                                fix="Drop {opt:emit_forward=True}; weights.bin and manifest.json still hold every tensor "
                                     "and the layer attributes for your own runtime")
 
     def tensor(self, layer: Layer, param: str) -> tuple[str, Any]:

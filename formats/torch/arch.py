@@ -108,15 +108,15 @@ def relabel(tensor: Tensor, pattern: str, semantics: str) -> None:
 
 def build_module(spec: str, torch: Any) -> Any:
     """The user's module: ``Class()`` or ``factory()``, in eval mode."""
-    made = load_module_class(spec, "--arch")
+    made = load_module_class(spec, "arch")
     try:
         module = made()
     except Exception as error:  # the user's constructor: any failure is theirs to fix
-        raise UsageError(f"--arch {spec}: calling {getattr(made, '__name__', spec)}() failed "
+        raise UsageError(f"{{opt:arch}} {spec}: calling {getattr(made, '__name__', spec)}() failed "
                          f"({type(error).__name__}: {str(error)[:160]})",
                          fix="Give a class whose constructor needs no arguments, or a factory function") from None
     if not isinstance(module, torch.nn.Module):
-        raise UsageError(f"--arch {spec} gave a {type(module).__name__}, not a torch.nn.Module",
+        raise UsageError(f"{{opt:arch}} {spec} gave a {type(module).__name__}, not a torch.nn.Module",
                          fix="Name a torch.nn.Module subclass or a function returning one")
     return module.eval()
 
@@ -128,8 +128,8 @@ def load_strict(module: Any, model: Model, torch: Any, spec: str) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
         lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        raise UsageError(f"the weights do not fit --arch {spec}: {'; '.join(lines)[:600]}",
-                         fix="Name the module these weights were saved from (or --key the right checkpoint entry)"
+        raise UsageError(f"the weights do not fit {{opt:arch}} {spec}: {'; '.join(lines)[:600]}",
+                         fix="Name the module these weights were saved from (or choose the right checkpoint entry with {opt:key})"
                          ) from None
 
 
@@ -160,8 +160,8 @@ def needs_trace(model: Model) -> bool:
 def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
     """Give ``model`` (a state dict read from ``path``) the architecture of ``options.arch``."""
     if model.source.format not in ARCHITECTURE_LESS or model.has_architecture:
-        raise UsageError(f"--arch gives a PyTorch state dict its architecture; this {model.source.format} file "
-                         "already carries one", path=path, fix="Drop --arch")
+        raise UsageError(f"{{opt:arch}} gives a PyTorch state dict its architecture; this {model.source.format} file "
+                         "already carries one", path=path, fix="Drop {opt:arch}")
     torch = import_torch()
     module = build_module(options.arch or "", torch)
     load_strict(module, model, torch, options.arch or "")
@@ -169,9 +169,9 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
     if options.input_shape is not None:
         trace_into(model, module, options.input_shape, torch, options.arch or "")
     elif needs_trace(model):
-        raise UsageError(f"--arch {options.arch}: the module has a Linear and a convolution, and the order in "
+        raise UsageError(f"{{opt:arch}} {options.arch}: the module has a Linear and a convolution, and the order in "
                          "which the Linear reads the conv's features is only known by running the module",
-                         path=path, fix="Give --input-shape N,C,H,W (an example input) so the module is traced")
+                         path=path, fix="Give {opt:input_shape=N,C,H,W} (an example input) so the module is traced")
     model.has_architecture = True
     model.source.details["arch"] = options.arch
     model.arch_module = module  # type: ignore[attr-defined]  (validate and --to onnx run it)
@@ -212,8 +212,8 @@ def require_architecture(model: Model, target_name: str, needs_kinds: bool, temp
         raise UsageError(f"a state dict has no architecture, and the {target_name} target needs each layer's kind "
                          "(which tensors are conv kernels, which Linear reads a flattened map)",
                          path=model.source.path,
-                         fix="Give --arch model.py:Class (your own torch module, imported to read its layers; "
-                             "add --input-shape N,C,H,W to trace it), or convert to torch, npz or raw")
+                         fix="Give {opt:arch=model.py:Class} (your own torch module, imported to read its layers; "
+                             "add {opt:input_shape=N,C,H,W} to trace it), or convert to torch, npz or raw")
     unknown = unknown_flatten(model)
     if unknown and target_name == "keras":
         raise UnsupportedError(f"Linear layer(s) {', '.join(map(repr, unknown))} read a flatten of a permuted map "

@@ -28,8 +28,8 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     module = user_module(model)
     first = model.layers[0] if model.layers else None
     if first is None or first.kind != "input" or first.output_shape is None:
-        raise UnsupportedError("the --arch module was not traced, so its input shape is unknown",
-                               path=model.source.path, fix="Give --input-shape N,C,H,W")
+        raise UnsupportedError("the {opt:arch} module was not traced, so its input shape is unknown",
+                               path=model.source.path, fix="Give {opt:input_shape=N,C,H,W}")
     example = torch.rand((1,) + tuple(first.output_shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         result = module(example)

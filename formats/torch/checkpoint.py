@@ -44,8 +44,8 @@ def choose(checkpoint: Mapping, torch: Any, key: str | None, path: str) -> tuple
     listed = ", ".join(repr(name) for name in found) or "none"
     if key is not None:
         if key not in checkpoint or not isinstance(checkpoint[key], Mapping):
-            raise UsageError(f"the checkpoint has no state dict under --key {key!r} (entries holding tensors: "
-                             f"{listed})", path=path, fix="Give --key one of the entries listed")
+            raise UsageError(f"the checkpoint has no state dict under {{opt:key}} {key!r} (entries holding tensors: "
+                             f"{listed})", path=path, fix="Give {opt:key} one of the entries listed")
         return checkpoint[key], key
     direct = tensor_entries(checkpoint, torch)
     if direct and not found:
@@ -60,7 +60,7 @@ def choose(checkpoint: Mapping, torch: Any, key: str | None, path: str) -> tuple
                             path=path, fix="Save model.state_dict() with torch.save")
     top = ["(top level)"] if direct else []
     raise UsageError(f"the checkpoint holds several state dicts: {', '.join(top + [repr(n) for n in found])}",
-                     path=path, fix="Choose one with --key NAME")
+                     path=path, fix="Choose one with {opt:key=NAME}")
 
 
 def strip_parallel(state: Mapping) -> tuple[dict, bool]:
@@ -77,7 +77,7 @@ def find_state_dict(loaded: Any, torch: Any, key: str | None, path: str) -> tupl
         raise BadInputError(f"the file holds a {type(loaded).__name__}, not a state_dict (a dict of tensors)",
                             path=path, fix="Save model.state_dict(), not the model")
     state, entry = choose(loaded, torch, key, path)
-    chosen_by = "" if key is not None else "; --key chooses another"
+    chosen_by = "" if key is not None else "; --key (key= from Python) chooses another"
     notes = [] if entry is None else [f"read the state dict under checkpoint key {entry!r} (of "
                                       f"{', '.join(repr(str(k)) for k in loaded)}){chosen_by}"]
     state, stripped = strip_parallel(state)

@@ -54,7 +54,7 @@ def trace_into(model: Model, module: Any, input_shape: tuple[int, ...], torch: A
         if layer is None:
             continue
         if any(layer is seen for seen in ordered):
-            raise UnsupportedError(f"--arch {spec}: submodule {layer.name!r} is called more than once; its "
+            raise UnsupportedError(f"{{opt:arch}} {spec}: submodule {layer.name!r} is called more than once; its "
                                    "layers cannot be listed once each", fix="Convert to the torch or npz target")
         layer.inputs = [names[arg] for arg in node.all_input_nodes if arg in names]
         layer.output_shape = per_sample_shape(node)
@@ -74,7 +74,7 @@ def traced(module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> 
     try:
         graph_module = torch.fx.symbolic_trace(module, concrete_args=defaults_after_first(module))
     except Exception as error:  # control flow on tensor values, unsupported Python: the user's code
-        raise UnsupportedError(f"--arch {spec}: torch.fx cannot trace the module's forward ({type(error).__name__}: "
+        raise UnsupportedError(f"{{opt:arch}} {spec}: torch.fx cannot trace the module's forward ({type(error).__name__}: "
                                f"{str(error).splitlines()[0][:160] if str(error) else ''}), so its layer order "
                                "and feature order are unknown", fix="Convert to the torch or npz target, which "
                                "need no layer order") from None
@@ -84,9 +84,9 @@ def traced(module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> 
         with torch.no_grad():
             ShapeProp(graph_module).propagate(example)
     except Exception as error:
-        raise UsageError(f"--arch {spec}: the module does not run on an input of shape {input_shape} "
+        raise UsageError(f"{{opt:arch}} {spec}: the module does not run on an input of shape {input_shape} "
                          f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})",
-                         fix="Give --input-shape the shape the module takes, batch first") from None
+                         fix="Give {opt:input_shape} the shape the module takes, batch first") from None
     return graph_module.graph
 
 
