@@ -334,3 +334,14 @@ def test_input_shape_without_arch_and_arch_on_a_file_with_architecture_are_refus
     keras_file = fixture_path("keras3", "cnn_flatten_dense.h5")
     code, _, err = run_cli("convert", keras_file, "-o", tmp_path / "w.pt", "--arch", f"{MTCNN}:PNet")
     assert code == 2 and "already carries" in err, err
+
+
+@pytest.mark.parametrize("output,to", [("w.h5", "keras"), ("w.onnx", "onnx"), ("w.npz", "npz"), ("java", "java")])
+def test_pnet_with_arch_validates_in_every_target_that_holds_it(run_cli, tmp_path, output, to):
+    """Each target's own validator (Keras, onnxruntime, npz, the Java loader) passes on the real PNet."""
+    if to == "java":
+        require("jdk")
+    x, y = recorded("facenet_pnet")
+    code, report, err = run_cli("convert", PNET, "-o", tmp_path / output, "--to", to, *PNET_ARCH, "--validate",
+                                "--input", x, "--expected", y, "--quiet")
+    assert code == 0 and "result: PASS" in report, report + err
