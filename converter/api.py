@@ -21,7 +21,8 @@ from weightport.core.model import Model
 from weightport.core.rename_check import check_renames
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
-from weightport.formats import FormatEntry, check_target_options, entry, extension_of, reader_for, target, writer_for
+from weightport.formats import (FormatEntry, check_target_options, entry, extension_of, reader_for, require_architecture,
+                                target, writer_for)
 
 
 @dataclass
@@ -34,14 +35,18 @@ class ConversionResult:
 
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
-         spec: str | None = None, format: str | None = None) -> Model:
+         spec: str | None = None, format: str | None = None, key: str | None = None, arch: str | None = None,
+         input_shape: tuple[int, ...] | None = None) -> Model:
     """Read ``path`` (format detected from its content) into the canonical model: PyTorch/ONNX layouts,
     correlation kernels, every tensor with its provenance.
 
     ``assume_backend`` (``"theano"`` or ``"tensorflow"``): the Keras backend of a file that records none
     (Keras 1); ``source_semantics`` (``"convolution"`` or ``"correlation"``): force the semantics of the
     stored kernels; ``spec``: the JSON naming the arrays of an architecture-less pickle; ``format``: a
-    registry name (``weightport formats``) instead of detection.
+    registry name (``weightport formats``) instead of detection.  PyTorch files: ``key`` names the
+    checkpoint entry holding the state dict; ``arch`` (``module.py:Class`` or ``module.py:factory``)
+    imports your own module to give the state dict its layer kinds, traced on an input of ``input_shape``
+    (see docs/formats/torch.md).
 
     Example:
 
@@ -64,10 +69,17 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
     require_regular_file(path)  # a FIFO or device could block or never end
-    options = ReadOptions(assume_backend, source_semantics, spec)
+    if input_shape is not None and arch is None:
+        raise UsageError("{opt:input_shape} traces the module given by {opt:arch}", fix="Give {opt:arch=model.py:Class} too")
+    options = ReadOptions(assume_backend, source_semantics, spec, key, arch,
+                          tuple(input_shape) if input_shape is not None else None)
     chosen = entry(format) if format else reader_for(path)
     try:
-        return chosen.reader_module().read(path, options)
+        model = chosen.reader_module().read(path, options)
+        if arch is not None:  # the user's own module gives a state dict its layers
+            from weightport.formats.torch.arch import apply_arch
+            apply_arch(model, options, path)
+        return model
     except WeightportError as error:
         raise error.with_path(path)
 
@@ -92,8 +104,12 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
     """
     writer, options = writer_and_options(path, to, force, rename, write_options)
     renames = check_renames(model, options.rename, options.rename_patterns, strict)  # strict: refuse, not warn
+    require_architecture(model, writer.target or "", options)
+    write = writer.writer_module().write
+    if writer.target == "onnx" and not options.template and getattr(model, "arch_module", None) is not None:
+        from weightport.formats.torch.arch_onnx import write  # --arch: the user's own module, exported
     with conversion_buffers():  # this call's own block buffers, whatever other threads convert
-        warnings = writer.writer_module().write(model, path, options)
+        warnings = write(model, path, options)
     return ConversionResult([path], list(dict.fromkeys(list(model.warnings) + renames + list(warnings or []))))
 
 
@@ -111,6 +127,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             allow_incomplete: bool = False, fail_on_nonfinite: bool = False, strict: bool = False,
+            key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
             **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
@@ -133,7 +150,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     writer, _ = writer_and_options(dst, to, force, rename, write_options)  # a bad target or option: before reading
     check_can_write(dst, force)
     refuse_writing_over_inputs(src, spec, dst, writer)
-    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
+    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec, key=key, arch=arch,
+                 input_shape=input_shape)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
@@ -176,7 +194,8 @@ def move_into_place(writer: FormatEntry, staged: str, dst: str, force: bool) -> 
 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
              atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
-             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None):
+             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
+             key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None):
     """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
     a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints): its ``status``
     is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3.
@@ -192,7 +211,8 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
         ('pass', 0)
     """
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
-                                                      source_semantics=source_semantics, spec=spec)
+                                                      source_semantics=source_semantics, spec=spec, key=key,
+                                                      arch=arch, input_shape=input_shape)
     return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete)
 
 

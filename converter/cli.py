@@ -153,10 +153,29 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
                         help="JSON naming the layers and arrays of an architecture-less pickle, a Caffe "
                              "model's .prototxt, or a .t7 model's {\"input_shape\": [C, H, W]} (default: "
                              "NAME.spec.json, NAME.prototxt or deploy.prototxt beside the file)")
+    parser.add_argument("--key", metavar="NAME",
+                        help="PyTorch checkpoint: the entry holding the state dict (default: found and noted)")
+    parser.add_argument("--arch", metavar="MODULE.py:CLASS",
+                        help="PyTorch state dict: your module (a class built with no arguments, or a factory "
+                             "function returning the module) giving the layers their kinds; imports that file")
+    parser.add_argument("--input-shape", metavar="N,C,H,W", type=parse_shape,
+                        help="with --arch: an example input shape (with batch) to trace the module's layer order")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``1,3,12,12`` -> ``(1, 3, 12, 12)``."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 1,3,12,12") from None
+    if not shape or any(n <= 0 for n in shape):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape of positive sizes such as 1,3,12,12")
+    return shape
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec}
+    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec,
+            "key": args.key, "arch": args.arch, "input_shape": args.input_shape}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
@@ -206,7 +225,7 @@ def command_inspect(args: argparse.Namespace) -> int:
           f"backend {source['backend'] or 'unknown'}")
     for layer in description["layers"]:
         shape = "" if layer["output_shape"] is None else f" -> {tuple(layer['output_shape'])}"
-        say(f"  {layer['name']} ({layer['kind']}, {layer['class']}){shape}")
+        say(f"  {layer['name'] or '(top level)'} ({layer['kind']}, {layer['class']}){shape}")
         for name, tensor in layer["tensors"].items():
             semantics = "" if tensor["semantics"] == "none" else f" {tensor['source_semantics']} kernel"
             rule = f" [rule: {tensor['rule']}]" if tensor["rule"] else ""

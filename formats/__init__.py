@@ -70,6 +70,7 @@ class TargetEntry:
     check: str = ""                   # how `weightport validate` checks an output of this target
     validator: str = ""               # "module:function(source, Request, read) -> Report" under weightport.checks
                                       # (the check layer resolves it: weightport.checks.targets); "" = none
+    needs_kinds: bool = False         # a state dict without --arch cannot be written (layer kinds unknown)
 
     def plan(self, model: Any, options: WriteOptions) -> Any:
         module, _, function = self.planner.partition(":")
@@ -117,16 +118,16 @@ TARGETS: tuple[TargetEntry, ...] = (
                 "whole model in torch with --input/--expected", validator="validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
                 check="in Keras 3: the file as load_weights reads it, each layer as its Keras layer, the whole "
-                "model rebuilt from the source's architecture", validator="targets.keras:validate_keras"),
+                "model rebuilt from the source's architecture", validator="targets.keras:validate_keras", needs_kinds=True),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
                 check="in onnxruntime: each layer's node cut out and run, and the whole graph",
-                validator="targets.onnx:validate_onnx"),
+                validator="targets.onnx:validate_onnx", needs_kinds=True),
     TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
                 check="in scipy: the arrays as the sidecar declares them, each layer with scipy's correlate or "
                 "convolve", validator="targets.npz:validate_npz"),
     TargetEntry("theano", "Theano/Lasagne arrays", "theano", "weightport.formats.theano.writer:theano_plan",
                 check="in scipy: the pickle as the spec declares it, each layer with Lasagne's formulas (true "
-                "convolution)", validator="targets.theano:validate_theano"),
+                "convolution)", validator="targets.theano:validate_theano", needs_kinds=True),
     TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
                 PLAIN_ARRAY_OPTIONS, renames=True, check="weights.bin read by manifest.json alone, each layer in "
                 "scipy as declared", validator="targets.plain:validate_plain"),
@@ -171,7 +172,14 @@ def entry(name: str) -> FormatEntry:
 
 def make_plan(model: Any, target_name: str, options: WriteOptions) -> Any:
     """The plan of target ``target_name`` for ``model`` (what its writer writes; what explain prints)."""
+    require_architecture(model, target_name, options)
     return target(target_name).plan(model, options)
+
+
+def require_architecture(model: Any, target_name: str, options: WriteOptions) -> None:
+    """A state dict without ``--arch`` refused for a target that needs layer kinds (weightport.formats.torch.arch)."""
+    from weightport.formats.torch.arch import require_architecture as require
+    require(model, target_name, target(target_name).needs_kinds, options.template)
 
 
 def check_target_options(target_name: str, options: WriteOptions) -> None:

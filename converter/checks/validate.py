@@ -169,6 +169,17 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         report.skip(WHOLE, "torch is not installed (pip install 'weightport[torch]')")
         return
     from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
+    from weightport.formats.torch.arch import run_user_module, user_module
+    if user_module(source) is not None:  # --arch: the user's own module holds the converted tensors
+        state = {key: t.load() for key, _, t in converted.state_keys()}
+        try:
+            got = run_user_module(source, state, x)
+        except RuntimeError as error:
+            report.add(Check("state_dict keys and shapes match the --arch module", FAIL, NAMES,
+                             reason=str(error).splitlines()[0][:300]))
+            return
+        report.add(compare(f"{WHOLE} (the --arch module)", got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+        return
     if not source.has_architecture:
         report.skip(WHOLE, "the source carries no architecture")
         return

@@ -254,12 +254,34 @@ class Model:
 
     def state_keys(self) -> list[tuple[str, Layer, Tensor]]:
         """``(key, layer, tensor)`` for every tensor, keyed ``<layer name>.<parameter name>``."""
-        return [(f"{layer.name}.{name}", layer, tensor)
+        return [(state_key(layer.name, name), layer, tensor)
                 for layer in self.layers for name, tensor in layer.tensors.items()]
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
+
+
+ROOT_LAYER = ""  # the layer holding a model's top-level parameters (``cls_token``), as torch names its root module
+
+
+def state_key(layer_name: str, param: str) -> str:
+    """The state-dict key of ``param`` of a layer: ``<layer>.<param>``, or ``param`` alone for the root layer."""
+    return f"{layer_name}.{param}" if layer_name != ROOT_LAYER else param
+
+
+def place_tensor(model: Model, key: str, tensor: Tensor) -> Layer:
+    """Put ``tensor`` in the layer its state-dict ``key`` names (``a.b.weight``: layer ``a.b``, parameter
+    ``weight``; a key without a dot is a top-level parameter of the root layer), creating the layer (kind
+    ``other``) when needed; :func:`state_key` gives ``key`` back exactly."""
+    layer_name, _, param = key.rpartition(".")
+    layer = model.find(layer_name)
+    if layer is None:
+        layer = Layer(layer_name, "other")
+        model.layers.append(layer)
+    tensor.name = param
+    layer.tensors[param] = tensor
+    return layer
 
 
 def is_bidirectional(layer: Layer) -> bool:

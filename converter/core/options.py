@@ -13,11 +13,17 @@ class ReadOptions:
     (Keras 1) or to override it.  ``source_semantics``: force the semantics of
     every convolution kernel (``convolution`` or ``correlation``).  ``spec``:
     a JSON/YAML file naming the arrays of an architecture-less pickle.
+    ``key``: the entry of a PyTorch checkpoint dict holding the state dict.
+    ``arch``: ``module.py:Class`` or ``module.py:factory``, the user's own torch module that gives a
+    state dict its architecture; ``input_shape``: an example input's shape (with batch) to trace it.
     """
 
     assume_backend: str | None = None
     source_semantics: str | None = None
     spec: str | None = None
+    key: str | None = None
+    arch: str | None = None
+    input_shape: tuple[int, ...] | None = None
 
 
 @dataclass

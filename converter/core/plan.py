@@ -23,7 +23,7 @@ from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.layout import elementary_view, Layout, materialize, NO_SEMANTICS
 from weightport.core.steps import compose_relayouts, Relayout
 from weightport.core.blocks import copy_blocks
-from weightport.core.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
+from weightport.core.model import Layer, Model, Provenance, Tensor, Transform, array_tensor, state_key
 from weightport.core.options import WriteOptions
 from weightport.core.padding_note import padding_warnings
 
@@ -178,10 +178,10 @@ def canonical_plan(model: Model, options: WriteOptions, target: str = "torch") -
         if target == "torch":
             refuse_for_torch(layer)
         for param, tensor in layer.tensors.items():
-            key = renamed(f"{layer.name}.{param}", options.rename, options.rename_patterns)
+            key = renamed(state_key(layer.name, param), options.rename, options.rename_patterns)
             planned.append(PlannedTensor(key, layer, param, tensor, (), tensor.layout))
         if layer.kind == "batchnorm" and "running_var" in layer.tensors and "num_batches_tracked" not in layer.tensors:
-            key = renamed(f"{layer.name}.num_batches_tracked", options.rename, options.rename_patterns)
+            key = renamed(state_key(layer.name, "num_batches_tracked"), options.rename, options.rename_patterns)
             counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
                                    Provenance("(none: PyTorch BatchNorm counter, zero)", ""))
             planned.append(PlannedTensor(key, layer, "num_batches_tracked", counter, (), counter.layout))

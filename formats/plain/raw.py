@@ -48,7 +48,7 @@ from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
 from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
 from weightport.core.steps import Relayout
-from weightport.core.model import Layer, Model
+from weightport.core.model import Layer, Model, state_key
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, renamed
 from weightport.core.progress import Progress
@@ -249,7 +249,7 @@ def raw_plan(model: Model, options: WriteOptions) -> Plan:
         dst_semantics = semantics if src.semantics != NO_SEMANTICS else NO_SEMANTICS
         dst = Layout(src.pattern if dst_pattern is None else dst_pattern, dst_semantics)
         steps = () if dst == tensor.layout else (Relayout(src, dst, known),)
-        key = renamed(f"{layer.name}.{param}", options.rename, getattr(options, "rename_patterns", None))
+        key = renamed(state_key(layer.name, param), options.rename, getattr(options, "rename_patterns", None))
         planned.append(PlannedTensor(key, layer, param, tensor, steps, dst))
 
     for layer in model.layers:
@@ -441,7 +441,7 @@ def layer_entry(layer: Layer, orders: dict[str, str], tensor_names: dict[tuple[s
         "name": layer.name, "kind": layer.kind, "class": layer.source_class, "inputs": list(layer.inputs),
         "attrs": attrs,
         "output_shape": list(layer.output_shape) if layer.output_shape is not None else None,
-        "tensors": {param: tensor_names.get((layer.name, param), f"{layer.name}.{param}") for param in layer.tensors},
+        "tensors": {param: tensor_names.get((layer.name, param), state_key(layer.name, param)) for param in layer.tensors},
     }
 
 

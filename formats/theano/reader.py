@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from weightport.core.magic import TORCH_LEGACY_HEAD, is_torch_legacy
 from weightport.core.budget import (check_archive_members, check_compressed_bytes, check_stored_bytes, file_size,
                                     require_regular_file)
 from weightport.core.errors import AmbiguousSemanticsError, BadInputError, UsageError
@@ -102,9 +103,11 @@ def sniff(path: str) -> bool:
     require_regular_file(path)  # before opening: a FIFO blocks, /dev/zero never ends
     try:
         with open(path, "rb") as handle:
-            head = handle.read(4)
+            head = handle.read(TORCH_LEGACY_HEAD)
     except OSError:
         return False
+    if is_torch_legacy(head):
+        return False  # a legacy torch.save file belongs to the torch reader
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return True
     if head[:1] in (b"(", b"]", b"}", b"c") and path.lower().endswith((".pkl", ".pickle", ".p")):

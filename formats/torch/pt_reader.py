@@ -19,8 +19,10 @@ from weightport.core.budget import (check_archive_members, check_compressed_byte
 from weightport.core.dtypes import tensor_to_numpy
 from weightport.core.errors import BadInputError, MissingDependencyError, UnsupportedError
 from weightport.core.layout import Layout
-from weightport.core.model import Layer, Model, Provenance, SourceInfo, array_tensor
+from weightport.core.model import Model, Provenance, SourceInfo, array_tensor, place_tensor
 from weightport.core.options import ReadOptions
+from weightport.formats.torch.checkpoint import find_state_dict
+from weightport.formats.torch.legacy import check_legacy, sniff_legacy
 
 NAME = "torch_pt"
 DESCRIPTION = "PyTorch state_dict saved with torch.save (.pt, .pth)"
@@ -36,8 +38,11 @@ def import_torch():
 
 
 def sniff(path: str) -> bool:
-    """A torch.save file is a zip archive holding ``*/data.pkl``."""
+    """A torch.save file is a zip archive holding ``*/data.pkl``, or (before torch 1.6) a pickle stream
+    starting with the pickled magic number 0x1950a86a20f9469cfc6c."""
     require_regular_file(path)  # before opening: a FIFO blocks, /dev/zero never ends
+    if sniff_legacy(path):
+        return True
     try:
         with zipfile.ZipFile(path) as archive:
             return any(name.endswith("data.pkl") for name in archive.namelist())
@@ -52,7 +57,10 @@ def first_line(error: BaseException) -> str:
 
 def check_archive(path: str) -> None:
     """The members of a zip ``.pt`` (torch.save writes them stored) within the budget, before torch reads
-    any; a legacy (pre-zip) file is left to torch.load."""
+    any; a legacy (pre-zip) file's storages all present in full (:func:`~weightport.formats.torch.legacy.check_legacy`)."""
+    if sniff_legacy(path):
+        check_legacy(path)
+        return
     if not zipfile.is_zipfile(path):
         return
     try:
@@ -75,7 +83,10 @@ def check_tensor(torch, key: str, value, path: str) -> int:
 
 
 def read(path: str, options: ReadOptions) -> Model:
-    """Read a state_dict with torch.load(weights_only=True): no code from the file runs."""
+    """Read a state_dict with torch.load(weights_only=True): no code from the file runs.
+
+    Zip (torch >= 1.6) and legacy files alike; the state dict is found inside a checkpoint dict
+    (:mod:`weightport.formats.torch.checkpoint`, ``options.key``), every key kept exactly."""
     require_regular_file(path)
     torch = import_torch()
     check_archive(path)
@@ -84,10 +95,8 @@ def read(path: str, options: ReadOptions) -> Model:
     except Exception as error:  # torch raises many types for bad files
         raise BadInputError(f"torch.load(weights_only=True) refused the file ({first_line(error)})",
                             path=path, fix="Only plain state_dicts of tensors can be read") from None
-    if not isinstance(state, dict):
-        raise BadInputError("the file does not hold a state_dict (a dict of tensors)", path=path,
-                            fix="Save model.state_dict(), not the model")
-    tensors = [(key, value) for key, value in state.items() if isinstance(value, torch.Tensor)]
+    state, notes = find_state_dict(state, torch, options.key, path)
+    tensors = list(state.items())
     for key, _ in tensors:
         if not isinstance(key, str):
             raise BadInputError(f"the state_dict has a key {type(key).__name__} {str(key)[:40]!r}", path=path,
@@ -101,13 +110,8 @@ def read(path: str, options: ReadOptions) -> Model:
         except (TypeError, RuntimeError, ValueError) as error:
             raise UnsupportedError(f"tensor {key!r} cannot be read as an array ({first_line(error)})", path=path,
                                    fix="Save tensors of standard dtypes") from None
-        layer_name, _, param = key.rpartition(".")
-        layer_name = layer_name or key
-        try:
-            layer = model.layer(layer_name)
-        except KeyError:
-            layer = Layer(layer_name, "other")
-            model.layers.append(layer)
         pattern = " ".join(f"a{k}" for k in range(array.ndim))
-        layer.tensors[param or key] = array_tensor(param or key, array, Layout(pattern), Provenance(key, pattern))
+        place_tensor(model, key, array_tensor(key, array, Layout(pattern), Provenance(key, pattern)))
+    for note in notes:
+        model.warn(note)
     return model

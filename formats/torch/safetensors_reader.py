@@ -29,7 +29,7 @@ from weightport.core.describe import parse_json
 from weightport.core.dtypes import BFLOAT16, bfloat16, is_bfloat16
 from weightport.core.errors import BadInputError, WeightportError
 from weightport.core.layout import Layout
-from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
+from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, place_tensor, state_key
 from weightport.core.options import ReadOptions
 from weightport.core.shapes import check_acyclic
 
@@ -196,7 +196,7 @@ def model_from_tensors(path: str, metadata: dict[str, str], tensors: dict[str, T
             layer = Layer(spec["name"], spec["kind"], spec["attrs"], {}, spec["inputs"], spec.get("class"),
                           output_shape=tuple(spec["output_shape"]) if spec.get("output_shape") else None)
             for param, layout in spec["params"].items():
-                tensor = tensors.pop(f"{layer.name}.{param}", None)
+                tensor = tensors.pop(state_key(layer.name, param), None)
                 if tensor is not None:
                     tensor.name = param
                     tensor.layout = Layout(layout["layout"], layout["semantics"])
@@ -205,14 +205,7 @@ def model_from_tensors(path: str, metadata: dict[str, str], tensors: dict[str, T
             model.layers.append(layer)
         check_acyclic(model)
     for key, tensor in tensors.items():
-        layer_name, _, param = key.rpartition(".")
-        layer_name = layer_name or key
-        layer = model.find(layer_name)
-        if layer is None:
-            layer = Layer(layer_name, "other")
-            model.layers.append(layer)
-        tensor.name = param or key
-        layer.tensors[tensor.name] = tensor
+        place_tensor(model, key, tensor)
     return model
 
 

@@ -18,13 +18,13 @@ from weightport.core.errors import UsageError
 _IMPORT_LOCK = threading.Lock()
 
 
-def load_module_class(spec: str):
-    """The class named by ``path/to/module.py:ClassName``."""
+def load_module_class(spec: str, flag: str = "strict_against"):
+    """The class (or any attribute: a factory function for ``--arch``) named by ``path/to/module.py:Name``."""
     path, _, name = spec.rpartition(":")
     if not path or not name or not path.endswith(".py"):
-        raise UsageError(f"{{opt:strict_against}} {spec!r} is not MODULE.py:CLASS", fix="Write e.g. models/net.py:Net")
+        raise UsageError(f"{{opt:{flag}}} {spec!r} is not MODULE.py:CLASS", fix="Write e.g. models/net.py:Net")
     if not os.path.isfile(path):
-        raise UsageError("module file not found", path=path, fix="Check the path given to {opt:strict_against}")
+        raise UsageError("module file not found", path=path, fix=f"Check the path given to {{opt:{flag}}}")
     module_spec = importlib.util.spec_from_file_location(f"weightport_strict_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     folder = os.path.dirname(os.path.abspath(path))
@@ -40,7 +40,7 @@ def load_module_class(spec: str):
         finally:
             sys.path.remove(folder)
     if not hasattr(module, name):
-        raise UsageError(f"the module has no class {name!r}", path=path, fix="Check the class name")
+        raise UsageError(f"the module has no attribute {name!r}", path=path, fix="Check the class or function name")
     return getattr(module, name)
 
 
