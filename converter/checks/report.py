@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # why a whole-model check did not run, and similar
     allow_incomplete: bool = False
     target: str = ""
+    reference: Any = None  # weightport.checks.source_reference.Reference: what the whole model was run against
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
@@ -129,6 +131,7 @@ class Report:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("weighted_layers")
+        data["reference"] = self.reference.to_dict() if self.reference is not None else None
         data.update(status=self.status, exit_code=self.exit_code, unchecked_layers=self.unchecked,
                     passed=self.passed)
         return data
@@ -143,6 +146,10 @@ class Report:
             lines.append(f"  {check.status.upper():4} {check.name}{metrics(check)}"
                          f"{(' - ' + check.reason) if check.reason else ''}"
                          f"{(' - likely cause: ' + check.likely_cause) if check.likely_cause else ''}")
+        if self.reference is not None and self.reference.runner:
+            lines.append(f"  note: reference: {self.reference.runner} ran the source on seeded random input (seed "
+                         f"{self.reference.seed}, {self.reference.samples} samples, shape "
+                         f"{tuple(self.reference.input_shape)})")
         for note in self.notes:
             lines.append(f"  note: {note}")
         for gap in self.unchecked:
