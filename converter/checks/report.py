@@ -31,6 +31,11 @@ INCOMPLETE = "incomplete"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCOMPLETE: 3}
 NAMES, LAYER, WHOLE_MODEL = "names", "layer", "whole-model"
 NOISE_FACTOR = 4.0
+# A layer check runs one layer on a short seeded input, where a correct float32 port is a few ulps from the
+# source (measured on every fixture: at most 3e-7 of the scale), so it gets a tenth of the tolerance: an
+# attribute-sized mistake (a batch-norm epsilon of 1e-5 for Lasagne's 1e-4 moves a layer's output by about
+# 3e-5 of its scale) fails there even where it hides under the whole model's tolerance (docs/validation.md).
+LAYER_SHARE = 0.1
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 
@@ -141,7 +146,7 @@ class Report:
 
     def summary(self) -> str:
         lines = [f"validate {self.source} -> {self.converted} (atol {self.atol:g}, rtol {self.rtol:g} of the "
-                 "reference's scale)"]
+                 f"reference's scale; layer checks {LAYER_SHARE:g} of that)"]
         for check in self.checks:
             lines.append(f"  {check.status.upper():4} {check.name}{metrics(check)}"
                          f"{(' - ' + check.reason) if check.reason else ''}"
@@ -191,7 +196,8 @@ def compare(name: str, got: np.ndarray, expected: np.ndarray, atol: float, rtol:
     rel_rmse = float(np.sqrt(np.mean(diff ** 2)) / max(ref_rms, tiny)) if diff.size else 0.0
     norms = float(np.linalg.norm(got64) * np.linalg.norm(ref64))
     cosine = float(np.dot(got64.ravel(), ref64.ravel()) / norms) if norms > 0 else (1.0 if max_abs == 0 else 0.0)
-    passed = max_abs <= atol + rtol * scale or (noise is not None and max_abs <= NOISE_FACTOR * noise)
+    share = LAYER_SHARE if check == LAYER else 1.0
+    passed = max_abs <= share * (atol + rtol * scale) or (noise is not None and max_abs <= NOISE_FACTOR * noise)
     return Check(name, PASS if passed else FAIL, check, layer, kind, max_abs, max_abs / max(scale, tiny), rel_rmse,
                  cosine, scale, noise)
 

@@ -163,7 +163,8 @@ def torch_layer_checks(source: Model, converted: Model, atol: float, rtol: float
         return [Check(f"layer {layer.name} ({layer.source_class or layer.kind})", SKIP, LAYER, layer.name, layer.kind,
                       reason="torch is not installed (pip install 'weightport[torch]')")
                 for layer in source.layers if layer.tensors]
-    return check_layers(source, TorchSide(converted_arrays(source, converted)), atol, rtol)
+    recorded = {layer.name: layer.attrs for layer in converted.layers} if converted.has_architecture else {}
+    return check_layers(source, TorchSide(converted_arrays(source, converted), recorded), atol, rtol)
 
 
 def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray | None,
