@@ -258,8 +258,8 @@ class CanonicalModule(nn.Module):
             rank = max(len(layer.output_shape or (0,)) - 1, 0)
             bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
             return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
-        if kind == "embedding":
-            return nn.Embedding(a["input_dim"], a["output_dim"])
+        if kind == "embedding":  # sized by its table (an ONNX Gather records no input_dim/output_dim)
+            return nn.Embedding(*layer.tensors["weight"].shape)
         if kind in ("lstm", "gru"):
             weight = layer.tensors["weight_ih_l0"]
             refuse_for_torch(layer)
