@@ -172,3 +172,16 @@ def test_a_lambda_layer_is_never_run_by_the_reference(run_cli, tmp_path, suffix)
     check = whole_model(json.loads(out))
     assert check["status"] == "skip" and "Lambda" in check["reason"] and "never runs code" in check["reason"]
     assert not canary.exists()
+
+
+def test_convert_validate_and_the_api_use_the_source_framework_too(run_cli, tmp_path, capsys):
+    require("onnxruntime")
+    from weightport import validate
+    source = "onnx/torch_conv1d.onnx"
+    out = tmp_path / "gated.safetensors"
+    code, text, err = run_cli("convert", fixture_path(source), "-o", out, "--validate", "--seed", "5")
+    assert code == 0 and out.exists(), err
+    report = validate(fixture_path(source), str(out), seed=5, samples=2)
+    check = whole_model(report.to_dict())
+    assert check["status"] == "pass" and check["name"] == "whole model vs onnxruntime running the source (seed 5, 2 samples)"
+    assert report.to_dict()["reference"]["seed"] == 5
