@@ -31,10 +31,13 @@ INCOMPLETE = "incomplete"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCOMPLETE: 3}
 NAMES, LAYER, WHOLE_MODEL = "names", "layer", "whole-model"
 NOISE_FACTOR = 4.0
-# A layer check runs one layer on a short seeded input, where a correct float32 port is a few ulps from the
-# source (measured on every fixture: at most 3e-7 of the scale), so it gets a tenth of the tolerance: an
-# attribute-sized mistake (a batch-norm epsilon of 1e-5 for Lasagne's 1e-4 moves a layer's output by about
-# 3e-5 of its scale) fails there even where it hides under the whole model's tolerance (docs/validation.md).
+# A layer check whose source also ran in float64 (so its float32 noise is known, and NOISE_FACTOR times it
+# still passes a layer whose float32 error grows with its size) gets a tenth of the tolerance: there a
+# correct float32 port is a few ulps from the source (measured on every fixture: at most 3e-7 of the
+# scale), while an attribute-sized mistake (a batch-norm epsilon of 1e-5 for Lasagne's 1e-4 moves the
+# layer's output by 5e-5 of its scale) is not, even where it hides under the whole model's tolerance
+# (docs/validation.md).  A layer check without a noise figure (an oracle that runs float32 only) keeps
+# the whole tolerance.
 LAYER_SHARE = 0.1
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
@@ -146,7 +149,7 @@ class Report:
 
     def summary(self) -> str:
         lines = [f"validate {self.source} -> {self.converted} (atol {self.atol:g}, rtol {self.rtol:g} of the "
-                 f"reference's scale; layer checks {LAYER_SHARE:g} of that)"]
+                 f"reference's scale; layer checks with a noise figure {LAYER_SHARE:g} of that)"]
         for check in self.checks:
             lines.append(f"  {check.status.upper():4} {check.name}{metrics(check)}"
                          f"{(' - ' + check.reason) if check.reason else ''}"
@@ -196,7 +199,7 @@ def compare(name: str, got: np.ndarray, expected: np.ndarray, atol: float, rtol:
     rel_rmse = float(np.sqrt(np.mean(diff ** 2)) / max(ref_rms, tiny)) if diff.size else 0.0
     norms = float(np.linalg.norm(got64) * np.linalg.norm(ref64))
     cosine = float(np.dot(got64.ravel(), ref64.ravel()) / norms) if norms > 0 else (1.0 if max_abs == 0 else 0.0)
-    share = LAYER_SHARE if check == LAYER else 1.0
+    share = LAYER_SHARE if check == LAYER and noise is not None else 1.0
     passed = max_abs <= share * (atol + rtol * scale) or (noise is not None and max_abs <= NOISE_FACTOR * noise)
     return Check(name, PASS if passed else FAIL, check, layer, kind, max_abs, max_abs / max(scale, tiny), rel_rmse,
                  cosine, scale, noise)
