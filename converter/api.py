@@ -128,6 +128,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             allow_incomplete: bool = False, fail_on_nonfinite: bool = False, strict: bool = False,
             key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+            seed: int = 0, samples: int = 2,
             **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
@@ -161,7 +162,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     try:
         staged = os.path.join(staging, os.path.basename(dst))
         result = save(model, staged, to=to, force=True, rename=rename, strict=strict, **write_options)
-        report = validate_conversion(model, staged, input, expected, atol, rtol, allow_incomplete, shown_path=dst)
+        report = validate_conversion(model, staged, input, expected, atol, rtol, allow_incomplete, shown_path=dst,
+                                     seed=seed, samples=samples)
         result.report = report
         if not report.accepted:
             reason = "it failed validation" if report.status == "fail" else \
@@ -195,10 +197,13 @@ def move_into_place(writer: FormatEntry, staged: str, dst: str, force: bool) -> 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
              atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
              assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
-             key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None):
+             key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
+             seed: int = 0, samples: int = 2):
     """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
     a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints): its ``status``
-    is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3.
+    is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3.  Without ``input`` and
+    ``expected``, the whole model is checked against the source run by its own framework on ``samples``
+    examples of seeded (``seed``) random input, where it can be (weightport.checks.source_reference).
 
     Example:
 
@@ -213,7 +218,8 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
                                                       source_semantics=source_semantics, spec=spec, key=key,
                                                       arch=arch, input_shape=input_shape)
-    return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete)
+    return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete, seed=seed,
+                               samples=samples)
 
 
 def refuse_writing_over_inputs(src: str, spec: str | None, dst: str, writer: FormatEntry) -> None:
@@ -258,14 +264,14 @@ def detect(src: str, input: str, expected: str, *, atol: float = 1e-4, rtol: flo
 
 def validate_conversion(source: Model, converted_path: str, input: str | None = None, expected: str | None = None,
                         atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
-                        shown_path: str | None = None):
+                        shown_path: str | None = None, seed: int = 0, samples: int = 2):
     """Check converted weights against their source in the target's own runtime; a
     :class:`weightport.checks.report.Report` (pass, fail or incomplete, see its ``status``)."""
     from weightport.checks.targets import run_validator
     from weightport.checks.validate import Request, not_checked_yet
     if not os.path.exists(converted_path):
         raise UsageError("no such file or folder", path=converted_path, fix="Check the path")
-    request = Request(converted_path, input, expected, atol, rtol, allow_incomplete, shown_path)
+    request = Request(converted_path, input, expected, atol, rtol, allow_incomplete, shown_path, seed, samples)
     chosen = target(target_of(converted_path))
     if not chosen.validator:
         return not_checked_yet(source, request, load, chosen.name)

@@ -136,7 +136,18 @@ def add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-incomplete", action="store_true",
                         help="accept (exit 0) a validation in which nothing failed but some layer went unchecked "
                              "(exit 3 otherwise); the unchecked layers are still listed")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="without --input/--expected: seed of the random input the source's own framework runs "
+                             "(default 0)")
+    parser.add_argument("--samples", type=positive_int, default=2,
+                        help="without --input/--expected: how many random examples (the batch size; default 2)")
     parser.add_argument("--require-all", action="store_true", help=argparse.SUPPRESS)  # the default now
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def check_pair(args: argparse.Namespace) -> None:
@@ -250,6 +261,7 @@ def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool)
                          strict=args.strict, strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
+                         seed=args.seed, samples=args.samples,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
                          layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet, template=args.template,
                          max_shard_size=args.max_shard_size,
@@ -298,7 +310,7 @@ def command_validate(args: argparse.Namespace) -> int:
     check_pair(args)
     source = load(args.src, **read_options(args))
     report = validate_conversion(source, args.dst, args.input, args.expected, args.atol, args.rtol,
-                                 args.allow_incomplete)
+                                 args.allow_incomplete, seed=args.seed, samples=args.samples)
     print(report.to_json() if args.json else report.summary())
     if args.report:
         with open(args.report, "w", encoding="utf-8") as handle:

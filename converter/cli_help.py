@@ -25,7 +25,8 @@ CONVERT_GROUPS: dict[str, str] = {
     "output": "target", "to": "target", "target_semantics": "target", "rename": "target",
     "strict_against": "target", "template": "target", "force": "target", "max_shard_size": "target",
     "validate": "validation", "input": "validation", "expected": "validation", "atol": "validation",
-    "rtol": "validation", "allow_incomplete": "validation", "require_all": "validation",
+    "rtol": "validation", "allow_incomplete": "validation", "require_all": "validation", "seed": "validation",
+    "samples": "validation",
     "dtype": "raw/java", "byte_order": "raw/java", "layout": "raw/java", "emit_forward": "raw/java",
     "help": "messages", "quiet": "messages", "strict": "messages",
 }

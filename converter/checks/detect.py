@@ -19,7 +19,7 @@ from weightport.core.text import printable
 from weightport.core.errors import UsageError, WeightportError
 from weightport.core.layout import CONVOLUTION, CORRELATION
 from weightport.core.model import Model
-from weightport.checks.report import compare, load_array
+from weightport.checks.report import WHOLE_MODEL, compare, load_array
 
 BACKEND_OF = {CONVOLUTION: "theano", CORRELATION: "tensorflow"}
 
@@ -103,7 +103,7 @@ def detect(path: str, read: Callable[[str], Model], input_path: str, expected_pa
             module.load_state_dict(state, strict=True)
             with torch.no_grad():
                 got = module(torch.from_numpy(to_canonical_input(x, model))).numpy()
-            check = compare(semantics, from_canonical_output(got, model), expected, atol, rtol)
+            check = compare(semantics, from_canonical_output(got, model), expected, atol, rtol, check=WHOLE_MODEL)
             detection.hypotheses.append(Hypothesis(semantics, check.passed, check.max_abs_error, check.reason))
             runs[semantics] = (model, state)
         except UsageError:

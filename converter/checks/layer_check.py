@@ -102,22 +102,38 @@ class TargetSide(Protocol):
     def variants(self, layer: Layer) -> list[tuple[str, "TargetSide"]]: ...
 
 
-class TorchSide:
-    """PyTorch running the converted tensors (canonical layout), ``{layer: {param: array}}``."""
+# Attributes no tensor shows that the converted file records itself (weightport's graph metadata) and the
+# target side computes with, in place of the source's: a wrong one there fails the layer's check.
+RECORDED_ATTRS = ("epsilon",)
 
-    def __init__(self, converted: dict[str, dict[str, np.ndarray]]) -> None:
+
+class TorchSide:
+    """PyTorch running the converted tensors (canonical layout), ``{layer: {param: array}}``, with the
+    converted file's own :data:`RECORDED_ATTRS` where it records them (``{layer: attrs}``)."""
+
+    def __init__(self, converted: dict[str, dict[str, np.ndarray]],
+                 recorded: dict[str, dict[str, object]] | None = None) -> None:
         self.converted = converted
+        self.recorded = recorded or {}
 
     def output(self, layer: Layer, x: np.ndarray) -> np.ndarray:
         if layer.name not in self.converted:
             raise NotImplementedError("the converted file holds none of its tensors")
-        return torch_output(layer, self.converted[layer.name], x)
+        own = {k: v for k, v in self.recorded.get(layer.name, {}).items() if k in RECORDED_ATTRS and k in layer.attrs}
+        return torch_output(replace(layer, attrs={**layer.attrs, **own}) if own else layer,
+                            self.converted[layer.name], x)
 
     def variants(self, layer: Layer) -> list[tuple[str, "TargetSide"]]:
         if layer.name not in self.converted:
             return []
-        return [(mistake, TorchSide({**self.converted, layer.name: tensors}))
-                for mistake, tensors in candidate_mistakes(layer, self.converted[layer.name])]
+        found = [(mistake, TorchSide({**self.converted, layer.name: tensors}, self.recorded))
+                 for mistake, tensors in candidate_mistakes(layer, self.converted[layer.name])]
+        own = self.recorded.get(layer.name, {})
+        for attr in RECORDED_ATTRS:
+            if attr in own and attr in layer.attrs and own[attr] != layer.attrs[attr]:
+                found.append((f"{attr} {own[attr]} recorded in the converted file, the source's is {layer.attrs[attr]}",
+                              TorchSide(self.converted, {**self.recorded, layer.name: {}})))
+        return found
 
     def tensors(self, layer: Layer) -> dict[str, np.ndarray]:
         return self.converted.get(layer.name, {})

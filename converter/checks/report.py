@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,14 @@ INCOMPLETE = "incomplete"
 EXIT_CODES = {PASS: 0, FAIL: 1, INCOMPLETE: 3}
 NAMES, LAYER, WHOLE_MODEL = "names", "layer", "whole-model"
 NOISE_FACTOR = 4.0
+# A layer check whose source also ran in float64 (so its float32 noise is known, and NOISE_FACTOR times it
+# still passes a layer whose float32 error grows with its size) gets a tenth of the tolerance: there a
+# correct float32 port is a few ulps from the source (measured on every fixture: at most 3e-7 of the
+# scale), while an attribute-sized mistake (a batch-norm epsilon of 1e-5 for Lasagne's 1e-4 moves the
+# layer's output by 5e-5 of its scale) is not, even where it hides under the whole model's tolerance
+# (docs/validation.md).  A layer check without a noise figure (an oracle that runs float32 only) keeps
+# the whole tolerance.
+LAYER_SHARE = 0.1
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-4
 
@@ -79,6 +88,7 @@ class Report:
     notes: list[str] = field(default_factory=list)  # why a whole-model check did not run, and similar
     allow_incomplete: bool = False
     target: str = ""
+    reference: Any = None  # weightport.checks.source_reference.Reference: what the whole model was run against
 
     def add(self, check: Check) -> Check:
         self.checks.append(check)
@@ -129,6 +139,7 @@ class Report:
     def to_dict(self) -> dict:
         data = asdict(self)
         data.pop("weighted_layers")
+        data["reference"] = self.reference.to_dict() if self.reference is not None else None
         data.update(status=self.status, exit_code=self.exit_code, unchecked_layers=self.unchecked,
                     passed=self.passed)
         return data
@@ -138,11 +149,15 @@ class Report:
 
     def summary(self) -> str:
         lines = [f"validate {self.source} -> {self.converted} (atol {self.atol:g}, rtol {self.rtol:g} of the "
-                 "reference's scale)"]
+                 f"reference's scale; layer checks with a noise figure {LAYER_SHARE:g} of that)"]
         for check in self.checks:
             lines.append(f"  {check.status.upper():4} {check.name}{metrics(check)}"
                          f"{(' - ' + check.reason) if check.reason else ''}"
                          f"{(' - likely cause: ' + check.likely_cause) if check.likely_cause else ''}")
+        if self.reference is not None and self.reference.runner:
+            lines.append(f"  note: reference: {self.reference.runner} ran the source on seeded random input (seed "
+                         f"{self.reference.seed}, {self.reference.samples} samples, shape "
+                         f"{tuple(self.reference.input_shape)})")
         for note in self.notes:
             lines.append(f"  note: {note}")
         for gap in self.unchecked:
@@ -184,7 +199,8 @@ def compare(name: str, got: np.ndarray, expected: np.ndarray, atol: float, rtol:
     rel_rmse = float(np.sqrt(np.mean(diff ** 2)) / max(ref_rms, tiny)) if diff.size else 0.0
     norms = float(np.linalg.norm(got64) * np.linalg.norm(ref64))
     cosine = float(np.dot(got64.ravel(), ref64.ravel()) / norms) if norms > 0 else (1.0 if max_abs == 0 else 0.0)
-    passed = max_abs <= atol + rtol * scale or (noise is not None and max_abs <= NOISE_FACTOR * noise)
+    share = LAYER_SHARE if check == LAYER and noise is not None else 1.0
+    passed = max_abs <= share * (atol + rtol * scale) or (noise is not None and max_abs <= NOISE_FACTOR * noise)
     return Check(name, PASS if passed else FAIL, check, layer, kind, max_abs, max_abs / max(scale, tiny), rel_rmse,
                  cosine, scale, noise)
 

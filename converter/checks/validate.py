@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weightport.checks.layer_check import TorchSide, check_layers
+from weightport.checks.source_reference import DEFAULT_SAMPLES, DEFAULT_SEED, Reference, self_reference
 from weightport.checks.report import (DEFAULT_ATOL, DEFAULT_RTOL, FAIL, LAYER, NAMES, PASS, SKIP, WHOLE_MODEL, Check,
                                       Report, compare, load_array)
 from weightport.core.errors import UnsupportedError, UsageError
@@ -114,11 +115,18 @@ class Request:
     rtol: float = DEFAULT_RTOL
     allow_incomplete: bool = False
     shown_path: str | None = None  # the final output's name when the file checked is a staging copy
+    seed: int = DEFAULT_SEED  # of the random input the source's own framework runs without recorded arrays
+    samples: int = DEFAULT_SAMPLES
 
-    def recorded(self, source: Model) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The recorded input and output, the input checked against the source's input shape first."""
+    def recorded(self, source: Model, report: Report | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The recorded input and output, the input checked against the source's input shape first.
+        Without them, and given the ``report`` to record it in, the source run by its own framework on
+        seeded random input (weightport.checks.source_reference), where it can be."""
         if self.input_path is None or self.expected_path is None:
-            return None, None
+            if report is None:
+                return None, None
+            report.reference = self_reference(source, expected_input_shape(source), self.seed, self.samples)
+            return report.reference.x, report.reference.expected
         x, expected = load_array(self.input_path, "input"), load_array(self.expected_path, "expected output")
         check_input(source, x, self.input_path)
         return x, expected
@@ -130,8 +138,9 @@ class Request:
 
 def validate_torch_file(source: Model, request: Request, read: Callable[[str], Model]) -> Report:
     """The torch target's validator (the registry names it): ``read`` opens the converted file."""
-    x, expected = request.recorded(source)
-    return validate_torch(source, read(request.converted_path), x, expected, request.report(source, "torch"))
+    report = request.report(source, "torch")
+    x, expected = request.recorded(source, report)
+    return validate_torch(source, read(request.converted_path), x, expected, report)
 
 
 def validate_torch(source: Model, converted: Model, x: np.ndarray | None, expected: np.ndarray | None,
@@ -154,19 +163,24 @@ def torch_layer_checks(source: Model, converted: Model, atol: float, rtol: float
         return [Check(f"layer {layer.name} ({layer.source_class or layer.kind})", SKIP, LAYER, layer.name, layer.kind,
                       reason="torch is not installed (pip install 'weightport[torch]')")
                 for layer in source.layers if layer.tensors]
-    return check_layers(source, TorchSide(converted_arrays(source, converted)), atol, rtol)
+    recorded = {layer.name: layer.attrs for layer in converted.layers} if converted.has_architecture else {}
+    return check_layers(source, TorchSide(converted_arrays(source, converted), recorded), atol, rtol)
 
 
 def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray | None,
                 expected: np.ndarray | None) -> None:
-    """The whole-model check in torch on the recorded input (a skip with its reason when it cannot run)."""
+    """The whole-model check in torch on the recorded input, or on the source run by its own framework
+    (a skip with its reason when it cannot run)."""
+    reference = report.reference or Reference()
+    name = reference.label
     if x is None or expected is None:
-        report.skip(WHOLE, "no recorded output: give --input X.npy and --expected Y.npy")
+        report.skip(name, f"no recorded output, and {reference.reason}" if reference.reason else
+                    "no recorded output: give --input X.npy and --expected Y.npy")
         return
     try:
         import torch
     except ImportError:
-        report.skip(WHOLE, "torch is not installed (pip install 'weightport[torch]')")
+        report.skip(name, "torch is not installed (pip install 'weightport[torch]')")
         return
     from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
     from weightport.formats.torch.arch import run_user_module, user_module
@@ -181,7 +195,7 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         report.add(compare(f"{WHOLE} (the --arch module)", got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
         return
     if not source.has_architecture:
-        report.skip(WHOLE, "the source carries no architecture")
+        report.skip(name, "the source carries no architecture")
         return
     # The module is built from the converted file's own architecture when it carries one (a
     # weightport-written file records epsilon, pads, ...), so a wrong attribute there is caught too.
@@ -189,7 +203,7 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
     try:
         module = CanonicalModule(architecture).eval()
     except UnsupportedError as error:
-        report.skip(WHOLE, error.problem)
+        report.skip(name, error.problem)
         return
     state = {key: torch.from_numpy(np.array(t.load(), copy=True)) for key, _, t in converted.state_keys()}
     try:
@@ -201,9 +215,13 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         report.add(Check("state_dict keys and shapes match the source architecture", FAIL, NAMES,
                          reason="; ".join(problems)))
         return
-    with torch.no_grad():
-        got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
-    check = report.add(compare(WHOLE, from_canonical_output(got, source), expected, report.atol, report.rtol,
+    try:
+        with torch.no_grad():
+            got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
+    except UnsupportedError as error:  # a layer the module builds but cannot run (found when it runs)
+        report.skip(name, error.problem)
+        return
+    check = report.add(compare(name, from_canonical_output(got, source), expected, report.atol, report.rtol,
                                check=WHOLE_MODEL))
     if check.status == FAIL:
         check.likely_cause = first_divergence(report, source, module, to_canonical_input(x, source))

@@ -377,7 +377,7 @@ def batchnorm_module(layer: Layer, model: Model) -> nn.Module:
 
 @builds("embedding")
 def embedding_module(layer: Layer, model: Model) -> nn.Module:
-    return nn.Embedding(layer.attrs["input_dim"], layer.attrs["output_dim"])
+    return nn.Embedding(*layer.tensors["weight"].shape)  # sized by its table (an ONNX Gather records no sizes)
 
 
 @builds("lstm", "gru")

@@ -32,7 +32,7 @@ def validate_keras(source: Model, request: Any, read: Callable[[str], Model]) ->
     """The Keras target's validator (the registry names it): structure, every layer in Keras 3, and the
     whole model rebuilt in Keras 3 (``read``, weightport's reader, is never used on the converted file)."""
     report = request.report(source, "keras")
-    x, expected = request.recorded(source)
+    x, expected = request.recorded(source)  # without recorded arrays whole_model runs the rebuilt source itself
     try:
         import keras  # noqa: F401  (the runtime every check here runs in)
     except ImportError:

@@ -31,7 +31,7 @@ def validate_onnx(source: Model, request: Any, read: Callable[[str], Model]) -> 
     """The ONNX target's validator (the registry names it): structure, every layer's node cut out and run
     by onnxruntime, and the whole graph (``read``, weightport's reader, is never used on the converted file)."""
     report = request.report(source, "onnx")
-    x, expected = request.recorded(source)
+    x, expected = request.recorded(source)  # without recorded arrays whole_model runs the source itself
     try:
         onnx_modules()
     except ImportError:

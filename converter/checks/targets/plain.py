@@ -40,7 +40,7 @@ def validate_plain(source: Model, request: Any, read: Any) -> Report:
     path = request.converted_path
     java = os.path.exists(os.path.join(path, JAVA_LOADER))
     report = request.report(source, "java" if java else "raw")
-    x, expected = request.recorded(source)
+    x, expected = request.recorded(source, report)
     try:
         folder = Folder(path)
     except (OSError, ValueError, WeightportError) as error:
