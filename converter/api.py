@@ -34,7 +34,7 @@ class ConversionResult:
 
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
-         spec: str | None = None, format: str | None = None) -> Model:
+         spec: str | None = None, format: str | None = None, strict: bool = False) -> Model:
     """Read ``path`` (format detected from its content) into the canonical model."""
     if source_semantics is not None and source_semantics not in SEMANTICS[:2]:
         raise UsageError(f"unknown semantics {source_semantics!r}", fix="Use convolution or correlation")
@@ -43,7 +43,7 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
     require_regular_file(path)  # a FIFO or device could block or never end
-    options = ReadOptions(assume_backend, source_semantics, spec)
+    options = ReadOptions(assume_backend, source_semantics, spec, strict)
     chosen = entry(format) if format else reader_for(path)
     try:
         return chosen.reader_module().read(path, options)
@@ -75,6 +75,7 @@ def writer_and_options(path: str, to: str | None, force: bool, rename: dict[str,
 
 def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
+            strict: bool = False,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             allow_incomplete: bool = False, fail_on_nonfinite: bool = False,
@@ -90,7 +91,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     writer, _ = writer_and_options(dst, to, force, rename, write_options)  # a bad target or option: before reading
     check_can_write(dst, force)
     refuse_writing_over_inputs(src, spec, dst, writer)
-    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
+    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec, strict=strict)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)

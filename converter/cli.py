@@ -142,10 +142,14 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", metavar="FILE",
                         help="JSON naming the layers and arrays of an architecture-less pickle (default: "
                              "NAME.spec.json beside the file)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse instead of warning: a source op weightport does not understand that holds "
+                             "tensors (kept as stored otherwise)")
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec}
+    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec,
+            "strict": getattr(args, "strict", False)}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '

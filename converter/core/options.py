@@ -18,6 +18,7 @@ class ReadOptions:
     assume_backend: str | None = None
     source_semantics: str | None = None
     spec: str | None = None
+    strict: bool = False  # refuse, instead of warning, when a source holds tensors of an op weightport does not know
 
 
 @dataclass

@@ -265,9 +265,9 @@ class CanonicalModule(nn.Module):
         parts = name.split(".")
         for part in parts[:-1]:
             if part not in parent._modules:
-                parent.add_module(part, nn.Module())
+                parent._modules[part] = nn.Module()  # a layer name may equal an attribute (``model``, ``post``)
             parent = parent._modules[part]
-        parent.add_module(parts[-1], module)
+        parent._modules[parts[-1]] = module
         self.layer_modules[name] = module
 
     def module_for(self, layer: Layer) -> nn.Module | None:
@@ -467,3 +467,6 @@ def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
 def spatial_input(model: Model) -> bool:
     return any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
                for layer in model.layers)
+
+
+from weightport.formats.torch import onnx_ops  # noqa: E402,F401  (registers the ONNX ops)
