@@ -387,7 +387,8 @@ def multiply(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
 
 @runs("concat")
 def concat(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(inputs, dim=1 + layer.attrs.get("axis", 0))
+    axis = layer.attrs.get("axis", 0)  # without the batch axis; a negative axis counts from the end
+    return torch.cat(inputs, dim=1 + axis if axis >= 0 else axis)
 
 
 @runs("global_pool")
