@@ -247,16 +247,32 @@ def command_explain(args: argparse.Namespace) -> int:
              "stored": p.tensor.provenance.source_layout, "source_semantics": p.tensor.provenance.source_semantics,
              "target_layout": p.layout.compact(), "target_semantics": p.layout.semantics,
              "transforms": p.describe(), "why": p.tensor.provenance.rule} for p in plan.tensors]
+    constants = model.source.details.get("constants", {})  # ONNX: how every source constant reaches the output
     if args.json:
-        print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings}, indent=2))
+        print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings,
+                          "constants": constants}, indent=2))
         return 0
     for row in rows:
         steps = "; ".join(row["transforms"]) or "copy as stored"
         why = f"  (why: {row['why']})" if row["why"] else ""
         say(f"{row['key']}: {steps}{why}")
+    for line in constant_lines(constants):
+        say(line)
     for warning in plan.warnings:
         say(f"warning: {warning}")
     return 0
+
+
+def constant_lines(constants: dict[str, list[str]]) -> list[str]:
+    """A count of the source's constants by how they reach the output, then each one not in a key above."""
+    if not constants:
+        return []
+    counts: dict[str, int] = {}
+    for how, _ in constants.values():
+        counts[how] = counts.get(how, 0) + 1
+    lines = [f"constants: {len(constants)} in the source: " + ", ".join(f"{n} {how}" for how, n in sorted(counts.items()))]
+    return lines + [f"constant {name!r}: {how} ({where})" for name, (how, where) in constants.items()
+                    if how in ("folded", "structural", "unaccounted")]
 
 
 def command_validate(args: argparse.Namespace) -> int:

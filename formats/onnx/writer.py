@@ -361,6 +361,9 @@ def stand_in(model: Model) -> Model:
                                               if id(layer) in direct else layer for layer in model.layers])
 
 
+TRACE_SIZE = 64  # an input axis of unknown size (dynamic height, width, length) is traced at this size
+
+
 def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`
     (LSTM/GRU layers torch.nn cannot compute written as their own nodes, from ``plan``)."""
@@ -378,7 +381,11 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(traced), strict=False)
-    shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
+    shape = (1,) + tuple(TRACE_SIZE if n is None else int(n) for n in model.layers[0].output_shape)
+    unknown = [k + 1 for k, n in enumerate(model.layers[0].output_shape) if n is None]
+    if unknown:
+        model.warn(f"the source's input axes {unknown} have no fixed size: the graph is traced at size {TRACE_SIZE} "
+                   "there and takes that size (only the batch axis stays dynamic)")
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
     buffer = io.BytesIO()

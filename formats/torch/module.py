@@ -12,6 +12,7 @@ torch is imported only when this module is imported.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from weightport.core.layout import Layout, relayout
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
+from weightport.formats.torch import onnx_ops
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -470,4 +472,4 @@ def spatial_input(model: Model) -> bool:
                for layer in model.layers)
 
 
-from weightport.formats.torch import onnx_ops  # noqa: E402,F401  (registers the ONNX ops)
+onnx_ops.register(sys.modules[__name__])  # the weightless ONNX ops of whole real graphs

@@ -6,8 +6,9 @@ per ONNX input (a layer output, a literal constant, or None).  Tensors here are 
 (the canonical module keeps ONNX's channels-first layout), so each op is computed as ONNX defines it:
 broadcasting as NumPy, ``Resize`` coordinate modes, ``Pad`` pads ``[x1_begin, x2_begin, ..., x1_end, ...]``,
 pools with ``ceil_mode`` and per-side pads.  ``constant`` layers hold a kept constant as a named buffer
-``value``.  Registered through :func:`~weightport.formats.torch.module.runs`,
-:func:`~weightport.formats.torch.module.builds` and :func:`~weightport.formats.torch.module.output_kind`.
+``value``.  Registered by :func:`register` through the canonical module's :func:`~weightport.formats.torch.module.runs`,
+:func:`~weightport.formats.torch.module.builds` and :func:`~weightport.formats.torch.module.output_kind`
+(module.py calls it; this module never imports module.py, so there is no import cycle).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from torch import nn
 
 from weightport.core.errors import UnsupportedError
 from weightport.core.model import Layer, Model
-from weightport.formats.torch import module as canonical
 
 Operands = list[Any]
 OpRun = Callable[[list[Any], dict[str, Any], Layer], Any]
@@ -54,13 +54,10 @@ class KeptConstant(nn.Module):
         return self.value
 
 
-@canonical.builds("constant")
 def constant_module(layer: Layer, model: Model) -> nn.Module:
     tensor = layer.tensors["value"]
     return KeptConstant(tuple(tensor.shape), np.dtype(tensor.dtype).name)
 
-
-canonical.output_kind("constant", "onnx_op")(lambda layer, feeding: "flat")
 
 
 def operand_values(layer: Layer, inputs: list[torch.Tensor]) -> Operands:
@@ -77,7 +74,6 @@ def operand_values(layer: Layer, inputs: list[torch.Tensor]) -> Operands:
     return values
 
 
-@canonical.runs("onnx_op")
 def run_onnx_op(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
     name = layer.attrs["op"]
     run = OPS.get(name) if layer.attrs.get("domain") in (None, "", "ai.onnx") else None
@@ -442,14 +438,10 @@ def resize(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
 
 
 # -- the ONNX LSTM/GRU inside a whole graph --------------------------------------------------------------
-_recurrent = canonical.BUILDERS["lstm"]
-
-
-@canonical.builds("lstm", "gru")
 def onnx_recurrent(layer: Layer, model: Model) -> nn.Module:
     """An ONNX LSTM/GRU fed by another op takes (seq, batch, features) and gives ONNX's ``Y``
     (seq, directions, batch, hidden); the canonical batch-first module is wrapped to do so."""
-    rnn = _recurrent(layer, model)
+    rnn = BASE["lstm"](layer, model)
     if not layer.attrs.get("sequence_first"):
         return rnn
     rnn.register_forward_pre_hook(lambda _m, args: (args[0].transpose(0, 1),) + args[1:])
@@ -461,13 +453,23 @@ def onnx_recurrent(layer: Layer, model: Model) -> nn.Module:
     return rnn
 
 
-_batchnorm = canonical.BUILDERS["batchnorm"]
-
-
-@canonical.builds("batchnorm")
 def any_rank_batchnorm(layer: Layer, model: Model) -> nn.Module:
     """BatchNormalization of a graph with dynamic sizes (no known output rank): any (N, C, ...) input."""
-    module = _batchnorm(layer, model)
+    module = BASE["batchnorm"](layer, model)
     if layer.output_shape is None or any(n is None for n in layer.output_shape):
         module._check_input_dim = lambda _input: None  # type: ignore[method-assign]
     return module
+
+
+BASE: dict[str, Any] = {}  # the canonical builders these wrap
+
+
+def register(canonical: Any) -> None:
+    """Register the ONNX ops, the ``constant`` layer and the whole-graph LSTM/GRU and BatchNormalization
+    builders in the canonical module ``canonical`` (formats/torch/module.py)."""
+    BASE.update(lstm=canonical.BUILDERS["lstm"], batchnorm=canonical.BUILDERS["batchnorm"])
+    canonical.builds("constant")(constant_module)
+    canonical.builds("lstm", "gru")(onnx_recurrent)
+    canonical.builds("batchnorm")(any_rank_batchnorm)
+    canonical.runs("onnx_op")(run_onnx_op)
+    canonical.output_kind("constant", "onnx_op")(lambda layer, feeding: "flat")
