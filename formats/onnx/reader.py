@@ -512,6 +512,8 @@ class OnnxReader:
             return layer
         if op in ACTIVATIONS:
             return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
+        if self.feeds_only_prelu_slopes(node):  # PRelu reads the slope itself (slope_source)
+            return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
         if not all(name in self.producer for name in node.input if name) and op in OPERAND_OPS:
             return self.op_layer(node)
         if op == "Flatten" and a.get("axis", 1) == 1:
@@ -551,6 +553,12 @@ class OnnxReader:
             self.current.warn(f"{what} is an op weightport does not understand; its tensors are kept as stored: "
                               + ", ".join(f"{name}.value" for name in kept))
         return layer
+
+    def feeds_only_prelu_slopes(self, node: Any) -> bool:
+        """An Unsqueeze/Reshape of a learned constant whose only consumers are PRelu slopes."""
+        consumers = self.consumed_by.get(node.output[0], []) if node.output else []
+        return node.op_type in ("Unsqueeze", "Reshape") and self.is_parameter(node.input[0]) and bool(consumers) \
+            and all(c.op_type == "PRelu" and c.input[1:2] == [node.output[0]] for _, c in consumers)
 
     @staticmethod
     def pool_needs_onnx(a: dict[str, Any]) -> bool:
