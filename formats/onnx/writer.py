@@ -361,7 +361,8 @@ def stand_in(model: Model) -> Model:
                                               if id(layer) in direct else layer for layer in model.layers])
 
 
-TRACE_SIZE = 64  # an input axis of unknown size (dynamic height, width, length) is traced at this size
+TRACE_SIZE = 64  # an input axis of unknown size (dynamic height, width, length) is traced at this size, and
+# stays dynamic in the written graph
 
 
 def traced_graph(model: Model, plan: Plan | None = None) -> Any:
@@ -382,10 +383,7 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     module = CanonicalModule(traced).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(traced), strict=False)
     shape = (1,) + tuple(TRACE_SIZE if n is None else int(n) for n in model.layers[0].output_shape)
-    unknown = [k + 1 for k, n in enumerate(model.layers[0].output_shape) if n is None]
-    if unknown:
-        model.warn(f"the source's input axes {unknown} have no fixed size: the graph is traced at size {TRACE_SIZE} "
-                   "there and takes that size (only the batch axis stays dynamic)")
+    dynamic = {0: "batch", **{k + 1: f"axis{k + 1}" for k, n in enumerate(model.layers[0].output_shape) if n is None}}
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
     buffer = io.BytesIO()
@@ -397,7 +395,7 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
         # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
                           training=torch.onnx.TrainingMode.PRESERVE,
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          output_names=["output"], dynamic_axes={"input": dynamic, "output": {0: "batch"}})
     proto = onnx.load_model_from_string(buffer.getvalue())
     if direct_rnn_layers(model):
         write_rnn_nodes(onnx, proto, model, plan or traced_plan(model, WriteOptions()))

@@ -70,7 +70,9 @@ def operand_values(layer: Layer, inputs: list[torch.Tensor]) -> Operands:
             values.append(inputs[entry["input"]])
         else:
             array = np.asarray(entry["literal"], dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
-            values.append(torch.from_numpy(array))
+            literal = torch.from_numpy(array)
+            literal.literal = True  # a constant of the source: its values may be read as Python numbers
+            values.append(literal)
     return values
 
 
@@ -166,14 +168,28 @@ def softmax(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     x = v[0]
     if layer.attrs.get("opset", 13) >= 13:
         return F.softmax(x, dim=int(a.get("axis", -1)))
-    axis = int(a.get("axis", 1)) % max(x.dim(), 1)
-    return F.softmax(x.reshape(int(np.prod(x.shape[:axis])), -1), dim=1).reshape(x.shape)
+    return F.softmax(to_2d(x, int(a.get("axis", 1))), dim=1).reshape_as(x)
 
 
 # -- shape ---------------------------------------------------------------------------------------------
+def sizes(value: Any) -> list[Any]:
+    """A shape operand as reshape/expand sizes: Python ints for a literal, 0-d tensors for a computed one
+    (a Shape subgraph), so a traced graph keeps computing it and its dynamic axes stay dynamic."""
+    if isinstance(value, torch.Tensor) and not getattr(value, "literal", False):
+        return list(value.to(torch.int64).reshape(-1).unbind(0))
+    return ints(value)
+
+
 @op("Reshape")
 def reshape(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
-    x, shape = v[0], ints(v[1] if len(v) > 1 else a.get("shape"))
+    x, target = v[0], v[1] if len(v) > 1 else a.get("shape")
+    copies = not a.get("allowzero", 0) and 0 in ints(target) if getattr(target, "literal", True) else False
+    if copies or isinstance(target, torch.Tensor) and not getattr(target, "literal", False):
+        target = torch.as_tensor(target).to(torch.int64).reshape(-1)
+        if not a.get("allowzero", 0) and target.shape[0] <= x.dim():  # 0 copies the input's size
+            target = torch.where(target == 0, torch._shape_as_tensor(x)[: target.shape[0]], target)
+        return x.reshape(list(target.unbind(0)))
+    shape = ints(target)
     if not a.get("allowzero", 0):
         shape = [x.shape[k] if n == 0 else n for k, n in enumerate(shape)]
     return x.reshape(shape)
@@ -181,9 +197,15 @@ def reshape(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
 
 @op("Flatten")
 def flatten(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
-    x = v[0]
-    axis = int(a.get("axis", 1)) % (x.dim() + 1) if x.dim() else 0
-    return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+    return to_2d(v[0], int(a.get("axis", 1)))
+
+
+def to_2d(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """(prod(shape[:axis]), prod(shape[axis:])) by flattening (sizes stay computed when traced)."""
+    axis = axis % (x.dim() + 1) if x.dim() else 0
+    if axis == 0:
+        return x.reshape(1, -1)
+    return x.flatten(0, axis - 1).flatten(1) if axis < x.dim() else x.flatten(0, axis - 1).unsqueeze(1)
 
 
 @op("Squeeze")
@@ -191,9 +213,10 @@ def squeeze(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     axes = axes_of(v, a)
     x = v[0]
     if axes is None:
-        return x.reshape([n for n in x.shape if n != 1])
-    keep = {k % x.dim() for k in axes}
-    return x.reshape([n for k, n in enumerate(x.shape) if k not in keep])
+        return x.squeeze()
+    for axis in sorted((k % x.dim() for k in axes), reverse=True):
+        x = x.squeeze(axis)
+    return x
 
 
 @op("Unsqueeze")
@@ -213,7 +236,10 @@ def transpose(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
 
 @op("Expand")
 def expand(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
-    return v[0].expand(torch.broadcast_shapes(tuple(v[0].shape), tuple(ints(v[1]))))
+    shape = ints(v[1])
+    if len(shape) < v[0].dim() or any(n != 1 for n in shape):  # a real broadcast: ONNX's bidirectional rule
+        return v[0].expand(torch.broadcast_shapes(tuple(v[0].shape), tuple(shape)))
+    return v[0]
 
 
 @op("Concat")
@@ -252,17 +278,27 @@ def slice_op(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
         size = x.shape[axis]
         begin, stop, stride = slice(int(max(min(start, 2**62), -2**62)), int(max(min(end, 2**62), -2**62)),
                                     int(step)).indices(size)
-        if stride == 1:
-            x = x.narrow(axis, begin, max(0, stop - begin))
+        if stride > 0:  # Python slicing: a traced graph slices by the same bounds whatever the size
+            x = x[(slice(None),) * axis + (slice(clamp(start), clamp(end), stride),)]
         else:
             x = x.index_select(axis, torch.tensor(list(range(begin, stop, stride)), dtype=torch.int64))
     return x
+
+
+def clamp(bound: int) -> int:
+    return int(max(min(bound, 2**62), -2**62))
 
 
 @op("Gather")
 def gather(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     data, indices = v[0], v[1].to(torch.int64)
     axis = int(a.get("axis", 0)) % data.dim()
+    if getattr(v[1], "literal", False) and indices.dim() <= 1:  # a constant index: select, sizes stay computed
+        picks = [int(i) for i in indices.reshape(-1).tolist()]
+        if indices.dim() == 0:
+            return data.select(axis, picks[0])
+        return torch.cat([data.narrow(axis, i, 1) if i >= 0 else data.select(axis, i).unsqueeze(axis)
+                          for i in picks], dim=axis) if picks else data.index_select(axis, indices)
     flat = torch.remainder(indices.reshape(-1), data.shape[axis])
     out = data.index_select(axis, flat)
     return out.reshape(tuple(data.shape[:axis]) + tuple(indices.shape) + tuple(data.shape[axis + 1:]))
@@ -414,6 +450,27 @@ def resize_axis(x: torch.Tensor, axis: int, out_size: int, scale: float, a: dict
     return x.index_select(axis, low) * (1 - weight) + x.index_select(axis, high) * weight
 
 
+TORCH_MODES = {("nearest", "asymmetric", "floor"): ("nearest", None),
+               ("linear", "half_pixel", ""): ("linear", False), ("linear", "pytorch_half_pixel", ""): ("linear", False)}
+
+
+def torch_interpolation(x: torch.Tensor, scales: list[float], sizes_value: Any, a: dict[str, Any]) -> Any:
+    """F.interpolate by scale factors where it computes exactly ONNX's mapping (nearest asymmetric floor;
+    linear half_pixel), batch and channels unscaled; None otherwise."""
+    mode = a.get("mode", "nearest")
+    key = (mode, a.get("coordinate_transformation_mode", "half_pixel"),
+           a.get("nearest_mode", "round_prefer_floor") if mode == "nearest" else "")
+    if key not in TORCH_MODES or not scales or ints(sizes_value) or scales[:2] != [1.0, 1.0] \
+            or not 3 <= x.dim() <= 5 or len(scales) != x.dim() or any(s <= 0 for s in scales[2:]):
+        return None
+    name, align = TORCH_MODES[key]
+    if name == "linear":
+        name = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.dim()]
+        if any(s < 1 for s in scales[2:]):  # torch antialiases nothing, but clamps differently when shrinking
+            return None
+    return F.interpolate(x, scale_factor=tuple(scales[2:]), mode=name, align_corners=align)
+
+
 @op("Resize", "Upsample")
 def resize(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     """Resize (opset 10: X, scales; 11+: X, roi, scales, sizes) and Upsample (X, scales; asymmetric)."""
@@ -427,6 +484,9 @@ def resize(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
         sizes_value = v[3] if len(v) > 3 else None
     scales = [float(s) for s in (scales_value.reshape(-1).tolist() if isinstance(scales_value, torch.Tensor)
                                  else scales_value or [])]
+    native = torch_interpolation(x, scales, sizes_value, a)
+    if native is not None:
+        return native
     sizes = ints(sizes_value)
     if sizes:
         scales = [out / size for out, size in zip(sizes, x.shape)]
