@@ -510,6 +510,8 @@ class OnnxReader:
             layer = Layer(self.layer_name(node, node.input[0]), "embedding", {}, source_class="Gather")
             layer.tensors["weight"] = self.tensor("weight", node.input[0], "n e", "n e")
             return layer
+        if op == "Softmax" and len(self.shapes.get(node.input[0]) or ()) != 2:
+            return self.op_layer(node)  # over ONNX's axis (the canonical softmax takes the channel axis)
         if op in ACTIVATIONS:
             return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
         if self.feeds_only_prelu_slopes(node):  # PRelu reads the slope itself (slope_source)

@@ -186,8 +186,10 @@ def reshape(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     copies = not a.get("allowzero", 0) and 0 in ints(target) if getattr(target, "literal", True) else False
     if copies or isinstance(target, torch.Tensor) and not getattr(target, "literal", False):
         target = torch.as_tensor(target).to(torch.int64).reshape(-1)
-        if not a.get("allowzero", 0) and target.shape[0] <= x.dim():  # 0 copies the input's size
-            target = torch.where(target == 0, torch._shape_as_tensor(x)[: target.shape[0]], target)
+        if not a.get("allowzero", 0):  # 0 copies the input's size on the same axis
+            n = min(int(target.shape[0]), x.dim())
+            head = torch.where(target[:n] == 0, torch._shape_as_tensor(x)[:n], target[:n])
+            target = torch.cat([head, target[n:]])
         return x.reshape(list(target.unbind(0)))
     shape = ints(target)
     if not a.get("allowzero", 0):

@@ -13,7 +13,8 @@ from tests.conftest import fixture_path
 
 pytestmark = pytest.mark.requires("onnx", "onnxruntime", "torch", "safetensors")
 
-CORPUS = ("paddle_ppocr_cls", "paddle_ppocrv4_det", "tf2onnx_basic_pitch_nmp", "torch_silero_vad_lstm")
+CORPUS = ("paddle_ppocr_cls", "paddle_ppocrv4_det", "paddle_ppocrv4_rec", "tf2onnx_basic_pitch_nmp",
+          "torch_silero_vad_lstm")
 TARGETS = (("keras", ".h5"), ("npz", ".npz"), ("java", ""), ("onnx", ".onnx"))
 
 
@@ -116,6 +117,7 @@ def test_validate_cli_passes_on_paddle_against_onnxruntime(run_cli, tmp_path):
 
 
 OTHER_SIZES = {"paddle_ppocr_cls": (3, 3, 48, 160), "paddle_ppocrv4_det": (2, 3, 96, 128),
+               "paddle_ppocrv4_rec": (2, 3, 48, 160),
                "tf2onnx_basic_pitch_nmp": (2, 43844, 1), "torch_silero_vad_lstm": (5, 576)}
 
 
