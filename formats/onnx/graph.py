@@ -144,11 +144,19 @@ def fold_bias(reader: Any, node: Any, layer: Layer, skip: set[int], channel_axis
     skip.add(position)
 
 
-def is_literal(array_shape: tuple[int, ...], dtype: np.dtype) -> bool:
+STRUCTURAL_INPUTS = {  # op -> input positions that configure it (sizes, scales, bounds), never data
+    "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 2, 3), "Clip": (1, 2), "Reshape": (1,), "Expand": (1,),
+    "Slice": (1, 2, 3, 4), "Squeeze": (1,), "Unsqueeze": (1,), "Split": (1,), "ReduceMean": (1,),
+    "ReduceSum": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ConstantOfShape": (0,), "Tile": (1,)}
+
+
+def is_literal(array_shape: tuple[int, ...], dtype: np.dtype, op: str = "", position: int = 0) -> bool:
     """A constant written into the consuming layer's attrs: integers/booleans (shapes, axes, pads, indices)
-    of at most :data:`LITERAL_MAX` values, or a single value of any type (a scale, a clip bound)."""
+    of at most :data:`LITERAL_MAX` values, a single value of any type (a scale, a clip bound), or what
+    configures an op (Resize scales, Pad's value, ...: :data:`STRUCTURAL_INPUTS`)."""
     size = int(np.prod(array_shape, dtype=np.int64)) if array_shape else 1
-    return size <= 1 or (dtype.kind in "biu" and size <= LITERAL_MAX)
+    configures = position in STRUCTURAL_INPUTS.get(op, ())
+    return size <= 1 or ((dtype.kind in "biu" or configures) and size <= LITERAL_MAX)
 
 
 def op_layer(reader: Any, node: Any, model: Any, name: str) -> Layer:
@@ -160,14 +168,14 @@ def op_layer(reader: Any, node: Any, model: Any, name: str) -> Layer:
         layer.attrs["domain"] = node.domain
     operands: list[Any] = []
     inputs: list[str] = []
-    for value in node.input:
+    for position, value in enumerate(node.input):
         if not value:
             operands.append(None)
             continue
         if value in reader.producer:
             source = reader.producer[value]
         elif reader.is_weight(value):
-            literal = reader.literal(value, layer.name)
+            literal = reader.literal(value, layer.name, node.op_type, position)
             if literal is not None:
                 operands.append(literal)
                 continue

@@ -418,14 +418,14 @@ class OnnxReader:
             if value and self.is_weight(value):
                 self.account(exported.origin(self, value)[0], "structural", layer.name)
 
-    def literal(self, value: str, layer: str) -> dict[str, Any] | None:
+    def literal(self, value: str, layer: str, op: str = "", position: int = 0) -> dict[str, Any] | None:
         """A small constant operand as ``{"literal": values, "dtype": name}``, or None when it is kept."""
         proto = self.tensors[self.resolve(value)]
         shape, dtype = self.checked(proto)
         if dtype.kind not in "biuf" and not is_bfloat16(dtype):
             raise UnsupportedError(f"constant {proto.name!r} holds {dtype} values, not numbers", path=self.path,
                                    fix="Only numeric constants can be converted")
-        if not exported.is_literal(shape, dtype) or is_bfloat16(dtype):
+        if not exported.is_literal(shape, dtype, op, position) or is_bfloat16(dtype):
             return None
         self.account(exported.origin(self, value)[0], "structural", layer)
         array = self.array(proto)

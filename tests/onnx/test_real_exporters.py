@@ -76,15 +76,19 @@ def test_converts_to_torch_and_matches_onnxruntime(name, tmp_path):
     assert compared >= 1
 
 
-@pytest.mark.parametrize("name", CORPUS)
-def test_every_source_constant_is_accounted_for_in_explain(name, run_cli):
+ONNX_FIXTURES = sorted(f for f in os.listdir(fixture_path("onnx")) if f.endswith(".onnx"))
+
+
+@pytest.mark.parametrize("path", [corpus(name) for name in CORPUS] + [fixture_path("onnx", f) for f in ONNX_FIXTURES],
+                         ids=lambda path: os.path.basename(path))
+def test_every_source_constant_is_accounted_for_in_explain(path, run_cli):
     """converted / folded / structural / kept, each with where it went; kept and converted ones are keys."""
     import json
     import onnx
-    proto = onnx.load(corpus(name), load_external_data=False)
+    proto = onnx.load(path, load_external_data=False)
     sources = {t.name for t in proto.graph.initializer} | {
         n.output[0] for n in proto.graph.node if n.op_type == "Constant"}
-    code, out, err = run_cli("explain", corpus(name), "--json")
+    code, out, err = run_cli("explain", path, "--json", "--to", "npz")  # npz holds every canonical tensor
     assert code == 0, err
     report = json.loads(out)
     constants = report["constants"]
