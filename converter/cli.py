@@ -264,7 +264,8 @@ def command_explain(args: argparse.Namespace) -> int:
 
 
 def constant_lines(constants: dict[str, list[str]]) -> list[str]:
-    """A count of the source's constants by how they reach the output, then each one not in a key above."""
+    """A count of the source's constants by how they reach the output, then each folded one (converted and
+    kept ones are keys above; structural ones, written into their op's attrs, are listed by explain --json)."""
     if not constants:
         return []
     counts: dict[str, int] = {}
@@ -272,7 +273,7 @@ def constant_lines(constants: dict[str, list[str]]) -> list[str]:
         counts[how] = counts.get(how, 0) + 1
     lines = [f"constants: {len(constants)} in the source: " + ", ".join(f"{n} {how}" for how, n in sorted(counts.items()))]
     return lines + [f"constant {name!r}: {how} ({where})" for name, (how, where) in constants.items()
-                    if how in ("folded", "structural", "unaccounted")]
+                    if how in ("folded", "unaccounted")]  # structural ones: explain --json
 
 
 def command_validate(args: argparse.Namespace) -> int:
