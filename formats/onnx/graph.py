@@ -58,8 +58,8 @@ class FoldBias:
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return (self.channels,)
 
-    def inverse(self) -> "FoldBias":
-        return self
+    def inverse(self) -> "AsStored":
+        return AsStored(self.stored, f"the Add node {self.node!r}")
 
     def is_identity(self) -> bool:
         return False
@@ -74,6 +74,7 @@ class Reshaped:
 
     target: tuple[int, ...]
     nodes: tuple[str, ...]
+    stored: tuple[int, ...] = ()
 
     def apply(self, array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(array.reshape(self.target))
@@ -81,14 +82,39 @@ class Reshaped:
     def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.target
 
-    def inverse(self) -> "Reshaped":
-        return self
+    def inverse(self) -> "AsStored":
+        return AsStored(self.stored, ", ".join(self.nodes))
 
     def is_identity(self) -> bool:
         return False
 
     def describe(self) -> str:
         return f"reshape to {list(self.target)} (folded {', '.join(self.nodes)})"
+
+
+@dataclass(frozen=True)
+class AsStored:
+    """The inverse of a fold: a canonical tensor back in the stored constant's shape (a bias broadcast from
+    one value gives that one value back)."""
+
+    stored: tuple[int, ...]
+    where: str
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        size = int(np.prod(self.stored, dtype=np.int64))
+        return np.ascontiguousarray(array.reshape(-1)[:size].reshape(self.stored))
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.stored
+
+    def inverse(self) -> "AsStored":
+        return self
+
+    def is_identity(self) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return f"back to the stored shape {list(self.stored)} ({self.where})"
 
 
 def channel_bias(shape: tuple[int, ...], out_rank: int, channel_axis: int, channels: int) -> bool:
@@ -216,7 +242,7 @@ def kept_layer(reader: Any, value: str, name: str) -> Layer:
     proto = reader.tensors[source]
     stored, dtype = reader.checked(proto)
     seen = tuple(int(n) for n in reader.tensors[reader.resolve(value)].dims)
-    steps = (Reshaped(seen, nodes),) if nodes and seen != stored else ()
+    steps = (Reshaped(seen, nodes, stored),) if nodes and seen != stored else ()
     pattern = " ".join(f"k{k}" for k in range(len(stored)))
     tensor = Tensor("value", stored, dtype, Layout(pattern if not steps else " ".join(f"k{k}" for k in range(len(seen)))),
                     Provenance(source, pattern or "scalar", NO_SEMANTICS, "a constant of the graph, kept as stored"),

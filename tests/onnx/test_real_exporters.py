@@ -236,3 +236,33 @@ def test_layer_names_colliding_with_module_attributes_build(tmp_path):
              helper.make_node("Conv", ["s", "onnx::Conv_7"], ["y"], name="/model.22/dfl/conv/Conv")]
     path = save_graph(tmp_path, nodes, inits, [1, 3, 4, 5], [1, 2, 4, 4])
     check_against_onnxruntime(path, rng.standard_normal((1, 3, 4, 5)).astype(np.float32), tmp_path)
+
+
+def test_a_folded_bias_goes_back_into_its_add_constant_of_a_template(run_cli, tmp_path):
+    """ONNX -> safetensors -> ONNX into the Paddle graph itself: a changed folded bias lands in the Add's
+    (1, 1, 1, 1) constant, the folded (1, 24, 1, 1) one comes back bit-identical."""
+    import onnx
+    from onnx import numpy_helper
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+    source = corpus("paddle_ppocrv4_det")
+    assert run_cli("convert", source, "-o", tmp_path / "m.safetensors")[0] == 0
+    tensors = load_file(str(tmp_path / "m.safetensors"))
+    with safe_open(str(tmp_path / "m.safetensors"), "np") as handle:
+        metadata = handle.metadata()
+    tensors["p2o.ConvTranspose.2.bias"] = np.array([0.123], np.float32)
+    save_file(tensors, str(tmp_path / "changed.safetensors"), metadata=metadata)
+    code, _, err = run_cli("convert", tmp_path / "changed.safetensors", "-o", tmp_path / "back.onnx", "--to", "onnx",
+                           "--template", source)
+    assert code == 0, err
+
+    def constants(path):
+        graph = onnx.load(str(path)).graph
+        found = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        found.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                      if n.op_type == "Constant"})
+        return found
+    before, after = constants(source), constants(tmp_path / "back.onnx")
+    assert after["conv2d_transpose_1.b_0"].shape == before["conv2d_transpose_1.b_0"].shape
+    assert after["conv2d_transpose_1.b_0"].reshape(-1).tolist() == [np.float32(0.123)]
+    assert np.array_equal(after["conv2d_transpose_0.b_0"], before["conv2d_transpose_0.b_0"])
