@@ -180,6 +180,9 @@ def test_one_value_bias_on_a_one_channel_conv_is_folded_not_dropped(bias_shape, 
     conv = next(layer for layer in model.layers if layer.kind == "conv")
     assert conv.attrs["folded_bias"]["node"] == "bias_add"
     assert model.source.details["constants"]["b"][0] == "folded"
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "out.safetensors"), "np") as handle:  # recorded in the output's metadata
+        assert '"folded_bias":{"node":"bias_add","constant":"b"' in handle.metadata()["weightport.graph"]
 
 
 def test_paddle_bias_through_reshape_and_convtranspose_add(tmp_path):
