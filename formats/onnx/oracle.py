@@ -100,3 +100,13 @@ def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     if direction == "reverse":
         y = y[::-1]
     return np.swapaxes(np.concatenate(list(np.moveaxis(y, 1, 0)), axis=-1), 0, 1)  # (seq, dirs, n, u) -> (n, seq, dirs*u)
+
+
+def source_constant(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """A constant of the graph that no layer holds, as the graph sees it: its stored values through
+    onnxruntime's Reshape to the shape its consumer reads (the folded Reshape/Unsqueeze chain)."""
+    stored = case.stored["value"]
+    shape = np.asarray(case.layer.attrs.get("shape", list(stored.shape)), dtype=np.int64)
+    if stored.dtype.kind not in "f":
+        return stored.reshape(tuple(shape))
+    return run_onnx_node("Reshape", stored, [shape], {})

@@ -109,15 +109,20 @@ def test_every_target_converts_or_refuses_without_internal_error(name, target, e
     assert code == 0 or err.count("\n") == 1  # a refusal is one line naming the problem and the fix
 
 
-def test_validate_cli_passes_on_paddle_against_onnxruntime(run_cli, tmp_path):
-    inputs, outputs = recorded("paddle_ppocr_cls")
+@pytest.mark.parametrize("name", ["paddle_ppocr_cls", "paddle_ppocrv4_rec"])
+def test_validate_cli_passes_against_onnxruntime(name, run_cli, tmp_path):
+    """validate: every layer checked (a kept constant against onnxruntime's view of it), whole model against
+    onnxruntime's recorded output; exit 0, nothing incomplete."""
+    inputs, outputs = recorded(name)
     np.save(tmp_path / "x.npy", inputs["x"])
     np.save(tmp_path / "y.npy", next(iter(outputs.values())))
-    assert run_cli("convert", corpus("paddle_ppocr_cls"), "-o", tmp_path / "m.safetensors")[0] == 0
-    code, out, err = run_cli("validate", corpus("paddle_ppocr_cls"), tmp_path / "m.safetensors",
+    assert run_cli("convert", corpus(name), "-o", tmp_path / "m.safetensors")[0] == 0
+    code, out, err = run_cli("validate", corpus(name), tmp_path / "m.safetensors",
                              "--input", tmp_path / "x.npy", "--expected", tmp_path / "y.npy")
     assert code == 0, out + err
-    assert "whole model vs recorded output" in out
+    assert "PASS whole model vs recorded output" in out and "SKIP" not in out
+    if name.endswith("rec"):
+        assert "PASS layer layer_norm_43.w_0 (Constant)" in out
 
 
 OTHER_SIZES = {"paddle_ppocr_cls": (3, 3, 48, 160), "paddle_ppocrv4_det": (2, 3, 96, 128),
