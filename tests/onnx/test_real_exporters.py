@@ -15,7 +15,7 @@ pytestmark = pytest.mark.requires("onnx", "onnxruntime", "torch", "safetensors")
 
 CORPUS = ("paddle_ppocr_cls", "paddle_ppocrv4_det", "paddle_ppocrv4_rec", "tf2onnx_basic_pitch_nmp",
           "torch_silero_vad_lstm")
-TARGETS = (("keras", ".h5"), ("npz", ".npz"), ("java", ""), ("onnx", ".onnx"))
+TARGETS = (("keras", ".h5"), ("npz", ".npz"), ("java", ""), ("onnx", ".onnx"), ("theano", ".pkl"))
 
 
 def corpus(name: str) -> str:
