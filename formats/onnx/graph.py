@@ -41,6 +41,7 @@ KNOWN_OPS = frozenset((  # weightless ops the torch side runs with ONNX semantic
     "Equal", "Where", "Min", "Max", "Less", "Greater", "Not",
 ))
 LITERAL_MAX = 1 << 12  # values of an integer constant written into a layer's attrs
+LITERAL_BUDGET = 1 << 20  # values written into attrs for a whole graph; past it, constants are kept instead
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,9 @@ def plain_value(reader: Any, value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain_value(reader, item) for item in value]
     if hasattr(value, "dims") and hasattr(value, "data_type"):
+        shape, dtype = reader.checked(value)
+        if int(np.prod(shape, dtype=np.int64)) > LITERAL_MAX:  # a large tensor attribute: described, not copied
+            return {"dtype": dtype.name, "shape": list(shape), "omitted": True}
         array = reader.numpy_helper.to_array(value)
         return {"values": array.reshape(-1).tolist(), "dtype": array.dtype.name, "shape": list(array.shape)}
     if hasattr(value, "node"):  # a subgraph (If, Loop): not run here

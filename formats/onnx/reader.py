@@ -145,7 +145,8 @@ class OnnxReader:
         self.graph_outputs = {output.name for output in graph.output}
         self.graph_inputs = {value.name for value in graph.input}
         self.kept: dict[str, str] = {}
-        self.secondary: set[str] = set()  # constant -> the ``constant`` layer keeping it
+        self.secondary: set[str] = set()
+        self.literal_values = 0  # values written into layer attrs so far (bounded by LITERAL_BUDGET)  # constant -> the ``constant`` layer keeping it
         self.aliases: dict[str, str] = {}
         self.consumed_by: dict[str, list[tuple[int, Any]]] = {}  # value -> (position, node) of its consumers
         self.made_by: dict[str, Any] = {}  # value -> the first node producing it
@@ -425,8 +426,10 @@ class OnnxReader:
         if dtype.kind not in "biuf" and not is_bfloat16(dtype):
             raise UnsupportedError(f"constant {proto.name!r} holds {dtype} values, not numbers", path=self.path,
                                    fix="Only numeric constants can be converted")
-        if not exported.is_literal(shape, dtype, op, position) or is_bfloat16(dtype):
+        if not exported.is_literal(shape, dtype, op, position) or is_bfloat16(dtype) or \
+                self.literal_values + math.prod(shape) > exported.LITERAL_BUDGET:
             return None
+        self.literal_values += math.prod(shape)
         self.account(exported.origin(self, value)[0], "structural", layer)
         array = self.array(proto)
         return {"literal": array.tolist(), "dtype": dtype.name, "shape": list(array.shape)}

@@ -277,12 +277,10 @@ def slice_op(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
     steps = list(steps) if steps is not None else [1] * len(starts)
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = int(axis) % x.dim()
-        size = x.shape[axis]
-        begin, stop, stride = slice(int(max(min(start, 2**62), -2**62)), int(max(min(end, 2**62), -2**62)),
-                                    int(step)).indices(size)
-        if stride > 0:  # Python slicing: a traced graph slices by the same bounds whatever the size
-            x = x[(slice(None),) * axis + (slice(clamp(start), clamp(end), stride),)]
+        if step > 0:  # Python slicing: a traced graph slices by the same bounds whatever the size
+            x = x[(slice(None),) * axis + (slice(clamp(start), clamp(end), int(step)),)]
         else:
+            begin, stop, stride = slice(clamp(start), clamp(end), int(step)).indices(x.shape[axis])
             x = x.index_select(axis, torch.tensor(list(range(begin, stop, stride)), dtype=torch.int64))
     return x
 
