@@ -53,6 +53,7 @@ THEANO = "theano_pickle"
 ORACLES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("onnx", ("constant",), "*", "weightport.formats.onnx.oracle:source_constant"),  # a kept graph constant
     ("onnx", RUNNABLE, "*", "weightport.formats.onnx.oracle:source_onnx"),
+    ("*", ("constant",), "*", "weightport.formats.numpy.oracle:source_constant"),
     (THEANO, CONV_KINDS, "*", "weightport.formats.numpy.oracle:scipy_conv"),  # conv2d with or without filter_flip
     ("*", CONV_KINDS, CONVOLUTION, "weightport.formats.numpy.oracle:scipy_conv"),
     ("*", CONV_KINDS, "*", "weightport.formats.keras.oracle:source_conv"),
