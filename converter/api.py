@@ -36,7 +36,7 @@ class ConversionResult:
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
          spec: str | None = None, format: str | None = None, key: str | None = None, arch: str | None = None,
-         input_shape: tuple[int, ...] | None = None) -> Model:
+         input_shape: tuple[int, ...] | None = None, strict: bool = False) -> Model:
     """Read ``path`` (format detected from its content) into the canonical model: PyTorch/ONNX layouts,
     correlation kernels, every tensor with its provenance.
 
@@ -46,7 +46,8 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     registry name (``weightport formats``) instead of detection.  PyTorch files: ``key`` names the
     checkpoint entry holding the state dict; ``arch`` (``module.py:Class`` or ``module.py:factory``)
     imports your own module to give the state dict its layer kinds, traced on an input of ``input_shape``
-    (see docs/formats/torch.md).
+    (see docs/formats/torch.md).  ``strict``: refuse, instead of keeping as stored with a warning, the
+    tensors of a source op weightport does not understand (see docs/real-exporters.md).
 
     Example:
 
@@ -72,7 +73,7 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if input_shape is not None and arch is None:
         raise UsageError("{opt:input_shape} traces the module given by {opt:arch}", fix="Give {opt:arch=model.py:Class} too")
     options = ReadOptions(assume_backend, source_semantics, spec, key, arch,
-                          tuple(input_shape) if input_shape is not None else None)
+                          tuple(input_shape) if input_shape is not None else None, strict)
     chosen = entry(format) if format else reader_for(path)
     try:
         model = chosen.reader_module().read(path, options)
@@ -152,7 +153,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     check_can_write(dst, force)
     refuse_writing_over_inputs(src, spec, dst, writer)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec, key=key, arch=arch,
-                 input_shape=input_shape)
+                 input_shape=input_shape, strict=strict)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)

@@ -90,9 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--emit-forward", action="store_true",
                          help="--to java: also write WeightportModel.java, the forward pass of a sequential CNN/MLP")
     convert.add_argument("--quiet", action="store_true", help="print no warnings and no progress line")
-    convert.add_argument("--strict", action="store_true",
-                         help="refuse (exit 2) instead of warning where a warning flags a likely mistake: a "
-                              "--rename entry that matches nothing")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
     explain.add_argument("src", metavar="SRC", help="model or weights file")
@@ -171,6 +168,10 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
                              "function returning the module) giving the layers their kinds; imports that file")
     parser.add_argument("--input-shape", metavar="N,C,H,W", type=parse_shape,
                         help="with --arch: an example input shape (with batch) to trace the module's layer order")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse (exit 2) instead of warning where a warning flags a likely mistake: a source "
+                             "op holding tensors weightport does not understand (kept as stored otherwise), a "
+                             "--rename entry that matches nothing")
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -186,7 +187,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec,
-            "key": args.key, "arch": args.arch, "input_shape": args.input_shape}
+            "key": args.key, "arch": args.arch, "input_shape": args.input_shape, "strict": args.strict}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
@@ -258,7 +259,7 @@ def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool)
     from weightport.core.errors import ValidationFailed
     try:
         result = convert(args.src, output, to=args.to, force=args.force, **load_rename(args.rename),
-                         strict=args.strict, strict_against=args.strict_against,
+                         strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          seed=args.seed, samples=args.samples,
@@ -292,16 +293,33 @@ def command_explain(args: argparse.Namespace) -> int:
              "stored": p.tensor.provenance.source_layout, "source_semantics": p.tensor.provenance.source_semantics,
              "target_layout": p.layout.compact(), "target_semantics": p.layout.semantics,
              "transforms": p.describe(), "why": p.tensor.provenance.rule} for p in plan.tensors]
+    constants = model.source.details.get("constants", {})  # ONNX: how every source constant reaches the output
     if args.json:
-        print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings}, indent=2))
+        print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings,
+                          "constants": constants}, indent=2))
         return 0
     for row in rows:
         steps = "; ".join(row["transforms"]) or "copy as stored"
         why = f"  (why: {row['why']})" if row["why"] else ""
         say(f"{row['key']}: {steps}{why}")
+    for line in constant_lines(constants):
+        say(line)
     for warning in plan.warnings:
         say(f"warning: {warning}")
     return 0
+
+
+def constant_lines(constants: dict[str, list[str]]) -> list[str]:
+    """A count of the source's constants by how they reach the output, then each folded one (converted and
+    kept ones are keys above; structural ones, written into their op's attrs, are listed by explain --json)."""
+    if not constants:
+        return []
+    counts: dict[str, int] = {}
+    for how, _ in constants.values():
+        counts[how] = counts.get(how, 0) + 1
+    lines = [f"constants: {len(constants)} in the source: " + ", ".join(f"{n} {how}" for how, n in sorted(counts.items()))]
+    return lines + [f"constant {name!r}: {how} ({where})" for name, (how, where) in constants.items()
+                    if how in ("folded", "unaccounted")]  # structural ones: explain --json
 
 
 def command_validate(args: argparse.Namespace) -> int:

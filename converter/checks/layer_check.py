@@ -45,15 +45,17 @@ from weightport.core.model import Layer, Model
 from weightport.core.oracle import LayerCase
 
 CONV_KINDS = ("conv", "conv_transpose", "depthwise", "separable")
-RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "embedding", "prelu", "lstm", "gru")
+RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "embedding", "prelu", "lstm", "gru", "constant")
 THEANO = "theano_pickle"
 
 # Which framework's oracle computes a layer, first match wins:
 # (source format or "*", layer kinds, kernel semantics or "*", "module:function").
 ORACLES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("onnx", ("constant",), "*", "weightport.formats.onnx.oracle:source_constant"),  # a kept graph constant
     ("onnx", RUNNABLE, "*", "weightport.formats.onnx.oracle:source_onnx"),
     ("caffe", ("conv", "conv_transpose", "dense", "batchnorm", "prelu"), "*", "weightport.formats.caffe.oracle:opencv_layer"),
     ("torch7", ("conv", "conv_transpose", "dense", "batchnorm", "prelu"), "*", "weightport.formats.torch7.oracle:opencv_module"),
+    ("*", ("constant",), "*", "weightport.formats.numpy.oracle:source_constant"),
     (THEANO, CONV_KINDS, "*", "weightport.formats.numpy.oracle:scipy_conv"),  # conv2d with or without filter_flip
     ("*", CONV_KINDS, CONVOLUTION, "weightport.formats.numpy.oracle:scipy_conv"),
     ("*", CONV_KINDS, "*", "weightport.formats.keras.oracle:source_conv"),
@@ -148,6 +150,8 @@ def torch_output(layer: Layer, converted: dict[str, np.ndarray], x: np.ndarray) 
     xt = torch.from_numpy(np.array(x))
     kind, a = layer.kind, layer.attrs
     with torch.no_grad():
+        if kind == "constant":  # the buffer the torch module outputs
+            return tensors["value"].numpy()
         if kind in CONV_KINDS:
             rank = a["rank"]
             conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
@@ -188,6 +192,8 @@ def layer_input(layer: Layer, rng: np.random.Generator, stored: dict[str, np.nda
     norms and PReLUs, ``(batch, features)`` for a dense, indices for an embedding, ``(batch, time,
     features)`` for an RNN."""
     a = layer.attrs
+    if layer.kind == "constant":  # its output is its value, whatever the input
+        return random_input(rng, (1,))
     if layer.kind == "conv_transpose":
         return random_input(rng, (2, a["in_channels"], *(3 + axis for axis in range(a["rank"]))))
     if layer.kind in CONV_KINDS:

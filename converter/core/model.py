@@ -37,7 +37,7 @@ from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTIC
 
 WEIGHTED_KINDS = (
     "conv", "conv_transpose", "depthwise", "separable", "dense", "batchnorm",
-    "embedding", "lstm", "gru", "prelu",
+    "embedding", "lstm", "gru", "prelu", "constant",  # constant: a graph constant no layer holds, kept as stored
 )
 WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",

@@ -24,6 +24,7 @@ class ReadOptions:
     key: str | None = None
     arch: str | None = None
     input_shape: tuple[int, ...] | None = None
+    strict: bool = False  # refuse, instead of warning, when a source holds tensors of an op weightport does not know
 
 
 @dataclass

@@ -246,6 +246,9 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
                     else:  # LSTM, and GRU with reset_after=False: both biases sit outside the reset gate's product
                         add(layer, scope + "bias", "bias_ih_l0" + suffix, "o", extra=hh, combine="sum",
                             more_steps=reorder)
+        elif kind == "constant":  # a graph constant no layer holds (an ONNX source's normalisation, LayerNorm)
+            raise UnsupportedError(f"{layer.name!r} is a constant of the source graph, outside any layer; a Keras "
+                                   "weights file holds layer weights only", fix="Convert to the torch or npz target")
         else:
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")

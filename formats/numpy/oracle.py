@@ -223,3 +223,9 @@ def lasagne_batchnorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
     else:
         inv_std = 1 / np.sqrt(vector("running_var") + dtype.type(case.layer.attrs["epsilon"]))
     return (x.astype(dtype) - vector("running_mean")) * (vector("weight") * inv_std) + vector("bias")
+
+
+def source_constant(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """A kept constant's value as stored, in the shape its consumer reads (its output whatever the input)."""
+    stored = case.stored["value"]
+    return stored.reshape(tuple(case.layer.attrs.get("shape", stored.shape)))

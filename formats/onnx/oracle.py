@@ -48,10 +48,12 @@ def source_onnx(case: LayerCase, x: np.ndarray) -> np.ndarray:
     layer, a, stored = case.layer, case.layer.attrs, case.stored
     if layer.kind in ("conv", "depthwise", "conv_transpose"):
         rank = a["rank"]
-        return run_onnx_node("ConvTranspose" if layer.kind == "conv_transpose" else "Conv", x,
-                             [stored["weight"], stored.get("bias")],
-                             {"strides": list(a["strides"]), "dilations": list(a["dilations"]),
-                              "group": int(a.get("groups", 1)), "pads": [0] * (2 * rank)})
+        folded = a.get("folded_bias")
+        y = run_onnx_node("ConvTranspose" if layer.kind == "conv_transpose" else "Conv", x,
+                          [stored["weight"], None if folded else stored.get("bias")],
+                          {"strides": list(a["strides"]), "dilations": list(a["dilations"]),
+                           "group": int(a.get("groups", 1)), "pads": [0] * (2 * rank)})
+        return added_bias(y, stored["bias"], folded) if folded else y
     if layer.kind == "dense":
         if layer.source_class == "Gemm":
             gemm = a.get("onnx_gemm", {})
@@ -59,6 +61,8 @@ def source_onnx(case: LayerCase, x: np.ndarray) -> np.ndarray:
                                  {"alpha": gemm.get("alpha", 1.0), "beta": gemm.get("beta", 1.0),
                                   "transB": gemm.get("transB", 0)})
         y = run_onnx_node("MatMul", x, [stored["weight"]], {})
+        if "folded_bias" in a:
+            return added_bias(y, stored["bias"], a["folded_bias"])
         return y + stored["bias"] if "bias" in stored else y
     if layer.kind == "batchnorm":
         return run_onnx_node("BatchNormalization", x, [stored[p] for p in ("weight", "bias", "running_mean",
@@ -71,6 +75,12 @@ def source_onnx(case: LayerCase, x: np.ndarray) -> np.ndarray:
     if layer.kind in ("lstm", "gru"):
         return source_rnn(case, x)
     raise NotImplementedError(f"the ONNX check does not run {layer.kind} layers")
+
+
+def added_bias(y: np.ndarray, bias: np.ndarray, folded: dict) -> np.ndarray:
+    """The exporter's separate ``Add`` node (Paddle2ONNX, tf2onnx) on the layer's output: the stored constant
+    in the shape the graph added it (``folded_bias["shape"]``), broadcast by onnxruntime."""
+    return run_onnx_node("Add", y, [bias.reshape(tuple(folded["shape"]))], {})
 
 
 def prelu_slope(case: LayerCase, x: np.ndarray) -> np.ndarray:
@@ -100,3 +110,13 @@ def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     if direction == "reverse":
         y = y[::-1]
     return np.swapaxes(np.concatenate(list(np.moveaxis(y, 1, 0)), axis=-1), 0, 1)  # (seq, dirs, n, u) -> (n, seq, dirs*u)
+
+
+def source_constant(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """A constant of the graph that no layer holds, as the graph sees it: its stored values through
+    onnxruntime's Reshape to the shape its consumer reads (the folded Reshape/Unsqueeze chain)."""
+    stored = case.stored["value"]
+    shape = np.asarray(case.layer.attrs.get("shape", list(stored.shape)), dtype=np.int64)
+    if stored.dtype.kind not in "f":
+        return stored.reshape(tuple(shape))
+    return run_onnx_node("Reshape", stored, [shape], {})

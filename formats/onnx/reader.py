@@ -41,14 +41,16 @@ from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
 from weightport.core.options import ReadOptions
 from weightport.core.shapes import infer_shapes
+from weightport.formats.onnx import graph as exported
 
 NAME = "onnx"
 DESCRIPTION = "ONNX models (initializers, Constant nodes, external data)"
 EXTENSIONS = (".onnx",)
 
 ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Elu": "elu",
-               "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign", "HardSigmoid": "hard_sigmoid"}
+               "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign"}  # HardSigmoid: alpha, beta (onnx_op)
 PASS_THROUGH = ("Identity", "Dropout")
+OPERAND_OPS = ("Add", "Mul", "Concat")  # with a constant operand, these run with ONNX semantics (onnx_op)
 FOLDABLE = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Squeeze", "Unsqueeze",
             "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand")
 MAX_FOLDED = 1 << 16  # values in a foldable constant: shape arithmetic, never weights
@@ -137,6 +139,14 @@ class OnnxReader:
             self.inferred = self.proto
         graph = self.proto.graph
         self.tensors: dict[str, Any] = {t.name: t for t in graph.initializer}
+        self.source_constants: list[str] = [t.name for t in graph.initializer] + [
+            node.output[0] for node in graph.node if node.op_type == "Constant" and node.output]
+        self.accounted: dict[str, tuple[str, str]] = {}  # source constant -> (how, where) it reaches the output
+        self.graph_outputs = {output.name for output in graph.output}
+        self.graph_inputs = {value.name for value in graph.input}
+        self.kept: dict[str, str] = {}
+        self.secondary: set[str] = set()
+        self.literal_values = 0  # values written into layer attrs so far (bounded by LITERAL_BUDGET)  # constant -> the ``constant`` layer keeping it
         self.aliases: dict[str, str] = {}
         self.consumed_by: dict[str, list[tuple[int, Any]]] = {}  # value -> (position, node) of its consumers
         self.made_by: dict[str, Any] = {}  # value -> the first node producing it
@@ -341,6 +351,7 @@ class OnnxReader:
         model = Model(SourceInfo(self.path, NAME, f"opset {opset}" if opset else None, "onnx",
                                  {"data_format": "channels_first", "producer": self.proto.producer_name}))
         model.has_architecture = True
+        self.opset = opset or 1
         inputs = [i for i in graph.input if i.name not in self.tensors]
         self.names: set[str] = set()
         self.next_suffix: dict[str, int] = {}
@@ -353,21 +364,105 @@ class OnnxReader:
             self.names.add(layer.name)
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
+        self.current = model
         for index, node in enumerate(graph.node):
             if index in skip or index in self.folded or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
                                                                node.output[0] in self.aliases):
                 continue
             layer = self.layer(node, graph.node, index, skip)
-            feeding = [self.producer[n] for n in node.input if n in self.producer]
-            layer.inputs = feeding
+            if layer.kind == "onnx_op" and len([o for o in node.output if o]) > 1 and node.op_type == "Split":
+                self.split_outputs(node, layer, model)
+                continue
+            if layer.kind != "onnx_op":
+                layer.inputs = [self.producer[n] for n in node.input if n in self.producer]
             layer.name = self.unique_name(layer.name)
+            self.account_node(node, layer)
             model.layers.append(layer)
             output = layer.attrs.pop("_fused_until", None) or node.output[0]
             self.producer[output] = layer.name
             for extra in node.output:
+                if extra != output and extra not in self.producer:
+                    self.secondary.add(extra)  # an RNN's Y_h, Y_c: the layer computes only Y
                 self.producer.setdefault(extra, layer.name)
+        self.keep_the_rest(model)
+        model.source.details["constants"] = exported.accounting(self)
+        model.source.details["outputs"] = {name: self.producer[name] for name in self.graph_outputs
+                                           if name in self.producer and name not in self.secondary}
         infer_shapes(model)
         return model
+
+    def split_outputs(self, node: Any, layer: Layer, model: Model) -> None:
+        """A Split node as one ``onnx_op`` layer per output (each computes its own part)."""
+        base = layer.name
+        self.account_node(node, layer)
+        for k, output in enumerate(node.output):
+            part = Layer(self.unique_name(f"{base}_{k}" if k else base), "onnx_op",
+                         {**layer.attrs, "output_index": k, "outputs": len(node.output)}, {}, list(layer.inputs),
+                         layer.source_class)
+            model.layers.append(part)
+            self.producer[output] = part.name
+
+    # -- constants: every one accounted for -----------------------------------------------------------
+    def account(self, name: str, how: str, where: str) -> None:
+        if name in self.source_constants and name not in self.accounted:
+            self.accounted[name] = (how, where)
+
+    def producer_name(self) -> str:
+        return self.proto.producer_name or "the exporter"
+
+    def account_node(self, node: Any, layer: Layer) -> None:
+        """Record how the constants ``node`` reads reach the output: as ``layer``'s tensors (converted), or,
+        for a layer that holds none of them, written into its attrs (structural)."""
+        for tensor in layer.tensors.values():
+            self.account(tensor.provenance.source_key, "converted", f"{layer.name}.{tensor.name}")
+        for value in node.input:
+            if value and self.is_weight(value):
+                self.account(exported.origin(self, value)[0], "structural", layer.name)
+
+    def literal(self, value: str, layer: str, op: str = "", position: int = 0) -> dict[str, Any] | None:
+        """A small constant operand as ``{"literal": values, "dtype": name}``, or None when it is kept."""
+        proto = self.tensors[self.resolve(value)]
+        shape, dtype = self.checked(proto)
+        if dtype.kind not in "biuf" and not is_bfloat16(dtype):
+            raise UnsupportedError(f"constant {proto.name!r} holds {dtype} values, not numbers", path=self.path,
+                                   fix="Only numeric constants can be converted")
+        if not exported.is_literal(shape, dtype, op, position) or is_bfloat16(dtype) or \
+                self.literal_values + math.prod(shape) > exported.LITERAL_BUDGET:
+            return None
+        self.literal_values += math.prod(shape)
+        self.account(exported.origin(self, value)[0], "structural", layer)
+        array = self.array(proto)
+        return {"literal": array.tolist(), "dtype": dtype.name, "shape": list(array.shape)}
+
+    def constant_layer(self, value: str, model: Model) -> str:
+        """The ``constant`` layer keeping ``value`` (made, just before its first consumer, on first use)."""
+        key = self.resolve(value)
+        if key not in self.kept:
+            layer = exported.kept_layer(self, value, self.unique_name(safe_name(key)))
+            model.layers.append(layer)
+            self.kept[key] = layer.name
+            self.account(layer.tensors["value"].provenance.source_key, "kept", f"{layer.name}.value")
+        return self.kept[key]
+
+    def keep_the_rest(self, model: Model) -> None:
+        """Constants read by a folded node are folded; any other constant no layer took is kept as stored,
+        in a ``constant`` layer placed before the graph's last layer (which stays its output)."""
+        for index in sorted(self.folded):
+            node = self.proto.graph.node[index]
+            for value in node.input:
+                if value and self.is_weight(value):
+                    self.account(exported.origin(self, value)[0], "folded",
+                                 f"constant computed at read time by node {node.name or node.output[0]!r}")
+        rest = [name for name in self.source_constants if name not in self.accounted]
+        last = model.layers.pop() if len(model.layers) > 1 else None
+        for name in rest:
+            proto = self.tensors[name]
+            if self.proto_dtype(proto).kind not in "biuf":
+                self.account(name, "structural", "not a number: no layer reads it")
+                continue
+            self.constant_layer(name, model)
+        if last is not None:
+            model.layers.append(last)
 
     def unique_name(self, name: str) -> str:
         """``name``, or when a layer has it already ``name_``, ``name__``, ... (then ``name_9``, ...), in O(1)
@@ -394,7 +489,9 @@ class OnnxReader:
     def layer(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
         op, a = node.op_type, self.attrs(node)
         if op in ("Conv", "ConvTranspose"):
-            return self.conv(node, a)
+            layer = self.conv(node, a)
+            exported.fold_bias(self, node, layer, skip, 1, layer.attrs["rank"] + 2)
+            return layer
         if op == "Gemm":
             return self.gemm(node, a)
         if op == "MatMul" and self.is_weight(node.input[1]):
@@ -416,17 +513,19 @@ class OnnxReader:
             layer = Layer(self.layer_name(node, node.input[0]), "embedding", {}, source_class="Gather")
             layer.tensors["weight"] = self.tensor("weight", node.input[0], "n e", "n e")
             return layer
+        if op == "Softmax" and len(self.shapes.get(node.input[0]) or ()) != 2:
+            return self.op_layer(node)  # over ONNX's axis (the canonical softmax takes the channel axis)
         if op in ACTIVATIONS:
             return Layer(self.layer_name(node), "activation", {"activation": ACTIVATIONS[op]}, source_class=op)
-        if op == "Flatten":
-            if a.get("axis", 1) != 1:
-                raise UnsupportedError(f"Flatten with axis {a.get('axis')}", path=self.path,
-                                       fix="Only Flatten(axis=1) is converted")
+        if self.feeds_only_prelu_slopes(node):  # PRelu reads the slope itself (slope_source)
+            return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
+        if not all(name in self.producer for name in node.input if name) and op in OPERAND_OPS:
+            return self.op_layer(node)
+        if op == "Flatten" and a.get("axis", 1) == 1:
             return Layer(self.layer_name(node), "flatten", {"flatten_order": "chw"}, source_class=op)
-        if op == "Reshape":
-            return Layer(self.layer_name(node), "flatten" if self.is_flatten_reshape(node) else "reshape",
-                         {"flatten_order": "chw"}, source_class=op)
-        if op in ("MaxPool", "AveragePool"):
+        if op == "Reshape" and self.is_flatten_reshape(node):
+            return Layer(self.layer_name(node), "flatten", {"flatten_order": "chw"}, source_class=op)
+        if op in ("MaxPool", "AveragePool") and not self.pool_needs_onnx(a):
             return self.pool(node, a)
         pads = self.zero_spatial_pads(node, a) if op == "Pad" else None
         if pads is not None:
@@ -434,11 +533,6 @@ class OnnxReader:
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             return Layer(self.layer_name(node), "global_pool",
                          {"mode": "max" if "Max" in op else "avg", "keepdims": True}, source_class=op)
-        if op in ("Add", "Mul") and any(self.is_parameter(name) for name in node.input):
-            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) takes a learned constant "
-                                   "operand that no supported layer holds", path=self.path,
-                                   fix="Export the model so the weight sits in a Conv, Gemm, PRelu or "
-                                       "BatchNormalization node")
         if op == "Add":
             return Layer(self.layer_name(node), "add", {}, source_class=op)
         if op == "Mul":
@@ -448,12 +542,34 @@ class OnnxReader:
             return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
         if op in PASS_THROUGH:
             return Layer(self.layer_name(node), "dropout", {}, source_class=op)
-        weights = [n for n in node.input if self.is_parameter(n)]
-        if weights and op not in ("Reshape", "Pad", "Resize", "Upsample", "Slice", "Squeeze", "Unsqueeze"):
-            raise UnsupportedError(f"node {node.name or node.output[0]!r} ({op}) holds weights weightport cannot map",
-                                   path=self.path, fix="Supported: Conv, ConvTranspose, Gemm, MatMul, "
-                                                       "BatchNormalization, LSTM, GRU, PRelu, Gather (embedding)")
-        return Layer(self.layer_name(node), "other", {"op": op}, source_class=op)
+        return self.op_layer(node)
+
+    def op_layer(self, node: Any) -> Layer:
+        """An ``onnx_op`` layer (ONNX semantics, run by the torch side); an op weightport does not know that
+        reads a float constant has its tensors kept as stored, with a warning (``--strict``: refused)."""
+        layer = exported.op_layer(self, node, self.current, self.layer_name(node))
+        known = node.domain in ("", "ai.onnx") and node.op_type in exported.KNOWN_OPS
+        kept = [self.kept[self.resolve(n)] for n in node.input if n and self.resolve(n) in self.kept]
+        if not known and kept:
+            what = f"node {node.name or node.output[0]!r} ({node.domain + '.' if node.domain else ''}{node.op_type})"
+            if self.options.strict:
+                raise UnsupportedError(f"{what} holds weights weightport does not understand", path=self.path,
+                                       fix="Drop {opt:strict} to keep them as stored (named buffers), with a warning")
+            self.current.warn(f"{what} is an op weightport does not understand; its tensors are kept as stored: "
+                              + ", ".join(f"{name}.value" for name in kept))
+        return layer
+
+    def feeds_only_prelu_slopes(self, node: Any) -> bool:
+        """An Unsqueeze/Reshape of a learned constant whose only consumers are PRelu slopes."""
+        consumers = self.consumed_by.get(node.output[0], []) if node.output else []
+        return node.op_type in ("Unsqueeze", "Reshape") and self.is_parameter(node.input[0]) and bool(consumers) \
+            and all(c.op_type == "PRelu" and c.input[1:2] == [node.output[0]] for _, c in consumers)
+
+    @staticmethod
+    def pool_needs_onnx(a: dict[str, Any]) -> bool:
+        """ceil_mode, or an average that counts padding: run with ONNX semantics, not as a pool layer."""
+        return bool(a.get("ceil_mode")) or bool(a.get("count_include_pad")) or a.get("auto_pad", b"NOTSET") not in (
+            b"NOTSET", "NOTSET", b"VALID", "VALID", b"", "")
 
     def zero_spatial_pads(self, node: Any, a: dict[str, Any]) -> list[list[int]] | None:
         """``[[before, after], ...]`` per spatial axis of a constant-zero Pad of N, C, spatial... with nothing
@@ -585,15 +701,10 @@ class OnnxReader:
     def matmul(self, node: Any, nodes: Any, index: int, skip: set[int]) -> Layer:
         layer = Layer(self.layer_name(node, node.input[1]), "dense", {}, source_class="MatMul")
         layer.tensors["weight"] = self.tensor("weight", node.input[1], "i o", "o i")
-        consumers = self.consumed_by.get(node.output[0], [])
-        if len(consumers) == 1 and consumers[0][1].op_type == "Add":
-            position, add = consumers[0]
-            other = [n for n in add.input if n != node.output[0]]
-            if other and self.is_weight(other[0]) and len(self.tensors[self.resolve(other[0])].dims) == 1:
-                layer.tensors["bias"] = self.tensor("bias", other[0], "o", "o")
-                skip.add(position)
-                layer.attrs["_fused_until"] = add.output[0]
-                layer.source_class = "MatMul+Add"
+        out_rank = len(self.shapes.get(node.output[0], ())) or 2
+        exported.fold_bias(self, node, layer, skip, -1, out_rank)
+        if "bias" in layer.tensors:
+            layer.source_class = "MatMul+Add"
         layer.attrs["units"] = layer.tensors["weight"].shape[0]
         return layer
 
@@ -640,6 +751,8 @@ class OnnxReader:
                        "bidirectional": directions == 2, "merge_mode": "onnx",
                        "reset_after": bool(a.get("linear_before_reset", 0)) if op == "GRU" else True,
                        "activation": "tanh", "recurrent_activation": "sigmoid"}
+        if node.input[0] not in self.graph_inputs:  # fed by another op: ONNX's (seq, batch, features) in the graph
+            layer.attrs["sequence_first"] = True
         return layer
 
 

@@ -348,6 +348,10 @@ def stand_in(model: Model) -> Model:
                                               if id(layer) in direct else layer for layer in model.layers])
 
 
+TRACE_SIZE = 64  # an input axis of unknown size (dynamic height, width, length) is traced at this size, and
+# stays dynamic in the written graph
+
+
 def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`
     (LSTM/GRU layers torch.nn cannot compute written as their own nodes, from ``plan``)."""
@@ -359,7 +363,7 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
     onnx = import_onnx()
     if not model.has_architecture or not model.layers or model.layers[0].output_shape is None \
-            or any(n is None for n in model.layers[0].output_shape):
+            or all(n is None for n in model.layers[0].output_shape):  # free sizes trace at TRACE_SIZE, stay dynamic
         raise UnsupportedError("the source carries no architecture with an input shape to trace",
                                fix="Give {opt:template=model.onnx} of the same architecture (or the input shape: "
                                    "{opt:spec} for a .t7 file)")
@@ -367,7 +371,8 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(traced), strict=False)
-    shape = (1,) + tuple(int(n) for n in model.layers[0].output_shape)
+    shape = (1,) + tuple(TRACE_SIZE if n is None else int(n) for n in model.layers[0].output_shape)
+    dynamic = {0: "batch", **{k + 1: f"axis{k + 1}" for k, n in enumerate(model.layers[0].output_shape) if n is None}}
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
     buffer = io.BytesIO()
@@ -379,7 +384,7 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
         # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
         torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
                           training=torch.onnx.TrainingMode.PRESERVE,
-                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          output_names=["output"], dynamic_axes={"input": dynamic, "output": {0: "batch"}})
     proto = onnx.load_model_from_string(buffer.getvalue())
     if direct_rnn_layers(model):
         write_rnn_nodes(onnx, proto, model, plan or traced_plan(model, WriteOptions()))

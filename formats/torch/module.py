@@ -12,6 +12,7 @@ torch is imported only when this module is imported.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
 from weightport.core.rules import hard_sigmoid_coefficients
+from weightport.formats.torch import onnx_ops
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -295,9 +297,9 @@ class CanonicalModule(nn.Module):
         parts = name.split(".")
         for part in parts[:-1]:
             if part not in parent._modules:
-                parent.add_module(part, nn.Module())
+                parent._modules[part] = nn.Module()  # a layer name may equal an attribute (``model``, ``post``)
             parent = parent._modules[part]
-        parent.add_module(parts[-1], module)
+        parent._modules[parts[-1]] = module
         self.layer_modules[name] = module
 
     def module_for(self, layer: Layer) -> nn.Module | None:
@@ -417,7 +419,8 @@ def multiply(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
 
 @runs("concat")
 def concat(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat(inputs, dim=1 + layer.attrs.get("axis", 0))
+    axis = layer.attrs.get("axis", 0)  # without the batch axis; a negative axis counts from the end
+    return torch.cat(inputs, dim=1 + axis if axis >= 0 else axis)
 
 
 @runs("global_pool")
@@ -497,3 +500,6 @@ def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
 def spatial_input(model: Model) -> bool:
     return any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
                for layer in model.layers)
+
+
+onnx_ops.register(sys.modules[__name__])  # the weightless ONNX ops of whole real graphs

@@ -271,10 +271,12 @@ def test_bidirectional_onnx_lstm_ports_to_keras_bidirectional(run_cli, tmp_path,
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_a_learned_constant_in_mul_is_refused_not_dropped(run_cli, tmp_path):
-    """A Mul scaling by a learned (3, 4) tensor holds weights no supported layer holds: exit 2, nothing written."""
+def test_a_learned_constant_in_mul_is_kept_not_dropped(run_cli, tmp_path):
+    """A Mul scaling by a learned (3, 4) tensor that no layer holds: kept as stored under ``scale.value``
+    (issue 17), exactly the source's values."""
     from onnx import TensorProto, helper, numpy_helper
-    scale = numpy_helper.from_array(np.random.RandomState(3).uniform(-1, 1, (3, 4)).astype(np.float32), "scale")
+    values = np.random.RandomState(3).uniform(-1, 1, (3, 4)).astype(np.float32)
+    scale = numpy_helper.from_array(values, "scale")
     graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y"], name="scaled")], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [scale])
@@ -282,4 +284,6 @@ def test_a_learned_constant_in_mul_is_refused_not_dropped(run_cli, tmp_path):
     import onnx
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
     code, _, err = run_cli("convert", source, "-o", tmp_path / "out.safetensors")
-    assert code == 2 and "scaled" in err and "learned constant" in err and not (tmp_path / "out.safetensors").exists()
+    assert code == 0, err
+    from safetensors.numpy import load_file
+    assert np.array_equal(load_file(str(tmp_path / "out.safetensors"))["scale.value"], values)
