@@ -34,7 +34,8 @@ class ConversionResult:
 
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
-         spec: str | None = None, format: str | None = None) -> Model:
+         spec: str | None = None, format: str | None = None, layer_kinds: dict[str, str] | None = None,
+         keep_unknown: bool = False, input_shape: tuple[int, ...] | None = None) -> Model:
     """Read ``path`` (format detected from its content) into the canonical model."""
     if source_semantics is not None and source_semantics not in SEMANTICS[:2]:
         raise UsageError(f"unknown semantics {source_semantics!r}", fix="Use convolution or correlation")
@@ -43,7 +44,8 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
     require_regular_file(path)  # a FIFO or device could block or never end
-    options = ReadOptions(assume_backend, source_semantics, spec)
+    options = ReadOptions(assume_backend, source_semantics, spec, dict(layer_kinds or {}), keep_unknown,
+                          tuple(input_shape) if input_shape else None)
     chosen = entry(format) if format else reader_for(path)
     try:
         return chosen.reader_module().read(path, options)
@@ -78,7 +80,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             rename: dict[str, str] | None = None, validate: bool = False, input: str | None = None,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             allow_incomplete: bool = False, fail_on_nonfinite: bool = False,
-            **write_options: object) -> ConversionResult:
+            layer_kinds: dict[str, str] | None = None, keep_unknown: bool = False,
+            input_shape: tuple[int, ...] | None = None, **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
     With ``validate=True`` the output is written to a staging folder beside ``dst``, checked in the
@@ -90,7 +93,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     writer, _ = writer_and_options(dst, to, force, rename, write_options)  # a bad target or option: before reading
     check_can_write(dst, force)
     refuse_writing_over_inputs(src, spec, dst, writer)
-    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec)
+    model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec,
+                 layer_kinds=layer_kinds, keep_unknown=keep_unknown, input_shape=input_shape)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
@@ -120,12 +124,16 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
 
 def validate(src: str | Model, converted: str, *, input: str | None = None, expected: str | None = None,
              atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
-             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None):
+             assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
+             layer_kinds: dict[str, str] | None = None, keep_unknown: bool = False,
+             input_shape: tuple[int, ...] | None = None):
     """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
     a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints): its ``status``
     is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3."""
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
-                                                      source_semantics=source_semantics, spec=spec)
+                                                      source_semantics=source_semantics, spec=spec,
+                                                      layer_kinds=layer_kinds, keep_unknown=keep_unknown,
+                                                      input_shape=input_shape)
     return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete)
 
 

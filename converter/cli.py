@@ -17,6 +17,7 @@ import threading
 import traceback
 from typing import Any, Sequence
 
+from weightport.cli_keras import add_keras_read_options, keras_read_options
 from weightport.core.version import __version__
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError
@@ -142,10 +143,12 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", metavar="FILE",
                         help="JSON naming the layers and arrays of an architecture-less pickle (default: "
                              "NAME.spec.json beside the file)")
+    add_keras_read_options(parser)
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec}
+    return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec,
+            **keras_read_options(args)}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
@@ -181,7 +184,7 @@ def load_rename(path: str | None) -> dict[str, Any]:
 def command_inspect(args: argparse.Namespace) -> int:
     from weightport.api import load
     from weightport.core.describe import describe_model
-    model = load(args.src, **read_options(args))
+    model = load(args.src, **{**read_options(args), "keep_unknown": True})  # inspect shows custom layers too
     if not args.no_scan:
         from weightport.core.nonfinite import scan
         for special in scan(model):

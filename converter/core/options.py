@@ -13,11 +13,18 @@ class ReadOptions:
     (Keras 1) or to override it.  ``source_semantics``: force the semantics of
     every convolution kernel (``convolution`` or ``correlation``).  ``spec``:
     a JSON/YAML file naming the arrays of an architecture-less pickle.
+    ``layer_kinds``: layer name -> Keras class, for a weights-only Keras file whose layers cannot be told
+    from their names and weights.  ``keep_unknown``: copy the tensors of layers weightport cannot map
+    (custom layers) unchanged under their own names.  ``input_shape``: the model's input shape (without
+    the batch axis, in the source's layout) when the file does not record it.
     """
 
     assume_backend: str | None = None
     source_semantics: str | None = None
     spec: str | None = None
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+    keep_unknown: bool = False
+    input_shape: tuple[int, ...] | None = None
 
 
 @dataclass

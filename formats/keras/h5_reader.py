@@ -27,6 +27,8 @@ from weightport.core.options import ReadOptions
 from weightport.core.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
 from weightport.core.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from weightport.formats.keras import hdf5
+from weightport.formats.keras.infer import infer_class, wrapper_of
+from weightport.formats.keras.cudnn import cudnn_tensors, is_cudnn
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
     BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
@@ -93,8 +95,10 @@ class KerasH5Reader:
         model.has_architecture = self.config is not None
         default_format = self.default_data_format(decls)
         source.details["data_format"] = default_format
+        self.unknown: list[Layer] = []
         for decl in decls:
             model.layers.append(self.layer(decl, default_format))
+        refuse_or_keep_unknown(model, self.unknown, self.options.keep_unknown, self.config is None)
         if self.config is None:
             model.warn("the file holds weights only (no model config): layer kinds are guessed from names, "
                        "graph order and shapes are unknown, and Dense rows after a Flatten are kept as stored; "
@@ -115,7 +119,23 @@ class KerasH5Reader:
                 if decl.class_name == "Unknown" and inner:
                     decl.class_name, decl.config = "Bidirectional", {"layer": {"class_name": inner, "config": {}}}
         self.index = self.weight_index(layer_names, {decl.name for decl in decls})
+        for decl in decls:
+            self.settle_class(decl)
         return decls
+
+    def settle_class(self, decl: KerasLayerDecl) -> None:
+        """``--layer-kinds`` first; in a weights-only file, an unknown name's class from its weights."""
+        given = self.options.layer_kinds.get(decl.name)
+        if given:
+            decl.class_name = given
+            decl.config = {} if self.config is None else decl.config
+        elif self.config is None and decl.class_name == "Unknown":
+            inferred = infer_class(self.weights_of(decl.name))
+            wrapper = wrapper_of(decl.name)
+            if inferred and wrapper:
+                decl.class_name, decl.config = wrapper, {"layer": {"class_name": inferred, "config": {}}}
+            elif inferred:
+                decl.class_name = inferred
 
     def wrapped_class(self, name: str) -> str | None:
         """For a config-less Bidirectional group, the wrapped RNN class from its ``forward_<x>`` path."""
@@ -146,7 +166,7 @@ class KerasH5Reader:
                 hdf5.check_declared_size(dataset, self.path)
                 owners = [part for part in weight_name.split("/")[:-1] if part in known]
                 owner = owners[-1] if owners else group_name
-                index.setdefault(owner, {})[short_name(owner, weight_name)] = (f"{group.name}/{weight_name}", dataset)
+                index.setdefault(owner, {})[short_name(owner, weight_name, self.major == 1)] = (f"{group.name}/{weight_name}", dataset)
         return index
 
     def default_data_format(self, decls: list[KerasLayerDecl]) -> str:
@@ -190,12 +210,8 @@ class KerasH5Reader:
         elif cls in WEIGHTLESS:
             layer.kind = WEIGHTLESS[cls]
             layer.attrs = weightless_attrs(layer.kind, cls, config, default_format)
-        elif weights and self.config is None:
-            raise UnsupportedError(f"weights-only file: what layer {decl.name!r} is cannot be told from its name",
-                                   fix="Convert the file saved with model.save (it carries the model config)")
         elif weights:
-            raise UnsupportedError(f"layer {decl.name!r} of class {cls} holds weights weightport cannot map",
-                                   fix="Open an issue with the layer class; weightless layers are passed through")
+            self.keep_unknown(layer, weights)
         if cls == "Lambda":
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
         if wrapper == "TimeDistributed":
@@ -203,6 +219,16 @@ class KerasH5Reader:
         if decl.config.get("_containers"):
             layer.attrs["keras_containers"] = decl.config["_containers"]
         return layer
+
+    def keep_unknown(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        """A layer weightport cannot map (a custom layer, or a weights-only layer its weights do not decide):
+        kind ``custom``, its tensors as stored under their own variable names (``attention_W``)."""
+        layer.kind = "custom"
+        for key, dataset in weights.values():
+            param = key.rsplit("/", 1)[-1].split(":")[0]
+            pattern = " ".join(f"x{axis}" for axis in range(dataset.ndim))
+            layer.tensors[param] = self.tensor(param, key, dataset, pattern, pattern, NO_SEMANTICS, None)
+        self.unknown.append(layer)
 
     def conv_tensors(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         rank, kind, attrs = layer.attrs["rank"], layer.kind, layer.attrs
@@ -292,7 +318,14 @@ class KerasH5Reader:
         bias_rows = weights["bias"][1].ndim if "bias" in weights else 1
         reset_after = bool(config.get("reset_after", bias_rows == 2)) if layer.kind == "gru" else True
         directions = [("", "")] + ([("backward/", "_reverse")] if config.get("_directions") == 2 else [])
+        cudnn = is_cudnn(layer.source_class or "", weights)
+        reset_after = reset_after or cudnn  # cuDNN's GRU applies the reset gate after the recurrent product
         for prefix, suffix in directions:
+            if cudnn:
+                for name in ("kernel", "recurrent_kernel", "bias"):
+                    self.require(weights, prefix + name, layer)
+                layer.tensors.update(cudnn_tensors(weights, prefix, suffix, gates, canonical_gates))
+                continue
             for param, variable in (("weight_ih_l0", "kernel"), ("weight_hh_l0", "recurrent_kernel")):
                 key, dataset = self.require(weights, prefix + variable, layer)
                 layer.tensors[param + suffix] = self.tensor(param + suffix, key, dataset, "i o", "o i",
@@ -318,6 +351,8 @@ class KerasH5Reader:
                        "recurrent_activation": config.get("recurrent_activation",
                                                           config.get("inner_activation", "sigmoid")),
                        "reset_after": reset_after, "gates_source": gates}
+        if cudnn:
+            layer.attrs["cudnn"] = True
 
     # -- tensors ------------------------------------------------------------------------------------
     def semantics(self, layer_class: str) -> tuple[str, str]:
@@ -415,6 +450,25 @@ class KerasH5Reader:
                                            "Flatten of a channels-last map: rows reordered H,W,C -> C,H,W")
 
 
+def refuse_or_keep_unknown(model: Model, unknown: list[Layer], keep: bool, weights_only: bool) -> None:
+    """Refuse a model holding layers weightport cannot map, naming each; with ``--keep-unknown`` keep
+    their tensors unchanged and say so in a warning (which the output's metadata carries)."""
+    if not unknown:
+        return
+    listed = ", ".join(f"{layer.name!r} ({layer.source_class}: {', '.join(layer.tensors)})" for layer in unknown)
+    if not keep:
+        what = "weights-only file: the kind of these layers cannot be told from their names or weights" \
+            if weights_only and all(layer.source_class == "Unknown" for layer in unknown) else \
+            "layers holding weights weightport cannot map (custom layers)"
+        raise UnsupportedError(f"{what}: {listed}",
+                               fix="Pass --keep-unknown to copy their tensors unchanged under their own names"
+                                   + (", or --layer-kinds MAP.json (layer name -> Keras class), or convert the "
+                                      "file saved with model.save (it carries the model config)" if weights_only
+                                      else ""))
+    model.warn(f"layers weightport cannot map, their tensors kept unchanged under their own names "
+               f"(--keep-unknown): {listed}; the target model must define these layers itself")
+
+
 class JoinedGates:
     """Keras 1 per-gate datasets (``W_i``, ``W_f``, ...) seen as one dataset of gate blocks on the last axis."""
 
@@ -447,16 +501,17 @@ def join_keras1_gates(weights: dict[str, tuple[str, h5py.Dataset]], gates: str) 
     return joined
 
 
-def short_name(layer: str, weight_name: str) -> str:
-    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel``.
+def short_name(layer: str, weight_name: str, keras1: bool = True) -> str:
+    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel`` (only in a Keras 1
+    file: a Keras 2 custom layer's ``attention_W`` stays ``attention_W``).
 
     A Bidirectional wrapper's backward weights get the prefix ``backward/``.
     """
     parts = weight_name.split("/")
     if any(part.startswith("backward_") for part in parts[:-1]):
-        return "backward/" + short_name(layer, parts[-1])
+        return "backward/" + short_name(layer, parts[-1], keras1)
     last = parts[-1].split(":")[0]
-    if last.startswith(layer + "_"):
+    if keras1 and last.startswith(layer + "_"):
         suffix = last[len(layer) + 1:]
         return KERAS1_SUFFIXES.get(suffix, suffix)
     return last

@@ -246,6 +246,9 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
                     else:  # LSTM, and GRU with reset_after=False: both biases sit outside the reset gate's product
                         add(layer, scope + "bias", "bias_ih_l0" + suffix, "o", extra=hh, combine="sum",
                             more_steps=reorder)
+        elif kind == "custom":  # kept unchanged (--keep-unknown): each tensor under its own variable name
+            for param, tensor in layer.tensors.items():
+                add(layer, param, param, tensor.layout.pattern)
         else:
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")
