@@ -25,7 +25,7 @@ from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
 from weightport.core.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
-from weightport.core.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
+from weightport.core.shapes import SPATIAL_KINDS, map_layers, settle_concat_axes, feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from weightport.formats.keras import hdf5
 from weightport.formats.keras.infer import infer_class, wrapper_of
 from weightport.formats.keras.cudnn import cudnn_tensors, is_cudnn
@@ -106,6 +106,7 @@ class KerasH5Reader:
             model.layers = [layer for layer in model.layers if layer.tensors]
         self.set_input_shape(model, decls, default_format)
         infer_shapes(model)
+        settle_concat_axes(model, map_layers(model))
         self.permute_dense_after_flatten(model)
         return model
 
@@ -387,8 +388,7 @@ class KerasH5Reader:
         shape = input_shape(decls, self.config)
         if shape is None:
             return
-        spatial = any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "flatten")
-                      for layer in model.layers)
+        spatial = any(layer.kind in SPATIAL_KINDS for layer in model.layers)  # as the canonical module reads it
         if spatial and len(shape) >= 2 and default_format == "channels_last":
             shape = [shape[-1]] + shape[:-1]
         first = model.layers[0] if model.layers else None
@@ -429,6 +429,13 @@ class KerasH5Reader:
         for layer in model.layers:
             if layer.kind != "dense":
                 continue
+            hidden = hiding_layer(model, layer, flattens)
+            if hidden:
+                model.warn(f"layer {layer.name!r}: Dense after a Flatten of the map that layer {hidden!r} "
+                           "permutes or reshapes: its rows were kept in the source's order, right for a model "
+                           "that runs that layer on the channels-last map as Keras does (weightport's torch "
+                           "module and ONNX do); a channels-first model must reorder them itself")
+                continue
             shape = flattened_map_shape(model, layer, flattens)
             if shape is False:
                 continue
@@ -467,6 +474,12 @@ def refuse_or_keep_unknown(model: Model, unknown: list[Layer], keep: bool, weigh
                                       else ""))
     model.warn(f"layers weightport cannot map, their tensors kept unchanged under their own names "
                f"(--keep-unknown): {listed}; the target model must define these layers itself")
+
+
+def hiding_layer(model: Model, dense: Layer, memo: dict[int, Layer | None]) -> str | None:
+    """The Permute/Reshape hiding the map layout of the Flatten that feeds ``dense``, if any."""
+    flatten = feeding_flatten(model, dense, memo)
+    return flatten.attrs.get("hidden_by") if flatten is not None else None
 
 
 class JoinedGates:
@@ -575,6 +588,10 @@ def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format
             attrs["axis"] = 0
     elif kind == "reshape":
         attrs["target_shape"] = config.get("target_shape")
+    elif kind == "permute":
+        attrs["dims"] = config.get("dims")
+    elif kind == "repeat_vector":
+        attrs["n"] = config.get("n")
     elif kind == "dropout":
         attrs["rate"] = config.get("rate", config.get("p"))
     return attrs

@@ -38,7 +38,8 @@ WEIGHTLESS: dict[str, str] = {
     "SpatialDropout3D": "dropout", "GaussianNoise": "dropout", "GaussianDropout": "dropout",
     "AlphaDropout": "dropout", "Flatten": "flatten", "Reshape": "reshape", "Permute": "permute",
     "Add": "add", "Concatenate": "concat", "Merge": "concat", "Multiply": "multiply",
-    "Average": "other", "Maximum": "other", "Subtract": "other", "Lambda": "other", "Masking": "other",
+    "Average": "average", "Maximum": "maximum", "Minimum": "minimum", "Subtract": "subtract",
+    "RepeatVector": "repeat_vector", "Lambda": "other", "Masking": "other",
     "Rescaling": "other", "Normalization": "other",
 }
 for _rank in (1, 2, 3):

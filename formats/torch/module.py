@@ -467,3 +467,6 @@ def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:
 def spatial_input(model: Model) -> bool:
     return any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
                for layer in model.layers)
+
+
+from weightport.formats.torch import keras_ops  # noqa: E402,F401  (registers the Keras functional layers)

@@ -1,0 +1,60 @@
+"""Keras functional layers run by the canonical torch module (registered through ``@runs`` and
+``@output_kind`` of :mod:`weightport.formats.torch.module`).
+
+Permute, Reshape and RepeatVector work in the source's (Keras, channels-last) axis order: a feature map
+reaching them is moved channels-last first (``from_map``, set by
+:func:`weightport.core.shapes.map_layers`), and their output stays in Keras's order (value kind ``seq``),
+so a Flatten after them flattens exactly as Keras does.  Merges take their inputs as they come.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from weightport.core.model import Layer
+from weightport.formats.torch.module import output_kind, runs
+
+KERAS_ORDER = ("permute", "reshape", "repeat_vector")
+MERGES = ("subtract", "average", "maximum", "minimum")
+
+
+def keras_order(layer: Layer, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in Keras's axis order: a channels-first map (batch, c, *spatial) -> (batch, *spatial, c)."""
+    return torch.movedim(x, 1, -1) if layer.attrs.get("from_map") and x.dim() > 2 else x
+
+
+@runs("permute")
+def permute(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Permute(dims)``: dims are 1-based and leave the batch axis in place."""
+    return keras_order(layer, inputs[0]).permute(0, *(int(d) for d in layer.attrs["dims"]))
+
+
+@runs("reshape")
+def reshape(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Reshape(target_shape)`` (row-major, ``-1`` allowed) of the Keras-ordered input."""
+    x = keras_order(layer, inputs[0])
+    return x.reshape((x.shape[0],) + tuple(int(d) for d in layer.attrs["target_shape"]))
+
+
+@runs("repeat_vector")
+def repeat_vector(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``RepeatVector(n)``: (batch, f) -> (batch, n, f)."""
+    return inputs[0].unsqueeze(1).expand(-1, int(layer.attrs["n"]), -1).contiguous()
+
+
+MERGE_OPS = {
+    "subtract": lambda xs: xs[0] - xs[1],
+    "average": lambda xs: torch.stack(xs).mean(dim=0),
+    "maximum": lambda xs: torch.stack(xs).amax(dim=0),
+    "minimum": lambda xs: torch.stack(xs).amin(dim=0),
+}
+
+
+@runs(*MERGES)
+def merge(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras Subtract / Average / Maximum / Minimum of same-shaped inputs."""
+    return MERGE_OPS[layer.kind](inputs)
+
+
+output_kind(*KERAS_ORDER)(lambda layer, feeding: "seq")
+output_kind(*MERGES)(lambda layer, feeding: feeding)
