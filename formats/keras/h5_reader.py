@@ -100,9 +100,10 @@ class KerasH5Reader:
             model.layers.append(self.layer(decl, default_format))
         refuse_or_keep_unknown(model, self.unknown, self.options.keep_unknown, self.config is None)
         if self.config is None:
-            model.warn("the file holds weights only (no model config): layer kinds are guessed from names, "
-                       "graph order and shapes are unknown, and Dense rows after a Flatten are kept as stored; "
-                       "convert the full model file (model.save) for an exact port")
+            model.warn("the file holds weights only (no model config): layer kinds are taken from names, weights "
+                       "and --layer-kinds, graph order and shapes are unknown, and no Flatten is seen, so the rows of "
+                       "a Dense after a Flatten of a map are kept as stored (Keras's order); convert the full "
+                       "model file (model.save) for an exact port")
             model.layers = [layer for layer in model.layers if layer.tensors]
         self.set_input_shape(model, decls, default_format)
         infer_shapes(model)
@@ -386,6 +387,8 @@ class KerasH5Reader:
         if self.config is None:
             return
         shape = input_shape(decls, self.config)
+        if shape is None or any(n is None for n in shape[:-1]):
+            shape = list(self.options.input_shape) if self.options.input_shape else shape
         if shape is None:
             return
         spatial = any(layer.kind in SPATIAL_KINDS for layer in model.layers)  # as the canonical module reads it
@@ -440,8 +443,9 @@ class KerasH5Reader:
             if shape is False:
                 continue
             if shape is None:
-                model.warn(f"layer {layer.name!r}: Dense after Flatten, but the flattened shape is unknown; "
-                           "its rows were kept in the source's order (pass a model with an input shape)")
+                model.warn(f"layer {layer.name!r}: Dense after Flatten, but the model records no input shape, "
+                           "so the flattened map's shape is unknown; its rows were kept in the source's order "
+                           "(pass --input-shape with the model's input without the batch axis, e.g. 28,28,1)")
                 continue
             flatten = feeding_flatten(model, layer, flattens)
             order = keras_flatten_order(self.version, self.map_format(model, flatten, formats),
