@@ -53,7 +53,7 @@ def test_full_models_validate_against_tf_keras_output(run_cli, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", CORPUS)
-@pytest.mark.parametrize("to, suffix", [("torch", ".safetensors"), ("npz", ".npz"), ("keras", ".h5")])
+@pytest.mark.parametrize("to, suffix", [("torch", ".safetensors"), ("npz", ".npz"), ("keras", ".h5"), ("java", "")])
 def test_every_corpus_file_converts(run_cli, tmp_path, name, to, suffix):
     code, _, err = run_cli("convert", real(name), "-o", tmp_path / f"out{suffix}", "--to", to, "--keep-unknown")
     assert code == 0, err
@@ -109,3 +109,25 @@ def test_textgenrnn_cudnn_lstms_and_kept_attention_reproduce_tf_keras(run_cli, t
     logits = (x * weights[..., None]).sum(axis=1) @ state["output.weight"].T + state["output.bias"]
     np.testing.assert_allclose(softmax(logits, axis=-1), np.load(stem("textgenrnn_weights.hdf5") + ".output.npy"),
                                atol=1e-4)
+
+
+@pytest.mark.requires("torch", "onnxruntime")
+@pytest.mark.parametrize("name", FULL_MODELS)
+def test_full_models_traced_to_onnx_reproduce_tf_keras_in_onnxruntime(run_cli, tmp_path, name):
+    """The traced ONNX (channels-first input, int64 token ids) run by onnxruntime gives tf.keras's output."""
+    ort = require("onnxruntime")
+    out = tmp_path / "model.onnx"
+    code, _, err = run_cli("convert", real(name), "-o", out, "--to", "onnx")
+    assert code == 0, err
+    session = ort.InferenceSession(str(out))
+    graph_input = session.get_inputs()[0]
+    x = np.load(stem(name) + ".input.npy")
+    x = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x.astype("int64")
+    got = session.run(None, {graph_input.name: x})[0]
+    np.testing.assert_allclose(got, np.load(stem(name) + ".output.npy"), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["deepcut_cnn_without_ne_ab.h5", "textgenrnn_weights.hdf5"])
+def test_weights_only_corpus_files_refuse_onnx_with_the_reason(run_cli, tmp_path, name):
+    code, _, err = run_cli("convert", real(name), "-o", tmp_path / "m.onnx", "--to", "onnx", "--keep-unknown")
+    assert code == 2 and "no architecture" in err and "internal error" not in err
