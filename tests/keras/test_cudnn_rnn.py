@@ -92,3 +92,26 @@ def test_cudnn_layer_is_recognised_by_its_bias_under_any_name(run_cli, tmp_path)
     code, out, err = run_cli("inspect", source)
     assert code == 0, err
     assert "cudnn" in out and "bias_hh_l0: (12,)" in out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_validate_checks_cudnn_layers_and_catches_a_plain_transpose(run_cli, tmp_path, kind):
+    """validate's layer check runs Keras on the arrays put in LSTM/GRU form by Keras 2's own conversion;
+    reading the cuDNN kernel as a plain Keras kernel (transposed, not re-read per gate) fails it."""
+    from safetensors.numpy import save_file
+    source = tmp_path / f"{kind}.h5"
+    arrays = cudnn_file(source, kind)
+    out = tmp_path / "ok.safetensors"
+    assert run_cli("convert", source, "-o", out)[0] == 0
+    code, report, err = run_cli("validate", source, out)
+    assert code == 0 and f"PASS layer cu_dnn{kind}_1" in report, report + err
+    state = load_file(str(out))
+    key = f"cu_dnn{kind}_1.weight_ih_l0"
+    plain = arrays["kernel"].T.astype("float32")  # the non-cuDNN reading: rows = gates*units, no re-read
+    if kind == "gru":  # and the GRU's gates put in torch's order, as a plain GRU kernel would be
+        plain = np.concatenate([plain[UNITS:2 * UNITS], plain[:UNITS], plain[2 * UNITS:]])
+    state[key] = np.ascontiguousarray(plain)
+    wrong = tmp_path / "wrong.safetensors"
+    save_file(state, str(wrong))
+    code, report, err = run_cli("validate", source, wrong)
+    assert code == 1 and f"FAIL layer cu_dnn{kind}_1" in report, report + err
