@@ -1,6 +1,9 @@
 """Keras functional layers run by the canonical torch module (registered through ``@runs`` and
 ``@output_kind`` of :mod:`weightport.formats.torch.module`).
 
+A Keras ``Bidirectional`` with ``merge_mode`` sum, mul or ave runs the module's concatenating RNN and then
+merges its forward and backward halves as Keras does.
+
 Permute, Reshape and RepeatVector work in the source's (Keras, channels-last) axis order: a feature map
 reaching them is moved channels-last first (``from_map``, set by
 :func:`weightport.core.shapes.map_layers`), and their output stays in Keras's order (value kind ``seq``),
@@ -9,10 +12,14 @@ so a Flatten after them flattens exactly as Keras does.  Merges take their input
 
 from __future__ import annotations
 
-import torch
+from dataclasses import replace
+from typing import Any
 
-from weightport.core.model import Layer
-from weightport.formats.torch.module import output_kind, runs
+import torch
+from torch import nn
+
+from weightport.core.model import Layer, Model
+from weightport.formats.torch.module import BUILDERS, builds, output_kind, runs
 
 KERAS_ORDER = ("permute", "reshape", "repeat_vector")
 MERGES = ("subtract", "average", "maximum", "minimum")
@@ -58,3 +65,27 @@ def merge(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
 
 output_kind(*KERAS_ORDER)(lambda layer, feeding: "seq")
 output_kind(*MERGES)(lambda layer, feeding: feeding)
+
+
+MERGE_MODES = {
+    "sum": lambda forward, backward: forward + backward,
+    "mul": lambda forward, backward: forward * backward,
+    "ave": lambda forward, backward: (forward + backward) / 2,
+}
+CONCATENATING_RNN = {kind: BUILDERS[kind] for kind in ("lstm", "gru")}  # the module's own builders
+
+
+@builds("lstm", "gru")
+def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
+    """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged."""
+    merge = layer.attrs.get("merge_mode")
+    if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
+        return CONCATENATING_RNN[layer.kind](layer, model)
+    concatenating = replace(layer, attrs={**layer.attrs, "merge_mode": "concat"})
+    rnn = CONCATENATING_RNN[layer.kind](concatenating, model)
+
+    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        forward, backward = out.split(out.shape[-1] // 2, dim=-1)
+        return MERGE_MODES[merge](forward, backward)
+    rnn.register_forward_hook(merged)
+    return rnn

@@ -84,3 +84,24 @@ def test_keras_to_keras_after_permute_prints_one_warning(run_cli, tmp_path):
     assert code == 0, err
     dense_warnings = [line for line in err.splitlines() if "Flatten" in line]
     assert len(dense_warnings) == 1 and "layer 'permute" in dense_warnings[0]
+
+
+@pytest.mark.parametrize("merge", ["sum", "mul", "ave", "concat"])
+@pytest.mark.parametrize("sequences", [True, False])
+def test_bidirectional_merge_modes_reproduce_keras(run_cli, tmp_path, merge, sequences):
+    keras = require("keras")
+    keras.utils.set_random_seed(4)
+    i = keras.Input((6, 3))
+    x = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=sequences), merge_mode=merge)(i)
+    model = keras.Model(i, keras.layers.Dense(2)(x))
+    x = np.random.default_rng(2).standard_normal((2, 6, 3)).astype("float32")
+    source = tmp_path / "bi.h5"
+    model.save(str(source))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(model(x)))
+    out = tmp_path / "out.safetensors"
+    code, _, err = run_cli("convert", source, "-o", out)
+    assert code == 0, err
+    code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
+                                tmp_path / "y.npy")
+    assert code == 0 and "PASS whole model vs recorded output" in report, report + err
