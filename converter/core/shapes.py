@@ -104,6 +104,8 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
         return (channels,) + _spatial_out(layer, x[1:])
     if kind == "pool":
         return (x[0],) + _spatial_out(layer, x[1:])
+    if kind == "global_pool" and attrs.get("on_sequence"):  # (time, features) pooled over time
+        return (x[-1],) + ((1,) if attrs.get("keepdims") else ())
     if kind == "global_pool":
         return (x[0],) + ((1,) * (len(x) - 1) if attrs.get("keepdims") else ())
     if kind == "padding":
@@ -247,10 +249,18 @@ def map_layers(model: Model) -> set[str]:
             is_map = layer.kind in MAP_MAKERS or (fed and layer.kind not in NOT_MAPS)
         if layer.kind == "flatten" and not fed and not hider:
             layer.attrs["keeps_order"] = True
+        if layer.kind in ("global_pool", "activation") and not fed and names and sequence_rank(model, names[0]):
+            layer.attrs["on_sequence"] = True  # pools over time / softmaxes over features, as Keras does
         if is_map:
             maps.add(layer.name)
         previous = layer.name
     return maps
+
+
+def sequence_rank(model: Model, name: str) -> bool:
+    """True when layer ``name`` outputs at least (time, features)."""
+    layer = model.find(name)
+    return layer is not None and layer.output_shape is not None and len(layer.output_shape) >= 2
 
 
 def canonical_concat_axis(source_axis: int, rank: int, data_format: str | None, sequence: bool) -> int:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from weightport.core.model import Layer, Model
-from weightport.formats.torch.module import BUILDERS, builds, output_kind, runs
+from weightport.formats.torch.module import BUILDERS, RUNS, builds, output_kind, runs
 
 KERAS_ORDER = ("permute", "reshape", "repeat_vector")
 MERGES = ("subtract", "average", "maximum", "minimum")
@@ -89,3 +89,14 @@ def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
         return MERGE_MODES[merge](forward, backward)
     rnn.register_forward_hook(merged)
     return rnn
+
+
+MAP_RUNS = {"activation": RUNS["activation"]}  # the module's own (softmax over a map's channel axis)
+
+
+@runs("activation")
+def sequence_activation(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """A softmax over a sequence's features (Keras's last axis); everything else as the module runs it."""
+    if layer.attrs.get("on_sequence") and layer.attrs.get("activation") == "softmax":
+        return torch.softmax(inputs[0], dim=-1)
+    return MAP_RUNS["activation"](layer, inputs)

@@ -52,11 +52,21 @@ def build(name: str):
         x = L.Conv2D(3, 3, dilation_rate=2, padding="same")(i)
         x = L.Cropping2D(((1, 0), (0, 2)))(L.ZeroPadding2D(((1, 2), (0, 1)))(L.UpSampling2D((2, 1))(x)))
         return keras.Model(i, L.GlobalMaxPooling2D()(x)), rng.standard_normal((2, 9, 8, 2))
+    if name == "sequence_pooling_softmax":
+        i = keras.Input((7,), dtype="int32")
+        e = L.Embedding(12, 4)(i)
+        x = L.Concatenate()([L.GlobalAveragePooling1D()(e), L.GlobalMaxPooling1D()(e)])
+        s = L.Softmax()(L.TimeDistributed(L.Dense(3))(L.LSTM(5, return_sequences=True)(e)))
+        return keras.Model(i, L.Concatenate()([x, L.Flatten()(s)])), rng.integers(0, 12, (2, 7))
+    if name == "conv1d_global_pool":
+        i = keras.Input((9, 3))
+        x = L.Conv1D(4, 3, dilation_rate=2)(i)
+        return keras.Model(i, L.Dense(2)(L.GlobalAveragePooling1D()(x))), rng.standard_normal((2, 9, 3))
     raise KeyError(name)
 
 
 NAMES = ["permute_flatten", "reshape_to_sequence", "sequence_concat", "map_concat_on_height", "repeat_vector",
-         "merges", "embedding_flatten", "spatial_ops"]
+         "merges", "embedding_flatten", "spatial_ops", "sequence_pooling_softmax", "conv1d_global_pool"]
 
 
 @pytest.mark.parametrize("name", NAMES)
