@@ -434,6 +434,7 @@ class KerasH5Reader:
                 continue
             hidden = hiding_layer(model, layer, flattens)
             if hidden:
+                layer.attrs["rows_as_stored"] = True
                 model.warn(f"layer {layer.name!r}: Dense after a Flatten of the map that layer {hidden!r} "
                            "permutes or reshapes: its rows were kept in the source's order, right for a model "
                            "that runs that layer on the channels-last map as Keras does (weightport's torch "
@@ -443,6 +444,7 @@ class KerasH5Reader:
             if shape is False:
                 continue
             if shape is None:
+                layer.attrs["rows_as_stored"] = True  # a Keras target keeps them as they are, silently
                 model.warn(f"layer {layer.name!r}: Dense after Flatten, but the model records no input shape, "
                            "so the flattened map's shape is unknown; its rows were kept in the source's order "
                            "(pass --input-shape with the model's input without the batch axis, e.g. 28,28,1)")

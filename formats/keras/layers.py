@@ -213,7 +213,7 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
                 planned.append(PlannedTensor(f"{layer.name}/kernel", layer, "weight", tensor, (step,),
                                              Layout(f"{channels_last} o")))
             else:
-                if shape is None:
+                if shape is None and not attrs.get("rows_as_stored"):  # else the Keras reader said it once
                     warnings.append(f"layer {layer.name!r}: Dense after Flatten with unknown map shape; rows "
                                     "kept in C,H,W order (a channels-last Keras model needs H,W,C)")
                 add(layer, "kernel", "weight", "i o")

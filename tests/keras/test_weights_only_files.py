@@ -83,3 +83,16 @@ def test_input_shape_gives_the_flatten_its_map(run_cli, tmp_path):
     code, report, err = run_cli("validate", fixture + ".h5", out, "--input", fixture + ".input.npy",
                                 "--expected", fixture + ".output.npy")
     assert code == 0 and "PASS whole model" in report, report + err
+
+
+def test_keras_to_keras_without_input_shape_warns_once(run_cli, tmp_path):
+    source = tmp_path / "noshape.h5"
+    shutil.copy(fixture_path("keras3", "cnn_flatten_dense.h5"), source)
+    with h5py.File(source, "r+") as handle:
+        config = json.loads(handle.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            layer["config"].pop("batch_shape", None)
+        handle.attrs["model_config"] = json.dumps(config)
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "k.h5", "--to", "keras")
+    assert code == 0, err
+    assert len([line for line in err.splitlines() if "Flatten" in line]) == 1
