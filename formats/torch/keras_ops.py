@@ -1,5 +1,6 @@
-"""Keras functional layers run by the canonical torch module (registered through ``@runs`` and
-``@output_kind`` of :mod:`weightport.formats.torch.module`).
+"""Keras functional layers run by the canonical torch module: :func:`register` adds them to the module's
+tables (``RUNS``, ``BUILDERS``, ``OUTPUT_KINDS`` of :mod:`weightport.formats.torch.module`, which calls it
+once; this module imports nothing from it, so there is no import cycle).
 
 A Keras ``Bidirectional`` with ``merge_mode`` sum, mul or ave runs the module's concatenating RNN and then
 merges its forward and backward halves as Keras does.
@@ -13,13 +14,40 @@ so a Flatten after them flattens exactly as Keras does.  Merges take their input
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from weightport.core.model import Layer, Model
-from weightport.formats.torch.module import BUILDERS, RUNS, builds, output_kind, runs
+
+RUNS: dict[str, Callable[[Layer, list[torch.Tensor]], torch.Tensor]] = {}
+BUILDERS: dict[str, Callable[[Layer, Model], nn.Module]] = {}
+OUTPUT_KINDS: dict[str, Callable[[Layer, str], str]] = {}
+ORIGINAL: dict[str, dict[str, Any]] = {"runs": {}, "builders": {}}  # the module's own entries we extend
+
+
+def registrar(table: dict[str, Any]) -> Callable[..., Callable[[Any], Any]]:
+    """A decorator factory adding a function to ``table`` under each of the given layer kinds."""
+    def for_kinds(*kinds: str) -> Callable[[Any], Any]:
+        def add(function: Any) -> Any:
+            table.update(dict.fromkeys(kinds, function))
+            return function
+        return add
+    return for_kinds
+
+
+runs, builds, output_kind = registrar(RUNS), registrar(BUILDERS), registrar(OUTPUT_KINDS)
+
+
+def register(builders: dict[str, Any], runs_table: dict[str, Any], output_kinds: dict[str, Any]) -> None:
+    """Add these layers to the canonical module's tables, keeping the entries they extend (the module's
+    RNN builders and activation run) to call them."""
+    ORIGINAL["builders"].update({kind: builders[kind] for kind in BUILDERS if kind in builders})
+    ORIGINAL["runs"].update({kind: runs_table[kind] for kind in RUNS if kind in runs_table})
+    builders.update(BUILDERS)
+    runs_table.update(RUNS)
+    output_kinds.update(OUTPUT_KINDS)
 
 KERAS_ORDER = ("permute", "reshape", "repeat_vector")
 MERGES = ("subtract", "average", "maximum", "minimum")
@@ -72,7 +100,6 @@ MERGE_MODES = {
     "mul": lambda forward, backward: forward * backward,
     "ave": lambda forward, backward: (forward + backward) / 2,
 }
-CONCATENATING_RNN = {kind: BUILDERS[kind] for kind in ("lstm", "gru")}  # the module's own builders
 
 
 @builds("lstm", "gru")
@@ -80,9 +107,9 @@ def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
     """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged."""
     merge = layer.attrs.get("merge_mode")
     if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
-        return CONCATENATING_RNN[layer.kind](layer, model)
+        return ORIGINAL["builders"][layer.kind](layer, model)
     concatenating = replace(layer, attrs={**layer.attrs, "merge_mode": "concat"})
-    rnn = CONCATENATING_RNN[layer.kind](concatenating, model)
+    rnn = ORIGINAL["builders"][layer.kind](concatenating, model)
 
     def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
         forward, backward = out.split(out.shape[-1] // 2, dim=-1)
@@ -91,7 +118,6 @@ def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
     return rnn
 
 
-MAP_RUNS = {"activation": RUNS["activation"]}  # the module's own (softmax over a map's channel axis)
 
 
 @runs("activation")
@@ -99,4 +125,4 @@ def sequence_activation(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tenso
     """A softmax over a sequence's features (Keras's last axis); everything else as the module runs it."""
     if layer.attrs.get("on_sequence") and layer.attrs.get("activation") == "softmax":
         return torch.softmax(inputs[0], dim=-1)
-    return MAP_RUNS["activation"](layer, inputs)
+    return ORIGINAL["runs"]["activation"](layer, inputs)

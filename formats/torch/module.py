@@ -469,4 +469,5 @@ def spatial_input(model: Model) -> bool:
                for layer in model.layers)
 
 
-from weightport.formats.torch import keras_ops  # noqa: E402,F401  (registers the Keras functional layers)
+from weightport.formats.torch.keras_ops import register as register_keras_ops  # noqa: E402
+register_keras_ops(BUILDERS, RUNS, OUTPUT_KINDS)  # Keras functional layers (formats/torch/keras_ops.py)
