@@ -142,6 +142,8 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
         return x
     if kind == "repeat_vector":
         return (attrs.get("n"),) + x
+    if kind == "dot" and len(inputs) == 2:
+        return dot_shape(attrs.get("axes", -1), inputs[0], inputs[1])
     return None
 
 
@@ -156,6 +158,15 @@ def keras_reshape(target: Any, x: Shape) -> Shape | None:
         return None
     known = math.prod(d for d in target if d != -1)
     return tuple(math.prod(x) // known if d == -1 else d for d in target)  # type: ignore[arg-type]
+
+
+def dot_shape(axes: Any, a: Shape, b: Shape) -> Shape:
+    """Keras ``Dot(axes)`` (batch axis counted as 0) of inputs shaped ``a`` and ``b`` (batch excluded):
+    the remaining axes of ``a`` then of ``b``, or (1,) when nothing remains."""
+    first, second = (axes, axes) if isinstance(axes, int) else (int(axes[0]), int(axes[1]))
+    first, second = first % (len(a) + 1) - 1, second % (len(b) + 1) - 1
+    rest = tuple(n for k, n in enumerate(a) if k != first) + tuple(n for k, n in enumerate(b) if k != second)
+    return rest or (1,)
 
 
 def check_acyclic(model: Model) -> None:
@@ -211,7 +222,7 @@ def infer_shapes(model: Model) -> None:
 
 
 MAP_MAKERS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling")
-NOT_MAPS = ("flatten", "embedding", "lstm", "gru", "dense", "reshape", "permute", "repeat_vector")
+NOT_MAPS = ("flatten", "embedding", "lstm", "gru", "dense", "reshape", "permute", "repeat_vector", "dot")
 SPATIAL_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
 
 

@@ -291,7 +291,8 @@ class KerasH5Reader:
     def embedding_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "embeddings", layer)
         layer.tensors["weight"] = self.tensor("weight", key, dataset, "n e", "n e", NO_SEMANTICS, None)
-        layer.attrs = {"input_dim": int(dataset.shape[0]), "output_dim": int(dataset.shape[1])}
+        layer.attrs = {"input_dim": int(dataset.shape[0]), "output_dim": int(dataset.shape[1]),
+                       "mask_zero": bool(config.get("mask_zero", False))}
 
     def prelu_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "alpha", layer)
@@ -598,6 +599,8 @@ def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format
         attrs["dims"] = config.get("dims")
     elif kind == "repeat_vector":
         attrs["n"] = config.get("n")
+    elif kind == "dot":
+        attrs.update(axes=config.get("axes", -1), normalize=bool(config.get("normalize", False)))
     elif kind == "dropout":
         attrs["rate"] = config.get("rate", config.get("p"))
     return attrs

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from weightport.core.errors import UnsupportedError
 from weightport.core.model import Layer, Model
 
 RUNS: dict[str, Callable[[Layer, list[torch.Tensor]], torch.Tensor]] = {}
@@ -105,6 +106,12 @@ MERGE_MODES = {
 @builds("lstm", "gru")
 def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
     """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged."""
+    masked = [other.name for other in model.layers if other.attrs.get("mask_zero")]
+    if masked:
+        raise UnsupportedError(f"layer {layer.name!r} would skip the steps that Embedding {masked[0]!r} masks "
+                               "(mask_zero), which the torch module does not do",
+                               fix="The layer checks still compare each layer; feed inputs without zeros to check "
+                                   "the whole model")
     merge = layer.attrs.get("merge_mode")
     if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
         return ORIGINAL["builders"][layer.kind](layer, model)
@@ -126,3 +133,24 @@ def sequence_activation(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tenso
     if layer.attrs.get("on_sequence") and layer.attrs.get("activation") == "softmax":
         return torch.softmax(inputs[0], dim=-1)
     return ORIGINAL["runs"]["activation"](layer, inputs)
+
+
+@runs("dot")
+def dot(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Dot(axes, normalize)`` of two vectors (batch, d) or sequences (batch, n, d): the batch
+    matrix product over the named axes (batch axis counted as 0); inputs in Keras's own axis order."""
+    a, b = inputs
+    axes = layer.attrs.get("axes", -1)
+    first, second = (axes, axes) if isinstance(axes, int) else (int(axes[0]), int(axes[1]))
+    first, second = first % a.dim(), second % b.dim()
+    if layer.attrs.get("normalize"):
+        a, b = torch.nn.functional.normalize(a, dim=first), torch.nn.functional.normalize(b, dim=second)
+    left = torch.movedim(a, first, -1).reshape(a.shape[0], -1, a.shape[first])
+    right = torch.movedim(b, second, 1).reshape(b.shape[0], b.shape[second], -1)
+    out = torch.bmm(left, right)
+    rest = [n for k, n in enumerate(a.shape) if k not in (0, first)] + \
+        [n for k, n in enumerate(b.shape) if k not in (0, second)]
+    return out.reshape([a.shape[0]] + (rest or [1]))
+
+
+output_kind("dot")(lambda layer, feeding: "seq")

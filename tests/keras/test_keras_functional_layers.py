@@ -62,11 +62,19 @@ def build(name: str):
         i = keras.Input((9, 3))
         x = L.Conv1D(4, 3, dilation_rate=2)(i)
         return keras.Model(i, L.Dense(2)(L.GlobalAveragePooling1D()(x))), rng.standard_normal((2, 9, 3))
+    if name == "dot":
+        i = keras.Input((5, 3))
+        a, b = L.Dense(4)(i), L.Dense(4)(i)
+        attention = L.Dot(axes=(2, 2))([a, b])  # (5, 5)
+        pooled_a, pooled_b = L.GlobalAveragePooling1D()(a), L.GlobalMaxPooling1D()(b)
+        cosine = L.Dot(axes=1, normalize=True)([pooled_a, pooled_b])
+        return keras.Model(i, L.Concatenate()([L.Flatten()(attention), cosine])), rng.standard_normal((2, 5, 3))
     raise KeyError(name)
 
 
 NAMES = ["permute_flatten", "reshape_to_sequence", "sequence_concat", "map_concat_on_height", "repeat_vector",
-         "merges", "embedding_flatten", "spatial_ops", "sequence_pooling_softmax", "conv1d_global_pool"]
+         "merges", "embedding_flatten", "spatial_ops", "sequence_pooling_softmax", "conv1d_global_pool",
+         "dot"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -115,3 +123,21 @@ def test_bidirectional_merge_modes_reproduce_keras(run_cli, tmp_path, merge, seq
     code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
                                 tmp_path / "y.npy")
     assert code == 0 and "PASS whole model vs recorded output" in report, report + err
+
+
+def test_embedding_mask_zero_before_an_rnn_is_a_skip_with_its_reason(run_cli, tmp_path):
+    keras = require("keras")
+    keras.utils.set_random_seed(1)
+    i = keras.Input((6,), dtype="int32")
+    model = keras.Model(i, keras.layers.LSTM(3)(keras.layers.Embedding(9, 4, mask_zero=True)(i)))
+    x = np.array([[0, 0, 3, 4, 5, 1], [2, 3, 0, 0, 1, 8]], dtype="int32")
+    source = tmp_path / "m.h5"
+    model.save(str(source))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", np.asarray(model(x)))
+    out = tmp_path / "out.safetensors"
+    assert run_cli("convert", source, "-o", out)[0] == 0
+    code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
+                                tmp_path / "y.npy")
+    assert code == 0, report + err  # every weighted layer checked; the whole model skipped, with why
+    assert "SKIP whole model" in report and "mask_zero" in report
