@@ -87,7 +87,10 @@ def test_textgenrnn_cudnn_lstms_and_kept_attention_reproduce_tf_keras(run_cli, t
     out = tmp_path / "t.safetensors"
     code, _, err = run_cli("convert", real("textgenrnn_weights.hdf5"), "-o", out, "--keep-unknown")
     assert code == 0, err
-    assert "attention_W" in err  # named in the warnings
+    assert "attention_W" in err  # named in the warnings, and in the output's metadata
+    from safetensors import safe_open
+    with safe_open(str(out), "np") as handle:
+        assert "attention_W" in handle.metadata()["weightport.warnings"]
     state = load_file(str(out))
     chars = np.load(stem("textgenrnn_weights.hdf5") + ".input.npy")
     embedded = torch.from_numpy(state["embedding.weight"][chars])
