@@ -473,7 +473,7 @@ def refuse_or_keep_unknown(model: Model, unknown: list[Layer], keep: bool, weigh
     if not keep:
         what = "weights-only file: the kind of these layers cannot be told from their names or weights" \
             if weights_only and all(layer.source_class == "Unknown" for layer in unknown) else \
-            "layers holding weights weightport cannot map (custom layers)"
+            "layers holding weights weightport cannot map (custom layers, or Keras layers it does not port yet)"
         raise UnsupportedError(f"{what}: {listed}",
                                fix="Pass --keep-unknown to copy their tensors unchanged under their own names"
                                    + (", or --layer-kinds MAP.json (layer name -> Keras class), or convert the "
