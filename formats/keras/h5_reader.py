@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from weightport.core.errors import BadInputError, UnsupportedError, WeightportError
+from weightport.core.errors import BadInputError, UnsupportedError, UsageError, WeightportError
 from weightport.core.layout import concat_blocks, CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
@@ -121,6 +121,10 @@ class KerasH5Reader:
                 if decl.class_name == "Unknown" and inner:
                     decl.class_name, decl.config = "Bidirectional", {"layer": {"class_name": inner, "config": {}}}
         self.index = self.weight_index(layer_names, {decl.name for decl in decls})
+        strangers = sorted(set(self.options.layer_kinds) - {decl.name for decl in decls})
+        if strangers:
+            raise UsageError(f"--layer-kinds names layers the file does not hold: {', '.join(strangers)}",
+                             fix="Use the layer names that weightport inspect shows")
         for decl in decls:
             self.settle_class(decl)
         return decls

@@ -56,6 +56,9 @@ def test_undecided_kind_is_refused_then_taken_from_layer_kinds(run_cli, tmp_path
     code, _, err = run_cli("convert", source, "-o", out)
     assert code == 2 and "'mystery'" in err and "--layer-kinds" in err and not out.exists()
     kinds = tmp_path / "kinds.json"
+    kinds.write_text(json.dumps({"mistery": "Conv2DTranspose"}))
+    code, _, err = run_cli("convert", source, "-o", out, "--layer-kinds", kinds)
+    assert code == 2 and "mistery" in err and not out.exists()
     kinds.write_text(json.dumps({"mystery": "Conv2DTranspose"}))
     code, _, err = run_cli("convert", source, "-o", out, "--layer-kinds", kinds)
     assert code == 0, err
