@@ -134,3 +134,36 @@ def test_full_models_traced_to_onnx_reproduce_tf_keras_in_onnxruntime(run_cli, t
 def test_weights_only_corpus_files_refuse_onnx_with_the_reason(run_cli, tmp_path, name):
     code, _, err = run_cli("convert", real(name), "-o", tmp_path / "m.onnx", "--to", "onnx", "--keep-unknown")
     assert code == 2 and "no architecture" in err and "internal error" not in err
+
+
+@pytest.mark.requires("torch")
+def test_deepcut_weights_only_file_reproduces_tf_keras_in_torch(run_cli, tmp_path):
+    """deepcut's weights-only file (kinds inferred: Conv1D, TimeDistributed(Dense), BatchNormalization,
+    Embedding, Dense) run with torch ops in deepcut's own graph (deepcut/model.py get_convo_nn2) gives the
+    output tf.keras computed with the package's model code."""
+    torch = require("torch")
+    functional = torch.nn.functional
+    out = tmp_path / "d.safetensors"
+    code, _, err = run_cli("convert", real("deepcut_cnn_without_ne_ab.h5"), "-o", out)
+    assert code == 0, err
+    w = {key: torch.from_numpy(value) for key, value in load_file(str(out)).items()}
+
+    def batchnorm(x, name):
+        return ((x - w[f"{name}.running_mean"]) / torch.sqrt(w[f"{name}.running_var"] + 1e-3)
+                * w[f"{name}.weight"] + w[f"{name}.bias"])
+
+    chars = torch.from_numpy(np.load(stem("deepcut_cnn_without_ne_ab.h5") + ".input0.npy")).long()
+    kinds = torch.from_numpy(np.load(stem("deepcut_cnn_without_ne_ab.h5") + ".input1.npy")).long()
+    a = batchnorm(w["embedding_1.weight"][chars], "batch_normalization_1")  # (N, 21, 32)
+    units = []
+    for index in range(1, 13):  # conv_unit(a, window=index)
+        conv = functional.relu(functional.conv1d(a.transpose(1, 2), w[f"conv1d_{index}.weight"],
+                                                 w[f"conv1d_{index}.bias"])).transpose(1, 2)
+        dense = functional.linear(conv, w[f"time_distributed_{index}.weight"], w[f"time_distributed_{index}.bias"])
+        units.append(functional.pad(dense, (0, 0, 0, index - 1)))
+    x = torch.cat([a, torch.stack(units).amax(dim=0), w["embedding_2.weight"][kinds]], dim=-1)
+    x = torch.flatten(batchnorm(x, "batch_normalization_2"), 1)
+    x = functional.relu(functional.linear(x, w["dense_13.weight"], w["dense_13.bias"]))
+    got = torch.sigmoid(functional.linear(x, w["dense_14.weight"], w["dense_14.bias"]))
+    np.testing.assert_allclose(got.numpy(), np.load(stem("deepcut_cnn_without_ne_ab.h5") + ".output.npy"),
+                               atol=1e-5)
