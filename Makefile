@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
 	@$(PIP) install $(QUIET) "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	@$(PIP) install $(QUIET) -e ".[all]"
+	@# tf_keras (Keras 2 for TensorFlow, a test oracle) depends on the CUDA-capable tensorflow package:
+	@# installed without dependencies, at the installed tensorflow-cpu's version.
+	@$(PIP) install $(QUIET) --no-deps "tf_keras==$$($(PY) -c 'from importlib.metadata import version; print(version("tensorflow-cpu"))')"
 	@touch $@
 
 setup: $(VENV)/.installed

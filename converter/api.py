@@ -36,7 +36,8 @@ class ConversionResult:
 
 def load(path: str, *, assume_backend: str | None = None, source_semantics: str | None = None,
          spec: str | None = None, format: str | None = None, key: str | None = None, arch: str | None = None,
-         input_shape: tuple[int, ...] | None = None, strict: bool = False) -> Model:
+         input_shape: tuple[int, ...] | None = None, strict: bool = False,
+         layer_kinds: dict[str, str] | None = None, keep_unknown: bool = False) -> Model:
     """Read ``path`` (format detected from its content) into the canonical model: PyTorch/ONNX layouts,
     correlation kernels, every tensor with its provenance.
 
@@ -46,7 +47,10 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     registry name (``weightport formats``) instead of detection.  PyTorch files: ``key`` names the
     checkpoint entry holding the state dict; ``arch`` (``module.py:Class`` or ``module.py:factory``)
     imports your own module to give the state dict its layer kinds, traced on an input of ``input_shape``
-    (see docs/formats/torch.md).  ``strict``: refuse, instead of keeping as stored with a warning, the
+    (see docs/formats/torch.md).  ``input_shape``: the model's input shape without the batch axis, in the
+    source's layout, where the file does not record it (a weights-only Keras file, a traced ``arch``).
+    Keras files: ``layer_kinds`` (layer name -> Keras class) for a weights-only file whose layers cannot be
+    told apart; ``keep_unknown`` copies custom layers' tensors unchanged (see docs/formats/keras.md).  ``strict``: refuse, instead of keeping as stored with a warning, the
     tensors of a source op weightport does not understand (see docs/real-exporters.md).
 
     Example:
@@ -70,11 +74,13 @@ def load(path: str, *, assume_backend: str | None = None, source_semantics: str 
     if not os.path.exists(path):
         raise UsageError("no such file", path=path, fix="Check the path")
     require_regular_file(path)  # a FIFO or device could block or never end
-    if input_shape is not None and arch is None:
-        raise UsageError("{opt:input_shape} traces the module given by {opt:arch}", fix="Give {opt:arch=model.py:Class} too")
-    options = ReadOptions(assume_backend, source_semantics, spec, key, arch,
-                          tuple(input_shape) if input_shape is not None else None, strict)
+    options = ReadOptions(assume_backend=assume_backend, source_semantics=source_semantics, spec=spec, key=key,
+                          arch=arch, input_shape=tuple(input_shape) if input_shape else None, strict=strict,
+                          layer_kinds=dict(layer_kinds or {}), keep_unknown=keep_unknown)
     chosen = entry(format) if format else reader_for(path)
+    if input_shape is not None and arch is None and chosen.target == "torch":
+        raise UsageError("a state dict has no input: {opt:input_shape} traces the module given by {opt:arch}",
+                         path=path, fix="Give {opt:arch=model.py:Class} too")
     try:
         model = chosen.reader_module().read(path, options)
         if arch is not None:  # the user's own module gives a state dict its layers
@@ -129,7 +135,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
             expected: str | None = None, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL,
             allow_incomplete: bool = False, fail_on_nonfinite: bool = False, strict: bool = False,
             key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
-            seed: int = 0, samples: int = 2,
+            seed: int = 0, samples: int = 2, layer_kinds: dict[str, str] | None = None,
+            keep_unknown: bool = False,
             **write_options: object) -> ConversionResult:
     """Read ``src`` and write it to ``dst`` for target ``to``; returns the files and warnings.
 
@@ -153,7 +160,8 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
     check_can_write(dst, force)
     refuse_writing_over_inputs(src, spec, dst, writer)
     model = load(src, assume_backend=assume_backend, source_semantics=source_semantics, spec=spec, key=key, arch=arch,
-                 input_shape=input_shape, strict=strict)
+                 input_shape=input_shape, strict=strict,
+                 layer_kinds=layer_kinds, keep_unknown=keep_unknown)
     if fail_on_nonfinite:
         from weightport.core.nonfinite import refuse_nonfinite
         refuse_nonfinite(model)
@@ -199,7 +207,8 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
              atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL, allow_incomplete: bool = False,
              assume_backend: str | None = None, source_semantics: str | None = None, spec: str | None = None,
              key: str | None = None, arch: str | None = None, input_shape: tuple[int, ...] | None = None,
-             seed: int = 0, samples: int = 2):
+             seed: int = 0, samples: int = 2, layer_kinds: dict[str, str] | None = None,
+             keep_unknown: bool = False, strict: bool = False):
     """Check the converted file ``converted`` against its source ``src`` (a path or a loaded model);
     a :class:`weightport.checks.report.Report` (what ``weightport validate`` prints): its ``status``
     is ``pass``, ``fail`` or ``incomplete`` and its ``exit_code`` 0, 1 or 3.  Without ``input`` and
@@ -218,7 +227,9 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
     """
     source = src if isinstance(src, Model) else load(src, assume_backend=assume_backend,
                                                       source_semantics=source_semantics, spec=spec, key=key,
-                                                      arch=arch, input_shape=input_shape)
+                                                      arch=arch, input_shape=input_shape,
+                                                      layer_kinds=layer_kinds, keep_unknown=keep_unknown,
+                                                      strict=strict)
     return validate_conversion(source, converted, input, expected, atol, rtol, allow_incomplete, seed=seed,
                                samples=samples)
 

@@ -17,6 +17,7 @@ import threading
 import traceback
 from typing import Any, Sequence
 
+from weightport.cli_keras import add_keras_read_options, keras_read_options
 from weightport.core.version import __version__
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError
@@ -166,28 +167,16 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", metavar="MODULE.py:CLASS",
                         help="PyTorch state dict: your module (a class built with no arguments, or a factory "
                              "function returning the module) giving the layers their kinds; imports that file")
-    parser.add_argument("--input-shape", metavar="N,C,H,W", type=parse_shape,
-                        help="with --arch: an example input shape (with batch) to trace the module's layer order")
     parser.add_argument("--strict", action="store_true",
                         help="refuse (exit 2) instead of warning where a warning flags a likely mistake: a source "
                              "op holding tensors weightport does not understand (kept as stored otherwise), a "
                              "--rename entry that matches nothing")
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``1,3,12,12`` -> ``(1, 3, 12, 12)``."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape such as 1,3,12,12") from None
-    if not shape or any(n <= 0 for n in shape):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape of positive sizes such as 1,3,12,12")
-    return shape
+    add_keras_read_options(parser)
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"assume_backend": args.assume_backend, "source_semantics": args.source_semantics, "spec": args.spec,
-            "key": args.key, "arch": args.arch, "input_shape": args.input_shape, "strict": args.strict}
+            "key": args.key, "arch": args.arch, "strict": args.strict, **keras_read_options(args)}
 
 
 RENAME_FIX = ('Write a JSON object such as {"conv2d": "features.0"} or a list of regex pairs such as '
@@ -223,7 +212,7 @@ def load_rename(path: str | None) -> dict[str, Any]:
 def command_inspect(args: argparse.Namespace) -> int:
     from weightport.api import load
     from weightport.core.describe import describe_model
-    model = load(args.src, **read_options(args))
+    model = load(args.src, **{**read_options(args), "keep_unknown": True})  # inspect shows custom layers too
     if not args.no_scan:
         from weightport.core.nonfinite import scan
         for special in scan(model):

@@ -21,6 +21,7 @@ GROUP_TITLES: dict[str, str] = {
 # option dest -> group title
 CONVERT_GROUPS: dict[str, str] = {
     "assume_backend": "source", "source_semantics": "source", "spec": "source", "fail_on_nonfinite": "source",
+    "layer_kinds": "source", "keep_unknown": "source",
     "key": "source", "arch": "source", "input_shape": "source",
     "output": "target", "to": "target", "target_semantics": "target", "rename": "target",
     "strict_against": "target", "template": "target", "force": "target", "max_shard_size": "target",

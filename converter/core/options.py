@@ -15,7 +15,12 @@ class ReadOptions:
     a JSON/YAML file naming the arrays of an architecture-less pickle.
     ``key``: the entry of a PyTorch checkpoint dict holding the state dict.
     ``arch``: ``module.py:Class`` or ``module.py:factory``, the user's own torch module that gives a
-    state dict its architecture; ``input_shape``: an example input's shape (with batch) to trace it.
+    state dict its architecture;
+    ``layer_kinds``: layer name -> Keras class, for a weights-only Keras file whose layers cannot be told
+    from their names and weights.  ``keep_unknown``: copy the tensors of layers weightport cannot map
+    (custom layers) unchanged under their own names.  ``input_shape``: the model's input shape (without
+    the batch axis, in the source's layout) when the file does not record it; an ``arch`` module is traced
+    on a batch of one of it.
     """
 
     assume_backend: str | None = None
@@ -25,6 +30,8 @@ class ReadOptions:
     arch: str | None = None
     input_shape: tuple[int, ...] | None = None
     strict: bool = False  # refuse, instead of warning, when a source holds tensors of an op weightport does not know
+    layer_kinds: dict[str, str] = field(default_factory=dict)
+    keep_unknown: bool = False
 
 
 @dataclass

@@ -115,6 +115,8 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
         return (channels,) + _spatial_out(layer, x[1:])
     if kind == "pool":
         return (x[0],) + _spatial_out(layer, x[1:])
+    if kind == "global_pool" and attrs.get("on_sequence"):  # (time, features) pooled over time
+        return (x[-1],) + ((1,) if attrs.get("keepdims") else ())
     if kind == "global_pool":
         return (x[0],) + ((1,) * (len(x) - 1) if attrs.get("keepdims") else ())
     if kind == "padding":
@@ -142,10 +144,40 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
         out[axis] = total
         return tuple(out)
     if kind == "reshape":
-        return attrs.get("canonical_target_shape")
-    if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other"):
+        return keras_reshape(attrs.get("target_shape"), x)
+    if kind == "permute":  # in the source's channels-last order when it permutes a map (see map_layers)
+        ordered = x[1:] + x[:1] if attrs.get("from_map") else x
+        return tuple(ordered[int(d) - 1] for d in attrs["dims"])
+    if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
+                "maximum", "minimum"):
         return x
+    if kind == "repeat_vector":
+        return (attrs.get("n"),) + x
+    if kind == "dot" and len(inputs) == 2:
+        return dot_shape(attrs.get("axes", -1), inputs[0], inputs[1])
     return None
+
+
+def keras_reshape(target: Any, x: Shape) -> Shape | None:
+    """A Keras ``Reshape`` target shape with its ``-1`` resolved from the input's size."""
+    if target is None:
+        return None
+    target = tuple(int(d) for d in target)
+    if -1 not in target:
+        return target
+    if any(n is None for n in x):
+        return None
+    known = math.prod(d for d in target if d != -1)
+    return tuple(math.prod(x) // known if d == -1 else d for d in target)  # type: ignore[arg-type]
+
+
+def dot_shape(axes: Any, a: Shape, b: Shape) -> Shape:
+    """Keras ``Dot(axes)`` (batch axis counted as 0) of inputs shaped ``a`` and ``b`` (batch excluded):
+    the remaining axes of ``a`` then of ``b``, or (1,) when nothing remains."""
+    first, second = (axes, axes) if isinstance(axes, int) else (int(axes[0]), int(axes[1]))
+    first, second = first % (len(a) + 1) - 1, second % (len(b) + 1) - 1
+    rest = tuple(n for k, n in enumerate(a) if k != first) + tuple(n for k, n in enumerate(b) if k != second)
+    return rest or (1,)
 
 
 def check_acyclic(model: Model) -> None:
@@ -200,6 +232,84 @@ def infer_shapes(model: Model) -> None:
         previous = layer.name
 
 
+MAP_MAKERS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling")
+NOT_MAPS = ("flatten", "embedding", "lstm", "gru", "dense", "reshape", "permute", "repeat_vector", "dot")
+SPATIAL_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
+
+
+def map_layers(model: Model) -> set[str]:
+    """Names of the layers whose output is a channels-first feature map in the canonical module (what a
+    convolution, pooling, padding, cropping or upsampling outputs, and what keeps its first input's map:
+    activations, batch norms, merges); a model input is one when the model has spatial layers.
+
+    Everything else is a sequence (time, features) or a flat vector, in the same axis order as in Keras:
+    a Concatenate over it takes the Keras axis as is, and a Flatten of it is marked ``keeps_order`` (Keras
+    and the canonical module flatten it alike, so no Dense rows move).  A Flatten of a map that went
+    through a Permute or Reshape is marked ``hidden_by`` that layer: which map axis each row belongs to
+    is not worked out, so its Dense rows stay as stored and the reader says which layer hides them."""
+    spatial = any(layer.kind in SPATIAL_KINDS for layer in model.layers)
+    maps: set[str] = set()
+    hiders: dict[str, str] = {}  # layer -> the Permute/Reshape of a map its output comes through
+    previous: str | None = None
+    for layer in model.layers:
+        names = layer.inputs or ([previous] if previous else [])
+        fed = bool(names) and names[0] in maps
+        hider = hiders.get(names[0]) if names else None
+        if layer.kind in ("permute", "reshape"):
+            layer.attrs["from_map"] = fed  # the canonical module runs it in the source's channels-last order
+        if layer.kind in ("permute", "reshape") and fed:
+            hiders[layer.name] = layer.name
+        elif hider and layer.kind not in MAP_MAKERS and layer.kind not in NOT_MAPS:
+            hiders[layer.name] = hider
+        if layer.kind == "flatten" and hider:
+            layer.attrs["hidden_by"] = hider
+        if layer.kind == "input":
+            is_map = spatial and layer.output_shape is not None and len(layer.output_shape) >= 2
+        elif layer.kind == "global_pool":
+            is_map = bool(layer.attrs.get("keepdims"))
+        else:
+            is_map = layer.kind in MAP_MAKERS or (fed and layer.kind not in NOT_MAPS)
+        if layer.kind == "flatten" and not fed and not hider:
+            layer.attrs["keeps_order"] = True
+        if layer.kind in ("global_pool", "activation") and not fed and names and sequence_rank(model, names[0]):
+            layer.attrs["on_sequence"] = True  # pools over time / softmaxes over features, as Keras does
+        if is_map:
+            maps.add(layer.name)
+        previous = layer.name
+    return maps
+
+
+def sequence_rank(model: Model, name: str) -> bool:
+    """True when layer ``name`` outputs at least (time, features)."""
+    layer = model.find(name)
+    return layer is not None and layer.output_shape is not None and len(layer.output_shape) >= 2
+
+
+def canonical_concat_axis(source_axis: int, rank: int, data_format: str | None, sequence: bool) -> int:
+    """The canonical axis (0-based, batch excluded) of a Keras Concatenate ``axis`` over inputs of ``rank``
+    axes: a sequence keeps Keras's (time, features) order; a channels-last map (h, w, c) becomes (c, h, w)."""
+    index = source_axis - 1 if source_axis > 0 else rank + source_axis
+    if sequence or data_format == "channels_first":
+        return index
+    return 0 if index == rank - 1 else index + 1
+
+
+def settle_concat_axes(model: Model, maps: set[str]) -> None:
+    """Give every Keras Concatenate (``source_axis`` recorded) its canonical ``axis`` from its inputs'
+    ranks and kinds; shapes are then inferred again (Permute/Reshape shapes depend on ``maps`` too)."""
+    for layer in model.layers:
+        if layer.kind != "concat" or "source_axis" not in layer.attrs:
+            continue
+        names = model.input_names(layer)
+        first = model.find(names[0]) if names else None
+        if first is None or first.output_shape is None:
+            continue
+        axis = canonical_concat_axis(int(layer.attrs["source_axis"]), len(first.output_shape),
+                                     layer.attrs.get("data_format"), names[0] not in maps)
+        layer.attrs["axis"] = axis
+    infer_shapes(model)
+
+
 def feeding_flatten(model: Model, layer: Layer, memo: dict[int, Layer | None] | None = None) -> Layer | None:
     """The Flatten layer whose output reaches ``layer`` through shape-preserving layers only.
 
@@ -240,6 +350,8 @@ def flattened_map_shape(model: Model, dense: Layer,
     """
     flatten = feeding_flatten(model, dense, memo)
     if flatten is None:
+        return False
+    if flatten.attrs.get("keeps_order") or flatten.attrs.get("hidden_by"):
         return False
     names = model.input_names(flatten)
     before = model.find(names[0]) if names else None

@@ -12,7 +12,7 @@ import numpy as np
 
 from weightport.core.errors import LayoutError
 from weightport.core.layout import (CONVOLUTION, CORRELATION, NO_SEMANTICS, Layout, materialize, needs_flip,
-                                    parse_pattern, relayout, reorder_blocks, target_shape)
+                                    parse_pattern, relayout, reorder_blocks, reread, target_shape)
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,31 @@ class ReorderBlocks:
 
     def describe(self) -> str:
         return f"reorder gate blocks on axis {self.axis}: {self.src_order} -> {self.dst_order}"
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A transform step: the values in C order read again as ``dst_shape`` (see :func:`reread`)."""
+
+    src_shape: tuple[int, ...]
+    dst_shape: tuple[int, ...]
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        if tuple(array.shape) != tuple(self.src_shape):
+            raise LayoutError(f"expected shape {self.src_shape} to re-read, found {tuple(array.shape)}")
+        return reread(array, self.dst_shape)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(self.dst_shape)
+
+    def inverse(self) -> "Reread":
+        return Reread(self.dst_shape, self.src_shape)
+
+    def is_identity(self) -> bool:
+        return tuple(self.src_shape) == tuple(self.dst_shape)
+
+    def describe(self) -> str:
+        return f"re-read row-major {self.src_shape} as {self.dst_shape} (cuDNN gate matrices)"
 
 
 @dataclass(frozen=True)

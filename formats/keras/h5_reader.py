@@ -19,14 +19,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from weightport.core.errors import BadInputError, UnsupportedError, WeightportError
+from weightport.core.errors import BadInputError, UnsupportedError, UsageError, WeightportError
 from weightport.core.layout import concat_blocks, CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
 from weightport.core.rules import keras_flatten_order, keras_same_convention, keras_kernel_semantics, keras_major, normalize_backend
-from weightport.core.shapes import feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
+from weightport.core.shapes import SPATIAL_KINDS, map_layers, settle_concat_axes, feeding_flatten, flatten_patterns, flattened_map_shape, infer_shapes
 from weightport.formats.keras import hdf5
+from weightport.formats.keras.infer import infer_class, wrapper_of
+from weightport.formats.keras.cudnn import cudnn_tensors, is_cudnn
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
     BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
@@ -93,15 +95,19 @@ class KerasH5Reader:
         model.has_architecture = self.config is not None
         default_format = self.default_data_format(decls)
         source.details["data_format"] = default_format
+        self.unknown: list[Layer] = []
         for decl in decls:
             model.layers.append(self.layer(decl, default_format))
+        refuse_or_keep_unknown(model, self.unknown, self.options.keep_unknown, self.config is None)
         if self.config is None:
-            model.warn("the file holds weights only (no model config): layer kinds are guessed from names, "
-                       "graph order and shapes are unknown, and Dense rows after a Flatten are kept as stored; "
-                       "convert the full model file (model.save) for an exact port")
+            model.warn("the file holds weights only (no model config): layer kinds are taken from names, weights "
+                       "and --layer-kinds, graph order and shapes are unknown, and no Flatten is seen, so the rows of "
+                       "a Dense after a Flatten of a map are kept as stored (Keras's order); convert the full "
+                       "model file (model.save) for an exact port")
             model.layers = [layer for layer in model.layers if layer.tensors]
         self.set_input_shape(model, decls, default_format)
         infer_shapes(model)
+        settle_concat_axes(model, map_layers(model))
         self.permute_dense_after_flatten(model)
         return model
 
@@ -115,7 +121,27 @@ class KerasH5Reader:
                 if decl.class_name == "Unknown" and inner:
                     decl.class_name, decl.config = "Bidirectional", {"layer": {"class_name": inner, "config": {}}}
         self.index = self.weight_index(layer_names, {decl.name for decl in decls})
+        strangers = sorted(set(self.options.layer_kinds) - {decl.name for decl in decls})
+        if strangers:
+            raise UsageError(f"{{opt:layer_kinds}} names layers the file does not hold: {', '.join(strangers)}",
+                             fix="Use the layer names that weightport inspect shows")
+        for decl in decls:
+            self.settle_class(decl)
         return decls
+
+    def settle_class(self, decl: KerasLayerDecl) -> None:
+        """``--layer-kinds`` first; in a weights-only file, an unknown name's class from its weights."""
+        given = self.options.layer_kinds.get(decl.name)
+        if given:
+            decl.class_name = given
+            decl.config = {} if self.config is None else decl.config
+        elif self.config is None and decl.class_name == "Unknown":
+            inferred = infer_class(self.weights_of(decl.name))
+            wrapper = wrapper_of(decl.name)
+            if inferred and wrapper:
+                decl.class_name, decl.config = wrapper, {"layer": {"class_name": inferred, "config": {}}}
+            elif inferred:
+                decl.class_name = inferred
 
     def wrapped_class(self, name: str) -> str | None:
         """For a config-less Bidirectional group, the wrapped RNN class from its ``forward_<x>`` path."""
@@ -146,7 +172,7 @@ class KerasH5Reader:
                 hdf5.check_declared_size(dataset, self.path)
                 owners = [part for part in weight_name.split("/")[:-1] if part in known]
                 owner = owners[-1] if owners else group_name
-                index.setdefault(owner, {})[short_name(owner, weight_name)] = (f"{group.name}/{weight_name}", dataset)
+                index.setdefault(owner, {})[short_name(owner, weight_name, self.major == 1)] = (f"{group.name}/{weight_name}", dataset)
         return index
 
     def default_data_format(self, decls: list[KerasLayerDecl]) -> str:
@@ -190,12 +216,8 @@ class KerasH5Reader:
         elif cls in WEIGHTLESS:
             layer.kind = WEIGHTLESS[cls]
             layer.attrs = weightless_attrs(layer.kind, cls, config, default_format)
-        elif weights and self.config is None:
-            raise UnsupportedError(f"weights-only file: what layer {decl.name!r} is cannot be told from its name",
-                                   fix="Convert the file saved with model.save (it carries the model config)")
         elif weights:
-            raise UnsupportedError(f"layer {decl.name!r} of class {cls} holds weights weightport cannot map",
-                                   fix="Open an issue with the layer class; weightless layers are passed through")
+            self.keep_unknown(layer, weights)
         if cls == "Lambda":
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
         if wrapper == "TimeDistributed":
@@ -203,6 +225,16 @@ class KerasH5Reader:
         if decl.config.get("_containers"):
             layer.attrs["keras_containers"] = decl.config["_containers"]
         return layer
+
+    def keep_unknown(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        """A layer weightport cannot map (a custom layer, or a weights-only layer its weights do not decide):
+        kind ``custom``, its tensors as stored under their own variable names (``attention_W``)."""
+        layer.kind = "custom"
+        for key, dataset in weights.values():
+            param = key.rsplit("/", 1)[-1].split(":")[0]
+            pattern = " ".join(f"x{axis}" for axis in range(dataset.ndim))
+            layer.tensors[param] = self.tensor(param, key, dataset, pattern, pattern, NO_SEMANTICS, None)
+        self.unknown.append(layer)
 
     def conv_tensors(self, layer: Layer, weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         rank, kind, attrs = layer.attrs["rank"], layer.kind, layer.attrs
@@ -263,7 +295,8 @@ class KerasH5Reader:
     def embedding_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "embeddings", layer)
         layer.tensors["weight"] = self.tensor("weight", key, dataset, "n e", "n e", NO_SEMANTICS, None)
-        layer.attrs = {"input_dim": int(dataset.shape[0]), "output_dim": int(dataset.shape[1])}
+        layer.attrs = {"input_dim": int(dataset.shape[0]), "output_dim": int(dataset.shape[1]),
+                       "mask_zero": bool(config.get("mask_zero", False))}
 
     def prelu_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "alpha", layer)
@@ -292,7 +325,14 @@ class KerasH5Reader:
         bias_rows = weights["bias"][1].ndim if "bias" in weights else 1
         reset_after = bool(config.get("reset_after", bias_rows == 2)) if layer.kind == "gru" else True
         directions = [("", "")] + ([("backward/", "_reverse")] if config.get("_directions") == 2 else [])
+        cudnn = is_cudnn(layer.source_class or "", weights)
+        reset_after = reset_after or cudnn  # cuDNN's GRU applies the reset gate after the recurrent product
         for prefix, suffix in directions:
+            if cudnn:
+                for name in ("kernel", "recurrent_kernel", "bias"):
+                    self.require(weights, prefix + name, layer)
+                layer.tensors.update(cudnn_tensors(weights, prefix, suffix, gates, canonical_gates))
+                continue
             for param, variable in (("weight_ih_l0", "kernel"), ("weight_hh_l0", "recurrent_kernel")):
                 key, dataset = self.require(weights, prefix + variable, layer)
                 layer.tensors[param + suffix] = self.tensor(param + suffix, key, dataset, "i o", "o i",
@@ -318,6 +358,8 @@ class KerasH5Reader:
                        "recurrent_activation": config.get("recurrent_activation",
                                                           config.get("inner_activation", "sigmoid")),
                        "reset_after": reset_after, "gates_source": gates}
+        if cudnn:
+            layer.attrs["cudnn"] = True
 
     # -- tensors ------------------------------------------------------------------------------------
     def semantics(self, layer_class: str) -> tuple[str, str]:
@@ -350,10 +392,11 @@ class KerasH5Reader:
         if self.config is None:
             return
         shape = input_shape(decls, self.config)
+        if shape is None or any(n is None for n in shape[:-1]):
+            shape = list(self.options.input_shape) if self.options.input_shape else shape
         if shape is None:
             return
-        spatial = any(layer.kind in ("conv", "depthwise", "separable", "conv_transpose", "pool", "flatten")
-                      for layer in model.layers)
+        spatial = any(layer.kind in SPATIAL_KINDS for layer in model.layers)  # as the canonical module reads it
         if spatial and len(shape) >= 2 and default_format == "channels_last":
             shape = [shape[-1]] + shape[:-1]
         first = model.layers[0] if model.layers else None
@@ -394,12 +437,22 @@ class KerasH5Reader:
         for layer in model.layers:
             if layer.kind != "dense":
                 continue
+            hidden = hiding_layer(model, layer, flattens)
+            if hidden:
+                layer.attrs["rows_as_stored"] = True
+                model.warn(f"layer {layer.name!r}: Dense after a Flatten of the map that layer {hidden!r} "
+                           "permutes or reshapes: its rows were kept in the source's order, right for a model "
+                           "that runs that layer on the channels-last map as Keras does (weightport's torch "
+                           "module and ONNX do); a channels-first model must reorder them itself")
+                continue
             shape = flattened_map_shape(model, layer, flattens)
             if shape is False:
                 continue
             if shape is None:
-                model.warn(f"layer {layer.name!r}: Dense after Flatten, but the flattened shape is unknown; "
-                           "its rows were kept in the source's order (pass a model with an input shape)")
+                layer.attrs["rows_as_stored"] = True  # a Keras target keeps them as they are, silently
+                model.warn(f"layer {layer.name!r}: Dense after Flatten, but the model records no input shape, "
+                           "so the flattened map's shape is unknown; its rows were kept in the source's order "
+                           "(pass --input-shape with the model's input without the batch axis, e.g. 28,28,1)")
                 continue
             flatten = feeding_flatten(model, layer, flattens)
             order = keras_flatten_order(self.version, self.map_format(model, flatten, formats),
@@ -413,6 +466,31 @@ class KerasH5Reader:
             tensor.transforms = (Relayout(Layout(src), Layout(f"o {channels_first}"), known),)
             tensor.provenance = Provenance(tensor.provenance.source_key, src, NO_SEMANTICS,
                                            "Flatten of a channels-last map: rows reordered H,W,C -> C,H,W")
+
+
+def refuse_or_keep_unknown(model: Model, unknown: list[Layer], keep: bool, weights_only: bool) -> None:
+    """Refuse a model holding layers weightport cannot map, naming each; with ``--keep-unknown`` keep
+    their tensors unchanged and say so in a warning (which the output's metadata carries)."""
+    if not unknown:
+        return
+    listed = ", ".join(f"{layer.name!r} ({layer.source_class}: {', '.join(layer.tensors)})" for layer in unknown)
+    if not keep:
+        what = "weights-only file: the kind of these layers cannot be told from their names or weights" \
+            if weights_only and all(layer.source_class == "Unknown" for layer in unknown) else \
+            "layers holding weights weightport cannot map (custom layers, or Keras layers it does not port yet)"
+        raise UnsupportedError(f"{what}: {listed}",
+                               fix="Pass {opt:keep_unknown=True} to copy their tensors unchanged under their own names"
+                                   + (", or {opt:layer_kinds=MAP.json} (layer name -> Keras class), or convert the "
+                                      "file saved with model.save (it carries the model config)" if weights_only
+                                      else ""))
+    model.warn(f"layers weightport cannot map, their tensors kept unchanged under their own names "
+               f"(--keep-unknown): {listed}; the target model must define these layers itself")
+
+
+def hiding_layer(model: Model, dense: Layer, memo: dict[int, Layer | None]) -> str | None:
+    """The Permute/Reshape hiding the map layout of the Flatten that feeds ``dense``, if any."""
+    flatten = feeding_flatten(model, dense, memo)
+    return flatten.attrs.get("hidden_by") if flatten is not None else None
 
 
 class JoinedGates:
@@ -447,16 +525,17 @@ def join_keras1_gates(weights: dict[str, tuple[str, h5py.Dataset]], gates: str) 
     return joined
 
 
-def short_name(layer: str, weight_name: str) -> str:
-    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel``.
+def short_name(layer: str, weight_name: str, keras1: bool = True) -> str:
+    """``conv2d_1/kernel:0`` -> ``kernel``; Keras 1 ``convolution2d_1_W`` -> ``kernel`` (only in a Keras 1
+    file: a Keras 2 custom layer's ``attention_W`` stays ``attention_W``).
 
     A Bidirectional wrapper's backward weights get the prefix ``backward/``.
     """
     parts = weight_name.split("/")
     if any(part.startswith("backward_") for part in parts[:-1]):
-        return "backward/" + short_name(layer, parts[-1])
+        return "backward/" + short_name(layer, parts[-1], keras1)
     last = parts[-1].split(":")[0]
-    if last.startswith(layer + "_"):
+    if keras1 and last.startswith(layer + "_"):
         suffix = last[len(layer) + 1:]
         return KERAS1_SUFFIXES.get(suffix, suffix)
     return last
@@ -520,6 +599,12 @@ def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format
             attrs["axis"] = 0
     elif kind == "reshape":
         attrs["target_shape"] = config.get("target_shape")
+    elif kind == "permute":
+        attrs["dims"] = config.get("dims")
+    elif kind == "repeat_vector":
+        attrs["n"] = config.get("n")
+    elif kind == "dot":
+        attrs.update(axes=config.get("axes", -1), normalize=bool(config.get("normalize", False)))
     elif kind == "dropout":
         attrs["rate"] = config.get("rate", config.get("p"))
     return attrs

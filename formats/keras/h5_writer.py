@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import h5py
-import numpy as np
 
 from weightport.core.dtypes import widened
 from weightport.core.atomic import atomic_path
@@ -38,11 +37,11 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
             handle.attrs["keras_version"] = "2.3.1" if theano else "3.0.0"
             handle.attrs["weightport_source"] = f"{model.source.format}:{os.path.basename(model.source.path)}"
             names = [layer.name for layer in model.layers]
-            handle.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
+            hdf5.write_name_list(handle.attrs, "layer_names", names)  # chunked past 64 KiB, as Keras does
             for layer in model.layers:
                 group = handle.create_group(layer.name)
                 items = by_layer.get(layer.name, [])
-                group.attrs["weight_names"] = np.array([i.key.encode("utf8") for i in items], dtype="S")
+                hdf5.write_name_list(group.attrs, "weight_names", [i.key for i in items])
                 for item in items:
                     hdf5.create_dataset(group, item.key, widened(item.load()))
     return plan.warnings

@@ -146,6 +146,28 @@ def name_list_attr(attrs: h5py.AttributeManager, name: str) -> list[str]:
     return names
 
 
+# Keras's limit for one attribute (keras saving/legacy/hdf5_format.py HDF5_OBJECT_HEADER_LIMIT): an HDF5
+# object header message holds at most 64 KiB.
+HDF5_OBJECT_HEADER_LIMIT = 64512
+
+
+def write_name_list(attrs: h5py.AttributeManager, name: str, names: list[str]) -> None:
+    """Write a list-of-names attribute as Keras does (``save_attributes_to_hdf5_group``): one attribute
+    when it fits in :data:`HDF5_OBJECT_HEADER_LIMIT` bytes, else the fewest equal chunks ``name0``,
+    ``name1``, ... (``np.array_split``) that each fit."""
+    data = np.array([n.encode("utf8") for n in names], dtype="S") if names else np.array([], dtype="S1")
+    chunks = 1
+    parts = np.array_split(data, chunks)
+    while any(part.nbytes > HDF5_OBJECT_HEADER_LIMIT for part in parts):
+        chunks += 1
+        parts = np.array_split(data, chunks)
+    if chunks == 1:
+        attrs[name] = data
+        return
+    for index, part in enumerate(parts):
+        attrs[f"{name}{index}"] = part
+
+
 def json_attr(attrs: h5py.AttributeManager, name: str, path: str) -> Any:
     """A JSON attribute parsed as data only (never evaluated)."""
     text = text_attr(attrs, name)

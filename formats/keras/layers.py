@@ -38,7 +38,8 @@ WEIGHTLESS: dict[str, str] = {
     "SpatialDropout3D": "dropout", "GaussianNoise": "dropout", "GaussianDropout": "dropout",
     "AlphaDropout": "dropout", "Flatten": "flatten", "Reshape": "reshape", "Permute": "permute",
     "Add": "add", "Concatenate": "concat", "Merge": "concat", "Multiply": "multiply",
-    "Average": "other", "Maximum": "other", "Subtract": "other", "Lambda": "other", "Masking": "other",
+    "Average": "average", "Maximum": "maximum", "Minimum": "minimum", "Subtract": "subtract",
+    "RepeatVector": "repeat_vector", "Dot": "dot", "Lambda": "other", "Masking": "other",
     "Rescaling": "other", "Normalization": "other",
 }
 for _rank in (1, 2, 3):
@@ -212,7 +213,7 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
                 planned.append(PlannedTensor(f"{layer.name}/kernel", layer, "weight", tensor, (step,),
                                              Layout(f"{channels_last} o")))
             else:
-                if shape is None:
+                if shape is None and not attrs.get("rows_as_stored"):  # else the Keras reader said it once
                     warnings.append(f"layer {layer.name!r}: Dense after Flatten with unknown map shape; rows "
                                     "kept in C,H,W order (a channels-last Keras model needs H,W,C)")
                 add(layer, "kernel", "weight", "i o")
@@ -249,6 +250,9 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
         elif kind == "constant":  # a graph constant no layer holds (an ONNX source's normalisation, LayerNorm)
             raise UnsupportedError(f"{layer.name!r} is a constant of the source graph, outside any layer; a Keras "
                                    "weights file holds layer weights only", fix="Convert to the torch or npz target")
+        elif kind == "custom":  # kept unchanged (--keep-unknown): each tensor under its own variable name
+            for param, tensor in layer.tensors.items():
+                add(layer, param, param, tensor.layout.pattern)
         else:
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")

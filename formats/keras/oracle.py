@@ -14,7 +14,8 @@ fixtures/keras_theano/RULES.md), fed the arrays exactly as the file stores them:
 * Embedding: Keras's own layer with the stored ``embeddings``.
 * PReLU: Keras's formula ``relu(x) - alpha * relu(-x)`` with the stored ``alpha``, its axes found by name.
 * LSTM/GRU: Keras's own layers with the stored ``kernel``, ``recurrent_kernel`` and ``bias`` and the
-  file's activations (``go_backwards`` and ``Bidirectional`` too, with their sequences returned in
+  file's activations (CuDNNLSTM/CuDNNGRU arrays first put in Keras's LSTM/GRU form by Keras 2's own legacy
+  conversion, :func:`keras_from_cudnn`) (``go_backwards`` and ``Bidirectional`` too, with their sequences returned in
   Keras's order: a backwards layer's outputs in the order it read the steps, a bidirectional layer's
   backward half re-reversed, forward and backward halves concatenated).
 
@@ -132,14 +133,38 @@ def keras_activation(name: str, version: str | None):
     return lambda x: keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
+CUDNN_PATTERN = "i (g u) cudnn"
+
+
+def keras_from_cudnn(case: LayerCase, directions: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """A CuDNNLSTM/CuDNNGRU's stored arrays as Keras's LSTM / GRU(reset_after=True) takes them, by Keras 2's
+    own legacy conversion (keras 2.x ``saving.py`` ``_convert_rnn_weights``, ``from_cudnn=True``): per gate,
+    input kernel ``k.T.reshape(k.shape, order='F')``, recurrent kernel ``k.T``; LSTM biases summed, GRU biases
+    reshaped to (2, 3u)."""
+    gates = 4 if case.layer.kind == "lstm" else 3
+    arrays: dict[str, np.ndarray] = {}
+    for suffix in directions:
+        kernel, recurrent = case.stored[f"weight_ih_l0{suffix}"], case.stored[f"weight_hh_l0{suffix}"]
+        arrays[f"weight_ih_l0{suffix}"] = np.hstack([k.T.reshape(k.shape, order="F")
+                                                     for k in np.hsplit(kernel, gates)])
+        arrays[f"weight_hh_l0{suffix}"] = np.hstack([k.T for k in np.hsplit(recurrent, gates)])
+        bias = case.stored.get(f"bias_ih_l0{suffix}")
+        if bias is not None:
+            arrays[f"bias_ih_l0{suffix}"] = (np.sum(np.split(bias, 2), axis=0) if gates == 4
+                                            else bias.reshape(2, -1))
+    return arrays
+
+
 def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's own LSTM/GRU with the stored arrays (kernel, recurrent_kernel, bias), the whole sequence
     returned; ``go_backwards`` and ``Bidirectional`` (concatenated) as Keras computes them."""
     keras = keras_module()
     a, stored = case.layer.attrs, case.stored
     directions = ("", "_reverse") if a.get("bidirectional") else ("",)
-    if any(case.stored_layout[f"{param}{suffix}"] != "i o" for param in ("weight_ih_l0", "weight_hh_l0")
-           for suffix in directions):
+    if all(case.stored_layout.get(f"weight_ih_l0{suffix}") == CUDNN_PATTERN for suffix in directions):
+        stored = keras_from_cudnn(case, directions)
+    elif any(case.stored_layout[f"{param}{suffix}"] != "i o" for param in ("weight_ih_l0", "weight_hh_l0")
+             for suffix in directions):
         raise NotImplementedError("RNN check runs on Keras (in, gates*units) kernels")
     activations = {"activation": keras_activation(a.get("activation", "tanh"), case.source_version),
                    "recurrent_activation": keras_activation(a.get("recurrent_activation", "sigmoid"),

@@ -171,7 +171,7 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
     elif needs_trace(model):
         raise UsageError(f"{{opt:arch}} {options.arch}: the module has a Linear and a convolution, and the order in "
                          "which the Linear reads the conv's features is only known by running the module",
-                         path=path, fix="Give {opt:input_shape=N,C,H,W} (an example input) so the module is traced")
+                         path=path, fix="Give {opt:input_shape=C,H,W} (an example input) so the module is traced")
     model.has_architecture = True
     model.source.details["arch"] = options.arch
     model.arch_module = module  # type: ignore[attr-defined]  (validate and --to onnx run it)
@@ -213,7 +213,7 @@ def require_architecture(model: Model, target_name: str, needs_kinds: bool, temp
                          "(which tensors are conv kernels, which Linear reads a flattened map)",
                          path=model.source.path,
                          fix="Give {opt:arch=model.py:Class} (your own torch module, imported to read its layers; "
-                             "add {opt:input_shape=N,C,H,W} to trace it), or convert to torch, npz or raw")
+                             "add {opt:input_shape=C,H,W} to trace it), or convert to torch, npz or raw")
     unknown = unknown_flatten(model)
     if unknown and target_name == "keras":
         raise UnsupportedError(f"Linear layer(s) {', '.join(map(repr, unknown))} read a flatten of a permuted map "

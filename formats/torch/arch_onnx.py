@@ -29,7 +29,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     first = model.layers[0] if model.layers else None
     if first is None or first.kind != "input" or first.output_shape is None:
         raise UnsupportedError("the {opt:arch} module was not traced, so its input shape is unknown",
-                               path=model.source.path, fix="Give {opt:input_shape=N,C,H,W}")
+                               path=model.source.path, fix="Give {opt:input_shape=C,H,W}")
     example = torch.rand((1,) + tuple(first.output_shape), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         result = module(example)

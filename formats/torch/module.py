@@ -283,13 +283,15 @@ class CanonicalModule(nn.Module):
         self.model = model
         self.post: dict[str, Any] = {}
         self.layer_modules: dict[str, nn.Module] = {}
+        kinds = value_kinds(model)
         for layer in model.layers:
             module = self.module_for(layer)
             if module is not None:
                 self.attach(layer.name, module)
             act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
                                                                   "separable", "dense", "activation") else None
-            self.post[layer.name] = activation(act, model=model)
+            on_sequence = kinds.get(layer.name) == "seq" or layer.attrs.get("on_sequence")
+            self.post[layer.name] = activation(act, -1 if on_sequence else 1, model=model)  # softmax: features
 
     def attach(self, name: str, module: nn.Module) -> None:
         """Register ``module`` under a possibly dotted name (``features.0``), so state_dict keys match."""
@@ -503,3 +505,5 @@ def spatial_input(model: Model) -> bool:
 
 
 onnx_ops.register(sys.modules[__name__])  # the weightless ONNX ops of whole real graphs
+from weightport.formats.torch.keras_ops import register as register_keras_ops  # noqa: E402
+register_keras_ops(BUILDERS, RUNS, OUTPUT_KINDS)  # Keras functional layers (formats/torch/keras_ops.py)

@@ -79,14 +79,14 @@ def traced(module: Any, input_shape: tuple[int, ...], torch: Any, spec: str) -> 
                                "and feature order are unknown", fix="Convert to the torch or npz target, which "
                                "need no layer order") from None
     generator = torch.Generator().manual_seed(TRACE_SEED)
-    example = torch.rand(input_shape, generator=generator)
+    example = torch.rand((1,) + tuple(input_shape), generator=generator)  # a batch of one
     try:
         with torch.no_grad():
             ShapeProp(graph_module).propagate(example)
     except Exception as error:
         raise UsageError(f"{{opt:arch}} {spec}: the module does not run on an input of shape {input_shape} "
                          f"({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})",
-                         fix="Give {opt:input_shape} the shape the module takes, batch first") from None
+                         fix="Give {opt:input_shape} the shape one sample has, without the batch axis") from None
     return graph_module.graph
 
 

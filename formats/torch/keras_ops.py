@@ -1,0 +1,148 @@
+"""Keras functional layers run by the canonical torch module: :func:`register` adds them to the module's
+tables (``RUNS``, ``BUILDERS``, ``OUTPUT_KINDS`` of :mod:`weightport.formats.torch.module`, which calls it
+once; this module imports nothing from it, so there is no import cycle).
+
+A Keras ``Bidirectional`` with ``merge_mode`` sum, mul or ave runs the module's concatenating RNN and then
+merges its forward and backward halves as Keras does.
+
+Permute, Reshape and RepeatVector work in the source's (Keras, channels-last) axis order: a feature map
+reaching them is moved channels-last first (``from_map``, set by
+:func:`weightport.core.shapes.map_layers`), and their output stays in Keras's order (value kind ``seq``),
+so a Flatten after them flattens exactly as Keras does.  Merges take their inputs as they come.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from weightport.core.errors import UnsupportedError
+from weightport.core.model import Layer, Model
+
+RUNS: dict[str, Callable[[Layer, list[torch.Tensor]], torch.Tensor]] = {}
+BUILDERS: dict[str, Callable[[Layer, Model], nn.Module]] = {}
+OUTPUT_KINDS: dict[str, Callable[[Layer, str], str]] = {}
+ORIGINAL: dict[str, dict[str, Any]] = {"runs": {}, "builders": {}}  # the module's own entries we extend
+
+
+def registrar(table: dict[str, Any]) -> Callable[..., Callable[[Any], Any]]:
+    """A decorator factory adding a function to ``table`` under each of the given layer kinds."""
+    def for_kinds(*kinds: str) -> Callable[[Any], Any]:
+        def add(function: Any) -> Any:
+            table.update(dict.fromkeys(kinds, function))
+            return function
+        return add
+    return for_kinds
+
+
+runs, builds, output_kind = registrar(RUNS), registrar(BUILDERS), registrar(OUTPUT_KINDS)
+
+
+def register(builders: dict[str, Any], runs_table: dict[str, Any], output_kinds: dict[str, Any]) -> None:
+    """Add these layers to the canonical module's tables, keeping the entries they extend (the module's
+    RNN builders and activation run) to call them."""
+    ORIGINAL["builders"].update({kind: builders[kind] for kind in BUILDERS if kind in builders})
+    ORIGINAL["runs"].update({kind: runs_table[kind] for kind in RUNS if kind in runs_table})
+    builders.update(BUILDERS)
+    runs_table.update(RUNS)
+    output_kinds.update(OUTPUT_KINDS)
+
+KERAS_ORDER = ("permute", "reshape", "repeat_vector")
+MERGES = ("subtract", "average", "maximum", "minimum")
+
+
+def keras_order(layer: Layer, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in Keras's axis order: a channels-first map (batch, c, *spatial) -> (batch, *spatial, c)."""
+    return torch.movedim(x, 1, -1) if layer.attrs.get("from_map") and x.dim() > 2 else x
+
+
+@runs("permute")
+def permute(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Permute(dims)``: dims are 1-based and leave the batch axis in place."""
+    return keras_order(layer, inputs[0]).permute(0, *(int(d) for d in layer.attrs["dims"]))
+
+
+@runs("reshape")
+def reshape(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Reshape(target_shape)`` (row-major, ``-1`` allowed) of the Keras-ordered input."""
+    x = keras_order(layer, inputs[0])
+    return x.reshape((x.shape[0],) + tuple(int(d) for d in layer.attrs["target_shape"]))
+
+
+@runs("repeat_vector")
+def repeat_vector(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``RepeatVector(n)``: (batch, f) -> (batch, n, f)."""
+    return inputs[0].unsqueeze(1).expand(-1, int(layer.attrs["n"]), -1).contiguous()
+
+
+MERGE_OPS = {
+    "subtract": lambda xs: xs[0] - xs[1],
+    "average": lambda xs: torch.stack(xs).mean(dim=0),
+    "maximum": lambda xs: torch.stack(xs).amax(dim=0),
+    "minimum": lambda xs: torch.stack(xs).amin(dim=0),
+}
+
+
+@runs(*MERGES)
+def merge(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras Subtract / Average / Maximum / Minimum of same-shaped inputs."""
+    return MERGE_OPS[layer.kind](inputs)
+
+
+output_kind(*KERAS_ORDER)(lambda layer, feeding: "seq")
+output_kind(*MERGES)(lambda layer, feeding: feeding)
+
+
+MERGE_MODES = {
+    "sum": lambda forward, backward: forward + backward,
+    "mul": lambda forward, backward: forward * backward,
+    "ave": lambda forward, backward: (forward + backward) / 2,
+}
+
+
+@builds("lstm", "gru")
+def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
+    """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged."""
+    masked = [other.name for other in model.layers if other.attrs.get("mask_zero")]
+    if masked:
+        raise UnsupportedError(f"layer {layer.name!r} would skip the steps that Embedding {masked[0]!r} masks "
+                               "(mask_zero), which the torch module does not do",
+                               fix="The layer checks still compare each layer; feed inputs without zeros to check "
+                                   "the whole model")
+    merge = layer.attrs.get("merge_mode")
+    if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
+        return ORIGINAL["builders"][layer.kind](layer, model)
+    concatenating = replace(layer, attrs={**layer.attrs, "merge_mode": "concat"})
+    rnn = ORIGINAL["builders"][layer.kind](concatenating, model)
+
+    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        forward, backward = out.split(out.shape[-1] // 2, dim=-1)
+        return MERGE_MODES[merge](forward, backward)
+    rnn.register_forward_hook(merged)
+    return rnn
+
+
+
+
+@runs("dot")
+def dot(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras ``Dot(axes, normalize)`` of two vectors (batch, d) or sequences (batch, n, d): the batch
+    matrix product over the named axes (batch axis counted as 0); inputs in Keras's own axis order."""
+    a, b = inputs
+    axes = layer.attrs.get("axes", -1)
+    first, second = (axes, axes) if isinstance(axes, int) else (int(axes[0]), int(axes[1]))
+    first, second = first % a.dim(), second % b.dim()
+    if layer.attrs.get("normalize"):
+        a, b = torch.nn.functional.normalize(a, dim=first), torch.nn.functional.normalize(b, dim=second)
+    left = torch.movedim(a, first, -1).reshape(a.shape[0], -1, a.shape[first])
+    right = torch.movedim(b, second, 1).reshape(b.shape[0], b.shape[second], -1)
+    out = torch.bmm(left, right)
+    rest = [n for k, n in enumerate(a.shape) if k not in (0, first)] + \
+        [n for k, n in enumerate(b.shape) if k not in (0, second)]
+    return out.reshape([a.shape[0]] + (rest or [1]))
+
+
+output_kind("dot")(lambda layer, feeding: "seq")
