@@ -120,12 +120,13 @@ TARGETS: tuple[TargetEntry, ...] = (
     TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
                 PLAIN_ARRAY_OPTIONS, renames=True, check="by the emitted Java check program (java)"),
     TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
-                PLAIN_ARRAY_OPTIONS + ("emit_forward",), renames=True,
+                PLAIN_ARRAY_OPTIONS + ("emit_forward", "java_package", "java_class"), renames=True,
                 check="by the emitted WeightportCheck program, run in Java"),
 )
 
 OPTION_FLAGS = {"strict_against": "--strict-against", "template": "--template", "dtype": "--dtype",
                 "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
+                "java_package": "--java-package", "java_class": "--java-class",
                 "rename": "--rename", "rename_patterns": "--rename"}
 
 

@@ -1,69 +1,172 @@
-"""The ``java`` target: the plain-array output plus a dependency-free Java loader, a checker and,
-with ``--emit-forward``, the model's forward pass in plain Java.
+"""The ``java`` target: the model's weights as classpath resources plus dependency-free Java, laid out as a
+Maven/Gradle project (``src/main/java``, ``src/main/resources``), with, under ``--emit-forward``, the
+model's forward pass in float32 Java.
 
-``weightport convert SRC -o DIR --to java`` writes what ``--to raw`` writes
-(``weights.bin``, ``manifest.json``; see :mod:`weightport.formats.plain.raw`, whose
-functions this module builds on) and:
+``weightport convert SRC -o DIR --to java [--java-package P] [--java-class C] [--emit-forward]`` writes,
+with ``p`` the package's folder (``com/example/model``):
 
-* ``WeightportWeights.java``: ``WeightportWeights.load(Path dir)`` parses
-  ``manifest.json`` with its own small JSON parser (no library), maps
-  ``weights.bin`` and returns every tensor by name as ``float[]`` (float32 and
-  float16 files) or ``double[]`` (float64), with its shape, layout, semantics
-  and a row-major ``index(int...)`` helper; ``verify()`` checks each tensor's
-  SHA-256.
-* ``WeightportCheck.java``: ``java WeightportCheck DIR`` prints ``NAME SUM``
-  per tensor in manifest order, the double-precision sum in ``%.9e``.
-* ``WeightportModel.java`` (``--emit-forward``): the forward pass of a
-  sequential CNN/MLP with the tensors' layouts and semantics compiled in.
+* ``src/main/resources/p/C.bin`` and ``C.json``: what ``--to raw`` writes as ``weights.bin`` and
+  ``manifest.json`` (see :mod:`weightport.formats.plain.raw`, whose functions this module builds on);
+  the manifest also lists every file written (``"files"``), which is what ``--force`` may remove.
+* ``src/main/java/p/CWeights.java``: ``CWeights.load()`` reads the two resources from the classpath
+  (``load(Path)``, ``load(InputStream, InputStream)`` from elsewhere), checks every tensor's SHA-256
+  and returns each tensor by name with its shape, layout and semantics; ``readNpy`` reads ``.npy``
+  input of either byte order.
+* ``src/main/java/p/CCheck.java``: ``java p.CCheck`` prints ``NAME SUM`` per tensor.
+* ``src/main/java/p/C.java`` (``--emit-forward``): ``float[] forward(float[])`` and the batched
+  ``float[][] forward(float[][])``, layouts and semantics compiled in, optional threads.
+* ``README.C.md``: how to build and use the classes from Maven, Gradle or plain ``javac``.
 
-The Java is kept as Java: package data in ``java/`` beside this module (see
-:data:`JAVA_RESOURCES`).  The first two files are copied as they are; the third
-is a template that compiles on its own, with placeholders this module fills:
-``"@@KEY@@"`` (a whole string literal, replaced by :func:`java_string_literal`
-of a value), ``/*@KEY@*/`` (replaced by generated code: int lists, or field,
-constructor and forward-pass lines).
+The Java is kept as Java: package data in ``java/`` beside this module (see :data:`JAVA_RESOURCES`),
+each file a template that compiles on its own and that this module fills: ``"@@KEY@@"`` (a whole
+string literal, replaced by :func:`java_string_literal` of a value), ``/*@KEY@*/`` (replaced by
+generated code), and the class names ``WeightportWeights``, ``WeightportCheck``, ``WeightportModel``
+(replaced by ``CWeights``, ``CCheck``, ``C``).
 
-Names from the model file (layers, tensor keys, the source's path, version and
-backend) are data: they reach the generated Java only as string literals made by
-:func:`java_string_literal`, never inside comments, and no identifier is derived
-from them (tensor fields are ``T0``, ``T1``, ...).
-torch and tensorflow are never imported.
+Names from the model file (layers, tensor keys, the source's name, version and backend) are data: they
+reach the generated Java only as string literals made by :func:`java_string_literal`, never inside
+comments; the only identifiers derived from them are the default class name, reduced to ASCII letters
+and digits (:func:`class_name`).  The output holds no absolute path and is byte-identical for the same
+input and options.  torch and tensorflow are never imported.
 """
 
 from __future__ import annotations
 
+import keyword
 import math
+import os
 import re
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Callable
 
-from weightport.core.errors import UnsupportedError
+from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.layout import CONVOLUTION, parse_pattern
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.formats.plain import raw
+from weightport.formats.plain.project import write_project
 
 NAME = "java"
-DESCRIPTION = "plain arrays plus a dependency-free Java loader (folder: weights.bin, manifest.json, *.java)"
+DESCRIPTION = "a Maven/Gradle-shaped folder: the weights as classpath resources, a Java loader and forward pass"
 EXTENSIONS = ("",)
 
 WEIGHTS_FILE = "WeightportWeights.java"
 CHECK_FILE = "WeightportCheck.java"
 MODEL_FILE = "WeightportModel.java"
-JAVA_RESOURCES = (WEIGHTS_FILE, CHECK_FILE, MODEL_FILE)  # in java/ beside this module; the last is a template
+JAVA_RESOURCES = (WEIGHTS_FILE, CHECK_FILE, MODEL_FILE)  # in java/ beside this module: templates
+TEMPLATE_CLASSES = {"WeightportWeights": "{}Weights", "WeightportCheck": "{}Check", "WeightportModel": "{}"}
+
+JAVA_KEYWORDS = frozenset("""abstract assert boolean break byte case catch char class const continue default do double
+else enum extends final finally float for goto if implements import instanceof int interface long native new package
+private protected public return short static strictfp super switch synchronized this throw throws transient try void
+volatile while true false null var yield record sealed permits non-sealed _""".split())
+IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
 
 
 def sniff(path: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class JavaNames:
+    """Where the generated files go: ``package`` ("" for none) and the model's class name."""
+
+    package: str
+    name: str
+
+    @property
+    def folder(self) -> str:
+        return "/".join(self.package.split(".")) if self.package else ""
+
+    def java(self, suffix: str = "") -> str:
+        return "/".join(filter(None, ("src/main/java", self.folder, f"{self.name}{suffix}.java")))
+
+    def resource(self, extension: str) -> str:
+        return "/".join(filter(None, ("src/main/resources", self.folder, f"{self.name}.{extension}")))
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.package}.{self.name}" if self.package else self.name
+
+
+def reserved_names() -> frozenset[str]:
+    """Capitalised identifiers the templates use (java.lang and imported classes, nested classes): a
+    generated class called like one would shadow it."""
+    return frozenset(word for name in JAVA_RESOURCES
+                     for word in re.findall(r"\b[A-Z][A-Za-z0-9_]*\b", java_resource(name)))
+
+
+def usable_class(name: str) -> bool:
+    taken = reserved_names()
+    return bool(IDENTIFIER.match(name)) and name not in JAVA_KEYWORDS and len(name) <= 200 \
+        and not any(pattern.format(name) in taken for pattern in TEMPLATE_CLASSES.values())
+
+
+def class_name(source_path: str) -> str:
+    """The default class name: the source file's name in ASCII CamelCase (``cnn_flatten_dense.h5`` ->
+    ``CnnFlattenDense``), ``Model`` prefixed when it would start with a digit, be empty or clash with a
+    name the generated Java uses."""
+    stem = os.path.basename(source_path or "")
+    for extension in (".weights.h5", ".h5", ".hdf5", ".keras", ".onnx", ".pkl", ".pickle", ".pt", ".pth",
+                      ".safetensors", ".npz", ".zip", ".p"):
+        if stem.lower().endswith(extension):
+            stem = stem[: -len(extension)]
+            break
+    words = re.findall(r"[A-Za-z0-9]+", stem)
+    name = "".join(word[:1].upper() + word[1:] for word in words)[:64]
+    if not name or name[0].isdigit():
+        name = "Model" + name
+    return name if usable_class(name) else name + "Model"
+
+
+def java_names(model: Model, options: WriteOptions) -> JavaNames:
+    """``--java-package`` and ``--java-class`` checked (exit 2 with the fix), or their defaults."""
+    package = (options.java_package or "").strip()
+    parts = package.split(".") if package else []
+    if any(not IDENTIFIER.match(part) or part in JAVA_KEYWORDS for part in parts):
+        raise UsageError(f"--java-package {package!r} is not a Java package name",
+                         fix="Give dot-separated ASCII identifiers that are not Java keywords: com.example.model")
+    if options.java_class is None:
+        return JavaNames(package, class_name(options_source(model)))
+    if not usable_class(options.java_class):
+        raise UsageError(f"--java-class {options.java_class!r} is not a usable Java class name",
+                         fix="Give an ASCII identifier that is not a Java keyword nor a java.lang or java.util "
+                             "class name, e.g. DigitsModel")
+    return JavaNames(package, options.java_class)
+
+
+def options_source(model: Model) -> str:
+    return model.source.path or ""
+
+
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
-    """Write the plain-array folder with the Java loader, checker and (``emit_forward``) model."""
+    """Write the project folder (see the module doc); an unsupported ``--emit-forward`` model or a bad
+    name is refused before anything is written."""
+    names = java_names(model, options)
     prepared = raw.prepare(model, options)
-    forward = None
-    if getattr(options, "emit_forward", False):  # refuses unsupported layers before anything is written
-        forward = generate_model(model, prepared.plan, prepared.chosen, prepared.orders, prepared.manifest)
-    return raw.write_folder(prepared, path, options, java_files(forward))
+    manifest = prepared.manifest
+    manifest["file"] = f"{names.name}.bin"
+    manifest["java"] = {"package": names.package, "class": names.name}
+    sources = java_files(names, model, prepared, bool(getattr(options, "emit_forward", False)))
+    manifest["files"] = [names.resource("bin"), names.resource("json"), *sources]
+    warnings: list[str] = []
+
+    def weights(target: str) -> None:
+        warnings.extend(raw.fill_weights(prepared, target, options.quiet))
+
+    writers: dict[str, Callable[[str], None]] = {names.resource("bin"): weights,
+                                                 names.resource("json"): text_writer(lambda: raw.manifest_text(manifest))}
+    writers.update({relative: text_writer(lambda text=text: text) for relative, text in sources.items()})
+    write_project(path, names.resource("json"), writers)
+    return warnings
+
+
+def text_writer(text: Callable[[], str]) -> Callable[[str], None]:
+    def write_text(target: str) -> None:
+        with open(target, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text())
+    return write_text
 
 
 def java_resource(name: str) -> str:
@@ -71,12 +174,63 @@ def java_resource(name: str) -> str:
     return (files(__package__) / "java" / name).read_text(encoding="utf-8")
 
 
-def java_files(forward: str | None) -> dict[str, str]:
-    """File name -> Java source for the output folder."""
-    sources = {WEIGHTS_FILE: java_resource(WEIGHTS_FILE), CHECK_FILE: java_resource(CHECK_FILE)}
-    if forward is not None:
-        sources[MODEL_FILE] = forward
-    return sources
+def java_files(names: JavaNames, model: Model, prepared: Any, forward: bool) -> dict[str, str]:
+    """Relative path -> text of every generated source (and the README snippet), in a fixed order."""
+    common = {"RESOURCE": names.name}
+    out = {names.java("Weights"): render(names, WEIGHTS_FILE, common, {}),
+           names.java("Check"): render(names, CHECK_FILE, {}, {})}
+    if forward:  # refuses unsupported layers before anything is written
+        strings, code = ForwardWriter(model, prepared.plan, prepared.orders, prepared.manifest).parts()
+        out[names.java()] = render(names, MODEL_FILE, strings, code)
+    out[f"README.{names.name}.md"] = readme(names, prepared.manifest, forward)
+    return out
+
+
+def render(names: JavaNames, template: str, strings: dict[str, str], code: dict[str, str]) -> str:
+    """A template with its placeholders filled, the package line set and the class names replaced."""
+    text = fill_template(java_resource(template), strings,
+                         {**code, "PACKAGE": f"package {names.package};\n" if names.package else ""})
+    return re.sub(r"\bWeightport(Weights|Check|Model)\b",
+                  lambda match: TEMPLATE_CLASSES[match.group(0)].format(names.name), text)
+
+
+def readme(names: JavaNames, manifest: dict[str, Any], forward: bool) -> str:
+    """The README snippet: where the files are and how a Maven, Gradle or javac build uses them."""
+    q, c = names.qualified, names.name
+    use = (f"{c} model = {c}.load();                 // from the classpath; {c}.load(Path), "
+           f"{c}.load(InputStream, InputStream)\nfloat[] y = model.forward(x);            // one sample\n"
+           f"float[][] ys = model.forward(batch);    // several") if forward else \
+        (f"{c}Weights w = {c}Weights.load();          // from the classpath\n"
+         f"float[] k = w.tensor(\"...\").floats();")
+    source_input = manifest.get("input") or {}
+    return "\n".join([
+        f"# {c}: a model converted by weightport {manifest['weightport_version']}",
+        "",
+        f"Converted from `{manifest['source']['file']}` (SHA-256 `{manifest['source']['sha256']}`).".replace("`None`", "unknown"),
+        f"Input: one sample of shape {source_input.get('shape')} ({source_input.get('layout') or 'flat'}), "
+        "row-major float32." if source_input else "",
+        "",
+        f"- `{names.java()}`: the model (forward pass)" if forward else "",
+        f"- `{names.java('Weights')}`: the loader; `{names.java('Check')}`: prints each tensor's sum",
+        f"- `{names.resource('bin')}`, `{names.resource('json')}`: the weights and their manifest, classpath resources",
+        "",
+        "Maven and Gradle pick both folders up as they are (`src/main/java`, `src/main/resources`); "
+        "copy them into your project or point your build at them. Java 8 or later, no dependencies.",
+        "",
+        "```java",
+        f"import {q};" if names.package else f"// {c} is in the unnamed package: use it from the unnamed package",
+        "",
+        use,
+        "```",
+        "",
+        "Without a build tool:",
+        "",
+        "```sh",
+        "javac -d classes $(find src/main/java -name '*.java')",
+        f"java -cp classes:src/main/resources {q}{'' if forward else 'Check'}" + (" input.npy" if forward else ""),
+        "```",
+        "",
+    ]).replace("\n\n\n", "\n\n")
 
 
 # ------------------------------------------------------------------------------- Java text from data
@@ -196,18 +350,19 @@ class ForwardWriter:
                                 fix="Drop --emit-forward; weights.bin and manifest.json still hold every tensor "
                                     "and the layer attributes for your own runtime")
 
-    def tensor(self, layer: Layer, param: str) -> tuple[str, Any]:
-        """(field name, planned tensor) of one of the layer's tensors, loaded in the constructor."""
+    def tensor(self, layer: Layer, param: str, pack: str = "@T@") -> tuple[str, Any]:
+        """(field name, planned tensor) of one of the layer's tensors, loaded in the constructor (through
+        ``pack``, a call wrapping ``@T@``, the loaded array)."""
         item = self.planned.get((layer.name, param))
         if item is None:
             raise self.refuse(layer, f"tensor {param!r} is missing")
         name = f"T{self.count}"
         self.count += 1
         shape = tuple(int(n) for n in item.shape)
-        self.fields.append(f"    private final double[] {name};")
-        self.loads.append(f"        {name} = tensor(weights, {java_string_literal(item.key)}, "
-                          f"{java_string_literal(item.layout.pattern)}, {java_string_literal(item.layout.semantics)}, "
-                          f"{java_ints(shape)});")
+        self.fields.append(f"    private final float[] {name};")
+        load = (f"tensor(weights, {java_string_literal(item.key)}, {java_string_literal(item.layout.pattern)}, "
+                f"{java_string_literal(item.layout.semantics)}, {java_ints(shape)})")
+        self.loads.append(f"        {name} = {pack.replace('@T@', load)};")
         return name, item
 
     def kernel_strides(self, layer: Layer, item: Any) -> tuple[str, list[int], int]:
@@ -235,13 +390,18 @@ class ForwardWriter:
     def emit(self, line: str) -> None:
         self.body.append("        " + line)
 
-    def conv_call(self, layer: Layer, shape: tuple[int, ...], weight: str, item: Any, bias: str, groups: int,
+    def conv_call(self, layer: Layer, shape: tuple[int, ...], param: str, bias: str, groups: int,
                   strides: list[int], dilations: list[int], pads: list[list[int]]) -> tuple[int, ...]:
+        item = self.planned.get((layer.name, param))
+        if item is None:
+            raise self.refuse(layer, f"tensor {param!r} is missing")
         ws, kernel, out = self.kernel_strides(layer, item)
+        flip = item.layout.semantics == CONVOLUTION
+        weight = self.tensor(layer, param, f"packConv(@T@, {ws}, {out}, {shape[0] // groups}, {java_ints(kernel)}, "
+                                           f"{'true' if flip else 'false'})")[0]
         rank = len(shape) - 1
         dims = [shape[0]] + pad3(list(shape[1:]), 1)
         flat_pads = [p for pair in [[0, 0]] * (3 - rank) + [list(p) for p in pads] for p in pair]
-        flip = item.layout.semantics == CONVOLUTION
         spatial_out = []
         for n, k, s, d, (before, after) in zip(dims[1:], kernel, pad3(strides, 1), pad3(dilations, 1),
                                                zip(flat_pads[::2], flat_pads[1::2])):
@@ -249,10 +409,10 @@ class ForwardWriter:
             if size <= 0:
                 raise self.refuse(layer, "the kernel does not fit the input")
             spatial_out.append(size)
-        self.emit(f"x = conv(x, {java_ints(dims)}, {weight}, {ws}, {bias}, {out}, {groups}, "
+        self.emit(f"x = conv(x, {java_ints(dims)}, {weight}, {bias}, {out}, {groups}, "
                   f"{java_ints(kernel)}, {java_ints(pad3(strides, 1))}, {java_ints(pad3(dilations, 1))}, "
-                  f"{java_ints(flat_pads)}, {'true' if flip else 'false'});"
-                  + ("  // kernel stored for true convolution: the window reads it rotated 180 degrees" if flip else ""))
+                  f"{java_ints(flat_pads)}, par, tasks);"
+                  + ("  // kernel stored for true convolution: packed rotated 180 degrees" if flip else ""))
         return (out,) + tuple(spatial_out[3 - rank:])
 
     def spatial_attrs(self, layer: Layer, rank: int) -> tuple[list[int], list[int], list[list[int]]]:
@@ -280,19 +440,16 @@ class ForwardWriter:
                 raise self.refuse(layer, f"expects a rank-{a.get('rank')} feature map, gets shape {shape}")
             strides, dilations, pads = self.spatial_attrs(layer, len(shape) - 1)
             if kind == "separable":
-                weight, item = self.tensor(layer, "depthwise.weight")
-                shape = self.conv_call(layer, shape, weight, item, "null", shape[0], strides, dilations, pads)
-                weight, item = self.tensor(layer, "pointwise.weight")
+                shape = self.conv_call(layer, shape, "depthwise.weight", "null", shape[0], strides, dilations, pads)
                 bias = self.tensor(layer, "pointwise.bias")[0] if "pointwise.bias" in layer.tensors else "null"
                 one = [1] * (len(shape) - 1)
-                shape = self.conv_call(layer, shape, weight, item, bias, 1, one, one, [[0, 0]] * len(one))
+                shape = self.conv_call(layer, shape, "pointwise.weight", bias, 1, one, one, [[0, 0]] * len(one))
             else:
-                weight, item = self.tensor(layer, "weight")
                 bias = self.tensor(layer, "bias")[0] if "bias" in layer.tensors else "null"
                 groups = shape[0] if kind == "depthwise" else int(a.get("groups") or 1)
                 if shape[0] % groups:
                     raise self.refuse(layer, f"{shape[0]} input channels do not split into {groups} groups")
-                shape = self.conv_call(layer, shape, weight, item, bias, groups, strides, dilations, pads)
+                shape = self.conv_call(layer, shape, "weight", bias, groups, strides, dilations, pads)
             self.activation(layer, a.get("activation"), shape)
             return shape
         if kind == "conv_transpose":
@@ -320,7 +477,9 @@ class ForwardWriter:
         if kind == "dense":
             if is_map:
                 raise self.refuse(layer, "Dense on a feature map (not after Flatten) is not supported")
-            weight, item = self.tensor(layer, "weight")
+            item = self.planned.get((layer.name, "weight"))
+            if item is None:
+                raise self.refuse(layer, "tensor 'weight' is missing")
             groups = parse_pattern(item.layout.pattern)
             item_shape = tuple(int(n) for n in item.shape)
             strides = group_strides(item_shape)
@@ -328,9 +487,10 @@ class ForwardWriter:
             i_axis = 1 - o_axis
             if item_shape[i_axis] != shape[0]:
                 raise self.refuse(layer, f"takes {item_shape[i_axis]} inputs, gets {shape[0]}")
+            weight = self.tensor(layer, "weight", f"packDense(@T@, {java_ints([strides[o_axis], strides[i_axis]])}, "
+                                                  f"{item_shape[o_axis]}, {item_shape[i_axis]})")[0]
             bias = self.tensor(layer, "bias")[0] if "bias" in layer.tensors else "null"
-            self.emit(f"x = dense(x, {weight}, {java_ints([strides[o_axis], strides[i_axis]])}, {bias}, "
-                      f"{item_shape[o_axis]});")
+            self.emit(f"x = dense(x, {weight}, {bias}, {item_shape[o_axis]}, par, tasks);")
             shape = (item_shape[o_axis],)
             self.activation(layer, a.get("activation"), shape)
             return shape
@@ -399,7 +559,8 @@ class ForwardWriter:
             return shape
         raise self.refuse(layer, f"kind {kind!r} is not supported (supported: {', '.join(FORWARD_KINDS)})")
 
-    def source(self) -> str:
+    def parts(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The template's string and code placeholders for this model."""
         model = self.model
         source_input = self.manifest.get("input")
         if not model.layers or model.layers[0].kind != "input" or source_input is None:
@@ -433,9 +594,11 @@ class ForwardWriter:
             output_layout, output_shape = letters + "C", list(shape[1:]) + [shape[0]]
         elif len(shape) >= 2:
             output_layout = "C" + "".join(("d", "h", "w")[3 - (len(shape) - 1):]).upper()
+        source = self.manifest["source"]
         strings = {
-            "SOURCE": f"{model.source.path} ({model.source.format} {model.source.version or ''}, backend "
+            "SOURCE": f"{source['file']} ({model.source.format} {model.source.version or ''}, backend "
                       f"{model.source.backend or 'unknown'})",
+            "SOURCE_SHA256": source.get("sha256") or "",
             "SEMANTICS": self.manifest["semantics"],
             "INPUT_LAYOUT": source_input["layout"] or "",
             "OUTPUT_LAYOUT": output_layout,
@@ -447,12 +610,14 @@ class ForwardWriter:
             "LOADS": "\n".join(self.loads),
             "BODY": "\n".join(self.body),
         }
-        return fill_template(java_resource(MODEL_FILE), strings, code)
+        return strings, code
 
 
-def generate_model(model: Model, plan: Any, chosen: Any, orders: dict[str, str], manifest: dict[str, Any]) -> str:
-    """WeightportModel.java for ``model``; raises UnsupportedError (before anything is written) when a layer
-    cannot be generated."""
-    return ForwardWriter(model, plan, orders, manifest).source()
+def generate_model(model: Model, plan: Any, chosen: Any, orders: dict[str, str], manifest: dict[str, Any],
+                   names: JavaNames | None = None) -> str:
+    """The model class for ``model`` (``WeightportModel`` unless ``names`` say otherwise); raises
+    UnsupportedError (before anything is written) when a layer cannot be generated."""
+    strings, code = ForwardWriter(model, plan, orders, manifest).parts()
+    return render(names or JavaNames("", "WeightportModel"), MODEL_FILE, strings, code)
 
 
