@@ -61,6 +61,7 @@ JAVA_KEYWORDS = frozenset("""abstract assert boolean break byte case catch char 
 else enum extends final finally float for goto if implements import instanceof int interface long native new package
 private protected public return short static strictfp super switch synchronized this throw throws transient try void
 volatile while true false null var yield record sealed permits non-sealed _""".split())
+NOT_CODE = re.compile(r"""/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\])*"|'(?:\\.|[^'\\])+'""", re.S)  # comments, literals
 IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
 
 
@@ -93,8 +94,8 @@ class JavaNames:
 def reserved_names() -> frozenset[str]:
     """Capitalised identifiers the templates use (java.lang and imported classes, nested classes): a
     generated class called like one would shadow it."""
-    return frozenset(word for name in JAVA_RESOURCES
-                     for word in re.findall(r"\b[A-Z][A-Za-z0-9_]*\b", java_resource(name)))
+    code = [NOT_CODE.sub(" ", java_resource(name)) for name in JAVA_RESOURCES]
+    return frozenset(word for text in code for word in re.findall(r"\b[A-Z][A-Za-z0-9_]*\b", text))
 
 
 def usable_class(name: str) -> bool:
@@ -299,7 +300,8 @@ def fill_template(template: str, strings: dict[str, str], code: dict[str, str]) 
 # ------------------------------------------------------------------------------------ --emit-forward
 
 FORWARD_KINDS = ("input", "conv", "depthwise", "separable", "conv_transpose", "dense", "batchnorm", "activation", "prelu", "pool",
-                 "global_pool", "flatten", "dropout", "padding", "cropping")
+                 "global_pool", "flatten", "dropout", "padding", "cropping", "add", "multiply", "concat")
+MERGE_KINDS = ("add", "multiply", "concat")
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "softplus", "softsign", "swish",
                "silu", "relu6", "exponential")
 
@@ -559,26 +561,56 @@ class ForwardWriter:
             return shape
         raise self.refuse(layer, f"kind {kind!r} is not supported (supported: {', '.join(FORWARD_KINDS)})")
 
+    def graph_step(self, layer: Layer, position: int, values: dict[str, tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
+        """Emit one layer of the graph (any DAG: each output is kept in ``v<position>``); its output shape."""
+        names = self.model.input_names(layer)
+        missing = [name for name in names if name not in values]
+        if layer.kind == "input" or missing or not names:
+            raise self.refuse(layer, "a model with several inputs, or a layer fed by a later one, is not supported")
+        inputs = [values[name] for name in names]
+        if layer.kind in MERGE_KINDS:
+            return self.merge(layer, inputs)
+        if len(inputs) != 1:
+            raise self.refuse(layer, f"takes {len(inputs)} inputs")
+        self.emit(f"x = {inputs[0][0]};")
+        return self.layer(layer, inputs[0][1])
+
+    def merge(self, layer: Layer, inputs: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
+        """Add, Multiply (equal shapes) or Concatenate (along a canonical axis) of several outputs."""
+        arrays = "new float[][]{" + ", ".join(var for var, _ in inputs) + "}"
+        shapes = [shape for _, shape in inputs]
+        if layer.kind != "concat":
+            if any(shape != shapes[0] for shape in shapes):
+                raise self.refuse(layer, f"inputs of different shapes {shapes} (broadcasting is not supported)")
+            self.emit(f"x = {'add' if layer.kind == 'add' else 'multiply'}({arrays});")
+            return shapes[0]
+        axis = layer.attrs.get("axis")
+        if axis is None or not 0 <= int(axis) < len(shapes[0]) \
+                or any(len(s) != len(shapes[0]) or s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:]
+                       for s in shapes):
+            raise self.refuse(layer, f"concatenation of {shapes} along source axis {layer.attrs.get('source_axis')} "
+                                     "(only along channels or features)")
+        axis = int(axis)
+        self.emit(f"x = concat({arrays}, {math.prod(shapes[0][:axis])});")
+        return shapes[0][:axis] + (sum(s[axis] for s in shapes),) + shapes[0][axis + 1:]
+
     def parts(self) -> tuple[dict[str, str], dict[str, str]]:
         """The template's string and code placeholders for this model."""
         model = self.model
         source_input = self.manifest.get("input")
         if not model.layers or model.layers[0].kind != "input" or source_input is None:
             raise self.refuse(None, "the model's input shape is not recorded in the source")
-        previous = model.layers[0].name
-        for layer in model.layers[1:]:
-            if layer.inputs and list(layer.inputs) != [previous]:
-                raise self.refuse(layer, f"the model is not sequential (inputs {layer.inputs})")
-            previous = layer.name
         shape = tuple(int(n) for n in source_input["canonical_shape"])
         channels_last = source_input["layout"] is not None and source_input["layout"].endswith("C") \
             and len(shape) >= 2
         if channels_last:
             self.emit(f"x = channelsFirst(x, {shape[0]}, {math.prod(shape[1:])});  // "
                       f"{source_input['layout']} -> C{source_input['layout'][:-1]}")
+        values = {model.layers[0].name: ("v0", shape)}  # layer name -> (Java variable, shape) of its output
+        self.emit("float[] v0 = x;")
         for position, layer in enumerate(model.layers[1:], 1):
             start = len(self.body)
-            shape = self.layer(layer, shape)
+            shape = self.graph_step(layer, position, values)
             # No name in a comment: the kind is one of FORWARD_KINDS (layer() refuses any other), the name
             # follows in check()'s string literal.
             self.body.insert(start, f"        // layer {position}: {layer.kind}")
@@ -586,6 +618,8 @@ class ForwardWriter:
                     and tuple(int(n) for n in layer.output_shape) != shape:
                 raise self.refuse(layer, f"computes shape {shape}, the source says {tuple(layer.output_shape)}")
             self.emit(f"check(x, {math.prod(shape)}, {java_string_literal(layer.name)});")
+            self.emit(f"float[] v{position} = x;")
+            values[layer.name] = (f"v{position}", shape)
         output_layout = ""
         output_shape = list(shape)
         if len(shape) >= 2 and channels_last:
