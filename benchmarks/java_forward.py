@@ -10,8 +10,9 @@ Two models, built in torch with seeded weights and exported to ONNX (the file we
 Each runtime runs the same input, one sample per call, single-threaded: onnxruntime
 (``intra_op_num_threads=1``), torch (``torch.set_num_threads(1)``) and the Java emitted by
 ``weightport convert --to java --emit-forward`` (one thread, after a JIT warm-up of ``--warmup``
-calls).  The figures are medians of ``--repeat`` calls; the Java output is checked against
-onnxruntime's before it is timed.  Usage::
+calls).  The figures are medians of ``--repeat`` calls, both wall-clock and CPU time of the calling
+thread (on a shared, loaded machine a long call is preempted more often than a short one, so CPU time
+compares the work more fairly); the Java output is checked against onnxruntime's.  Usage::
 
     python benchmarks/java_forward.py [--repeat 30] [--warmup 40] [--threads N]
 """
@@ -33,6 +34,8 @@ import numpy as np
 HARNESS = r'''
 package bench;
 
+import java.lang.management.ManagementFactory;
+import java.lang.management.ThreadMXBean;
 import java.nio.file.Paths;
 import java.util.Arrays;
 
@@ -45,14 +48,18 @@ public final class Bench {
             for (int k = 0; k < warmup; k++) {
                 y = model.forward(x);
             }
-            double[] ms = new double[repeat];
+            ThreadMXBean bean = ManagementFactory.getThreadMXBean();
+            double[] ms = new double[repeat], cpu = new double[repeat];
             for (int k = 0; k < repeat; k++) {
-                long t0 = System.nanoTime();
+                long t0 = System.nanoTime(), c0 = bean.getCurrentThreadCpuTime();
                 y = model.forward(x);
+                cpu[k] = (bean.getCurrentThreadCpuTime() - c0) / 1e6;
                 ms[k] = (System.nanoTime() - t0) / 1e6;
             }
             Arrays.sort(ms);
-            StringBuilder out = new StringBuilder("{\"median_ms\": " + ms[repeat / 2] + ", \"output\": [");
+            Arrays.sort(cpu);
+            StringBuilder out = new StringBuilder("{\"median_ms\": " + ms[repeat / 2] + ", \"median_cpu_ms\": "
+                    + cpu[repeat / 2] + ", \"output\": [");
             for (int k = 0; k < y.length; k++) {
                 out.append(k == 0 ? "" : ", ").append(y[k]);
             }
@@ -92,15 +99,17 @@ def build(name: str):
     return model, macs
 
 
-def median_ms(call, warmup: int, repeat: int) -> float:
+def median_ms(call, warmup: int, repeat: int) -> tuple[float, float]:
+    """Median wall-clock and median CPU time (of this thread) of one call, in ms."""
     for _ in range(warmup):
         call()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         call()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        cpu.append((time.thread_time() - c0) * 1e3)
+        wall.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def run(name: str, folder: str, args: argparse.Namespace) -> dict:
@@ -138,10 +147,12 @@ def run(name: str, folder: str, args: argparse.Namespace) -> dict:
                             check=True, capture_output=True, text=True)
     java = json.loads(result.stdout)
     error = float(np.max(np.abs(np.array(java["output"]) - want)) / max(1.0, float(np.max(np.abs(want)))))
-    return {"model": name, "macs_per_sample": macs, "onnxruntime_ms": ort_ms, "torch_ms": torch_ms,
-            "java_ms": java["median_ms"], "java_threads": args.threads,
-            "java_vs_onnxruntime": java["median_ms"] / ort_ms, "java_vs_torch": java["median_ms"] / torch_ms,
-            "java_gmacs": macs / java["median_ms"] / 1e6, "max_relative_error_vs_onnxruntime": error}
+    java_ms = (java["median_ms"], java["median_cpu_ms"])
+    return {"model": name, "macs_per_sample": macs, "java_threads": args.threads,
+            "max_relative_error_vs_onnxruntime": error,
+            **{f"{runtime}_{kind}_ms": value[k] for runtime, value in (("onnxruntime", ort_ms), ("torch", torch_ms),
+                                                                        ("java", java_ms))
+               for k, kind in enumerate(("wall", "cpu"))}}
 
 
 def main() -> int:
@@ -159,13 +170,15 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); medians of {args.repeat} calls")
-    print("| model | M MACs | onnxruntime ms | torch ms | Java ms | Java / onnxruntime | Java / torch | Java GMAC/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); medians of {args.repeat} calls "
+          f"after {args.warmup} warm-up calls; Java threads: {args.threads}")
+    print("| model | M MACs | time | onnxruntime ms | torch ms | Java ms | Java / onnxruntime | Java / torch | Java GMAC/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['macs_per_sample'] / 1e6:.0f} | {r['onnxruntime_ms']:.2f} | {r['torch_ms']:.2f} | "
-              f"{r['java_ms']:.2f} | {r['java_vs_onnxruntime']:.1f}x | {r['java_vs_torch']:.1f}x | "
-              f"{r['java_gmacs']:.2f} |")
+        for kind in ("cpu", "wall"):
+            ort, tch, jv = (r[f"{runtime}_{kind}_ms"] for runtime in ("onnxruntime", "torch", "java"))
+            print(f"| {r['model']} | {r['macs_per_sample'] / 1e6:.0f} | {kind} | {ort:.2f} | {tch:.2f} | {jv:.2f} | "
+                  f"{jv / ort:.1f}x | {jv / tch:.1f}x | {r['macs_per_sample'] / jv / 1e6:.2f} |")
     bad = [r["model"] for r in rows if r["max_relative_error_vs_onnxruntime"] > 1e-4]
     if bad:
         print(f"Java output differs from onnxruntime's for {bad}", file=sys.stderr)

@@ -300,8 +300,11 @@ def fill_template(template: str, strings: dict[str, str], code: dict[str, str]) 
 # ------------------------------------------------------------------------------------ --emit-forward
 
 FORWARD_KINDS = ("input", "conv", "depthwise", "separable", "conv_transpose", "dense", "batchnorm", "activation", "prelu", "pool",
-                 "global_pool", "flatten", "dropout", "padding", "cropping", "add", "multiply", "concat")
+                 "global_pool", "flatten", "dropout", "padding", "cropping", "add", "multiply", "concat", "lstm", "gru",
+                 "embedding")
 MERGE_KINDS = ("add", "multiply", "concat")
+SEQUENCE_KINDS = ("lstm", "gru", "embedding", "dense")  # take a (steps, features) sequence as it is
+RNN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear", "hard_sigmoid")
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax", "elu", "selu", "softplus", "softsign", "swish",
                "silu", "relu6", "exponential")
 
@@ -345,6 +348,7 @@ class ForwardWriter:
         self.loads: list[str] = []
         self.body: list[str] = []
         self.count = 0
+        self.sequences: set[str] = set()  # Java variables holding a (steps, features) sequence, row-major
 
     def refuse(self, layer: Layer | None, why: str) -> UnsupportedError:
         where = f"layer {layer.name!r} ({layer.source_class or layer.kind}): " if layer is not None else ""
@@ -568,12 +572,99 @@ class ForwardWriter:
         if layer.kind == "input" or missing or not names:
             raise self.refuse(layer, "a model with several inputs, or a layer fed by a later one, is not supported")
         inputs = [values[name] for name in names]
+        self.sequence = False
         if layer.kind in MERGE_KINDS:
+            if any(var in self.sequences for var, _ in inputs):
+                raise self.refuse(layer, "merging sequences is not supported")
             return self.merge(layer, inputs)
         if len(inputs) != 1:
             raise self.refuse(layer, f"takes {len(inputs)} inputs")
-        self.emit(f"x = {inputs[0][0]};")
-        return self.layer(layer, inputs[0][1])
+        var, shape = inputs[0]
+        self.emit(f"x = {var};")
+        if var in self.sequences and layer.kind not in SEQUENCE_KINDS:  # (steps, features) -> (features, steps)
+            self.emit(f"x = channelsFirst(x, {shape[1]}, {shape[0]});  // sequence -> map")
+            shape = (shape[1], shape[0])
+        if layer.kind in ("lstm", "gru") and var not in self.sequences:
+            if len(shape) != 2:
+                raise self.refuse(layer, f"needs a sequence, gets shape {shape}")
+            self.emit(f"x = channelsLast(x, {shape[0]}, {shape[1]});  // map -> sequence")
+            shape = (shape[1], shape[0])
+        if layer.kind in SEQUENCE_KINDS and (var in self.sequences or layer.kind != "dense"):
+            return self.sequence_layer(layer, shape)
+        return self.layer(layer, shape)
+
+    def sequence_layer(self, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """An LSTM/GRU, Embedding or per-step Dense; sets ``self.sequence`` when the output is a sequence."""
+        a = layer.attrs
+        if layer.kind == "embedding":
+            if len(shape) != 1:
+                raise self.refuse(layer, f"needs a vector of indices, gets shape {shape}")
+            table, item = self.tensor(layer, "weight")
+            rows, width = (int(n) for n in item.shape)
+            if item.layout.pattern != "n e":
+                raise self.refuse(layer, f"table layout {item.layout.pattern!r} is not (rows, width)")
+            self.emit(f"x = embedding(x, {table}, {rows}, {width});")
+            self.sequence = True
+            return (shape[0], width)
+        if layer.kind == "dense":
+            steps, features = shape
+            item = self.planned.get((layer.name, "weight"))
+            if item is None or item.layout.pattern not in ("o i", "i o"):
+                raise self.refuse(layer, "a per-step Dense needs an OI or IO weight")
+            out = int(item.shape[0 if item.layout.pattern == "o i" else 1])
+            ws = [features, 1] if item.layout.pattern == "o i" else [1, out]
+            weight = self.tensor(layer, "weight", f"packDense(@T@, {java_ints(ws)}, {out}, {features})")[0]
+            bias = self.tensor(layer, "bias")[0] if "bias" in layer.tensors else "null"
+            self.emit(f"x = perStepDense(x, {steps}, {weight}, {bias}, {out}, par, tasks);")
+            self.sequence = True
+            if activation_name(a.get("activation")) not in ("linear", "relu", "sigmoid", "tanh"):
+                raise self.refuse(layer, "a per-step Dense with this activation is not supported")
+            self.activation(layer, a.get("activation"), (out,))
+            return (steps, out)
+        return self.recurrent(layer, shape)
+
+    def recurrent(self, layer: Layer, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """An LSTM or GRU, one or two directions (Keras Bidirectional, merge_mode concat)."""
+        a = layer.attrs
+        steps, features = shape
+        units = int(a["units"])
+        if a.get("merge_mode") == "onnx":
+            raise self.refuse(layer, "an ONNX LSTM/GRU node (sequence-major input, directions on their own axis) is "
+                                     "not supported; Keras and Theano recurrent layers are")
+        if a.get("bidirectional") and a.get("merge_mode") not in (None, "concat"):
+            raise self.refuse(layer, f"bidirectional merge_mode {a.get('merge_mode')!r} (only concat)")
+        acts = [self.rnn_activation(layer, a.get(key)) for key in ("activation", "recurrent_activation")]
+        directions = ["", "_reverse"] if a.get("bidirectional") else [""]
+        outputs = []
+        for suffix in directions:
+            names = [self.tensor(layer, f"{param}_l0{suffix}")[0] if f"{param}_l0{suffix}" in layer.tensors else "null"
+                     for param in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            for param in ("weight_ih", "weight_hh"):
+                if self.planned[(layer.name, f"{param}_l0{suffix}")].layout.pattern != "o i":
+                    raise self.refuse(layer, f"{param} is not stored (gates * units, inputs)")
+            reverse = bool(a.get("go_backwards")) != (suffix == "_reverse")
+            outputs.append(f"recurrent(x, {steps}, {features}, {units}, {'true' if layer.kind == 'gru' else 'false'}, "
+                           f"{'true' if a.get('reset_after', True) else 'false'}, {', '.join(names)}, "
+                           f"{'true' if reverse else 'false'}, {java_string_literal(acts[0])}, "
+                           f"{java_string_literal(acts[1])})")
+        sequences = bool(a.get("return_sequences"))
+        self.emit(f"x = rnnOutput({outputs[0]},\n                {outputs[1] if len(outputs) > 1 else 'null'}, "
+                  f"{steps}, {units}, {'true' if sequences else 'false'});")
+        self.sequence = sequences
+        width = units * len(directions)
+        return (steps, width) if sequences else (width,)
+
+    def rnn_activation(self, layer: Layer, value: Any) -> str:
+        """The Java name of an LSTM/GRU activation (hard_sigmoid as the source's Keras version defines it)."""
+        name = activation_name(value)
+        if name not in RNN_ACTIVATIONS:
+            raise self.refuse(layer, f"recurrent activation {name!r} is not supported ({', '.join(RNN_ACTIVATIONS)})")
+        if name != "hard_sigmoid":
+            return name
+        major = self.model.source.details.get("keras_major")
+        if not self.model.source.format.startswith("keras") or major is None:
+            raise self.refuse(layer, "hard_sigmoid from a source that does not say whose")
+        return "hard_sigmoid_keras3" if int(major) >= 3 else "hard_sigmoid"  # x/6 + 0.5 in Keras 3, else 0.2x + 0.5
 
     def merge(self, layer: Layer, inputs: list[tuple[str, tuple[int, ...]]]) -> tuple[int, ...]:
         """Add, Multiply (equal shapes) or Concatenate (along a canonical axis) of several outputs."""
@@ -608,6 +699,9 @@ class ForwardWriter:
                       f"{source_input['layout']} -> C{source_input['layout'][:-1]}")
         values = {model.layers[0].name: ("v0", shape)}  # layer name -> (Java variable, shape) of its output
         self.emit("float[] v0 = x;")
+        if source_input["layout"] is None and len(shape) == 2:  # (steps, features), as the source takes it
+            self.sequences.add("v0")
+        last = "v0"
         for position, layer in enumerate(model.layers[1:], 1):
             start = len(self.body)
             shape = self.graph_step(layer, position, values)
@@ -615,14 +709,20 @@ class ForwardWriter:
             # follows in check()'s string literal.
             self.body.insert(start, f"        // layer {position}: {layer.kind}")
             if layer.output_shape is not None and all(n is not None for n in layer.output_shape) \
+                    and not self.sequence and layer.kind not in ("lstm", "gru") \
                     and tuple(int(n) for n in layer.output_shape) != shape:
                 raise self.refuse(layer, f"computes shape {shape}, the source says {tuple(layer.output_shape)}")
             self.emit(f"check(x, {math.prod(shape)}, {java_string_literal(layer.name)});")
             self.emit(f"float[] v{position} = x;")
             values[layer.name] = (f"v{position}", shape)
+            if self.sequence:
+                self.sequences.add(f"v{position}")
+            last = f"v{position}"
         output_layout = ""
         output_shape = list(shape)
-        if len(shape) >= 2 and channels_last:
+        if last in self.sequences:
+            output_layout = "TF"  # (steps, features), as the source gives it
+        elif len(shape) >= 2 and channels_last:
             letters = "".join(("d", "h", "w")[3 - (len(shape) - 1):]).upper()
             self.emit(f"x = channelsLast(x, {shape[0]}, {math.prod(shape[1:])});  // C{letters} -> {letters}C")
             output_layout, output_shape = letters + "C", list(shape[1:]) + [shape[0]]

@@ -30,7 +30,8 @@ from tests.conftest import FIXTURES, ROOT, require
 
 
 KERAS_CNNS = ["keras3/cnn_flatten_dense", "keras3/channels_first_cnn", "keras3/conv3d_grouped",
-              "tf_keras2/cnn_sequential", "keras3/functional_residual", "keras3/functional_residual_flatten"]
+              "tf_keras2/cnn_sequential", "keras3/functional_residual", "keras3/functional_residual_flatten",
+              "keras3/conv1d_rnn", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before"]
 
 
 def recorded(base: str) -> bool:
@@ -110,19 +111,16 @@ def convert_fixture(base: str, out, args: list[str]) -> int:
 FORWARD = [base for base in KERAS_CNNS if recorded(base)] + later_fixtures()
 
 # fixture -> what --emit-forward's refusal must say.
-NOT_A_KIND = "is not supported (supported: input, conv, depthwise"
+ONNX_RNN = "an ONNX LSTM/GRU node (sequence-major input, directions on their own axis) is not supported"
 EMIT_FORWARD_REFUSALS: dict[str, str] = {
-    "keras_theano/k1_gru": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
-    "keras_theano/k1_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "keras_theano/k2_conv1d_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "keras_theano/k2_gru_reset_before": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/gru_linear_before_reset": f"layer 'gru_linear_before_reset' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/gru_reset_before": f"layer 'gru_reset_before' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/lstm_bidirectional": f"layer 'lstm_bidirectional' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "theano/theano_lstm": f"layer 'lstm' (Theano lstm): kind 'lstm' {NOT_A_KIND}",
+    "onnx/gru_linear_before_reset": f"layer 'gru_linear_before_reset' (GRU): {ONNX_RNN}",
+    "onnx/gru_reset_before": f"layer 'gru_reset_before' (GRU): {ONNX_RNN}",
+    "onnx/lstm_bidirectional": f"layer 'lstm_bidirectional' (LSTM): {ONNX_RNN}",
 }
 GENERATED = [base for base in FORWARD if base not in EMIT_FORWARD_REFUSALS]  # a forward pass to run
-NO_SPATIAL_KERNEL = {"keras_theano/k1_batchnorm_dense"}  # dense and batch norm only: no flip to check
+NO_SPATIAL_KERNEL = {  # dense, batch norm and recurrent layers only: no flip to check
+    "keras_theano/k1_batchnorm_dense", "keras_theano/k1_lstm", "keras_theano/k1_gru", "keras_theano/k2_gru_reset_before",
+    "theano/theano_lstm", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before"}
 
 # Output folders built for the module: (fixture, variant) -> convert arguments.
 VARIANTS = {
@@ -719,8 +717,9 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, capsys):
 
 def test_unsupported_forward_and_bad_options_are_usage_errors_before_writing(tmp_path, capsys):
     rnn = os.path.join(FIXTURES, "keras3", "conv1d_rnn.h5")
-    assert convert(rnn, "-o", tmp_path / "a", "--to", "java", "--emit-forward") == 2
-    assert "'lstm'" in capsys.readouterr().err
+    onnx_rnn = os.path.join(FIXTURES, "onnx", "lstm_bidirectional.onnx")
+    assert convert(onnx_rnn, "-o", tmp_path / "a", "--to", "java", "--emit-forward") == 2
+    assert ONNX_RNN in capsys.readouterr().err
     assert convert(SRC, "-o", tmp_path / "b", "--to", "raw", "--emit-forward") == 2
     assert "--to java" in capsys.readouterr().err
     assert convert(SRC, "-o", tmp_path / "c", "--to", "raw", "--layout", "OIXW") == 2

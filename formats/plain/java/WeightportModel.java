@@ -471,6 +471,17 @@ public final class WeightportModel implements AutoCloseable {
         return y;
     }
 
+    /** A Dense applied to every step of a (steps, features) sequence, with a packed (in, out) weight. */
+    static float[] perStepDense(float[] x, int steps, float[] w, float[] bias, int out, ExecutorService par,
+                                int tasks) {
+        float[] y = new float[steps * out];
+        for (int t = 0; t < steps && bias != null; t++) {
+            System.arraycopy(bias, 0, y, t * out, out);
+        }
+        matmul(x, 0, w, 0, y, 0, steps, x.length / steps, out, par, tasks);
+        return y;
+    }
+
     /**
      * Transposed convolution: every input element x[c, i] adds x * w to y[o, i*stride - pad + k*dilation].
      * Weight element (c, o, kd, kh, kw), c an input channel and o within its group, is at
@@ -662,6 +673,8 @@ public final class WeightportModel implements AutoCloseable {
         switch (name) {
             case "sigmoid": return 1.0 / (1.0 + Math.exp(-v));
             case "hard_sigmoid": return Math.max(0.0, Math.min(1.0, 0.2 * v + 0.5));
+            case "hard_sigmoid_keras3": return Math.max(0.0, Math.min(1.0, v / 6.0 + 0.5));
+            case "relu": return Math.max(v, 0.0);
             case "tanh": return Math.tanh(v);
             case "elu": return v > 0 ? v : Math.expm1(v);
             case "selu": return 1.0507009873554805 * (v > 0 ? v : 1.6732632423543772 * Math.expm1(v));
@@ -673,6 +686,109 @@ public final class WeightportModel implements AutoCloseable {
             case "linear": return v;
             default: throw new IllegalArgumentException("activation " + name);
         }
+    }
+
+    /**
+     * One direction of an LSTM or GRU over a (steps, features) sequence, row-major; returns every step's
+     * hidden state (steps, units) in processing order (last step first when reverse). Weights in PyTorch's
+     * layout and gate order: wih (gates*units, features), whh (gates*units, units); LSTM gates i, f, g, o
+     * (c = f*c + i*g, h = o*act(c)); GRU gates r, z, n, h = (1-z)*n + z*h with n = act(Wx + b + r*(Uh + c))
+     * when resetAfter, else act(Wx + b + U(r*h) + c).
+     */
+    static float[] recurrent(float[] x, int steps, int features, int units, boolean gru, boolean resetAfter,
+                             float[] wih, float[] whh, float[] bih, float[] bhh, boolean reverse, String act,
+                             String recurrentAct) {
+        int gates = gru ? 3 : 4;
+        double[] h = new double[units], c = new double[units], gi = new double[gates * units],
+                gh = new double[gates * units];
+        float[] out = new float[steps * units];
+        for (int step = 0; step < steps; step++) {
+            int t = reverse ? steps - 1 - step : step;
+            for (int g = 0; g < gates * units; g++) {
+                double s = bih == null ? 0.0 : bih[g];
+                for (int f = 0; f < features; f++) {
+                    s += wih[g * features + f] * (double) x[t * features + f];
+                }
+                gi[g] = s;
+                double r = bhh == null ? 0.0 : bhh[g];
+                if (!gru || resetAfter || g < 2 * units) {
+                    for (int u = 0; u < units; u++) {
+                        r += whh[g * units + u] * h[u];
+                    }
+                }
+                gh[g] = r;
+            }
+            if (gru) {
+                double[] next = new double[units];
+                for (int u = 0; u < units; u++) {
+                    double reset = scalar(recurrentAct, gi[u] + gh[u]);
+                    double update = scalar(recurrentAct, gi[units + u] + gh[units + u]);
+                    double candidate;
+                    if (resetAfter) {
+                        candidate = gi[2 * units + u] + reset * gh[2 * units + u];
+                    } else {
+                        candidate = gi[2 * units + u] + gh[2 * units + u];
+                        for (int k = 0; k < units; k++) {
+                            double rk = scalar(recurrentAct, gi[k] + gh[k]);
+                            candidate += whh[(2 * units + u) * units + k] * rk * h[k];
+                        }
+                    }
+                    next[u] = (1.0 - update) * scalar(act, candidate) + update * h[u];
+                }
+                h = next;
+            } else {
+                for (int u = 0; u < units; u++) {
+                    double in = scalar(recurrentAct, gi[u] + gh[u]);
+                    double forget = scalar(recurrentAct, gi[units + u] + gh[units + u]);
+                    double cell = scalar(act, gi[2 * units + u] + gh[2 * units + u]);
+                    double output = scalar(recurrentAct, gi[3 * units + u] + gh[3 * units + u]);
+                    c[u] = forget * c[u] + in * cell;
+                    h[u] = output * scalar(act, c[u]);
+                }
+            }
+            for (int u = 0; u < units; u++) {
+                out[step * units + u] = (float) h[u];
+            }
+        }
+        return out;
+    }
+
+    /**
+     * The output of an RNN layer from its directions' step outputs (processing order): the sequence
+     * (steps, units * directions) or the last output; the backward direction's outputs go back to the
+     * positions of the steps they were computed at.
+     */
+    static float[] rnnOutput(float[] forward, float[] backward, int steps, int units, boolean sequences) {
+        int directions = backward == null ? 1 : 2, width = units * directions;
+        if (!sequences) {
+            float[] y = new float[width];
+            System.arraycopy(forward, (steps - 1) * units, y, 0, units);
+            if (backward != null) {
+                System.arraycopy(backward, (steps - 1) * units, y, units, units);
+            }
+            return y;
+        }
+        float[] y = new float[steps * width];
+        for (int t = 0; t < steps; t++) {
+            System.arraycopy(forward, t * units, y, t * width, units);
+            if (backward != null) {
+                System.arraycopy(backward, (steps - 1 - t) * units, y, t * width + units, units);
+            }
+        }
+        return y;
+    }
+
+    /** Embedding lookup: each input value is a row index of the (rows, width) table. */
+    static float[] embedding(float[] x, float[] table, int rows, int width) {
+        float[] y = new float[x.length * width];
+        for (int t = 0; t < x.length; t++) {
+            int row = (int) x[t];
+            if (row < 0 || row >= rows || row != x[t]) {
+                throw new IllegalArgumentException("embedding index " + x[t] + " at " + t + " is not in [0, " + rows + ")");
+            }
+            System.arraycopy(table, row * width, y, t * width, width);
+        }
+        return y;
     }
 
     /** Element-wise sum of equal-length arrays. */

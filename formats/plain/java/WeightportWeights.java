@@ -423,7 +423,7 @@ public final class WeightportWeights {
     }
 
     /**
-     * Read a NumPy {@code .npy} file of float32, float64 or float16, either byte order, C order.
+     * Read a NumPy {@code .npy} file of float16/32/64 or int32/64 (e.g. token ids), either byte order, C order.
      *
      * @param file the .npy file
      * @return its shape and values as float
@@ -486,17 +486,22 @@ public final class WeightportWeights {
         String type = descr.replaceAll("['\"\\s]", "");
         ByteOrder byteOrder = type.startsWith(">") ? ByteOrder.BIG_ENDIAN : ByteOrder.LITTLE_ENDIAN;
         String kind = type.replaceAll("^[<>|=]", "");
-        int item = kind.equals("f4") ? 4 : kind.equals("f8") ? 8 : kind.equals("f2") ? 2 : 0;
+        int item = kind.equals("f4") || kind.equals("i4") ? 4 : kind.equals("f8") || kind.equals("i8") ? 8
+                : kind.equals("f2") ? 2 : 0;
         if (item == 0 || count * item > Integer.MAX_VALUE - 8) {
-            throw new IOException("dtype " + type + " with " + count + " elements (float16, float32 or float64 only)");
+            throw new IOException("dtype " + type + " with " + count + " elements (float16/32/64 or int32/64 only)");
         }
         byte[] raw = new byte[(int) (count * item)];
         in.readFully(raw);
         ByteBuffer bytes = ByteBuffer.wrap(raw).order(byteOrder);
         float[] data = new float[(int) count];
         for (int k = 0; k < data.length; k++) {
-            data[k] = item == 4 ? bytes.getFloat(4 * k) : item == 8 ? (float) bytes.getDouble(8 * k)
-                    : halfToFloat(bytes.getShort(2 * k));
+            if (kind.startsWith("i")) {
+                data[k] = item == 4 ? bytes.getInt(4 * k) : bytes.getLong(8 * k);
+            } else {
+                data[k] = item == 4 ? bytes.getFloat(4 * k) : item == 8 ? (float) bytes.getDouble(8 * k)
+                        : halfToFloat(bytes.getShort(2 * k));
+            }
         }
         return new Array(shape, data);
     }
