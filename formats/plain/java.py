@@ -195,43 +195,56 @@ def render(names: JavaNames, template: str, strings: dict[str, str], code: dict[
                   lambda match: TEMPLATE_CLASSES[match.group(0)].format(names.name), text)
 
 
+def markdown_text(text: Any) -> str:
+    """A name from the model file for the README: printable ASCII, no backtick (it is data, shown as is)."""
+    return "".join(c if " " <= c <= "~" and c != "`" else "?" for c in str(text))
+
+
 def readme(names: JavaNames, manifest: dict[str, Any], forward: bool) -> str:
     """The README snippet: where the files are and how a Maven, Gradle or javac build uses them."""
     q, c = names.qualified, names.name
-    use = (f"{c} model = {c}.load();                 // from the classpath; {c}.load(Path), "
-           f"{c}.load(InputStream, InputStream)\nfloat[] y = model.forward(x);            // one sample\n"
-           f"float[][] ys = model.forward(batch);    // several") if forward else \
-        (f"{c}Weights w = {c}Weights.load();          // from the classpath\n"
-         f"float[] k = w.tensor(\"...\").floats();")
-    source_input = manifest.get("input") or {}
-    return "\n".join([
-        f"# {c}: a model converted by weightport {manifest['weightport_version']}",
+    source, source_input = manifest["source"], manifest.get("input") or {}
+    if forward:
+        use = [f"{c} model = {c}.load();          // weights from the classpath (also: load(Path), "
+               "load(InputStream, InputStream), load(threads))",
+               f"float[] y = model.forward(x);      // one sample: {c}.INPUT_SIZE values in, {c}.OUTPUT_SIZE out",
+               "float[][] ys = model.forward(batch);  // several samples"]
+    else:
+        use = [f"{c}Weights w = {c}Weights.load();  // weights from the classpath (also: load(Path), "
+               "load(InputStream, InputStream))",
+               "float[] k = w.tensor(\"NAME\").floats();  // row-major in the tensor's layout"]
+    lines = [
+        f"# {c}: converted by weightport {manifest['weightport_version']}",
         "",
-        f"Converted from `{manifest['source']['file']}` (SHA-256 `{manifest['source']['sha256']}`).".replace("`None`", "unknown"),
-        f"Input: one sample of shape {source_input.get('shape')} ({source_input.get('layout') or 'flat'}), "
-        "row-major float32." if source_input else "",
+        f"From `{markdown_text(source['file'])}` (SHA-256 `{source.get('sha256') or 'unknown'}`)."
+        + (f" One input sample has shape {source_input.get('shape')}"
+           f"{' (' + source_input['layout'] + ')' if source_input.get('layout') else ''}, row-major float32."
+           if source_input else ""),
         "",
-        f"- `{names.java()}`: the model (forward pass)" if forward else "",
-        f"- `{names.java('Weights')}`: the loader; `{names.java('Check')}`: prints each tensor's sum",
-        f"- `{names.resource('bin')}`, `{names.resource('json')}`: the weights and their manifest, classpath resources",
+        *([f"- `{names.java()}`: the model, its forward pass in float32"] if forward else []),
+        f"- `{names.java('Weights')}`: the loader (and a .npy reader)",
+        f"- `{names.java('Check')}`: prints each tensor's name and sum",
+        f"- `{names.resource('bin')}`, `{names.resource('json')}`: the weights and their manifest (classpath resources)",
         "",
-        "Maven and Gradle pick both folders up as they are (`src/main/java`, `src/main/resources`); "
-        "copy them into your project or point your build at them. Java 8 or later, no dependencies.",
+        "Maven and Gradle build `src/main/java` and package `src/main/resources` as they are: copy both folders into "
+        "your project (or convert with `-o` your project's root and `--force`, which only ever replaces the files "
+        "listed in the manifest). Java 8 or later, no dependencies.",
         "",
         "```java",
-        f"import {q};" if names.package else f"// {c} is in the unnamed package: use it from the unnamed package",
+        f"import {q};" if names.package else f"// {c} is in the unnamed package: give --java-package to import it",
         "",
-        use,
+        *use,
         "```",
         "",
         "Without a build tool:",
         "",
         "```sh",
         "javac -d classes $(find src/main/java -name '*.java')",
-        f"java -cp classes:src/main/resources {q}{'' if forward else 'Check'}" + (" input.npy" if forward else ""),
+        f"java -cp classes:src/main/resources {q}{' input.npy' if forward else 'Check'}",
         "```",
         "",
-    ]).replace("\n\n\n", "\n\n")
+    ]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------- Java text from data
@@ -356,7 +369,7 @@ class ForwardWriter:
                                 fix="Drop --emit-forward; weights.bin and manifest.json still hold every tensor "
                                     "and the layer attributes for your own runtime")
 
-    def tensor(self, layer: Layer, param: str, pack: str = "@T@") -> tuple[str, Any]:
+    def tensor(self, layer: Layer, param: str, pack: str = "@T@", java_type: str = "float[]") -> tuple[str, Any]:
         """(field name, planned tensor) of one of the layer's tensors, loaded in the constructor (through
         ``pack``, a call wrapping ``@T@``, the loaded array)."""
         item = self.planned.get((layer.name, param))
@@ -365,7 +378,7 @@ class ForwardWriter:
         name = f"T{self.count}"
         self.count += 1
         shape = tuple(int(n) for n in item.shape)
-        self.fields.append(f"    private final float[] {name};")
+        self.fields.append(f"    private final {java_type} {name};")
         load = (f"tensor(weights, {java_string_literal(item.key)}, {java_string_literal(item.layout.pattern)}, "
                 f"{java_string_literal(item.layout.semantics)}, {java_ints(shape)})")
         self.loads.append(f"        {name} = {pack.replace('@T@', load)};")
@@ -494,7 +507,7 @@ class ForwardWriter:
             if item_shape[i_axis] != shape[0]:
                 raise self.refuse(layer, f"takes {item_shape[i_axis]} inputs, gets {shape[0]}")
             weight = self.tensor(layer, "weight", f"packDense(@T@, {java_ints([strides[o_axis], strides[i_axis]])}, "
-                                                  f"{item_shape[o_axis]}, {item_shape[i_axis]})")[0]
+                                                  f"{item_shape[o_axis]}, {item_shape[i_axis]})", "float[][]")[0]
             bias = self.tensor(layer, "bias")[0] if "bias" in layer.tensors else "null"
             self.emit(f"x = dense(x, {weight}, {bias}, {item_shape[o_axis]}, par, tasks);")
             shape = (item_shape[o_axis],)
@@ -613,7 +626,7 @@ class ForwardWriter:
                 raise self.refuse(layer, "a per-step Dense needs an OI or IO weight")
             out = int(item.shape[0 if item.layout.pattern == "o i" else 1])
             ws = [features, 1] if item.layout.pattern == "o i" else [1, out]
-            weight = self.tensor(layer, "weight", f"packDense(@T@, {java_ints(ws)}, {out}, {features})")[0]
+            weight = self.tensor(layer, "weight", f"packDense(@T@, {java_ints(ws)}, {out}, {features})", "float[][]")[0]
             bias = self.tensor(layer, "bias")[0] if "bias" in layer.tensors else "null"
             self.emit(f"x = perStepDense(x, {steps}, {weight}, {bias}, {out}, par, tasks);")
             self.sequence = True

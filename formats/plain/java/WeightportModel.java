@@ -323,12 +323,12 @@ public final class WeightportModel implements AutoCloseable {
         return packed;
     }
 
-    /** A dense weight repacked as (in, out): element (o, i) stored at o*ws[0] + i*ws[1]. */
-    static float[] packDense(float[] w, int[] ws, int out, int in) {
-        float[] packed = new float[in * out];
+    /** A dense weight repacked as rows (in) of out values: element (o, i) stored at o*ws[0] + i*ws[1]. */
+    static float[][] packDense(float[] w, int[] ws, int out, int in) {
+        float[][] packed = new float[in][out];
         for (int i = 0; i < in; i++) {
             for (int o = 0; o < out; o++) {
-                packed[i * out + o] = w[o * ws[0] + i * ws[1]];
+                packed[i][o] = w[o * ws[0] + i * ws[1]];
             }
         }
         return packed;
@@ -345,45 +345,54 @@ public final class WeightportModel implements AutoCloseable {
         int oh = outSize(in[2], k[1], stride[1], dilation[1], pads[2], pads[3]);
         int ow = outSize(in[3], k[2], stride[2], dilation[2], pads[4], pads[5]);
         int n = od * oh * ow, cg = c0 / groups, og = out / groups, depth = cg * k[0] * k[1] * k[2];
-        float[] y = new float[out * n];
-        if (bias != null) {
-            for (int o = 0; o < out; o++) {
-                Arrays.fill(y, o * n, (o + 1) * n, bias[o]);
-            }
-        }
         boolean direct = k[0] * k[1] * k[2] == 1 && stride[0] * stride[1] * stride[2] == 1
                 && pads[0] + pads[1] + pads[2] + pads[3] + pads[4] + pads[5] == 0;
-        float[] col = direct ? x : new float[depth * n];
+        float[] y = new float[out * n];
+        float[][] rows = new float[og][];
         for (int g = 0; g < groups; g++) {
-            if (!direct) {
+            float[][] col = new float[depth][n];
+            if (direct) {
+                for (int c = 0; c < cg; c++) {
+                    System.arraycopy(x, (g * cg + c) * n, col[c], 0, n);
+                }
+            } else {
                 im2col(x, in, g * cg, cg, k, stride, dilation, pads, od, oh, ow, col);
             }
-            matmul(w, g * og * depth, col, direct ? g * cg * n : 0, y, g * og * n, og, depth, n, par, tasks);
+            for (int o = 0; o < og; o++) {
+                rows[o] = new float[n];
+                if (bias != null) {
+                    Arrays.fill(rows[o], bias[g * og + o]);
+                }
+            }
+            matmul(w, g * og * depth, col, rows, og, depth, n, par, tasks);
+            for (int o = 0; o < og; o++) {
+                System.arraycopy(rows[o], 0, y, (g * og + o) * n, n);
+            }
         }
         return y;
     }
 
     /** Rows (c, kd, kh, kw) of the input windows, columns the output positions; zero outside the input. */
     static void im2col(float[] x, int[] in, int c0, int cg, int[] k, int[] stride, int[] dilation, int[] pads,
-                       int od, int oh, int ow, float[] col) {
-        int d0 = in[1], h0 = in[2], w0 = in[3], n = od * oh * ow, row = 0;
+                       int od, int oh, int ow, float[][] col) {
+        int d0 = in[1], h0 = in[2], w0 = in[3], row = 0;
         for (int c = c0; c < c0 + cg; c++) {
             for (int kd = 0; kd < k[0]; kd++) {
                 for (int kh = 0; kh < k[1]; kh++) {
                     for (int kw = 0; kw < k[2]; kw++, row++) {
-                        int at = row * n;
+                        float[] line = col[row];
+                        int at = 0;
                         for (int zd = 0; zd < od; zd++) {
                             int id = zd * stride[0] - pads[0] + kd * dilation[0];
                             for (int zh = 0; zh < oh; zh++, at += ow) {
                                 int ih = zh * stride[1] - pads[2] + kh * dilation[1];
                                 if (id < 0 || id >= d0 || ih < 0 || ih >= h0) {
-                                    Arrays.fill(col, at, at + ow, 0f);
-                                    continue;
+                                    continue;  // the row is zeros already
                                 }
                                 int src = ((c * d0 + id) * h0 + ih) * w0, shift = kw * dilation[2] - pads[4];
                                 for (int zw = 0; zw < ow; zw++) {
                                     int iw = zw * stride[2] + shift;
-                                    col[at + zw] = iw >= 0 && iw < w0 ? x[src + iw] : 0f;
+                                    line[at + zw] = iw >= 0 && iw < w0 ? x[src + iw] : 0f;
                                 }
                             }
                         }
@@ -394,91 +403,63 @@ public final class WeightportModel implements AutoCloseable {
     }
 
     /**
-     * c[m][n] += a[m][k] * b[k][n] (row-major at the offsets). The columns are split over the worker
-     * threads; see {@link #columns} for the blocking.
+     * c[i] += a[i][k] * b[k] for the rows c[0..m) (a row-major at aOff, b and c arrays of rows). The columns
+     * are split over the worker threads; see {@link #columns} for the blocking.
      */
-    static void matmul(float[] a, int aOff, float[] b, int bOff, float[] c, int cOff, int m, int depth, int n,
-                       ExecutorService par, int tasks) {
+    static void matmul(float[] a, int aOff, float[][] b, float[][] c, int m, int depth, int n, ExecutorService par,
+                       int tasks) {
         int parts = par == null || (long) m * depth * n < 1 << 18 ? 1 : tasks;
-        parallel(parts > 1 ? par : null, parts, n,
-            (from, to) -> columns(a, aOff, b, bOff, c, cOff, m, depth, n, from, to));
+        parallel(parts > 1 ? par : null, parts, n, (from, to) -> columns(a, aOff, b, c, m, depth, from, to));
     }
 
     /**
-     * Columns [from, to) of c[m][n] += a[m][k] * b[k][n], in blocks of 256: four rows of c accumulate in
-     * buffers allocated here (so the JIT knows they alias nothing and vectorizes the loops) that stay in
-     * L1 cache while two rows of b at a time stream through; the last rows one at a time.
+     * Columns [from, to) of the product, in blocks of 1024 (4 KB per row, so a block of c's row and four
+     * of b's stay in L1 cache): each row of c takes four rows of b per pass. Every array in the inner loop
+     * is indexed by the same j, which is what lets the JIT vectorize it.
      */
-    static void columns(float[] a, int aOff, float[] b, int bOff, float[] c, int cOff, int m, int depth, int n,
-                        int from, int to) {
-        float[] t0 = new float[256], t1 = new float[256], t2 = new float[256], t3 = new float[256];
-        for (int j0 = from; j0 < to; j0 += 256) {
-            int w = Math.min(to, j0 + 256) - j0, i = 0;
-            for (; i + 3 < m; i += 4) {
-                int cAt = cOff + i * n + j0, r0 = aOff + i * depth, r1 = r0 + depth, r2 = r1 + depth, r3 = r2 + depth;
-                System.arraycopy(c, cAt, t0, 0, w);
-                System.arraycopy(c, cAt + n, t1, 0, w);
-                System.arraycopy(c, cAt + 2 * n, t2, 0, w);
-                System.arraycopy(c, cAt + 3 * n, t3, 0, w);
-                int p = 0;
-                for (; p + 1 < depth; p += 2) {
-                    float a00 = a[r0 + p], a01 = a[r0 + p + 1], a10 = a[r1 + p], a11 = a[r1 + p + 1];
-                    float a20 = a[r2 + p], a21 = a[r2 + p + 1], a30 = a[r3 + p], a31 = a[r3 + p + 1];
-                    int b0 = bOff + j0 + p * n, b1 = b0 + n;
-                    for (int j = 0; j < w; j++) {
-                        float x0 = b[b0 + j], x1 = b[b1 + j];
-                        t0[j] += a00 * x0 + a01 * x1;
-                        t1[j] += a10 * x0 + a11 * x1;
-                        t2[j] += a20 * x0 + a21 * x1;
-                        t3[j] += a30 * x0 + a31 * x1;
+    static void columns(float[] a, int aOff, float[][] b, float[][] c, int m, int depth, int from, int to) {
+        for (int j0 = from; j0 < to; j0 += 1024) {
+            int j1 = Math.min(to, j0 + 1024);
+            for (int i = 0; i < m; i++) {
+                float[] t = c[i];
+                int r = aOff + i * depth, p = 0;
+                for (; p + 3 < depth; p += 4) {
+                    float a0 = a[r + p], a1 = a[r + p + 1], a2 = a[r + p + 2], a3 = a[r + p + 3];
+                    float[] b0 = b[p], b1 = b[p + 1], b2 = b[p + 2], b3 = b[p + 3];
+                    for (int j = j0; j < j1; j++) {
+                        t[j] += a0 * b0[j] + a1 * b1[j] + a2 * b2[j] + a3 * b3[j];
                     }
                 }
                 for (; p < depth; p++) {
-                    float a0 = a[r0 + p], a1 = a[r1 + p], a2 = a[r2 + p], a3 = a[r3 + p];
-                    int b0 = bOff + j0 + p * n;
-                    for (int j = 0; j < w; j++) {
-                        float x0 = b[b0 + j];
-                        t0[j] += a0 * x0;
-                        t1[j] += a1 * x0;
-                        t2[j] += a2 * x0;
-                        t3[j] += a3 * x0;
+                    float a0 = a[r + p];
+                    float[] b0 = b[p];
+                    for (int j = j0; j < j1; j++) {
+                        t[j] += a0 * b0[j];
                     }
                 }
-                System.arraycopy(t0, 0, c, cAt, w);
-                System.arraycopy(t1, 0, c, cAt + n, w);
-                System.arraycopy(t2, 0, c, cAt + 2 * n, w);
-                System.arraycopy(t3, 0, c, cAt + 3 * n, w);
-            }
-            for (; i < m; i++) {
-                int cAt = cOff + i * n + j0, r0 = aOff + i * depth;
-                System.arraycopy(c, cAt, t0, 0, w);
-                for (int p = 0; p < depth; p++) {
-                    float a0 = a[r0 + p];
-                    int b0 = bOff + j0 + p * n;
-                    for (int j = 0; j < w; j++) {
-                        t0[j] += a0 * b[b0 + j];
-                    }
-                }
-                System.arraycopy(t0, 0, c, cAt, w);
             }
         }
     }
 
     /** Fully connected with a packed (in, out) weight (packDense). */
-    static float[] dense(float[] x, float[] w, float[] bias, int out, ExecutorService par, int tasks) {
+    static float[] dense(float[] x, float[][] w, float[] bias, int out, ExecutorService par, int tasks) {
         float[] y = bias == null ? new float[out] : bias.clone();
-        matmul(x, 0, w, 0, y, 0, 1, x.length, out, par, tasks);
+        matmul(x, 0, w, new float[][]{y}, 1, x.length, out, par, tasks);
         return y;
     }
 
     /** A Dense applied to every step of a (steps, features) sequence, with a packed (in, out) weight. */
-    static float[] perStepDense(float[] x, int steps, float[] w, float[] bias, int out, ExecutorService par,
+    static float[] perStepDense(float[] x, int steps, float[][] w, float[] bias, int out, ExecutorService par,
                                 int tasks) {
-        float[] y = new float[steps * out];
-        for (int t = 0; t < steps && bias != null; t++) {
-            System.arraycopy(bias, 0, y, t * out, out);
+        float[][] rows = new float[steps][];
+        for (int t = 0; t < steps; t++) {
+            rows[t] = bias == null ? new float[out] : bias.clone();
         }
-        matmul(x, 0, w, 0, y, 0, steps, x.length / steps, out, par, tasks);
+        matmul(x, 0, w, rows, steps, x.length / steps, out, par, tasks);
+        float[] y = new float[steps * out];
+        for (int t = 0; t < steps; t++) {
+            System.arraycopy(rows[t], 0, y, t * out, out);
+        }
         return y;
     }
 
