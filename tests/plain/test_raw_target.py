@@ -300,6 +300,8 @@ def keras_arrays(path: str) -> dict[str, dict[str, np.ndarray]]:
                     variable = name.split("/")[-1].split(":")[0]
                     if variable.startswith(layer + "_"):  # Keras 1: conv_W, bn_running_std, lstm_W_i
                         variable = KERAS1_NAMES.get(variable[len(layer) + 1:], variable[len(layer) + 1:])
+                    if "/backward_" in "/" + name:  # Bidirectional: the backward layer's
+                        variable = "backward/" + variable
                     variables.setdefault(variable, obj[()])
             group[layer].visititems(collect)
             out[layer] = variables
@@ -387,11 +389,13 @@ def source_array(path: str, layer: str, kind: str, param: str) -> np.ndarray:
         if letter is None:
             return np.zeros(sum(a.size for v, a in variables.items() if re.fullmatch(r"b_[a-z]", v)), np.float32)
         return np.concatenate([g.reshape(-1) for g in gates])
+    prefix = "backward/" if param.endswith("_reverse") else ""  # PyTorch's reverse direction
+    param = param.removesuffix("_reverse")
     if param in RNN_VARIABLES:
         name, row = RNN_VARIABLES[param]
-        bias = variables.get("bias")
+        bias = variables.get(prefix + "bias")
         if name != "bias":
-            return variables[name]
+            return variables[prefix + name]
         if bias is None:
             raise KeyError(f"{layer}: no bias")
         if bias.ndim == 2:             # GRU reset_after: input and recurrent biases stacked
