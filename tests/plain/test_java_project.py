@@ -274,3 +274,32 @@ def test_javadoc_is_clean(project, tmp_path):
                              *java_sources(project / "src" / "main" / "java")],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "warning" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("samples", [1, 3])
+def test_worker_threads_compute_what_torch_computes(tmp_path, samples):
+    """--threads 2: one sample splits each matrix multiply by columns, a batch splits by samples; both give
+    what torch computes for the module the ONNX file was exported from (a model big enough to split)."""
+    require("jdk")
+    require("torch")
+    require("onnx")
+    import torch
+    from torch import nn
+    torch.manual_seed(3)
+    module = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, stride=2),
+                           nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16 * 13, 7)).eval()
+    x = torch.randn(samples, 3, 32, 26)
+    onnx_path = tmp_path / "m.onnx"
+    torch.onnx.export(module, x[:1], str(onnx_path), input_names=["x"], output_names=["y"], dynamo=False,
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    with torch.inference_mode():
+        want = module(x).numpy().astype(np.float64)
+    out = tmp_path / "out"
+    assert convert(onnx_path, "-o", out, "--to", "java", "--emit-forward", "--java-class", "Threaded") == 0
+    classes = tmp_path / "classes"
+    run([*JAVAC, "-d", str(classes), *java_sources(out)])
+    np.save(tmp_path / "x.npy", x.numpy())
+    cp = os.pathsep.join([str(classes), str(out / "src" / "main" / "resources")])
+    got = run(["java", "-cp", cp, "Threaded", "--threads", "2", str(tmp_path / "x.npy")]).stdout
+    np.testing.assert_allclose([[float(v) for v in line.split()] for line in got.splitlines()], want, rtol=1e-5,
+                               atol=1e-5 * max(1.0, np.abs(want).max()))
