@@ -21,6 +21,8 @@ from weightport.core.version import __version__
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError
 from weightport.core.text import printable
+from weightport.cli_help import group_convert_options, output_help
+from weightport.stdout_output import output_path
 from weightport.formats import target_names
 
 
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = commands.add_parser("convert", help="convert SRC to DST for a target framework")
     convert.add_argument("src", metavar="SRC", help="model or weights file to read")
-    convert.add_argument("-o", "--output", required=True, metavar="DST", help="output file")
+    convert.add_argument("-o", "--output", required=True, metavar="DST", help=output_help())
     convert.add_argument("--to", choices=target_names(), help="target framework (default: from DST's extension)")
     add_read_options(convert)
     convert.add_argument("--target-semantics", choices=("convolution", "correlation"),
@@ -67,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="check every key and shape against your torch module class (instantiated with no "
                               "arguments) before writing")
     convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--max-shard-size", metavar="SIZE", type=shard_size,
+                         help="for DST NAME.safetensors.index.json: bytes of tensors per shard, e.g. 5GB, 500MB, "
+                              "2GiB (default 5GB)")
     convert.add_argument("--fail-on-nonfinite", action="store_true",
                          help="refuse tensors holding NaN or Inf (by default they are kept bit-exactly and reported)")
     convert.add_argument("--validate", action="store_true",
@@ -89,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--java-class", metavar="NAME",
                          help="--to java: class name of the generated model (default: from the source file's name)")
     convert.add_argument("--quiet", action="store_true", help="print no warnings and no progress line")
+    convert.add_argument("--strict", action="store_true",
+                         help="refuse (exit 2) instead of warning where a warning flags a likely mistake: a "
+                              "--rename entry that matches nothing")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
     explain.add_argument("src", metavar="SRC", help="model or weights file")
@@ -101,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="prove DST reproduces SRC (exit 0 pass, 1 fail, 2 bad input, "
                                        "3 incomplete: nothing failed but a layer went unchecked)")
     validate.add_argument("src", metavar="SRC", help="the source model file (with its architecture)")
-    validate.add_argument("dst", metavar="DST", help="the converted weights file")
+    validate.add_argument("dst", metavar="DST", help="the converted output of any target (a file, or a raw/java "
+                          "folder), checked in that target's own runtime")
     add_check_options(validate)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.add_argument("--report", metavar="FILE", help="also write the JSON report to FILE")
@@ -117,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
     detect.add_argument("--json", action="store_true", help="print JSON (with source_semantics)")
     detect.add_argument("--spec", metavar="FILE", help="JSON naming the layers and arrays of a pickle")
+    group_convert_options(commands.choices["convert"])  # sections and examples of convert --help (cli_help.py)
     return parser
 
 
@@ -144,8 +154,9 @@ def add_read_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source-semantics", choices=("convolution", "correlation"),
                         help="force the semantics of the source's convolution kernels")
     parser.add_argument("--spec", metavar="FILE",
-                        help="JSON naming the layers and arrays of an architecture-less pickle (default: "
-                             "NAME.spec.json beside the file)")
+                        help="JSON naming the layers and arrays of an architecture-less pickle, a Caffe "
+                             "model's .prototxt, or a .t7 model's {\"input_shape\": [C, H, W]} (default: "
+                             "NAME.spec.json, NAME.prototxt or deploy.prototxt beside the file)")
 
 
 def read_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -211,28 +222,35 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 
 def command_convert(args: argparse.Namespace) -> int:
+    check_pair(args)
+    with output_path(args.output, args.to) as (output, out, say_wrote):  # "-": the file to stdout, messages to stderr
+        return convert_to(args, output, out, say_wrote)
+
+
+def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool) -> int:
     from weightport.api import convert
     from weightport.core.errors import ValidationFailed
-    check_pair(args)
     try:
-        result = convert(args.src, args.output, to=args.to, force=args.force, **load_rename(args.rename),
-                         strict_against=args.strict_against,
+        result = convert(args.src, output, to=args.to, force=args.force, **load_rename(args.rename),
+                         strict=args.strict, strict_against=args.strict_against,
                          target_semantics=args.target_semantics, validate=args.validate, input=args.input,
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
                          layout=args.layout, emit_forward=args.emit_forward, java_package=args.java_package,
                          java_class=args.java_class, quiet=args.quiet, template=args.template,
+                         max_shard_size=args.max_shard_size,
                          **read_options(args))
     except ValidationFailed as failure:
         if getattr(failure, "report", None) is not None:
-            print(failure.report.summary())  # type: ignore[attr-defined]
+            print(failure.report.summary(), file=out)  # type: ignore[attr-defined]
         raise
     if not args.quiet:
         for warning in result.warnings:
             say(f"warning: {warning}", file=sys.stderr)
     if result.report is not None:
-        print(result.report.summary())
-    say(f"wrote {', '.join(result.outputs)}")
+        print(result.report.summary(), file=out)
+    if say_wrote:
+        say(f"wrote {', '.join(result.outputs)}")
     return 0
 
 
@@ -299,6 +317,23 @@ def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+              "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def shard_size(text: str) -> int:
+    """``5GB`` -> 5000000000 (decimal units, as transformers counts; ``GiB`` for binary)."""
+    number = text.strip().rstrip("bBiIkKmMgGtT")
+    unit = text.strip()[len(number):].lower()
+    try:
+        size = int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 5GB, 500MB or 2GiB") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard must hold at least one byte")
+    return size
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; SIGTERM is handled like Ctrl-C (temporaries removed, nothing half-written)."""
     on_main_thread = threading.current_thread() is threading.main_thread()
@@ -321,7 +356,7 @@ def run(argv: list[str]) -> int:
     except WeightportError as error:
         if debug:
             traceback.print_exc()
-        print(f"weightport: error: {error.one_line()}", file=sys.stderr)
+        print(f"weightport: error: {error.one_line(cli=True)}", file=sys.stderr)  # options named as flags
         return error.exit_code
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import Any, Callable
 
-from weightport.core.errors import UsageError
+from weightport.core.errors import UsageError, option
 from weightport.core.options import WriteOptions
 
 
@@ -68,7 +68,8 @@ class TargetEntry:
     options: tuple[str, ...] = ()     # WriteOptions fields that only this target (and others listing them) takes
     renames: bool = False             # honours --rename (targets whose names are fixed by a runtime refuse it)
     check: str = ""                   # how `weightport validate` checks an output of this target
-    validator: str = ""               # "module:function(source, Request, read) -> Report"; "" = none yet
+    validator: str = ""               # "module:function(source, Request, read) -> Report" under weightport.checks
+                                      # (the check layer resolves it: weightport.checks.targets); "" = none
 
     def plan(self, model: Any, options: WriteOptions) -> Any:
         module, _, function = self.planner.partition(":")
@@ -85,7 +86,8 @@ FORMATS: tuple[FormatEntry, ...] = (
     FormatEntry("onnx", "ONNX (graph-aware, external data); written into a `--template` or as a whole graph "
                 "traced with torch", (".onnx",), "onnx",
                 "weightport.formats.onnx.reader", "weightport.formats.onnx.writer"),
-    FormatEntry("safetensors", "safetensors (streamed, no torch import)", (".safetensors",), "torch",
+    FormatEntry("safetensors", "safetensors (streamed, no torch import), one file or Hugging Face shards with "
+                "their index", (".safetensors", ".safetensors.index.json"), "torch",
                 "weightport.formats.torch.safetensors_reader",
                 "weightport.formats.torch.safetensors_writer"),
     FormatEntry("npz", "NumPy `.npz` + JSON sidecar (scipy preset: `--target-semantics convolution`)", (".npz",), "npz",
@@ -95,6 +97,10 @@ FORMATS: tuple[FormatEntry, ...] = (
                 (".pkl", ".pickle", ".p", ".npz", ".zip"), "theano", "weightport.formats.theano.reader", None),
     FormatEntry("theano", "Theano / Lasagne arrays for a Theano runtime: pickle + JSON spec, kernels flipped", (".pkl", ".pickle"), "theano",
                 None, "weightport.formats.theano.writer"),
+    FormatEntry("caffe", "Caffe `.caffemodel` + `.prototxt` (V1 and V2 layers; read without Caffe or protobuf)",
+                (".caffemodel",), "torch", "weightport.formats.caffe.reader", None),
+    FormatEntry("torch7", "Torch7 `.t7` nn models (binary `torch.save`, either byte order; read without Lua)",
+                (".t7",), "torch", "weightport.formats.torch7.reader", None),
     FormatEntry("torch_pt", "PyTorch `.pt` state_dict (read with `weights_only=True`)", (".pt", ".pth"), "torch",
                 "weightport.formats.torch.pt_reader", "weightport.formats.torch.pt_writer"),
     FormatEntry("raw", "plain arrays for Java, C, Go, JavaScript (`weights.bin` + `manifest.json`)", ("",), "raw",
@@ -107,24 +113,39 @@ PLAIN_ARRAY_OPTIONS = ("dtype", "byte_order", "layout")
 
 TARGETS: tuple[TargetEntry, ...] = (
     TargetEntry("torch", "PyTorch state_dict", "safetensors", "weightport.formats.torch.plan:torch_plan",
-                ("strict_against",), renames=True, check="layer by layer against the source framework, and the "
-                "whole model in torch with --input/--expected", validator="weightport.checks.validate:validate_torch_file"),
+                ("strict_against", "max_shard_size"), renames=True, check="layer by layer against the source framework, and the "
+                "whole model in torch with --input/--expected", validator="validate:validate_torch_file"),
     TargetEntry("keras", "Keras/TensorFlow weights", "keras_h5", "weightport.formats.keras.layers:keras_plan",
-                check="not checked by weightport validate yet"),
+                check="in Keras 3: the file as load_weights reads it, each layer as its Keras layer, the whole "
+                "model rebuilt from the source's architecture", validator="targets.keras:validate_keras"),
     TargetEntry("onnx", "ONNX graph or template", "onnx", "weightport.formats.onnx.writer:onnx_plan", ("template",),
-                check="not checked by weightport validate yet"),
+                check="in onnxruntime: each layer's node cut out and run, and the whole graph",
+                validator="targets.onnx:validate_onnx"),
     TargetEntry("npz", "NumPy/scipy arrays", "npz", "weightport.formats.numpy.npz:npz_plan", renames=True,
-                check="not checked by weightport validate yet"),
+                check="in scipy: the arrays as the sidecar declares them, each layer with scipy's correlate or "
+                "convolve", validator="targets.npz:validate_npz"),
     TargetEntry("theano", "Theano/Lasagne arrays", "theano", "weightport.formats.theano.writer:theano_plan",
-                check="not checked by weightport validate yet"),
+                check="in scipy: the pickle as the spec declares it, each layer with Lasagne's formulas (true "
+                "convolution)", validator="targets.theano:validate_theano"),
     TargetEntry("raw", "plain arrays for any runtime", "raw", "weightport.formats.plain.raw:raw_plan",
-                PLAIN_ARRAY_OPTIONS, renames=True, check="by the emitted Java check program (java)"),
+                PLAIN_ARRAY_OPTIONS, renames=True, check="weights.bin read by manifest.json alone, each layer in "
+                "scipy as declared", validator="targets.plain:validate_plain"),
     TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
                 PLAIN_ARRAY_OPTIONS + ("emit_forward", "java_package", "java_class"), renames=True,
-                check="by the emitted WeightportCheck program, run in Java"),
+                check="as raw, and with a JDK the project's own Java compiled and run (the NAMECheck class, "
+                "and the model class NAME with --emit-forward)", validator="targets.plain:validate_plain"),
 )
 
-OPTION_FLAGS = {"strict_against": "--strict-against", "template": "--template", "dtype": "--dtype",
+# Extensions read but never written, and why: never suggested for an output, refused with the reason.
+UNWRITTEN: dict[str, tuple[str, str]] = {
+    ".keras": ("weightport writes no .keras archive: its config.json is the model's architecture as Keras "
+               "serializes it, which a weights conversion does not produce",
+               "Name the output NAME.weights.h5 (Keras 3's own weights format) and load it with "
+               "model.load_weights into the Keras model built from your code"),
+}
+
+OPTION_FLAGS = {"strict_against": "--strict-against", "max_shard_size": "--max-shard-size", "template": "--template",
+                "dtype": "--dtype",
                 "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
                 "java_package": "--java-package", "java_class": "--java-class",
                 "rename": "--rename", "rename_patterns": "--rename"}
@@ -139,7 +160,7 @@ def target(name: str) -> TargetEntry:
     for item in TARGETS:
         if item.name == name:
             return item
-    raise UsageError(f"unknown or unsupported target {name!r}", fix=f"Use --to with one of: {', '.join(target_names())}")
+    raise UsageError(f"unknown or unsupported target {name!r}", fix=f"Use {{opt:to}} with one of: {', '.join(target_names())}")
 
 
 def entry(name: str) -> FormatEntry:
@@ -169,15 +190,17 @@ def check_target_options(target_name: str, options: WriteOptions) -> None:
         takers = sorted({item.name for item in TARGETS for name in refused
                          if name in item.options or (name.startswith("rename") and item.renames)})
         verb = "applies" if len(flags) == 1 else "apply"
-        raise UsageError(f"{', '.join(flags)} only {verb} to the {', '.join(takers)} target"
+        named = ", ".join(option(flag[2:].replace("-", "_")) for flag in flags)  # shown as flags or keywords
+        raise UsageError(f"{named} only {verb} to the {', '.join(takers)} target"
                          f"{'s' if len(takers) > 1 else ''}, not {target_name}",
-                         fix=f"Drop {', '.join(flags)}, or convert with --to {takers[0]}")
+                         fix=f"Drop {named}, or convert with {option('to', takers[0])}")
 
 
 def extension_of(path: str) -> str:
     """Lower-case extension, keeping Keras 3's double extension ``.weights.h5``."""
-    if path.lower().endswith(".weights.h5"):
-        return ".weights.h5"
+    for double in (".weights.h5", ".safetensors.index.json"):
+        if path.lower().endswith(double):
+            return double
     return os.path.splitext(path)[1].lower()
 
 
@@ -198,25 +221,28 @@ def reader_for(path: str) -> FormatEntry:
 def writer_for(path: str, to: str | None) -> FormatEntry:
     """The writer for an output path and an optional ``--to`` target."""
     ext = extension_of(path)
+    if ext in UNWRITTEN:
+        problem, fix = UNWRITTEN[ext]
+        raise UsageError(problem, path=path, fix=fix)
     writers = [item for item in FORMATS if item.writes]
     if to is not None:
         family = [item for item in writers if item.target == to or item.name == to]
         if not family:
             raise UsageError(f"unknown or unsupported target {to!r}",
-                             fix=f"Use --to with one of: {', '.join(target_names())}")
+                             fix=f"Use {{opt:to}} with one of: {', '.join(target_names())}")
         for item in family:
             if ext in item.extensions or "" in item.extensions:  # "": writes a folder, any name
                 return item
         if not ext:
             return entry(target(to).default_format)
-        names = ", ".join(e for item in family for e in item.extensions)
+        names = ", ".join(e for item in family for e in item.extensions if e not in UNWRITTEN)
         raise UsageError(f"output {path!r} does not have an extension of target {to!r}",
                          fix=f"Name the output with one of: {names}")
     for item in writers:
         if ext and ext in item.extensions:  # a folder writer ("") is chosen only with --to
             return item
     raise UsageError(f"cannot tell the target format from the output name {path!r}",
-                     fix="Give --to torch (or name the output .safetensors / .pt)")
+                     fix="Give {opt:to=torch} (or name the output .safetensors / .pt)")
 
 
 def format_table() -> str:

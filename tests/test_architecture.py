@@ -57,12 +57,21 @@ def framework_of(module: str) -> str | None:
     return parts[2] if len(parts) > 2 and parts[1] == "formats" else None
 
 
+MODULE_NAME = re.compile(r"weightport(?:\.\w+)+(?::\w+)?")  # "weightport.checks.report", "weightport.x.y:function"
+BY_NAME = ("import_module", "__import__")  # importlib.import_module(name), __import__(name)
+
+
 def imports_of(path: Path, module: str, known: set[str]) -> set[str]:
-    """weightport modules imported anywhere in ``path`` (top level or inside functions)."""
+    """weightport modules imported anywhere in ``path`` (top level or inside functions), statements and
+    strings alike: a string that is a weightport module's name (``"weightport.checks.report"``,
+    ``"weightport.formats.keras.oracle:source_conv"``) counts as an import of it, since a table or an
+    ``importlib.import_module`` call imports it by that name."""
     found = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.fullmatch(node.value):
+            names = [name for name in [node.value.partition(":")[0]] if name in known]  # not "weightport.graph"
+        elif isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
@@ -99,6 +108,38 @@ def test_imports_go_one_way():
             elif RANKS[layer_of(other)] > RANKS[layer_of(module)]:
                 upward.append(f"{module} ({layer_of(module)}) -> {other} ({layer_of(other)})")
     assert not upward, "upward imports:\n" + "\n".join(sorted(upward))
+
+
+def imports_by_computed_name(path: Path) -> list[int]:
+    """Lines of ``path`` calling ``import_module``/``__import__`` on anything but a string literal."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and node.args and not isinstance(node.args[0], ast.Constant):
+            called = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if called in BY_NAME:
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_registry_and_the_layers_above_it_import_by_computed_name():
+    """A framework or core module imports by statement or by a literal name (which the graph above sees);
+    importing by a computed name is the registry's and the check layer's way of resolving the names their
+    tables hold, never a way round the layering."""
+    offenders = [f"{module}:{line}" for module, path in module_files().items() if layer_of(module) in ("core", "formats")
+                 for line in imports_by_computed_name(path)]
+    assert not offenders, offenders
+
+
+def test_the_import_checks_see_imports_by_name(tmp_path):
+    """The layering cannot be dodged with importlib: a framework module naming the check layer is upward."""
+    known = {"weightport.checks.report", "weightport.checks", "weightport.formats.keras.oracle"}
+    hidden = tmp_path / "hidden.py"
+    hidden.write_text("import importlib\n\ndef api():\n    return importlib.import_module('weightport.checks.report')\n"
+                      "ORACLE = 'weightport.formats.keras.oracle:source_conv'\n"
+                      "def dynamic(name):\n    return __import__(name)\n")
+    assert imports_of(hidden, "weightport.formats.keras.hidden", known) == {"weightport.checks.report",
+                                                                            "weightport.formats.keras.oracle"}
+    assert imports_by_computed_name(hidden) == [7]
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -167,6 +208,12 @@ def test_registry_cli_and_api_agree():
         module, _, function = item.planner.partition(":")
         assert callable(getattr(__import__(module, fromlist=[function]), function)), item.planner
         assert set(item.options) <= option_fields and all(name in OPTION_FLAGS for name in item.options)
+    from weightport.checks.targets import validator
+    for item in TARGETS:  # every target is checked in its own runtime by a validator of the check layer
+        assert item.validator and ":" in item.validator, item
+        assert callable(validator(item.validator)), item.validator
+        assert layer_of(validator(item.validator).__module__) == "checks", item.validator
+        assert item.check and "not checked" not in item.check, item
     for item in FORMATS:
         if item.reads:
             reader = item.reader_module()
@@ -218,6 +265,9 @@ def test_wheel_installs_only_weightport_with_its_java_resources(tmp_path):
     top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"weightport"}, top
     assert "weightport/__main__.py" in names and "weightport/formats/keras/h5_reader.py" in names
+    missing = [module for module in module_files()  # every subpackage listed in pyproject.toml's packages
+               if f"{module.replace('.', '/')}.py" not in names and f"{module.replace('.', '/')}/__init__.py" not in names]
+    assert not missing, missing
     assert any(name.startswith("weightport/formats/plain/java/") and name.endswith(".java") for name in names)
 
 
@@ -235,7 +285,7 @@ def test_rename_is_refused_where_a_runtime_fixes_the_names(run_cli, tmp_path, to
     assert not (tmp_path / output).exists()
     from weightport import load, save
     from weightport.core.errors import UsageError
-    with pytest.raises(UsageError, match="--rename"):
+    with pytest.raises(UsageError, match="^rename only applies"):
         save(load(H5), str(tmp_path / output), to=to, rename={"conv2d": "features.0"})
 
 

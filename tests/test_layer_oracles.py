@@ -427,7 +427,7 @@ def test_every_weighted_kind_has_an_oracle_for_every_source():
 def test_the_oracles_never_use_weightports_layout_code():
     """A layout bug must not cancel out: no oracle imports weightport.core.layout or weightport.core.steps."""
     root = os.path.dirname(FIXTURES)
-    for folder in ("numpy", "keras", "onnx"):
+    for folder in ("numpy", "keras", "onnx", "caffe", "torch7"):
         tree = ast.parse(open(os.path.join(root, "formats", folder, "oracle.py")).read())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}

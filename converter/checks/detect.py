@@ -96,7 +96,7 @@ def detect(path: str, read: Callable[[str], Model], input_path: str, expected_pa
             model = read(semantics)
             if not model.has_architecture:
                 raise UsageError("the file carries no architecture, so it cannot be run on the recorded input",
-                                 path=path, fix="Give --spec FILE naming its layers (see docs/formats/theano.md), "
+                                 path=path, fix="Give {opt:spec=FILE} naming its layers (see docs/formats/theano.md), "
                                                 "or the model file with its config")
             state = canonical_state_dict(model)
             module = CanonicalModule(model).eval()

@@ -52,6 +52,8 @@ THEANO = "theano_pickle"
 # (source format or "*", layer kinds, kernel semantics or "*", "module:function").
 ORACLES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("onnx", RUNNABLE, "*", "weightport.formats.onnx.oracle:source_onnx"),
+    ("caffe", ("conv", "conv_transpose", "dense", "batchnorm", "prelu"), "*", "weightport.formats.caffe.oracle:opencv_layer"),
+    ("torch7", ("conv", "conv_transpose", "dense", "batchnorm", "prelu"), "*", "weightport.formats.torch7.oracle:opencv_module"),
     (THEANO, CONV_KINDS, "*", "weightport.formats.numpy.oracle:scipy_conv"),  # conv2d with or without filter_flip
     ("*", CONV_KINDS, CONVOLUTION, "weightport.formats.numpy.oracle:scipy_conv"),
     ("*", CONV_KINDS, "*", "weightport.formats.keras.oracle:source_conv"),

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 
 from weightport.core.errors import OutputError, OutputExistsError, UsageError
+from weightport.core.progress import human_bytes
 
 
 def check_can_write(path: str, force: bool) -> None:
@@ -33,7 +34,7 @@ def check_can_write(path: str, force: bool) -> None:
     if not os.path.isdir(folder):
         raise UsageError("the output's folder does not exist", path=folder, fix="Create it first")
     if os.path.lexists(path) and not force:
-        raise OutputExistsError("output already exists", path=path, fix="Pass --force to overwrite it")
+        raise OutputExistsError("output already exists", path=path, fix="Pass {opt:force=True} to overwrite it")
     refuse_special_file(path)
 
 
@@ -120,6 +121,28 @@ def atomic_path(path: str, force: bool = False) -> Iterator[str]:
 
 
 WRITE_FAILURES = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: list[str], force: bool = False) -> Iterator[list[str]]:
+    """Temporary paths beside ``paths`` (one folder); on success each replaces its path, in the given order
+    (put an index last), after all are written and fsynced.  A failure before the renames leaves nothing."""
+    with contextlib.ExitStack() as stack:
+        temporaries = [stack.enter_context(atomic_path(path, force)) for path in paths]
+        yield temporaries
+    # ExitStack closes in reverse order: the first path is renamed last, so callers pass the index first.
+
+
+def check_free_space(path: str, nbytes: int) -> None:
+    """Refuse (exit 2, before anything is written) an output of ``nbytes`` that the destination's file system
+    cannot hold; the figure is stated in the message."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(folder).free
+        if nbytes > free:
+            raise OutputError(f"the output needs {human_bytes(nbytes)} and its file system has {human_bytes(free)} "
+                              "free", path=path, fix="Free some space or write elsewhere; nothing was written")
+
 
 
 def fsync_folder(folder: str) -> None:

@@ -8,7 +8,42 @@ validation) without a traceback.
 
 from __future__ import annotations
 
+import re
+
 from weightport.core.text import printable
+
+# An option named in a message is written {opt:NAME} or {opt:NAME=VALUE}, NAME being the Python API's keyword
+# (weightport.api); one_line() renders it as the caller knows it: `assume_backend="theano"` from Python,
+# `--assume-backend theano` from the command line (weightport.cli prints one_line(cli=True)).
+OPTION = re.compile(r"\{opt:([a-z_]+)(?:=([^{}]*))?\}")
+CLI_FLAGS = {"dst": "-o", "rename_patterns": "--rename"}  # API keyword -> CLI flag, where not --keyword-with-dashes
+API_KEYWORDS = {"rename_patterns": "rename"}  # WriteOptions field -> the API keyword that sets it
+LITERALS = re.compile(r"(True|False|None|-?[0-9][0-9.e+-]*)$")
+
+
+def option(name: str, value: object = None) -> str:
+    """The marker naming option ``name`` (an API keyword), optionally with a value, in a message."""
+    return f"{{opt:{name}}}" if value is None else f"{{opt:{name}={value}}}"
+
+
+def as_flag(match: re.Match) -> str:
+    """``--assume-backend theano`` (``--force`` for a True value)."""
+    name, value = match.group(1), match.group(2)
+    flag = CLI_FLAGS.get(name, "--" + name.replace("_", "-"))
+    return flag if value in (None, "True") else f"{flag} {value}"
+
+
+def as_keyword(match: re.Match) -> str:
+    """``assume_backend="theano"`` (``force=True``; the bare name without a value)."""
+    name, value = API_KEYWORDS.get(match.group(1), match.group(1)), match.group(2)
+    if value is None:
+        return name
+    return f"{name}={value}" if LITERALS.match(value) else f'{name}="{value}"'
+
+
+def render_options(text: str, cli: bool = False) -> str:
+    """``text`` with every option marker written for the command line or for Python."""
+    return OPTION.sub(as_flag if cli else as_keyword, text)
 
 
 class WeightportError(Exception):
@@ -22,12 +57,13 @@ class WeightportError(Exception):
         self.fix = fix
         super().__init__(self.one_line())
 
-    def one_line(self) -> str:
-        text = self.problem.rstrip(".")
+    def one_line(self, cli: bool = False) -> str:
+        """``FILE: PROBLEM. FIX``, options named as Python keywords, or as flags with ``cli=True``."""
+        text = render_options(self.problem.rstrip("."), cli)
         if self.path:
             text = f"{self.path}: {text}"
         if self.fix:
-            text = f"{text}. {self.fix}"
+            text = f"{text}. {render_options(self.fix, cli)}"
         return printable(" ".join(text.split()))
 
     def __reduce__(self):

@@ -153,6 +153,11 @@ def axis_sizes(shape: tuple[int, ...], pattern: str, known: dict[str, int] | Non
 
 def target_shape(shape: tuple[int, ...], src: str, dst: str, known: dict[str, int] | None = None) -> tuple[int, ...]:
     """Shape an array of ``shape`` in pattern ``src`` has after rearranging to ``dst``."""
+    if parse_pattern(src) == parse_pattern(dst):
+        axis_count = len(parse_pattern(src))
+        if axis_count != len(shape):
+            raise LayoutError(f"layout {src!r} has {axis_count} axes but the array has shape {tuple(shape)}")
+        return tuple(shape)
     sizes = axis_sizes(tuple(shape), src, known)
     return tuple(math.prod(sizes[name] for name in group) for group in parse_pattern(dst))
 
@@ -173,8 +178,22 @@ def relayout_view(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, 
     Semantics differ -> every spatial axis is reversed (correlation kernel <->
     convolution kernel).
     """
+    if parse_pattern(src.pattern) == parse_pattern(dst.pattern):
+        return semantics_view(array, src, dst)
     out_shape = target_shape(tuple(array.shape), src.pattern, dst.pattern, known)
     return elementary_view(array, src, dst, known).reshape(out_shape)
+
+
+def semantics_view(array: np.ndarray, src: Layout, dst: Layout) -> np.ndarray:
+    """``array`` in ``src`` seen in ``dst`` when both arrange the axes alike: reversed along every spatial
+    axis if the semantics differ, else unchanged.  Needs no axis sizes, so a merged group such as a
+    depthwise kernel's ``(i m)`` stays whole even when ``m`` is not known."""
+    groups = parse_pattern(src.pattern)
+    if len(groups) != array.ndim:
+        raise LayoutError(f"layout {src.pattern!r} has {len(groups)} axes but the array has shape {array.shape}")
+    if not needs_flip(src, dst):
+        return array
+    return flip_axes(array, tuple(k for k, group in enumerate(groups) if len(group) == 1 and group[0] in SPATIAL_AXES))
 
 
 def elementary_view(array: np.ndarray, src: Layout, dst: Layout, known: dict[str, int] | None = None) -> np.ndarray:

@@ -58,4 +58,4 @@ def refuse_nonfinite(model: Model) -> None:
     if bad:
         names = ", ".join(s.key for s in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise BadInputError(f"{len(bad)} tensor(s) hold NaN or Inf values ({names})", path=model.source.path,
-                            fix="Fix the model, or convert without --fail-on-nonfinite to keep them as they are")
+                            fix="Fix the model, or convert without {opt:fail_on_nonfinite=True} to keep them as they are")

@@ -34,6 +34,7 @@ class WriteOptions:
     model's forward pass in Java (java target); ``java_package``,
     ``java_class``: the generated Java's package and class name (java target).  ``quiet``: no progress output.
     ``template``: an ONNX model whose weights the onnx target replaces.
+    ``max_shard_size``: bytes of tensor data per safetensors shard (torch target, sharded output).
     """
 
     target_semantics: str | None = None
@@ -50,3 +51,4 @@ class WriteOptions:
     quiet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
     template: str | None = None
+    max_shard_size: int | None = None

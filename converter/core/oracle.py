@@ -28,3 +28,14 @@ class LayerCase:
     semantics: str
     source_format: str = ""
     source_version: str | None = None  # the framework version that saved the file (activations differ)
+
+
+class Refused(Exception):
+    """A target runtime refused the *converted* output (it does not load, compile or run): a failure of
+    the conversion, with the runtime's reason.
+
+    The other half of the contract between the check layer and a framework's target-side code: a piece
+    that *cannot check* something (a runtime missing, a layer it has no equivalent for) raises
+    ``NotImplementedError`` with the reason, which the check layer reports as a skip; a piece that *checked*
+    and found the output unusable raises :class:`Refused`, which the check layer reports as a failure.
+    """

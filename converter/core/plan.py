@@ -25,7 +25,7 @@ from weightport.core.steps import compose_relayouts, Relayout
 from weightport.core.blocks import copy_blocks
 from weightport.core.model import Layer, Model, Provenance, Tensor, Transform, array_tensor
 from weightport.core.options import WriteOptions
-from weightport.core.shapes import asymmetric_padding
+from weightport.core.padding_note import padding_warnings
 
 
 @dataclass(frozen=True)
@@ -185,14 +185,10 @@ def canonical_plan(model: Model, options: WriteOptions, target: str = "torch") -
             counter = array_tensor("num_batches_tracked", np.zeros((), np.int64), Layout(""),
                                    Provenance("(none: PyTorch BatchNorm counter, zero)", ""))
             planned.append(PlannedTensor(key, layer, "num_batches_tracked", counter, (), counter.layout))
-    asymmetric = asymmetric_padding(model)
-    if asymmetric:
-        warnings.append("asymmetric padding (TensorFlow 'same' pads more at the end) in layers "
-                        + ", ".join(asymmetric) + ": a PyTorch model must pad explicitly with "
-                        "F.pad before a padding=0 conv; pads are recorded in the file's metadata")
+    warnings += padding_warnings(model, target)  # worded for the target (core/padding_note.py)
     duplicates = sorted(key for key, count in Counter(p.key for p in planned).items() if count > 1)
     if duplicates:
-        raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the --rename map")
+        raise UsageError(f"two tensors map to the same key: {', '.join(duplicates)}", fix="Fix the {opt:rename} map")
     return Plan(target, planned, warnings)
 
 

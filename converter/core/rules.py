@@ -8,9 +8,13 @@ fixture that proves it).  Readers call :func:`keras_kernel_semantics` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from weightport.core.errors import AmbiguousSemanticsError
+from weightport.core.errors import AmbiguousSemanticsError, UnsupportedError
 from weightport.core.layout import CONVOLUTION, CORRELATION
+
+if TYPE_CHECKING:
+    from weightport.core.model import Model
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,24 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+CAFFE_RULE = Rule(
+    "caffe-correlation", "caffe", "all", "caffe", ("Convolution", "Deconvolution"), CORRELATION,
+    "BVLC Caffe src/caffe/layers/base_conv_layer.cpp forward_cpu_gemm: im2col then a GEMM with the stored "
+    "(out, in/group, kh, kw) weights, no flip (cross-correlation); Deconvolution runs the same GEMM "
+    "transposed (backward_cpu_gemm). Proved by fixtures/caffe: OpenCV's readNetFromCaffe forward equals the "
+    "converted torch module, and fails with the kernel flipped (tests/caffe/test_caffe_opencv.py).",
+)
+TORCH7_RULE = Rule(
+    "torch7-correlation", "torch7", "all", "lua", ("nn.SpatialConvolution", "nn.SpatialConvolutionMM",
+                                                   "nn.SpatialFullConvolution", "nn.SpatialDilatedConvolution"),
+    CORRELATION,
+    "Torch7 nn SpatialConvolutionMM.c unfolds the input and multiplies by weight (nOut, nIn*kH*kW) with no "
+    "flip (cross-correlation), as cudnn.SpatialConvolution. Proved by fixtures/torch7 against OpenCV's "
+    "readNetFromTorch.",
+)
+RULES = RULES + (CAFFE_RULE, TORCH7_RULE)
+
+
 def find_rule(rule_id: str) -> Rule:
     for rule in RULES:
         if rule.id == rule_id:
@@ -117,7 +139,7 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
             f"the file records no Keras backend, so whether its {layer_class} kernels are "
             "convolution (Theano) or correlation (TensorFlow) kernels cannot be known",
             path=path,
-            fix="Pass --assume-backend theano or --assume-backend tensorflow "
+            fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow} "
                 "(or run 'weightport detect' with a recorded input and output)",
         )
     if backend == "tensorflow":
@@ -132,12 +154,12 @@ def keras_kernel_semantics(version: str | None, backend: str | None, layer_class
         raise AmbiguousSemanticsError(
             f"no established rule says whether Keras {version} under Theano stores {layer_class} "
             "kernels flipped",
-            path=path, fix="Pass --source-semantics convolution or correlation",
+            path=path, fix="Pass {opt:source_semantics=convolution} or {opt:source_semantics=correlation}",
         )
     if backend in ("jax", "torch", "numpy", "cntk"):
         return CORRELATION, find_rule("keras-jax-torch-correlation")
     raise AmbiguousSemanticsError(f"unknown Keras backend {backend!r}", path=path,
-                                  fix="Pass --assume-backend theano or --assume-backend tensorflow")
+                                  fix="Pass {opt:assume_backend=theano} or {opt:assume_backend=tensorflow}")
 
 
 def keras_flatten_order(version: str | None, data_format: str, flatten_data_format: str | None) -> str:
@@ -172,3 +194,17 @@ def keras_same_convention(backend: str | None) -> str:
     fixtures/keras_theano k2_cnn_channels_last and k2_functional_residual); every other backend
     follows TensorFlow, which puts it after."""
     return "theano" if normalize_backend(backend) == "theano" else "tensorflow"
+
+
+def hard_sigmoid_coefficients(model: Model) -> tuple[float, float]:
+    """(alpha, beta) of ``clip(alpha * x + beta, 0, 1)``, the source's ``hard_sigmoid``.
+
+    Keras 1 and 2 (Theano's ``T.nnet.hard_sigmoid``, the TensorFlow and CNTK backends, tf.keras 2):
+    0.2 x + 0.5.  Keras 3: ``relu6(x + 3) / 6`` (keras/src/backend/*/nn.py), x / 6 + 0.5.  ONNX's
+    ``HardSigmoid`` carries its own alpha/beta (the reader keeps them in the layer's attributes).
+    """
+    major = model.source.details.get("keras_major") or keras_major(model.source.version)
+    if not model.source.format.startswith("keras") or major is None:
+        raise UnsupportedError(f"the source ({model.source.format}) says hard_sigmoid without saying whose",
+                               fix="Convert to a target that keeps the activation's name (keras, npz, raw)")
+    return (1.0 / 6.0, 0.5) if major >= 3 else (0.2, 0.5)

@@ -3,7 +3,7 @@
 Readers that know an input shape call :func:`infer_shapes`; it fills
 ``Layer.output_shape`` and resolves ``padding="same"`` into the explicit
 per-side pads TensorFlow uses (the odd pad at the end), which a PyTorch model
-must reproduce and which :func:`asymmetric_padding` reports.
+must reproduce and which :mod:`weightport.core.padding_note` reports.
 """
 
 from __future__ import annotations
@@ -75,6 +75,15 @@ def transpose_out(size: int | None, kernel: int, stride: int, dilation: int, pad
     return (size - 1) * stride - pads[0] - pads[1] + (kernel - 1) * dilation + 1 + output_padding
 
 
+def ceil_pool_out(size: int | None, kernel: int, stride: int, pads: list[int]) -> int | None:
+    """A pool's output size rounded up (Caffe, Torch7 ``:ceil()``, torch ``ceil_mode``): the last window is
+    dropped when it would start past the input and its left padding."""
+    if size is None:
+        return None
+    out = -(-(size + pads[0] + pads[1] - kernel) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + pads[0] else out
+
+
 def _spatial_out(layer: Layer, spatial: Shape) -> Shape:
     attrs = layer.attrs
     kernel = attrs["kernel_size"]
@@ -88,6 +97,8 @@ def _spatial_out(layer: Layer, spatial: Shape) -> Shape:
     pads = explicit_pads(attrs, spatial)
     if all(n is not None for n in spatial) or attrs.get("padding") != "same":
         attrs["pads"] = pads
+    if layer.kind == "pool" and attrs.get("ceil_mode"):
+        return tuple(ceil_pool_out(n, k, s, p) for n, k, s, p in zip(spatial, kernel, strides, pads))
     return tuple(conv_out(n, k, s, d, p) for n, k, s, d, p in zip(spatial, kernel, strides, dilations, pads))
 
 
@@ -187,16 +198,6 @@ def infer_shapes(model: Model) -> None:
         layer.output_shape = shape
         shapes[layer.name] = shape
         previous = layer.name
-
-
-def asymmetric_padding(model: Model) -> list[str]:
-    """Names of layers whose explicit pads differ before and after (TF 'same', stride > 1 or even kernels)."""
-    found = []
-    for layer in model.layers:
-        pads = layer.attrs.get("pads")
-        if pads and any(p[0] != p[1] for p in pads):
-            found.append(layer.name)
-    return found
 
 
 def feeding_flatten(model: Model, layer: Layer, memo: dict[int, Layer | None] | None = None) -> Layer | None:

@@ -145,3 +145,29 @@ def write_back(stored: np.ndarray, steps: tuple[Any, ...], value: np.ndarray) ->
     else:
         value = last.inverse().apply(value)
     return write_back(stored, tuple(head), value)
+
+
+@dataclass(frozen=True)
+class ScaleValues:
+    """A value step: multiply every element by ``factor`` (Caffe's BatchNorm divides its stored mean and
+    variance by the scale-factor blob; the factor is kept with its ``reason``)."""
+
+    factor: float
+    reason: str
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        return (array * np.asarray(self.factor, dtype=array.dtype)).astype(array.dtype)
+
+    def shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def inverse(self) -> "ScaleValues":
+        if self.factor == 0:
+            raise LayoutError(f"a scale by 0 ({self.reason}) cannot be inverted")
+        return ScaleValues(1.0 / self.factor, self.reason)
+
+    def is_identity(self) -> bool:
+        return self.factor == 1.0
+
+    def describe(self) -> str:
+        return f"multiply by {self.factor:.9g} ({self.reason})"

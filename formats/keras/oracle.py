@@ -26,14 +26,12 @@ input.  See :mod:`weightport.core.oracle` for the contract.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
 from weightport.core.oracle import LayerCase
+from weightport.formats.keras.runtime import keras as keras_module, tensorflow
 from weightport.formats.numpy.oracle import arrange, depth_multiplier
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def tf_kernel(case: LayerCase, param: str, last: tuple[str, str]) -> np.ndarray:
@@ -45,7 +43,7 @@ def tf_kernel(case: LayerCase, param: str, last: tuple[str, str]) -> np.ndarray:
 def source_conv(case: LayerCase, x_first: np.ndarray) -> np.ndarray:
     """TensorFlow's conv, depthwise, separable or transposed conv output with the stored (correlation)
     kernels, for a channels-first input (valid padding)."""
-    import tensorflow as tf
+    tf = tensorflow()
     layer, a = case.layer, case.layer.attrs
     x = np.moveaxis(x_first, 1, -1)
     strides, dilations, groups = list(a["strides"]), list(a["dilations"]), int(a.get("groups", 1))
@@ -96,7 +94,7 @@ def depthwise_or_separable(tf, case: LayerCase, x: np.ndarray, strides: list[int
 
 def source_batchnorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's BatchNormalization at inference over axis 1 of the canonical input, with the stored vectors."""
-    import keras
+    keras = keras_module()
     stored = case.stored
     bn = keras.layers.BatchNormalization(axis=1, epsilon=float(case.layer.attrs["epsilon"]), dtype=x.dtype.name)
     bn.build(x.shape)
@@ -106,7 +104,7 @@ def source_batchnorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
 
 def source_embedding(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's Embedding with the stored ``(input_dim, output_dim)`` table, on integer indices."""
-    import keras
+    keras = keras_module()
     table = case.stored["weight"]
     if case.stored_layout["weight"] != "n e":
         raise NotImplementedError(f"embedding check cannot read stored layout {case.stored_layout['weight']}")
@@ -119,7 +117,7 @@ def source_embedding(case: LayerCase, x: np.ndarray) -> np.ndarray:
 def source_prelu(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's PReLU, ``relu(x) - alpha * relu(-x)``, the stored alpha met with the canonical (channels-first)
     input by the names of its axes (a shared axis is a unit axis)."""
-    import keras
+    keras = keras_module()
     alpha = arrange(case.stored["weight"], case.stored_layout["weight"], ("c",)).astype(x.dtype)
     alpha = alpha.reshape(alpha.shape + (1,) * (x.ndim - 1 - alpha.ndim))
     return np.asarray(keras.ops.relu(x) - alpha * keras.ops.relu(-x))
@@ -130,14 +128,14 @@ def keras_activation(name: str, version: str | None):
     ``clip(0.2 x + 0.5, 0, 1)`` (keras 2.3.1 backend), Keras 3 as ``relu6(x + 3) / 6``."""
     if name != "hard_sigmoid" or (version or "").split(".")[0] not in ("1", "2"):
         return name
-    import keras
+    keras = keras_module()
     return lambda x: keras.ops.clip(0.2 * x + 0.5, 0.0, 1.0)
 
 
 def source_rnn(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """Keras's own LSTM/GRU with the stored arrays (kernel, recurrent_kernel, bias), the whole sequence
     returned; ``go_backwards`` and ``Bidirectional`` (concatenated) as Keras computes them."""
-    import keras
+    keras = keras_module()
     a, stored = case.layer.attrs, case.stored
     directions = ("", "_reverse") if a.get("bidirectional") else ("",)
     if any(case.stored_layout[f"{param}{suffix}"] != "i o" for param in ("weight_ih_l0", "weight_hh_l0")

@@ -30,7 +30,7 @@ from weightport.core.layout import CORRELATION, Layout
 from weightport.core.model import Layer, Model
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_problem
-from weightport.core.rules import keras_major
+from weightport.core.rules import hard_sigmoid_coefficients
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
 
@@ -76,7 +76,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     onnx = import_onnx()
     if options.target_semantics not in (None, CORRELATION):
         raise UsageError("ONNX Conv computes cross-correlation; its kernels cannot be stored for convolution",
-                         fix="Drop --target-semantics for --to onnx")
+                         fix="Drop {opt:target_semantics} for {opt:to=onnx}")
     if options.template:
         reader = OnnxReader(options.template, ReadOptions())
         pairs = matched_layers(model, reader.model(), options.template)
@@ -215,11 +215,11 @@ def graph_dtype(model: Model) -> np.dtype:
     found = {np.dtype(t.dtype) for _, _, t in model.state_keys() if np.dtype(t.dtype).kind == "f" or is_bfloat16(t.dtype)}
     if any(is_bfloat16(d) for d in found):
         raise UnsupportedError("the weights are bfloat16, which ONNX Conv, Gemm and the RNN ops of opset 17 do "
-                               "not take", fix="Give --template model.onnx whose initializers are bfloat16 (the "
+                               "not take", fix="Give {opt:template=model.onnx} whose initializers are bfloat16 (the "
                                "weights are then replaced as they are), or convert to torch (.safetensors)")
     if len(found) > 1:
         raise UnsupportedError(f"the weights mix dtypes ({', '.join(sorted(d.name for d in found))}); a traced "
-                               "graph computes in one", fix="Give --template model.onnx with the same dtypes")
+                               "graph computes in one", fix="Give {opt:template=model.onnx} with the same dtypes")
     return found.pop() if found else np.dtype(np.float32)
 
 
@@ -274,19 +274,6 @@ def rnn_plan(layer: Layer) -> list[PlannedTensor]:
     return planned
 
 
-def hard_sigmoid_coefficients(model: Model) -> tuple[float, float]:
-    """(alpha, beta) of ``clip(alpha * x + beta, 0, 1)``, the source's ``hard_sigmoid``.
-
-    Keras 1 and 2 (Theano's ``T.nnet.hard_sigmoid``, the TensorFlow and CNTK backends, tf.keras 2):
-    0.2 x + 0.5.  Keras 3: ``relu6(x + 3) / 6`` (keras/src/backend/*/nn.py), x / 6 + 0.5.
-    """
-    major = model.source.details.get("keras_major") or keras_major(model.source.version)
-    if not model.source.format.startswith("keras") or major is None:
-        raise UnsupportedError(f"the source ({model.source.format}) says hard_sigmoid without saying whose",
-                               fix="Convert to a target that keeps the activation's name (keras, npz, raw)")
-    return (1.0 / 6.0, 0.5) if major >= 3 else (0.2, 0.5)
-
-
 def rnn_node(onnx: Any, model: Model, layer: Layer, traced: Any, inputs: list[str]) -> Any:
     """The LSTM/GRU node of ``layer`` in place of ``traced`` (torch's stand-in): same data input, outputs,
     direction and hidden size; the layer's activations (f, g[, h] for each direction) and, for a GRU,
@@ -318,7 +305,7 @@ def write_rnn_nodes(onnx: Any, proto: Any, model: Model, plan: Plan) -> None:
     layers = [layer for layer in model.layers if layer.kind in RNN_GATES]
     if [node.op_type.lower() for node in nodes] != [layer.kind for layer in layers]:
         raise UnsupportedError("the traced graph's LSTM/GRU nodes do not match the model's recurrent layers",
-                               fix="Give --template model.onnx of the same architecture")
+                               fix="Give {opt:template=model.onnx} of the same architecture")
     by_layer: dict[int, dict[str, PlannedTensor]] = {}
     for item in plan.tensors:
         by_layer.setdefault(id(item.layer), {})[item.key.rsplit(".", 1)[1]] = item
@@ -368,12 +355,14 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
         import torch
     except ImportError:
         raise MissingDependencyError("writing a whole ONNX graph traces it with PyTorch, which is not installed",
-                                     fix="pip install 'weightport[torch]', or give --template model.onnx") from None
+                                     fix="pip install 'weightport[torch]', or give {opt:template=model.onnx}") from None
     from weightport.formats.torch.module import CanonicalModule, canonical_state_dict
     onnx = import_onnx()
-    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None:
+    if not model.has_architecture or not model.layers or model.layers[0].output_shape is None \
+            or any(n is None for n in model.layers[0].output_shape):
         raise UnsupportedError("the source carries no architecture with an input shape to trace",
-                               fix="Give --template model.onnx of the same architecture")
+                               fix="Give {opt:template=model.onnx} of the same architecture (or the input shape: "
+                                   "{opt:spec} for a .t7 file)")
     dtype = getattr(torch, graph_dtype(model).name)
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)

@@ -44,6 +44,7 @@ from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.layout import CONVOLUTION, parse_pattern
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
+from weightport.core.shapes import ceil_pool_out
 from weightport.formats.plain import raw
 from weightport.formats.plain.project import write_project
 
@@ -126,12 +127,12 @@ def java_names(model: Model, options: WriteOptions) -> JavaNames:
     package = (options.java_package or "").strip()
     parts = package.split(".") if package else []
     if any(not IDENTIFIER.match(part) or part in JAVA_KEYWORDS for part in parts):
-        raise UsageError(f"--java-package {package!r} is not a Java package name",
+        raise UsageError(f"{{opt:java_package}} {package!r} is not a Java package name",
                          fix="Give dot-separated ASCII identifiers that are not Java keywords: com.example.model")
     if options.java_class is None:
         return JavaNames(package, class_name(options_source(model)))
     if not usable_class(options.java_class):
-        raise UsageError(f"--java-class {options.java_class!r} is not a usable Java class name",
+        raise UsageError(f"{{opt:java_class}} {options.java_class!r} is not a usable Java class name",
                          fix="Give an ASCII identifier that is not a Java keyword nor a java.lang or java.util "
                              "class name, e.g. DigitsModel")
     return JavaNames(package, options.java_class)
@@ -168,6 +169,11 @@ def text_writer(text: Callable[[], str]) -> Callable[[str], None]:
         with open(target, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text())
     return write_text
+
+
+def move_into_place(complete: str, path: str, force: bool) -> None:
+    """A complete folder (a validated staging copy) put at ``path`` as the raw target puts its own."""
+    raw.move_into_place(complete, path, force)
 
 
 def java_resource(name: str) -> str:
@@ -365,8 +371,8 @@ class ForwardWriter:
 
     def refuse(self, layer: Layer | None, why: str) -> UnsupportedError:
         where = f"layer {layer.name!r} ({layer.source_class or layer.kind}): " if layer is not None else ""
-        return UnsupportedError(f"--emit-forward: {where}{why}",
-                                fix="Drop --emit-forward; weights.bin and manifest.json still hold every tensor "
+        return UnsupportedError(f"{{opt:emit_forward=True}}: {where}{why}",
+                                fix="Drop {opt:emit_forward=True}; weights.bin and manifest.json still hold every tensor "
                                     "and the layer attributes for your own runtime")
 
     def tensor(self, layer: Layer, param: str, pack: str = "@T@", java_type: str = "float[]") -> tuple[str, Any]:
@@ -546,6 +552,9 @@ class ForwardWriter:
             spatial = []
             for n, k, s, (before, after) in zip(shape[1:], kernel, strides, pads):
                 spatial.append((n + before + after - k) // s + 1)
+            if a.get("ceil_mode") and any(ceil_pool_out(n, k, s, pair) != out for n, k, s, pair, out
+                                          in zip(shape[1:], kernel, strides, pads, spatial)):
+                raise self.refuse(layer, "ceil-mode pooling (Caffe, Torch7) whose last window is partial")
             mode = a.get("mode")
             if mode not in ("max", "avg"):
                 raise self.refuse(layer, f"pooling mode {mode!r}")

@@ -65,7 +65,7 @@ def write_project(root: str, manifest: str, writers: Mapping[str, Writer]) -> No
     for relative in writers:
         if os.path.lexists(os.path.join(root, native(relative))) and relative not in owned:
             raise OutputExistsError(f"{relative} exists and was not written by weightport", path=root,
-                                    fix="Move that file away or choose another --java-class or --java-package")
+                                    fix="Move that file away or choose another {opt:java_class} or {opt:java_package}")
     staging = staging_folder(root)
     try:
         for relative, write in writers.items():

@@ -101,7 +101,7 @@ class LayoutChoice:
 
 FEATURE_ORDERS = ("CW", "WC", "CHW", "HWC", "CDHW", "DHWC")
 LAYOUT_FIX = ("Give a kernel order such as OIHW, HWIO or OHWI, optionally with a dense order (OI or IO) and a "
-              "feature order (CHW or HWC), comma-separated: --layout HWIO,IO,HWC")
+              "feature order (CHW or HWC), comma-separated: {opt:layout=HWIO,IO,HWC}")
 
 
 def parse_layout(text: str | None) -> LayoutChoice:
@@ -134,7 +134,7 @@ def parse_kernel_order(item: str, raw: str) -> tuple[str, ...]:
             or any(letter not in "OIDHW" for letter in letters) or len(set(letters)) != len(letters)
             or spatial != list(range(spatial[0], spatial[0] + len(spatial)))
             or [letters[k] for k in spatial] != [x for x in "DHW" if x in letters]):
-        raise UsageError(f"--layout {raw.strip()!r} is not an axis order of O, I and spatial letters D, H, W",
+        raise UsageError(f"{{opt:layout}} {raw.strip()!r} is not an axis order of O, I and spatial letters D, H, W",
                          fix=LAYOUT_FIX)
     out = [letter for letter in letters if letter not in "DHW"]
     out.insert(spatial[0], "S")
@@ -270,7 +270,7 @@ def raw_plan(model: Model, options: WriteOptions) -> Plan:
     keys = [p.key for p in planned]
     duplicates = sorted({k for k in keys if keys.count(k) > 1})
     if duplicates:
-        raise UsageError(f"two tensors map to the same name: {', '.join(duplicates)}", fix="Fix the --rename map")
+        raise UsageError(f"two tensors map to the same name: {', '.join(duplicates)}", fix="Fix the {opt:rename} map")
     return Plan("raw", planned, warnings)
 
 
@@ -324,7 +324,7 @@ def prepare(model: Model, options: WriteOptions) -> Prepared:
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     """Write the plain-array folder (weights.bin + manifest.json) to ``path``."""
     if getattr(options, "emit_forward", False):
-        raise UsageError("--emit-forward writes a Java model", fix="Use --to java")
+        raise UsageError("{opt:emit_forward=True} writes a Java model", fix="Use {opt:to=java}")
     return write_folder(prepare(model, options), path, options)
 
 
@@ -509,6 +509,22 @@ def is_replaceable(path: str) -> bool:
         return False
 
 
+def check_replaceable(path: str, force: bool) -> None:
+    """Refuse to write ``path`` when it exists without ``force``, or is a folder weightport did not write."""
+    check_can_write(path, force)
+    if os.path.lexists(path) and not is_replaceable(path):
+        raise OutputExistsError("output folder exists and was not written by weightport", path=path,
+                                fix="Choose a new or empty folder; {opt:force=True} only replaces weightport's own output")
+
+
+def move_into_place(complete: str, path: str, force: bool) -> None:
+    """Put a complete folder written elsewhere (a validated staging copy) at ``path``, under the rules of a
+    direct write: an existing ``path`` needs ``force`` and must be weightport's own; the old one is replaced."""
+    check_replaceable(path, force)
+    install(complete, path, force)
+    fsync_folder(os.path.dirname(os.path.abspath(path)))
+
+
 @contextlib.contextmanager
 def staged_directory(path: str, force: bool) -> Iterator[str]:
     """Yield a new folder beside ``path``; on success it replaces ``path``, else it is removed.
@@ -518,10 +534,7 @@ def staged_directory(path: str, force: bool) -> Iterator[str]:
     aside, the new one renamed into place, then the old one deleted; a failure
     puts the old one back.
     """
-    check_can_write(path, force)
-    if os.path.lexists(path) and not is_replaceable(path):
-        raise OutputExistsError("output folder exists and was not written by weightport", path=path,
-                                fix="Choose a new or empty folder; --force only replaces weightport's own output")
+    check_replaceable(path, force)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise UsageError("the output's parent folder does not exist", path=path, fix="Create it first")

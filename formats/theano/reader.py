@@ -210,7 +210,7 @@ def load_spec(path: str | None) -> dict[str, Any] | None:
         with open(path, encoding="utf-8") as handle:
             spec = json.load(handle)
     except OSError as error:
-        raise UsageError(f"cannot read the spec ({error.strerror})", path=path, fix="Check the --spec path") from None
+        raise UsageError(f"cannot read the spec ({error.strerror})", path=path, fix="Check the {opt:spec} path") from None
     except ValueError as error:
         raise UsageError(f"spec is not JSON ({error})", path=path, fix="Write the spec as JSON") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list):
@@ -280,7 +280,7 @@ def kernel_semantics(entry: dict[str, Any], options: ReadOptions, path: str, lay
         f"layer {layer!r} holds convolution kernels, and a pickle does not say whether they were used with "
         "Theano's conv2d / Lasagne Conv2DLayer (flipped, 'convolution') or Conv2DDNNLayer / cuda-convnet "
         "(not flipped, 'correlation')", path=path,
-        fix="Pass --source-semantics convolution|correlation, give a --spec, or run 'weightport detect'")
+        fix="Pass {opt:source_semantics=convolution} or {opt:source_semantics=correlation}, give a {opt:spec}, or run 'weightport detect'")
 
 
 def with_spec(model: Model, arrays: list[tuple[str | None, np.ndarray]], spec: dict[str, Any],

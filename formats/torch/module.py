@@ -12,6 +12,7 @@ torch is imported only when this module is imported.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,21 +26,30 @@ from weightport.core.layout import Layout, relayout
 from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
+from weightport.core.rules import hard_sigmoid_coefficients
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
     "elu": F.elu, "selu": F.selu, "softplus": F.softplus, "softsign": F.softsign,
     "swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu6": F.relu6,
-    "hard_sigmoid": lambda x: F.relu6(x + 3.0) / 6.0, "exponential": torch.exp,
+    "exponential": torch.exp,
 }
+ONNX_HARD_SIGMOID = (0.2, 0.5)  # HardSigmoid's default alpha, beta (onnx/defs/math/defs.cc)
 
 
-def activation(name: Any, channel_axis: int = 1):
-    """A torch function for a Keras activation name (softmax over the channel axis)."""
+def activation(name: Any, channel_axis: int = 1, model: Model | None = None):
+    """A torch function for a Keras activation name (softmax over the channel axis).  ``hard_sigmoid`` is
+    the source's own: ``clip(alpha x + beta, 0, 1)`` with Keras 1/2's or Keras 3's coefficients
+    (:func:`weightport.core.rules.hard_sigmoid_coefficients`), ONNX's defaults for an ONNX source."""
     if isinstance(name, dict):
         name = name.get("class_name", name.get("config", {}).get("name"))
     if name == "softmax":
         return lambda x: F.softmax(x, dim=channel_axis if x.dim() > 2 else -1)
+    if name == "hard_sigmoid":
+        if model is None:
+            raise UnsupportedError("hard_sigmoid without its source: Keras 1/2 and Keras 3 define it differently")
+        alpha, beta = ONNX_HARD_SIGMOID if model.source.format == "onnx" else hard_sigmoid_coefficients(model)
+        return lambda x: torch.clamp(alpha * x + beta, 0.0, 1.0)
     if name not in ACTIVATIONS:
         raise UnsupportedError(f"activation {name!r} has no PyTorch equivalent here",
                                fix="Validate this layer in the source framework only")
@@ -162,6 +172,8 @@ def pool_function(layer: Layer):
     rank = a["rank"]
     pads = a.get("pads") or [[0, 0]] * rank
     flat = [p for pair in reversed(pads) for p in pair]
+    if a.get("ceil_mode") or a.get("count_include_pad"):
+        return ceil_pool_function(layer)
     if a["mode"] == "max":
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
         return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
@@ -175,6 +187,25 @@ def pool_function(layer: Layer):
         count = pool(F.pad(ones, flat), a["kernel_size"], a["strides"])
         return total / count  # TensorFlow excludes padding from the average
     return average
+
+
+def ceil_pool_function(layer: Layer):
+    """Caffe / Torch7 pooling: symmetric pads, output size rounded up (``ceil_mode``, the last window kept only
+    when it starts inside the input or its left padding) and an average that counts the padding
+    (``count_include_pad``) but not the part of a window past the padded input: torch's own rule, identical."""
+    a = layer.attrs
+    rank = a["rank"]
+    pads = a.get("pads") or [[0, 0]] * rank
+    if any(before != after for before, after in pads):
+        raise UnsupportedError(f"layer {layer.name!r}: ceil-mode pooling with asymmetric pads {pads}")
+    padding = tuple(before for before, _ in pads)
+    ceil = bool(a.get("ceil_mode"))
+    if a["mode"] == "max":
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
+        return lambda x: pool(x, a["kernel_size"], a["strides"], padding, ceil_mode=ceil)
+    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    include = bool(a.get("count_include_pad"))
+    return lambda x: pool(x, a["kernel_size"], a["strides"], padding, ceil_mode=ceil, count_include_pad=include)
 
 
 MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
@@ -193,6 +224,39 @@ def input_kind(model: Model) -> str:
     return "seq"
 
 
+ValueKind = Callable[[Layer, str], str]
+OUTPUT_KINDS: dict[str, ValueKind] = {}
+
+
+def output_kind(*kinds: str) -> Callable[[ValueKind], ValueKind]:
+    """Register what a layer kind outputs, given the kind of value feeding it (``map``, ``seq`` or ``flat``).
+    A kind without an entry outputs ``flat``."""
+    def register(rule: ValueKind) -> ValueKind:
+        for kind in kinds:
+            OUTPUT_KINDS[kind] = rule
+        return rule
+    return register
+
+
+output_kind(*MAP_KINDS)(lambda layer, feeding: "map")
+output_kind(*MAP_PRESERVING)(lambda layer, feeding: feeding)
+
+
+@output_kind("global_pool")
+def global_pool_output(layer: Layer, feeding: str) -> str:
+    return "map" if layer.attrs.get("keepdims") else "flat"
+
+
+@output_kind("lstm", "gru")
+def recurrent_output(layer: Layer, feeding: str) -> str:
+    return "seq" if layer.attrs.get("return_sequences") else "flat"
+
+
+@output_kind("embedding", "dense")
+def per_step_output(layer: Layer, feeding: str) -> str:
+    return "seq" if feeding == "seq" or layer.kind == "embedding" else "flat"
+
+
 def value_kinds(model: Model) -> dict[str, str]:
     """What each layer's output is in the canonical module: ``map`` (batch, channels, spatial...),
     ``seq`` (batch, time, features) or ``flat`` (batch, features)."""
@@ -203,18 +267,8 @@ def value_kinds(model: Model) -> dict[str, str]:
         feeding = kinds.get(names[0], previous) if names else previous
         if layer.kind == "input":
             kind = input_kind(model)
-        elif layer.kind == "global_pool":
-            kind = "map" if layer.attrs.get("keepdims") else "flat"
-        elif layer.kind in MAP_KINDS:
-            kind = "map"
-        elif layer.kind in MAP_PRESERVING:
-            kind = feeding
-        elif layer.kind in ("lstm", "gru"):
-            kind = "seq" if layer.attrs.get("return_sequences") else "flat"
-        elif layer.kind in ("embedding", "dense"):
-            kind = "seq" if feeding == "seq" or layer.kind == "embedding" else "flat"
         else:
-            kind = "flat"
+            kind = OUTPUT_KINDS.get(layer.kind, lambda _layer, _feeding: "flat")(layer, feeding)
         kinds[layer.name] = previous = kind
     return kinds
 
@@ -225,7 +279,6 @@ class CanonicalModule(nn.Module):
     def __init__(self, model: Model) -> None:
         super().__init__()
         self.model = model
-        self.functions: dict[str, Any] = {}
         self.post: dict[str, Any] = {}
         self.layer_modules: dict[str, nn.Module] = {}
         for layer in model.layers:
@@ -233,8 +286,8 @@ class CanonicalModule(nn.Module):
             if module is not None:
                 self.attach(layer.name, module)
             act = layer.attrs.get("activation") if layer.kind in ("conv", "conv_transpose", "depthwise",
-                                                                  "separable", "dense") else None
-            self.post[layer.name] = activation(act)
+                                                                  "separable", "dense", "activation") else None
+            self.post[layer.name] = activation(act, model=model)
 
     def attach(self, name: str, module: nn.Module) -> None:
         """Register ``module`` under a possibly dotted name (``features.0``), so state_dict keys match."""
@@ -248,34 +301,9 @@ class CanonicalModule(nn.Module):
         self.layer_modules[name] = module
 
     def module_for(self, layer: Layer) -> nn.Module | None:
-        kind, a = layer.kind, layer.attrs
-        if kind in ("conv", "depthwise", "separable", "conv_transpose"):
-            return conv_module(layer)
-        if kind == "dense":
-            weight = layer.tensors["weight"]
-            return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
-        if kind == "batchnorm":
-            rank = max(len(layer.output_shape or (0,)) - 1, 0)
-            bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
-            return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
-        if kind == "embedding":
-            return nn.Embedding(a["input_dim"], a["output_dim"])
-        if kind in ("lstm", "gru"):
-            weight = layer.tensors["weight_ih_l0"]
-            refuse_for_torch(layer)
-            merge = a.get("merge_mode", "concat")
-            if a.get("bidirectional") and merge not in ("concat", "onnx"):
-                raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
-            rnn = (nn.LSTM if kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
-                                                          bidirectional=bool(a.get("bidirectional")))
-            return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"],
-                                   directions_apart=bool(a.get("bidirectional")) and merge == "onnx")
-        if kind == "prelu":
-            channels_axis = 1 if value_kinds(self.model).get(layer.name) == "map" else -1
-            return PReluSlope(layer.tensors["weight"].shape, channels_axis)
-        if kind in ("pool",):
-            self.functions[layer.name] = pool_function(layer)
-        return None
+        """The layer's weighted torch module (from :data:`BUILDERS`), or None for a weightless layer."""
+        build = BUILDERS.get(layer.kind)
+        return build(layer, self.model) if build is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
@@ -295,40 +323,127 @@ class CanonicalModule(nn.Module):
         return previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
-        kind, a, x = layer.kind, layer.attrs, inputs[0]
-        if kind in ("input", "dropout"):
-            return x
+        """One layer's output: its weighted module, or the weightless op registered in :data:`RUNS`."""
         if layer.name in self.layer_modules:
-            return self.layer_modules[layer.name](x)
-        if layer.name in self.functions:
-            return self.functions[layer.name](x)
-        if kind == "activation":
-            return activation(a.get("activation"))(x)
-        if kind == "flatten":
-            return torch.flatten(x, 1)
-        if kind == "add":
-            return sum(inputs[1:], inputs[0])
-        if kind == "multiply":
-            out = inputs[0]
-            for other in inputs[1:]:
-                out = out * other
-            return out
-        if kind == "concat":
-            return torch.cat(inputs, dim=1 + a.get("axis", 0))
-        if kind == "global_pool":
-            dims = list(range(2, x.dim()))
-            out = x.amax(dim=dims, keepdim=True) if a["mode"] == "max" else x.mean(dim=dims, keepdim=True)
-            return out if a.get("keepdims") else torch.flatten(out, 1)
-        if kind == "padding":
-            return F.pad(x, [p for pair in reversed(a["pads"]) for p in pair])
-        if kind == "cropping":
-            index = [slice(None), slice(None)] + [slice(b, x.shape[2 + k] - a)
-                                                  for k, (b, a) in enumerate(a["crops"])]
-            return x[tuple(index)]
-        if kind == "upsampling":
-            return F.interpolate(x, scale_factor=tuple(float(s) for s in a["size"]), mode="nearest")
-        raise UnsupportedError(f"layer {layer.name!r} of kind {kind} ({layer.source_class}) cannot be run in torch",
-                               fix="Validate this model layer by layer instead")
+            return self.layer_modules[layer.name](inputs[0])
+        run = RUNS.get(layer.kind)
+        if run is None:
+            raise UnsupportedError(f"layer {layer.name!r} of kind {layer.kind} ({layer.source_class}) cannot be "
+                                   "run in torch", fix="Validate this model layer by layer instead")
+        return run(layer, inputs)
+
+
+Builder = Callable[[Layer, Model], nn.Module]
+BUILDERS: dict[str, Builder] = {}
+Run = Callable[[Layer, list[torch.Tensor]], torch.Tensor]
+RUNS: dict[str, Run] = {}
+
+
+def builds(*kinds: str) -> Callable[[Builder], Builder]:
+    """Register the torch module builder of weighted layer kinds (its parameters are the layer's tensors)."""
+    def register(build: Builder) -> Builder:
+        for kind in kinds:
+            BUILDERS[kind] = build
+        return build
+    return register
+
+
+def runs(*kinds: str) -> Callable[[Run], Run]:
+    """Register the forward function of weightless layer kinds: ``run(layer, inputs) -> output``, every
+    tensor channels-first and batch-first."""
+    def register(run: Run) -> Run:
+        for kind in kinds:
+            RUNS[kind] = run
+        return run
+    return register
+
+
+builds("conv", "depthwise", "separable", "conv_transpose")(lambda layer, model: conv_module(layer))
+
+
+@builds("dense")
+def dense_module(layer: Layer, model: Model) -> nn.Module:
+    weight = layer.tensors["weight"]
+    return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
+
+
+@builds("batchnorm")
+def batchnorm_module(layer: Layer, model: Model) -> nn.Module:
+    a = layer.attrs
+    rank = max(len(layer.output_shape or (0,)) - 1, 0)
+    bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+    return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
+
+
+@builds("embedding")
+def embedding_module(layer: Layer, model: Model) -> nn.Module:
+    return nn.Embedding(layer.attrs["input_dim"], layer.attrs["output_dim"])
+
+
+@builds("lstm", "gru")
+def recurrent_module(layer: Layer, model: Model) -> nn.Module:
+    a = layer.attrs
+    weight = layer.tensors["weight_ih_l0"]
+    refuse_for_torch(layer)
+    merge = a.get("merge_mode", "concat")
+    if a.get("bidirectional") and merge not in ("concat", "onnx"):
+        raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
+    rnn = (nn.LSTM if layer.kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
+                                                        bidirectional=bool(a.get("bidirectional")))
+    return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"],
+                           directions_apart=bool(a.get("bidirectional")) and merge == "onnx")
+
+
+@builds("prelu")
+def prelu_module(layer: Layer, model: Model) -> nn.Module:
+    channels_axis = 1 if value_kinds(model).get(layer.name) == "map" else -1
+    return PReluSlope(layer.tensors["weight"].shape, channels_axis)
+
+
+runs("input", "dropout")(lambda layer, inputs: inputs[0])
+runs("activation")(lambda layer, inputs: inputs[0])  # the activation itself is the layer's ``post``
+runs("flatten")(lambda layer, inputs: torch.flatten(inputs[0], 1))
+runs("add")(lambda layer, inputs: sum(inputs[1:], inputs[0]))
+runs("pool")(lambda layer, inputs: pool_function(layer)(inputs[0]))
+
+
+@runs("multiply")
+def multiply(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    out = inputs[0]
+    for other in inputs[1:]:
+        out = out * other
+    return out
+
+
+@runs("concat")
+def concat(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat(inputs, dim=1 + layer.attrs.get("axis", 0))
+
+
+@runs("global_pool")
+def global_pool(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    x = inputs[0]
+    dims = list(range(2, x.dim()))
+    out = x.amax(dim=dims, keepdim=True) if layer.attrs["mode"] == "max" else x.mean(dim=dims, keepdim=True)
+    return out if layer.attrs.get("keepdims") else torch.flatten(out, 1)
+
+
+@runs("padding")
+def padding(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    return F.pad(inputs[0], [p for pair in reversed(layer.attrs["pads"]) for p in pair])
+
+
+@runs("cropping")
+def cropping(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    x = inputs[0]
+    index = [slice(None), slice(None)] + [slice(begin, x.shape[2 + k] - end)
+                                          for k, (begin, end) in enumerate(layer.attrs["crops"])]
+    return x[tuple(index)]
+
+
+@runs("upsampling")
+def upsampling(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    return F.interpolate(inputs[0], scale_factor=tuple(float(s) for s in layer.attrs["size"]), mode="nearest")
 
 
 def canonical_state_dict(model: Model) -> dict[str, torch.Tensor]:

@@ -9,6 +9,10 @@ The writer streams one tensor at a time after the header.
 
 weightport stores the canonical graph in ``__metadata__["weightport.graph"]``
 so a file it wrote reads back with kinds, attributes and layouts.
+
+A sharded checkpoint is read through its index, ``NAME.safetensors.index.json`` (Hugging Face's layout:
+``{"weight_map": {key: shard file name}}``): every shard is checked as above, must sit in the index's
+folder (a bare file name, nothing else), and must hold exactly the keys the index gives it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from weightport.core.shapes import check_acyclic
 
 NAME = "safetensors"
 DESCRIPTION = "safetensors (PyTorch state_dict, no pickle)"
-EXTENSIONS = (".safetensors",)
+EXTENSIONS = (".safetensors", ".safetensors.index.json")
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_INDEX = 64 * 1024 * 1024  # bytes of index JSON (a million keys with long names fit)
 
 MAX_HEADER = 100 * 1024 * 1024
 MAX_RANK = 32  # axes of one tensor (NumPy's own limit before 2.0)
@@ -63,6 +69,8 @@ def dtype_code(dtype: np.dtype) -> str:
 
 
 def sniff(path: str) -> bool:
+    if path.lower().endswith(INDEX_SUFFIX):
+        return os.path.isfile(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(9)
@@ -129,16 +137,59 @@ def check_entries(header: dict[str, Any], buffer_size: int, path: str) -> None:
 
 
 def read(path: str, options: ReadOptions) -> Model:
-    """Read a safetensors file; a weightport-written file regains its graph from the metadata.
+    """Read a safetensors file (or a sharded checkpoint by its index); a weightport-written file regains its
+    graph from the metadata.
 
     Each key is placed in O(1) (:meth:`Model.layer` is indexed), so reading is linear in the keys."""
+    if path.lower().endswith(INDEX_SUFFIX):
+        return model_from_tensors(path, *sharded_tensors(path))
     header, data_start = read_header(path)
-    metadata = header.get("__metadata__", {})
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    tensors = {key: file_tensor(path, key, entry, data_start) for key, entry in entries.items()}
+    return model_from_tensors(path, header.get("__metadata__", {}), tensors)
+
+
+def sharded_tensors(index_path: str) -> tuple[dict[str, str], dict[str, Tensor]]:
+    """The merged metadata and the lazy tensors of every shard an index names, each shard checked."""
+    if os.path.getsize(index_path) > MAX_INDEX:
+        raise BadInputError(f"safetensors index is larger than {MAX_INDEX} bytes", path=index_path,
+                            fix="This is not a checkpoint index; give the .safetensors file itself")
+    with open(index_path, "rb") as handle:
+        index = parse_json(handle.read().decode("utf-8", "replace"), index_path, "safetensors index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in weight_map.items()):
+        raise BadInputError("safetensors index has no weight_map of key -> shard file name", path=index_path,
+                            fix="Give the index file transformers wrote (NAME.safetensors.index.json)")
+    folder = os.path.dirname(os.path.abspath(index_path))
+    metadata: dict[str, str] = {}
+    tensors: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if os.path.basename(shard) != shard or shard in ("", ".", ".."):
+            raise BadInputError(f"safetensors index names a shard outside its folder: {shard!r}", path=index_path,
+                                fix="Shards must be file names in the index's own folder")
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            raise BadInputError(f"shard {shard!r} named by the index is missing", path=index_path,
+                                fix="Copy every shard next to the index")
+        header, data_start = read_header(shard_path)
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        wanted = {key for key, name in weight_map.items() if name == shard}
+        if set(entries) != wanted:
+            odd = sorted(set(entries) ^ wanted)[:3]
+            raise BadInputError(f"shard {shard!r} does not hold the keys its index gives it (e.g. {odd})",
+                                path=index_path, fix="The index and its shards come from different saves")
+        for key, value in header.get("__metadata__", {}).items():
+            metadata.setdefault(key, value)
+        tensors.update({key: file_tensor(shard_path, key, entries[key], data_start) for key in sorted(wanted)})
+    return metadata, {key: tensors[key] for key in weight_map}
+
+
+def model_from_tensors(path: str, metadata: dict[str, str], tensors: dict[str, Tensor]) -> Model:
+    """The model of a state dict's tensors, with the graph a weightport-written file stores in its metadata."""
     graph = graph_from_metadata(metadata, path)
     model = Model(SourceInfo(path, NAME, metadata.get("weightport.version"), None,
                              {"written_by_weightport": graph is not None}))
-    entries = {k: v for k, v in header.items() if k != "__metadata__"}
-    tensors = {key: file_tensor(path, key, entry, data_start) for key, entry in entries.items()}
     if graph is not None:
         model.has_architecture = True
         for spec in graph["layers"]:

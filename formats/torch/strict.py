@@ -22,9 +22,9 @@ def load_module_class(spec: str):
     """The class named by ``path/to/module.py:ClassName``."""
     path, _, name = spec.rpartition(":")
     if not path or not name or not path.endswith(".py"):
-        raise UsageError(f"--strict-against {spec!r} is not MODULE.py:CLASS", fix="Write e.g. models/net.py:Net")
+        raise UsageError(f"{{opt:strict_against}} {spec!r} is not MODULE.py:CLASS", fix="Write e.g. models/net.py:Net")
     if not os.path.isfile(path):
-        raise UsageError("module file not found", path=path, fix="Check the path given to --strict-against")
+        raise UsageError("module file not found", path=path, fix="Check the path given to {opt:strict_against}")
     module_spec = importlib.util.spec_from_file_location(f"weightport_strict_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(module_spec)
     folder = os.path.dirname(os.path.abspath(path))
@@ -59,4 +59,4 @@ def check_against(spec: str, plan) -> None:
     if problems:
         shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
         raise UsageError(f"the output does not match {cls.__name__}: {shown}",
-                         fix="Map names with --rename, or check the architecture")
+                         fix="Map names with {opt:rename}, or check the architecture")

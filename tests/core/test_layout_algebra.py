@@ -232,3 +232,16 @@ def test_write_in_background_raises_a_failed_producer_after_stopping_the_writer(
     with pytest.raises(ValueError, match="bad tensor"):
         write_in_background(produce(), lambda block: seen.append(float(block[0])))
     assert seen == [0.0, 1.0]
+
+
+def test_semantics_change_needs_no_sizes_of_merged_groups():
+    """A depthwise kernel ``(i m) 1 h w`` flips between correlation and convolution without knowing ``m``:
+    the rotation is over h and w only, the merged group stays whole, and the rank is still checked."""
+    kernel = np.random.RandomState(5).standard_normal((6, 1, 3, 2)).astype(np.float32)
+    src, dst = Layout("(i m) 1 h w", CORRELATION), Layout("(i m) 1 h w", CONVOLUTION)
+    flipped = relayout(kernel, src, dst)
+    np.testing.assert_array_equal(flipped, kernel[:, :, ::-1, ::-1])
+    assert target_shape(kernel.shape, src.pattern, dst.pattern) == (6, 1, 3, 2)
+    np.testing.assert_array_equal(relayout(kernel, src, src), kernel)
+    with pytest.raises(LayoutError):
+        relayout(kernel[0], src, dst)

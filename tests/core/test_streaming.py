@@ -89,18 +89,12 @@ def test_peak_memory_is_bounded_by_the_largest_tensor(tmp_path, baseline, widths
     np.testing.assert_allclose(y.numpy(), expected, rtol=0, atol=64 * np.finfo(np.float32).eps * scale)
 
 
-def test_progress_line_only_on_a_terminal(tmp_path):
-    """--quiet or a pipe: no progress line; a terminal (pty) over half a second: a line with bytes."""
+def terminal_stderr(args: list[str]) -> bytes:
+    """What ``weightport ARGS`` draws on a terminal (a pty as stderr), progress shown from the start."""
     import pty
-    source = str(tmp_path / "model.h5")
-    dense_chain(source, [6000, 5000, 6000, 5000, 7])
-    piped = subprocess.run([WEIGHTPORT, "convert", source, "-o", str(tmp_path / "a.safetensors")],
-                           capture_output=True, text=True)
-    assert piped.returncode == 0 and "%" not in piped.stderr
-    env = dict(os.environ, WEIGHTPORT_PROGRESS_DELAY="0")
     primary, secondary = pty.openpty()
-    process = subprocess.Popen([WEIGHTPORT, "convert", source, "-o", str(tmp_path / "b.safetensors")],
-                               stdout=subprocess.DEVNULL, stderr=secondary, env=env)
+    process = subprocess.Popen([WEIGHTPORT, *args], stdout=subprocess.DEVNULL, stderr=secondary,
+                               env=dict(os.environ, WEIGHTPORT_PROGRESS_DELAY="0"))
     os.close(secondary)
     shown = b""
     while True:
@@ -111,5 +105,27 @@ def test_progress_line_only_on_a_terminal(tmp_path):
         if not chunk:
             break
         shown += chunk
-    assert process.wait() == 0
+    assert process.wait() == 0, shown[-300:]
+    return shown
+
+
+def test_progress_moves_inside_one_large_tensor(tmp_path):
+    """One 96 MB tensor: the line advances block by block (percentages below 99 while that tensor
+    is written: two or more), with a rate and the time left."""
+    import re
+    source = str(tmp_path / "one.h5")
+    dense_chain(source, [4000, 6000])
+    shown = terminal_stderr(["convert", source, "-o", str(tmp_path / "one.safetensors")]).decode("utf-8", "replace")
+    steps = re.findall(r"(\d+\.\d)% [^\r]*?/s, \d+ s left  dense\w*\.weight", shown)
+    assert len({float(p) for p in steps if float(p) < 99.0}) >= 2, shown[-500:]  # per tensor: one at most
+
+
+def test_progress_line_only_on_a_terminal(tmp_path):
+    """--quiet or a pipe: no progress line; a terminal (pty) over half a second: a line with bytes."""
+    source = str(tmp_path / "model.h5")
+    dense_chain(source, [6000, 5000, 6000, 5000, 7])
+    piped = subprocess.run([WEIGHTPORT, "convert", source, "-o", str(tmp_path / "a.safetensors")],
+                           capture_output=True, text=True)
+    assert piped.returncode == 0 and "%" not in piped.stderr
+    shown = terminal_stderr(["convert", source, "-o", str(tmp_path / "b.safetensors")])
     assert b"MiB" in shown and b"%" in shown, shown[-300:]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from weightport.api import load
 from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, require
 
 FIXTURES = ["cnn_flatten_dense", "functional_residual", "conv1d_rnn", "channels_first_cnn", "conv3d_grouped",
             "functional_residual_flatten", "conv2d_transpose_single"]
@@ -126,3 +126,29 @@ def test_weights_only_file_gives_the_same_tensors_and_warns(run_cli, tmp_path, n
         if kinds.get(key) == "dense" and key.endswith(".weight"):
             continue  # rows after a Flatten need the architecture
         assert torch.equal(weights_only[key], value), key
+
+
+def test_hard_sigmoid_is_keras3s_own(run_cli, tmp_path):
+    """Keras 3 defines hard_sigmoid as relu6(x + 3) / 6 (Keras 1/2: clip(0.2 x + 0.5, 0, 1)); inputs spread
+    over [-4, 4] tell the two apart.  Truth: the model's own predict()."""
+    keras = require("keras")
+    rng = np.random.RandomState(11)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(5, activation="hard_sigmoid", name="dense")(inputs)
+    outputs = keras.layers.Activation("hard_sigmoid", name="act")(keras.layers.Dense(4, name="proj")(hidden))
+    model = keras.Model(inputs, outputs)
+    model.set_weights([rng.uniform(-2, 2, w.shape).astype(np.float32) for w in model.get_weights()])
+    source = tmp_path / "hs.h5"
+    model.save(source)
+    x = rng.uniform(-2, 2, (8, 6)).astype(np.float32)
+    expected = model.predict(x, verbose=0)
+    out = tmp_path / "hs.safetensors"
+    code, _, err = run_cli("convert", source, "-o", out, "--to", "torch")
+    assert code == 0, err
+    module = CanonicalModule(load(str(source)))
+    module.load_state_dict(load_file(str(out)), strict=True)
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    keras2 = np.clip(0.2 * (x @ model.get_weights()[0] + model.get_weights()[1]) + 0.5, 0, 1)
+    assert np.abs(keras2 - np.clip((x @ model.get_weights()[0] + model.get_weights()[1]) / 6 + 0.5, 0, 1)).max() > 0.05

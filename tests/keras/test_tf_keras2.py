@@ -13,7 +13,7 @@ from weightport.api import load
 from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
 from tests.conftest import fixture_path
 
-TORCH_FIXTURES = ["cnn_sequential", "rnn_stack", "embedding_conv1d", "nested_residual"]
+TORCH_FIXTURES = ["cnn_sequential", "rnn_stack", "embedding_conv1d", "nested_residual", "hard_sigmoid_dense"]
 
 
 def run_in_torch(model, state, name):

@@ -52,3 +52,29 @@ def test_default_npz_is_correlation_and_matches_correlate2d(run_cli, tmp_path):
     np.testing.assert_allclose(got, tf_conv_a(x), rtol=1e-5, atol=1e-5)
     code, _, err = run_cli("convert", H5, "-o", out)
     assert code == 2 and "--force" in err
+
+
+DEPTHWISE = fixture_path("keras_theano", "k2_depthwise_single.h5")
+
+
+def depthwise_by_scipy(x_nhwc: np.ndarray, weight: np.ndarray, bias: np.ndarray, op) -> np.ndarray:
+    """A depthwise conv from an ``(i m) 1 h w`` kernel with scipy: output channel ``o`` reads input channel
+    ``o // m`` (Keras's channel order), stride 1, 'valid'; returns NHWC."""
+    multiplier = weight.shape[0] // x_nhwc.shape[-1]
+    return np.stack([np.stack([op(sample[:, :, o // multiplier], weight[o, 0], mode="valid") + bias[o]
+                               for o in range(weight.shape[0])], axis=-1) for sample in x_nhwc])
+
+
+def test_depthwise_kernels_take_the_scipy_preset_and_reproduce_keras(run_cli, tmp_path):
+    """A depthwise kernel (``(i m) 1 h w``, multiplier not visible in the shape) flips into convolution
+    semantics; scipy's convolve2d on it reproduces the output real Keras 2.3.1 on Theano recorded."""
+    out = tmp_path / "dw.npz"
+    code, _, err = run_cli("convert", DEPTHWISE, "-o", out, "--to", "npz", "--target-semantics", "convolution")
+    assert code == 0, err
+    arrays = np.load(out, allow_pickle=False)
+    x = np.load(fixture_path("keras_theano", "k2_depthwise_single.input.npy"))
+    expected = np.load(fixture_path("keras_theano", "k2_depthwise_single.output.npy"))
+    got = depthwise_by_scipy(x, arrays["conv.weight"], arrays["conv.bias"], scipy.signal.convolve2d)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    flipped = depthwise_by_scipy(x, arrays["conv.weight"], arrays["conv.bias"], scipy.signal.correlate2d)
+    assert np.abs(flipped - expected).max() > 1e-2

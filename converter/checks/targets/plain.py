@@ -1,0 +1,125 @@
+"""The raw and java targets' validator: a plain-array folder checked in its own runtime.
+
+* ``weights.bin`` read by ``manifest.json`` alone (:class:`weightport.formats.plain.target_check.Folder`:
+  dtype, byte order, offsets, shapes, SHA-256, declared layout and semantics), every weighted layer run from
+  those arrays with scipy as declared against the source framework's oracle;
+* a ``java`` folder, with a JDK on PATH: its own Java compiled (into a temporary folder) and run, only when it
+  is the Java weightport emits: ``WeightportCheck --verify`` must read every tensor as the manifest says, and
+  ``WeightportModel`` (``--emit-forward``) runs the whole model on the recorded input (the first diverging
+  layer named when it fails), or on random input without one (it runs; that covers no layer).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from weightport.checks.report import FAIL, NAMES, PASS, WHOLE_MODEL, Check, Report, compare
+from weightport.checks.targets.common import declared_layer_checks, first_failed_layer, structure_check, unreadable
+from weightport.core.errors import WeightportError
+from weightport.core.model import Model
+from weightport.core.oracle import Refused
+from weightport.formats.numpy.target_check import DeclaredSide, by_layer, flattens, keras3_source
+from weightport.formats.plain.target_check import (JAVA_LOADER, JAVA_MODEL, MANIFEST, WEIGHTS, Folder, compiled_java,
+                                                   foreign_java, java_forward, missing_jdk, random_run, wrong_sums)
+
+RUNTIME = "runtime"  # a check of the target's runtime that covers no layer (no source reference)
+HASHES = "weights.bin holds the bytes whose SHA-256 the manifest gives"
+LOADER = "the Java loader (WeightportCheck --verify) reads every tensor as the manifest says"
+WHOLE = "whole model in Java (WeightportModel) vs recorded output"
+RUNS = "the emitted WeightportModel runs on random input (no reference without --input/--expected)"
+NO_FORWARD = "a raw folder has no forward pass of its own (--to java --emit-forward writes one)"
+
+
+def validate_plain(source: Model, request: Any, read: Any) -> Report:
+    """The raw and java targets' validator (the registry names it): the folder read by its manifest, every
+    layer run with scipy against the source framework's oracle, and (java, with a JDK) the folder's own Java
+    compiled and run.  ``read``, weightport's reader, is not used."""
+    path = request.converted_path
+    java = os.path.exists(os.path.join(path, JAVA_LOADER))
+    report = request.report(source, "java" if java else "raw")
+    x, expected = request.recorded(source)
+    try:
+        folder = Folder(path)
+    except (OSError, ValueError, WeightportError) as error:
+        shown = os.path.basename(os.path.normpath(request.shown_path or path))
+        return unreadable(report, f"{shown}/{MANIFEST} with {WEIGHTS}", error)
+    report.add(structure_check(source, folder.found, folder.problems))
+    report.add(Check(HASHES, FAIL if folder.bad_hashes else PASS, NAMES,
+                     reason=f"bytes differ from the manifest's sha256 in: {', '.join(folder.bad_hashes)}"
+                     if folder.bad_hashes else ""))
+    side = DeclaredSide(by_layer(folder.found), flattens(source, folder.flatten_order), keras3_source(source))
+    rtol = declared_layer_checks(report, source, folder.by_name, side)
+    if not java:
+        report.skip("whole model", NO_FORWARD, WHOLE_MODEL)
+        return report
+    java_checks(report, folder, source, x, expected, rtol)
+    return report
+
+
+def java_checks(report: Report, folder: Folder, source: Model, x: np.ndarray | None,
+                expected: np.ndarray | None, rtol: float) -> None:
+    """Compile the folder's Java in a temporary folder and run its check program and (when emitted) its model;
+    both skipped, saying why, without a JDK or when the Java is not weightport's own."""
+    whole = WHOLE if folder.has(JAVA_MODEL) else "whole model"
+    missing, foreign = missing_jdk(), ""
+    if missing:
+        why = f"{' and '.join(missing)} not on PATH: the folder's Java was not run (install a JDK, e.g. " \
+              "apt-get install openjdk-17-jdk-headless)"
+    else:
+        foreign = foreign_java(folder)
+        why = f"not compiled or run: {foreign} (weightport runs only the Java it emits)"
+    if missing or foreign:
+        report.skip(LOADER, why, NAMES)
+        report.skip(whole, why, WHOLE_MODEL)
+        return
+    try:
+        with compiled_java(folder) as classes:
+            loader_check(report, folder, classes)
+            model_checks(report, folder, classes, source, x, expected, rtol)
+    except Refused as error:
+        report.add(Check("the folder's Java compiles", FAIL, NAMES, reason=str(error)))
+
+
+def loader_check(report: Report, folder: Folder, classes: str) -> None:
+    """``WeightportCheck --verify``: every tensor's SHA-256 and sum as Java reads it."""
+    try:
+        wrong = wrong_sums(folder, classes)
+    except NotImplementedError as reason:
+        report.skip(LOADER, str(reason), NAMES)
+        return
+    except Refused as error:
+        report.add(Check(LOADER, FAIL, NAMES, reason=str(error)))
+        return
+    report.add(Check(LOADER, FAIL if wrong else PASS, NAMES,
+                     reason=f"sums differ: {'; '.join(wrong[:10])}" if wrong else ""))
+
+
+def model_checks(report: Report, folder: Folder, classes: str, source: Model, x: np.ndarray | None,
+                 expected: np.ndarray | None, rtol: float) -> None:
+    """``WeightportModel`` on the recorded input against the recorded output, or on random input (it runs)."""
+    if not folder.has(JAVA_MODEL):
+        report.skip("whole model", "the folder has no WeightportModel.java (convert with --emit-forward for one)",
+                    WHOLE_MODEL)
+        return
+    if x is None or expected is None:
+        report.skip(WHOLE, "no recorded output: give --input X.npy and --expected Y.npy", WHOLE_MODEL)
+        try:
+            random_run(folder, classes, source)
+            report.add(Check(RUNS, PASS, RUNTIME))
+        except NotImplementedError as reason:
+            report.skip(RUNS, str(reason), RUNTIME)
+        except Refused as error:
+            report.add(Check(RUNS, FAIL, RUNTIME, reason=str(error)))
+        return
+    try:
+        got = java_forward(folder, classes, x)
+    except Refused as error:
+        report.add(Check(WHOLE, FAIL, WHOLE_MODEL, reason=str(error)))
+        return
+    check = report.add(compare(WHOLE, got, np.asarray(expected).reshape(len(expected), -1), report.atol, rtol,
+                               check=WHOLE_MODEL))
+    if check.status == FAIL:
+        check.likely_cause = first_failed_layer(report)

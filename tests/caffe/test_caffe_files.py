@@ -1,0 +1,66 @@
+"""Reading Caffe files without Caffe: the binary caffemodel alone (its own layer parameters, decoded from the
+wire format by weightport's tables, written by the fixtures' independent writer) gives the net OpenCV ran from
+the prototxt; the text parser takes the protobuf text format's corners; the prototxt is found beside the
+model."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.caffe.test_caffe_opencv import FIXTURES, TOLERANCE, paths, torch_forward
+from weightport.formats.caffe.prototxt import parse
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_caffemodel_alone_reproduces_opencv(tmp_path, name):
+    """No prototxt: structure and parameters (kernel_h/w, strides, pads, group, dilation, pooling, eltwise
+    operation, V1 enum layer types, legacy 4-D blob shapes) all come from the binary."""
+    from weightport.api import load
+    from weightport.formats.torch.module import canonical_state_dict
+    source, _, io = paths(name)
+    alone = tmp_path / f"{name}.caffemodel"
+    shutil.copy(source, alone)
+    model = load(str(alone))
+    assert model.source.details["prototxt"] is None
+    assert any("no .prototxt" in warning for warning in model.warnings)
+    state = {key: value.numpy() for key, value in canonical_state_dict(model).items()}
+    np.testing.assert_allclose(torch_forward(model, state, io["input"]), io["output"], atol=TOLERANCE, rtol=0)
+
+
+def test_prototxt_found_beside_the_model_as_deploy(tmp_path):
+    from weightport.api import load
+    source, text, _ = paths("conv_axes")
+    shutil.copy(source, tmp_path / "weights.caffemodel")
+    shutil.copy(text, tmp_path / "deploy.prototxt")
+    model = load(str(tmp_path / "weights.caffemodel"))
+    assert model.source.details["prototxt"].endswith("deploy.prototxt")
+
+
+def test_text_format_corners():
+    text = r'''
+    name: "net"  # a comment
+    input: 'da\x74a'  input: "b\101" "c"
+    layer < name: "l1" type: "Pooling" pooling_param: { pool: AVE kernel_size: [3, 2] stride: 2; } >
+    layer { name: "l2" include { phase: TEST } relu_param { negative_slope: -1.5e-1 } }
+    '''
+    net = parse(text, "x.prototxt")
+    assert net.get("name") == "net" and net.all("input") == ["data", "bAc"]
+    first, second = net.all("layer")
+    pooling = first.get("pooling_param")
+    assert pooling.get("pool") == "AVE" and pooling.all("kernel_size") == [3, 2] and pooling.get("stride") == 2
+    assert second.get("include").get("phase") == "TEST"
+    assert second.get("relu_param").get("negative_slope") == pytest.approx(-0.15)
+
+
+def test_java_forward_pass_refuses_ceil_pooling_it_cannot_compute(run_cli, tmp_path):
+    """The Java forward pass pools with floor rounding: a Caffe pool whose last window is partial is refused
+    (the weights are still written without --emit-forward), never computed at the wrong size."""
+    source, _, _ = paths("pooling_ceil")
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--emit-forward")
+    assert code == 2 and "ceil-mode pooling" in err and "pool_max" in err
+    assert not (tmp_path / "java").exists()
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--quiet")
+    assert code == 0, err

