@@ -17,11 +17,9 @@ with ``p`` the package's folder (``com/example/model``):
   ``float[][] forward(float[][])``, layouts and semantics compiled in, optional threads.
 * ``README.C.md``: how to build and use the classes from Maven, Gradle or plain ``javac``.
 
-The Java is kept as Java: package data in ``java/`` beside this module (see :data:`JAVA_RESOURCES`),
-each file a template that compiles on its own and that this module fills: ``"@@KEY@@"`` (a whole
-string literal, replaced by :func:`java_string_literal` of a value), ``/*@KEY@*/`` (replaced by
-generated code), and the class names ``WeightportWeights``, ``WeightportCheck``, ``WeightportModel``
-(replaced by ``CWeights``, ``CCheck``, ``C``).
+The Java is kept as Java: templates shipped as package data in ``java/`` beside this module, filled by
+:mod:`weightport.formats.plain.java_text` (shared with the target's check), which also says where each
+file goes for a package and class.
 
 Names from the model file (layers, tensor keys, the source's name, version and backend) are data: they
 reach the generated Java only as string literals made by :func:`java_string_literal`, never inside
@@ -32,12 +30,9 @@ input and options.  torch and tensorflow are never imported.
 
 from __future__ import annotations
 
-import keyword
 import math
 import os
 import re
-from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any, Callable
 
 from weightport.core.errors import UnsupportedError, UsageError
@@ -46,17 +41,13 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.shapes import ceil_pool_out
 from weightport.formats.plain import raw
-from weightport.formats.plain.project import write_project
+from weightport.formats.plain.java_text import (JAVA_RESOURCES, MODEL_FILE, TEMPLATE_CLASSES, JavaNames, fixed_sources,
+                                               java_resource, java_string_literal, render)
+from weightport.formats.plain.project import move_project, write_project
 
 NAME = "java"
 DESCRIPTION = "a Maven/Gradle-shaped folder: the weights as classpath resources, a Java loader and forward pass"
 EXTENSIONS = ("",)
-
-WEIGHTS_FILE = "WeightportWeights.java"
-CHECK_FILE = "WeightportCheck.java"
-MODEL_FILE = "WeightportModel.java"
-JAVA_RESOURCES = (WEIGHTS_FILE, CHECK_FILE, MODEL_FILE)  # in java/ beside this module: templates
-TEMPLATE_CLASSES = {"WeightportWeights": "{}Weights", "WeightportCheck": "{}Check", "WeightportModel": "{}"}
 
 JAVA_KEYWORDS = frozenset("""abstract assert boolean break byte case catch char class const continue default do double
 else enum extends final finally float for goto if implements import instanceof int interface long native new package
@@ -68,28 +59,6 @@ IDENTIFIER = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*\Z")
 
 def sniff(path: str) -> bool:
     return False
-
-
-@dataclass(frozen=True)
-class JavaNames:
-    """Where the generated files go: ``package`` ("" for none) and the model's class name."""
-
-    package: str
-    name: str
-
-    @property
-    def folder(self) -> str:
-        return "/".join(self.package.split(".")) if self.package else ""
-
-    def java(self, suffix: str = "") -> str:
-        return "/".join(filter(None, ("src/main/java", self.folder, f"{self.name}{suffix}.java")))
-
-    def resource(self, extension: str) -> str:
-        return "/".join(filter(None, ("src/main/resources", self.folder, f"{self.name}.{extension}")))
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.package}.{self.name}" if self.package else self.name
 
 
 def reserved_names() -> frozenset[str]:
@@ -172,33 +141,25 @@ def text_writer(text: Callable[[], str]) -> Callable[[str], None]:
 
 
 def move_into_place(complete: str, path: str, force: bool) -> None:
-    """A complete folder (a validated staging copy) put at ``path`` as the raw target puts its own."""
-    raw.move_into_place(complete, path, force)
-
-
-def java_resource(name: str) -> str:
-    """The text of ``java/NAME``, shipped as package data."""
-    return (files(__package__) / "java" / name).read_text(encoding="utf-8")
+    """A complete project (a validated staging copy) put at ``path`` as a direct write puts it: into an
+    existing folder only the files its manifest lists, replacing only the previous output's files (see
+    :mod:`weightport.formats.plain.project`); ``force`` was checked by the caller."""
+    resources = os.path.join(complete, "src", "main", "resources")
+    manifests = [os.path.relpath(os.path.join(folder, name), complete).replace(os.sep, "/")
+                 for folder, _, names in os.walk(resources) for name in names if name.endswith(".json")]
+    if len(manifests) != 1:
+        raise ValueError(f"a staged java project holds {len(manifests)} manifests")
+    move_project(complete, path, manifests[0])
 
 
 def java_files(names: JavaNames, model: Model, prepared: Any, forward: bool) -> dict[str, str]:
     """Relative path -> text of every generated source (and the README snippet), in a fixed order."""
-    common = {"RESOURCE": names.name}
-    out = {names.java("Weights"): render(names, WEIGHTS_FILE, common, {}),
-           names.java("Check"): render(names, CHECK_FILE, {}, {})}
+    out = fixed_sources(names)
     if forward:  # refuses unsupported layers before anything is written
         strings, code = ForwardWriter(model, prepared.plan, prepared.orders, prepared.manifest).parts()
         out[names.java()] = render(names, MODEL_FILE, strings, code)
     out[f"README.{names.name}.md"] = readme(names, prepared.manifest, forward)
     return out
-
-
-def render(names: JavaNames, template: str, strings: dict[str, str], code: dict[str, str]) -> str:
-    """A template with its placeholders filled, the package line set and the class names replaced."""
-    text = fill_template(java_resource(template), strings,
-                         {**code, "PACKAGE": f"package {names.package};\n" if names.package else ""})
-    return re.sub(r"\bWeightport(Weights|Check|Model)\b",
-                  lambda match: TEMPLATE_CLASSES[match.group(0)].format(names.name), text)
 
 
 def markdown_text(text: Any) -> str:
@@ -254,67 +215,6 @@ def readme(names: JavaNames, manifest: dict[str, Any], forward: bool) -> str:
 
 
 # ------------------------------------------------------------------------------- Java text from data
-
-JAVA_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def java_string_literal(text: str) -> str:
-    """``text`` as a Java string literal, quotes included: the one way data reaches generated Java.
-
-    The result is printable ASCII.  Backslash, quote, tab, newline, carriage return, backspace and
-    form feed get their escapes; other control characters (NUL, DEL, ...) three-digit octal ones
-    (``\\000``: a digit after it is never read as part of it); non-ASCII characters ``\\uXXXX``
-    escapes (a surrogate pair beyond U+FFFF).  javac translates ``\\uXXXX`` before it reads
-    anything else, even in comments and literals, so it matters that: every backslash of ``text``
-    is doubled, hence a ``\\u`` of ``text`` is never read as an escape (javac reads one only where
-    the backslash follows an even run of backslashes), and the only ``\\uXXXX`` written are those
-    for non-ASCII characters, which never translate into a line end, a quote or a backslash.
-    """
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in JAVA_ESCAPES:
-            out.append(JAVA_ESCAPES[char])
-        elif 0x20 <= code < 0x7F:
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\{code:03o}")
-        elif code <= 0xFFFF:
-            out.append(f"\\u{code:04x}")
-        else:
-            high, low = divmod(code - 0x10000, 0x400)
-            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
-    out.append('"')
-    return "".join(out)
-
-
-PLACEHOLDER = re.compile(r'"@@(\w+)@@"|^[ \t]*/\*@(\w+)@\*/$|/\*@(\w+)@\*/', re.M)
-
-
-def fill_template(template: str, strings: dict[str, str], code: dict[str, str]) -> str:
-    """Fill a Java template's placeholders in one pass (so filled-in text is never read as one).
-
-    ``"@@KEY@@"`` becomes ``java_string_literal(strings[KEY])``; a line that is only ``/*@KEY@*/``
-    becomes ``code[KEY]`` (lines indented by the caller); ``/*@KEY@*/`` within a line becomes
-    ``code[KEY]``.  Every placeholder must be given and every value used.
-    """
-    used: set[str] = set()
-
-    def replace(match: re.Match[str]) -> str:
-        string_key, line_key, inline_key = match.groups()
-        if string_key is not None:
-            used.add(string_key)
-            return java_string_literal(strings[string_key])
-        key = line_key or inline_key
-        used.add(key)
-        return code[key]
-
-    text = PLACEHOLDER.sub(replace, template)
-    unused = (set(strings) | set(code)) - used
-    if unused:
-        raise KeyError(f"the template has no placeholder for {sorted(unused)}")
-    return text
-
 
 # ------------------------------------------------------------------------------------ --emit-forward
 

@@ -11,6 +11,8 @@ them and nothing else:
 * ``DIR`` present (``--force``, checked by the caller): the files are staged beside ``DIR`` first; a file
   about to be written that exists but is not listed in the previous manifest is refused (it is the
   user's); then the previous manifest's files are removed and the new ones moved in, one rename each.
+* A validated output (``convert --validate``) is written to a new staging folder, checked, then moved
+  into ``DIR`` by :func:`move_project` under the same rules.
 """
 
 from __future__ import annotations
@@ -58,14 +60,7 @@ def write_project(root: str, manifest: str, writers: Mapping[str, Writer]) -> No
     ``manifest`` is the relative path of the manifest among them, whose ``"files"`` must list them all.
     """
     root = os.path.normpath(root)
-    if os.path.lexists(root) and (not os.path.isdir(root) or os.path.islink(root)):
-        raise UsageError("the output exists and is not a folder", path=root,
-                         fix="The java target writes a project folder: name a folder")
-    owned = owned_files(root, manifest) if os.path.isdir(root) else set()
-    for relative in writers:
-        if os.path.lexists(os.path.join(root, native(relative))) and relative not in owned:
-            raise OutputExistsError(f"{relative} exists and was not written by weightport", path=root,
-                                    fix="Move that file away or choose another {opt:java_class} or {opt:java_package}")
+    owned = writable(root, manifest, list(writers))
     staging = staging_folder(root)
     try:
         for relative, write in writers.items():
@@ -75,6 +70,30 @@ def write_project(root: str, manifest: str, writers: Mapping[str, Writer]) -> No
         install(staging, root, owned, list(writers))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def writable(root: str, manifest: str, written: list[str]) -> set[str]:
+    """The files of the previous output at ``root`` (which may be removed); refuses when a file about to be
+    written exists and is not one of them (it is the user's)."""
+    if os.path.lexists(root) and (not os.path.isdir(root) or os.path.islink(root)):
+        raise UsageError("the output exists and is not a folder", path=root,
+                         fix="The java target writes a project folder: name a folder")
+    owned = owned_files(root, manifest) if os.path.isdir(root) else set()
+    for relative in written:
+        if os.path.lexists(os.path.join(root, native(relative))) and relative not in owned:
+            raise OutputExistsError(f"{relative} exists and was not written by weightport", path=root,
+                                    fix="Move that file away or choose another {opt:java_class} or {opt:java_package}")
+    return owned
+
+
+def move_project(complete: str, root: str, manifest: str) -> None:
+    """Put the files of a complete project folder written elsewhere (a validated staging copy, whose
+    manifest at ``manifest`` lists them) under ``root``, by the rules of :func:`write_project`: the
+    previous output's files replaced, any other file of ``root`` left alone, a clash with one refused."""
+    root = os.path.normpath(root)
+    with open(os.path.join(complete, native(manifest)), encoding="utf-8") as handle:
+        written = [item for item in json.load(handle)["files"]]
+    install(complete, root, writable(root, manifest, written), written)
 
 
 def install(staging: str, root: str, owned: set[str], written: list[str]) -> None:
