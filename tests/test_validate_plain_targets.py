@@ -67,9 +67,9 @@ def manifest_of(folder: str) -> str:
     return found[0]
 
 
-def edit_raw(folder: str, name: str, change) -> None:
+def edit_raw(folder: str, name: str, change, manifest_path: str | None = None) -> None:
     """Rewrite tensor ``name`` of the weights file as ``change(array)`` (same size), and its SHA-256 with it."""
-    manifest_path = manifest_of(str(folder))
+    manifest_path = manifest_path or manifest_of(str(folder))
     with open(manifest_path, encoding="utf-8") as handle:
         manifest = json.load(handle)
     entry = next(t for t in manifest["tensors"] if t["name"] == name)
@@ -364,6 +364,28 @@ def test_convert_to_java_with_validate_checks_the_staged_folder(run_cli, tmp_pat
                                 *recorded)
     assert code == 1 and not bad.exists() and "not written" in err
     assert "FAIL layer conv_same_s2 (Conv2D)" in stdout and "FAIL whole model in Java" in stdout
+
+
+def test_a_project_of_two_models_validates_the_one_made_from_the_source(run_cli, tmp_path):
+    """In a java project holding two models, validate checks the one whose manifest names the source: each
+    passes in Java, and a mistake in one fails that one only, naming its layer."""
+    require("jdk")
+    project = str(tmp_path / "project")
+    first, second = "keras3/cnn_flatten_dense", "keras3/functional_residual"
+    for base, package in ((first, "com.example.a"), (second, "com.example.b")):
+        code, _, err = run_cli("convert", source(base), "-o", project, "--to", "java", "--emit-forward",
+                               "--java-package", package, "--force")
+        assert code == 0, err
+    for base in (first, second):
+        code, report = validate(run_cli, base, project)
+        assert code == 0 and report["target"] == "java", json.dumps(report, indent=1)
+        assert [c["status"] for c in report["checks"] if c["name"] in (LOADER, WHOLE)] == ["pass", "pass"], report
+    edit_raw(project, "stem.weight", flip(2, 3),
+             os.path.join(project, "src", "main", "resources", "com", "example", "b", "FunctionalResidual.json"))
+    code, report = validate(run_cli, second, project)
+    failed = [c["name"] for c in by_status(report, "fail")]
+    assert code == 1 and failed[0].startswith("layer stem ") and WHOLE in failed, failed
+    assert validate(run_cli, first, project)[0] == 0
 
 
 # ------------------------------------------------------------------------ the runtime on its own terms
