@@ -272,8 +272,8 @@ class ForwardWriter:
     def refuse(self, layer: Layer | None, why: str) -> UnsupportedError:
         where = f"layer {layer.name!r} ({layer.source_class or layer.kind}): " if layer is not None else ""
         return UnsupportedError(f"{{opt:emit_forward=True}}: {where}{why}",
-                                fix="Drop {opt:emit_forward=True}; weights.bin and manifest.json still hold every tensor "
-                                    "and the layer attributes for your own runtime")
+                                fix="Drop {opt:emit_forward=True}; the weights and their manifest (with the loader) still "
+                                    "hold every tensor and the layer attributes for your own forward pass")
 
     def tensor(self, layer: Layer, param: str, pack: str = "@T@", java_type: str = "float[]") -> tuple[str, Any]:
         """(field name, planned tensor) of one of the layer's tensors, loaded in the constructor (through
