@@ -293,7 +293,7 @@ def validate_conversion(source: Model, converted_path: str, input: str | None = 
 def target_of(path: str) -> str:
     """Which target wrote ``path``: a folder by its manifest, a pickle by its spec, an npz by its sidecar."""
     if os.path.isdir(path):
-        return "java" if os.path.exists(os.path.join(path, "WeightportWeights.java")) else "raw"
+        return "raw" if os.path.exists(os.path.join(path, "manifest.json")) else "java"
     from weightport.formats.numpy.npz import companion_outputs as npz_sidecars
     from weightport.formats.theano.writer import companion_outputs as theano_specs
     if extension_of(path) == ".npz" and os.path.exists(npz_sidecars(path)[0]):

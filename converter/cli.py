@@ -89,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="axis order the runtime expects for --to raw/java: a kernel order such as OIHW, HWIO "
                               "or OHWI, optionally with a dense order (OI/IO) and feature order (CHW/HWC): HWIO,IO,HWC")
     convert.add_argument("--emit-forward", action="store_true",
-                         help="--to java: also write WeightportModel.java, the forward pass of a sequential CNN/MLP")
+                         help="--to java: also write the model class with its forward pass in float32 Java")
+    convert.add_argument("--java-package", metavar="NAME",
+                         help="--to java: package of the generated classes, e.g. com.example.model (default: none)")
+    convert.add_argument("--java-class", metavar="NAME",
+                         help="--to java: class name of the generated model (default: from the source file's name)")
     convert.add_argument("--quiet", action="store_true", help="print no warnings and no progress line")
 
     explain = commands.add_parser("explain", help="per layer, the exact transforms a conversion applies and why")
@@ -253,7 +257,8 @@ def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool)
                          expected=args.expected, atol=args.atol, rtol=args.rtol, allow_incomplete=args.allow_incomplete,
                          seed=args.seed, samples=args.samples,
                          fail_on_nonfinite=args.fail_on_nonfinite, dtype=args.dtype, byte_order=args.byte_order,
-                         layout=args.layout, emit_forward=args.emit_forward, quiet=args.quiet, template=args.template,
+                         layout=args.layout, emit_forward=args.emit_forward, java_package=args.java_package,
+                         java_class=args.java_class, quiet=args.quiet, template=args.template,
                          max_shard_size=args.max_shard_size,
                          **read_options(args))
     except ValidationFailed as failure:

@@ -29,6 +29,7 @@ CONVERT_GROUPS: dict[str, str] = {
     "rtol": "validation", "allow_incomplete": "validation", "require_all": "validation", "seed": "validation",
     "samples": "validation",
     "dtype": "raw/java", "byte_order": "raw/java", "layout": "raw/java", "emit_forward": "raw/java",
+    "java_package": "raw/java", "java_class": "raw/java",
     "help": "messages", "quiet": "messages", "strict": "messages",
 }
 
@@ -38,8 +39,8 @@ examples:
       Keras HDF5 to a PyTorch state_dict (the target from the extension)
   weightport convert model.h5 -o model.safetensors --validate --input x.npy --expected y.npy
       the same, written only if every layer and the recorded output are reproduced
-  weightport convert model.h5 -o weights --to java --layout HWIO --emit-forward
-      a folder of plain big-endian float32 arrays with a Java loader and forward pass"""
+  weightport convert model.h5 -o project --to java --java-package com.example.model --emit-forward
+      a Maven-shaped project: the weights as classpath resources, a Java loader and forward pass"""
 
 
 def output_help() -> str:

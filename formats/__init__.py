@@ -132,9 +132,9 @@ TARGETS: tuple[TargetEntry, ...] = (
                 PLAIN_ARRAY_OPTIONS, renames=True, check="weights.bin read by manifest.json alone, each layer in "
                 "scipy as declared", validator="targets.plain:validate_plain"),
     TargetEntry("java", "plain arrays with Java sources", "java", "weightport.formats.plain.raw:raw_plan",
-                PLAIN_ARRAY_OPTIONS + ("emit_forward",), renames=True,
-                check="as raw, and with a JDK the folder's own Java compiled and run (WeightportCheck, and "
-                "WeightportModel with --emit-forward)", validator="targets.plain:validate_plain"),
+                PLAIN_ARRAY_OPTIONS + ("emit_forward", "java_package", "java_class"), renames=True,
+                check="as raw, and with a JDK the project's own Java compiled and run (the NAMECheck class, "
+                "and the model class NAME with --emit-forward)", validator="targets.plain:validate_plain"),
 )
 
 # Extensions read but never written, and why: never suggested for an output, refused with the reason.
@@ -148,6 +148,7 @@ UNWRITTEN: dict[str, tuple[str, str]] = {
 OPTION_FLAGS = {"strict_against": "--strict-against", "max_shard_size": "--max-shard-size", "template": "--template",
                 "dtype": "--dtype",
                 "byte_order": "--byte-order", "layout": "--layout", "emit_forward": "--emit-forward",
+                "java_package": "--java-package", "java_class": "--java-class",
                 "rename": "--rename", "rename_patterns": "--rename"}
 
 

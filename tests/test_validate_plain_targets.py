@@ -13,6 +13,7 @@ with exit 1 naming the layer.  A layer no oracle runs leaves the report INCOMPLE
 from __future__ import annotations
 
 import ast
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, fixture_path, require
+from weightport.checks.targets.plain import LOADER, WHOLE
 
 pytestmark = pytest.mark.requires("tensorflow")  # the Keras fixtures' layer oracles run TensorFlow
 
@@ -56,20 +58,30 @@ def by_status(report: dict, status: str) -> list[dict]:
 # ------------------------------------------------------------------------------- tampering with numpy
 
 
-def edit_raw(folder: str, name: str, change) -> None:
-    """Rewrite tensor ``name`` of weights.bin as ``change(array)`` (same size), and its SHA-256 with it."""
-    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as handle:
+def manifest_of(folder: str) -> str:
+    """A raw folder's manifest.json, or the one manifest of a java project (src/main/resources/...)."""
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        return os.path.join(folder, "manifest.json")
+    found = glob.glob(os.path.join(folder, "src", "main", "resources", "**", "*.json"), recursive=True)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def edit_raw(folder: str, name: str, change, manifest_path: str | None = None) -> None:
+    """Rewrite tensor ``name`` of the weights file as ``change(array)`` (same size), and its SHA-256 with it."""
+    manifest_path = manifest_path or manifest_of(str(folder))
+    with open(manifest_path, encoding="utf-8") as handle:
         manifest = json.load(handle)
     entry = next(t for t in manifest["tensors"] if t["name"] == name)
     dtype = np.dtype(entry["dtype"]).newbyteorder(">" if manifest["byte_order"] == "big" else "<")
-    with open(os.path.join(folder, "weights.bin"), "r+b") as handle:
+    with open(os.path.join(os.path.dirname(manifest_path), manifest["file"]), "r+b") as handle:
         handle.seek(entry["offset"])
         array = np.frombuffer(handle.read(entry["nbytes"]), dtype).reshape(entry["shape"])
         data = np.ascontiguousarray(change(array.copy())).astype(dtype).reshape(entry["shape"]).tobytes()
         handle.seek(entry["offset"])
         handle.write(data)
     entry["sha256"] = hashlib.sha256(data).hexdigest()
-    with open(os.path.join(folder, "manifest.json"), "w", encoding="utf-8") as handle:
+    with open(manifest_path, "w", encoding="utf-8") as handle:
         json.dump(manifest, handle)
 
 
@@ -182,11 +194,11 @@ def test_a_correct_java_folder_validates_in_java(run_cli, tmp_path, base, args):
     code, report = validate(run_cli, base, converted(run_cli, tmp_path, base, *args))
     assert code == 0 and report["status"] == "pass", json.dumps(report, indent=1)
     names = {c["name"]: c for c in report["checks"]}
-    loader = names["the Java loader (WeightportCheck --verify) reads every tensor as the manifest says"]
+    loader = names[LOADER]
     assert loader["status"] == "pass"
     whole = [c for c in report["checks"] if c["check"] == "whole-model"]
     if "--emit-forward" in args:
-        assert whole and whole[0]["status"] == "pass" and "WeightportModel" in whole[0]["name"]
+        assert whole and whole[0]["status"] == "pass" and "Java (the model class" in whole[0]["name"]
     else:
         assert whole and whole[0]["status"] == "skip" and "--emit-forward" in whole[0]["reason"]
 
@@ -336,21 +348,44 @@ def test_convert_to_java_with_validate_checks_the_staged_folder(run_cli, tmp_pat
     code, stdout, err = run_cli("convert", source(base), "-o", good, "--to", "java", "--emit-forward", "--validate",
                                 *recorded)
     assert code == 0 and good.is_dir(), err
-    assert "PASS whole model in Java (WeightportModel) vs recorded output" in stdout and "result: PASS" in stdout
+    assert "PASS whole model in Java (the model class, float32) vs recorded output" in stdout
+    assert "result: PASS" in stdout
 
-    from weightport.formats.plain import raw
-    write_folder = raw.write_folder
+    from weightport.formats.plain import java
+    write = java.write
 
-    def wrong_writer(prepared, path, options, extra_files=None):
-        warnings = write_folder(prepared, path, options, extra_files)
+    def wrong_writer(model, path, options):
+        warnings = write(model, path, options)
         edit_raw(path, "conv_same_s2.weight", flip(2, 3))
         return warnings
-    monkeypatch.setattr(raw, "write_folder", wrong_writer)
+    monkeypatch.setattr(java, "write", wrong_writer)
     bad = tmp_path / "bad"
     code, stdout, err = run_cli("convert", source(base), "-o", bad, "--to", "java", "--emit-forward", "--validate",
                                 *recorded)
     assert code == 1 and not bad.exists() and "not written" in err
     assert "FAIL layer conv_same_s2 (Conv2D)" in stdout and "FAIL whole model in Java" in stdout
+
+
+def test_a_project_of_two_models_validates_the_one_made_from_the_source(run_cli, tmp_path):
+    """In a java project holding two models, validate checks the one whose manifest names the source: each
+    passes in Java, and a mistake in one fails that one only, naming its layer."""
+    require("jdk")
+    project = str(tmp_path / "project")
+    first, second = "keras3/cnn_flatten_dense", "keras3/functional_residual"
+    for base, package in ((first, "com.example.a"), (second, "com.example.b")):
+        code, _, err = run_cli("convert", source(base), "-o", project, "--to", "java", "--emit-forward",
+                               "--java-package", package, "--force")
+        assert code == 0, err
+    for base in (first, second):
+        code, report = validate(run_cli, base, project)
+        assert code == 0 and report["target"] == "java", json.dumps(report, indent=1)
+        assert [c["status"] for c in report["checks"] if c["name"] in (LOADER, WHOLE)] == ["pass", "pass"], report
+    edit_raw(project, "stem.weight", flip(2, 3),
+             os.path.join(project, "src", "main", "resources", "com", "example", "b", "FunctionalResidual.json"))
+    code, report = validate(run_cli, second, project)
+    failed = [c["name"] for c in by_status(report, "fail")]
+    assert code == 1 and failed[0].startswith("layer stem ") and WHOLE in failed, failed
+    assert validate(run_cli, first, project)[0] == 0
 
 
 # ------------------------------------------------------------------------ the runtime on its own terms
@@ -424,13 +459,15 @@ def test_an_npz_whose_header_claims_more_than_it_holds_is_refused_before_reading
 def injected(marker) -> list[tuple[str, str, str]]:
     """Edits that make a folder's Java run code weightport never emits: (file, old text, new text)."""
     code = f'try {{ new java.io.File("{marker}").createNewFile(); }} catch (Exception e) {{ }}'
-    return [("WeightportModel.java", "        check(x, 280, \"conv_a\");", f"        {code}"),
-            ("WeightportModel.java", "        check(x, 280, \"conv_a\");", f'        check(x, 280, "\\u0022); {code} //");'),
-            ("WeightportModel.java", "// layer 2: batchnorm", f"// layer 2: batchnorm \\u000a {code}"),
-            ("WeightportCheck.java", "weights.verify();", f"weights.verify(); {code}")]
+    model, check = "src/main/java/CnnFlattenDense.java", "src/main/java/CnnFlattenDenseCheck.java"
+    return [(model, "        check(x, 280, \"conv_a\");", f"        {code}"),
+            (model, "        check(x, 280, \"conv_a\");", f'        check(x, 280, "\\u0022); {code} //");'),
+            (model, "// layer 2: batchnorm", f"// layer 2: batchnorm \\u000a {code}"),
+            (model, "        check(x, 280, \"conv_a\");", "        x = Runtime(x);"),
+            (check, "StringBuilder out = new StringBuilder();", f"StringBuilder out = new StringBuilder(); {code}")]
 
 
-@pytest.mark.parametrize("edit", range(4))
+@pytest.mark.parametrize("edit", range(5))
 def test_java_that_weightport_did_not_emit_is_never_run(run_cli, tmp_path, edit):
     """A folder is data: Java edited into it (a statement, a \\u escape ending a literal or a comment, a
     changed checker) is neither compiled nor run; its checks are skipped saying why, the layers still run."""
@@ -448,7 +485,7 @@ def test_java_that_weightport_did_not_emit_is_never_run(run_cli, tmp_path, edit)
     code, report = validate(run_cli, base, out)
     assert not marker.exists()
     skipped = {c["name"]: c["reason"] for c in by_status(report, "skip")}
-    loader = skipped.get("the Java loader (WeightportCheck --verify) reads every tensor as the manifest says", "")
+    loader = skipped.get(LOADER, "")
     assert "not compiled or run" in loader and name in loader, json.dumps(report, indent=1)
     assert code == 0 and all(c["status"] == "pass" for c in report["checks"] if c["check"] == "layer")
 
@@ -470,5 +507,4 @@ def test_java_emitted_for_hostile_names_is_recognised_and_run(tmp_path):
     base = fixture_path("keras3/cnn_flatten_dense")
     report = validate_conversion(model, out, base + ".input.npy", base + ".output.npy")
     assert report.status == "pass", report.summary()
-    assert [c.status for c in report.checks if "WeightportModel" in c.name or "WeightportCheck" in c.name] == \
-        ["pass", "pass"], report.summary()
+    assert [c.status for c in report.checks if c.name in (LOADER, WHOLE)] == ["pass", "pass"], report.summary()

@@ -78,20 +78,50 @@ def test_a_failed_validation_writes_neither_the_output_nor_its_companion(run_cli
     assert os.listdir(tmp_path) == [] and ".weightport-" not in stdout + err
 
 
-@pytest.mark.parametrize("to", ["raw", "java"])
-def test_force_replaces_a_validated_folder(run_cli, tmp_path, to):
-    if to == "java":
-        require("jdk")
+def test_force_replaces_a_validated_raw_folder(run_cli, tmp_path):
     out = tmp_path / "out"
     for _ in range(2):
-        code, stdout, err = run_cli("convert", SOURCE, "-o", out, "--to", to, "--validate", "--force", *RECORDED)
+        code, stdout, err = run_cli("convert", SOURCE, "-o", out, "--to", "raw", "--validate", "--force", *RECORDED)
         assert code == 0, stdout + err
     assert os.path.isfile(out / "manifest.json") and not leftovers(tmp_path)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    code, stdout, err = run_cli("convert", SOURCE, "-o", foreign, "--to", to, "--validate", "--force", *RECORDED)
+    code, stdout, err = run_cli("convert", SOURCE, "-o", foreign, "--to", "raw", "--validate", "--force", *RECORDED)
     assert code == 2 and "not written by weightport" in err and os.listdir(foreign) == ["notes.txt"]
+
+
+def files_under(root) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(folder, name), root): open(os.path.join(folder, name), "rb").read()
+            for folder, _, names in os.walk(root) for name in names}
+
+
+def test_a_validated_java_project_goes_into_the_users_folder_by_the_direct_writes_rules(run_cli, tmp_path):
+    """A validated java output is moved into an existing project as a direct write puts it: the user's files
+    stay, the previous output's files (listed in its manifest) are replaced or removed, a clash with a file
+    weightport did not write is refused with nothing changed."""
+    require("jdk")
+    project = tmp_path / "project"
+    (project / "src" / "main" / "java" / "com" / "example").mkdir(parents=True)
+    (project / "pom.xml").write_text("<project/>")
+    (project / "src" / "main" / "java" / "com" / "example" / "App.java").write_text("class App {}")
+    args = ("--to", "java", "--java-package", "com.example", "--validate", "--force", *RECORDED)
+    code, stdout, err = run_cli("convert", SOURCE, "-o", project, *args, "--emit-forward")
+    assert code == 0 and "result: PASS" in stdout, stdout + err
+    model = "src/main/java/com/example/CnnFlattenDense.java"
+    first = files_under(project)
+    assert first["pom.xml"] == b"<project/>" and model in first and not leftovers(tmp_path)
+    code, stdout, err = run_cli("convert", SOURCE, "-o", project, *args)  # no --emit-forward: its model goes
+    assert code == 0, stdout + err
+    second = files_under(project)
+    assert model not in second and set(second) == set(first) - {model} and not leftovers(tmp_path)
+    assert second["src/main/java/com/example/App.java"] == b"class App {}"
+    code, stdout, err = run_cli("validate", SOURCE, project, *RECORDED)
+    assert code == 0 and "result: PASS" in stdout, stdout + err
+    (project / model).write_text("class CnnFlattenDense {}")  # now the user's own file
+    code, stdout, err = run_cli("convert", SOURCE, "-o", project, *args, "--emit-forward")
+    assert code == 2 and "was not written by weightport" in err, err
+    assert files_under(project) == {**second, model: b"class CnnFlattenDense {}"} and not leftovers(tmp_path)
 
 
 def test_the_report_shows_the_final_paths_in_every_text(tmp_path):

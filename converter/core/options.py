@@ -45,7 +45,8 @@ class WriteOptions:
     shapes the torch output must match exactly.
     ``force``: overwrite an existing output.  ``dtype``, ``byte_order``,
     ``layout``: for the plain-array target.  ``emit_forward``: also write the
-    model's forward pass in Java (java target).  ``quiet``: no progress output.
+    model's forward pass in Java (java target); ``java_package``,
+    ``java_class``: the generated Java's package and class name (java target).  ``quiet``: no progress output.
     ``template``: an ONNX model whose weights the onnx target replaces.
     ``max_shard_size``: bytes of tensor data per safetensors shard (torch target, sharded output).
     """
@@ -59,6 +60,8 @@ class WriteOptions:
     byte_order: str | None = None
     layout: str | None = None
     emit_forward: bool = False
+    java_package: str | None = None
+    java_class: str | None = None
     quiet: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
     template: str | None = None

@@ -332,20 +332,27 @@ def write_folder(prepared: Prepared, path: str, options: WriteOptions,
                  extra_files: Mapping[str, str] | None = None) -> list[str]:
     """Write weights.bin, manifest.json and ``extra_files`` (file name -> text, e.g. the java target's
     sources) into a new folder that replaces ``path`` only when complete; returns the warnings."""
-    chosen, manifest = prepared.chosen, prepared.manifest
-    warnings = list(prepared.plan.warnings)
+    manifest = prepared.manifest
     path = os.path.normpath(path)
     with staged_directory(path, options.force) as folder:
-        manifest["tensors"], overflow = write_weights(prepared.plan, os.path.join(folder, WEIGHTS_FILE), chosen,
-                                                       options.quiet)
-        manifest["total_bytes"] = os.path.getsize(os.path.join(folder, WEIGHTS_FILE))
-        if overflow:
-            warnings.append(f"values too large for {chosen.dtype_name} became infinite in: {', '.join(overflow)}")
-        manifest["warnings"] = warnings
+        warnings = fill_weights(prepared, os.path.join(folder, WEIGHTS_FILE), options.quiet)
         files = {MANIFEST_FILE: manifest_text(manifest), **(extra_files or {})}
         for name, text in files.items():
             with open(os.path.join(folder, name), "w", encoding="utf-8", newline="\n") as handle:
                 handle.write(text)
+    return warnings
+
+
+def fill_weights(prepared: Prepared, path: str, quiet: bool = True) -> list[str]:
+    """Write the weights file at ``path`` and complete the manifest (tensors, total size, warnings);
+    returns the warnings."""
+    chosen, manifest = prepared.chosen, prepared.manifest
+    warnings = list(prepared.plan.warnings)
+    manifest["tensors"], overflow = write_weights(prepared.plan, path, chosen, quiet)
+    manifest["total_bytes"] = os.path.getsize(path)
+    if overflow:
+        warnings.append(f"values too large for {chosen.dtype_name} became infinite in: {', '.join(overflow)}")
+    manifest["warnings"] = warnings
     return warnings
 
 
@@ -459,12 +466,25 @@ def manifest_head(model: Model, chosen: RawSettings, orders: dict[str, str]) -> 
         "layout": {"kernel": chosen.layout.kernel_text,
                    "dense": None if chosen.layout.dense is None else "".join(chosen.layout.dense),
                    "feature_maps": chosen.layout.feature_layout},
-        "source": {"file": model.source.path, "format": model.source.format, "version": model.source.version,
-                   "backend": model.source.backend, "data_format": data_format},
+        "source": {**source_identity(model.source.path), "format": model.source.format,
+                   "version": model.source.version, "backend": model.source.backend, "data_format": data_format},
         "input": source_input,
         "layers": [],
         "tensors": [],
     }
+
+
+def source_identity(path: str) -> dict[str, str | None]:
+    """The source as the output names it: its file name and SHA-256 (never a folder of the machine that
+    converted it, so outputs are reproducible and leak no build paths)."""
+    digest = None
+    if path and os.path.isfile(path):
+        hasher = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        digest = hasher.hexdigest()
+    return {"file": os.path.basename(os.path.normpath(path)) if path else path, "sha256": digest}
 
 
 def fill_layers(manifest: dict[str, Any], model: Model, plan: Plan, orders: dict[str, str]) -> None:

@@ -43,14 +43,28 @@ def compile_java(folder, *sources: str) -> None:
 
 
 def run_java(folder, *args: str) -> str:
-    result = subprocess.run(["java", "-cp", os.path.join(folder, "classes"), *args], capture_output=True,
-                            text=True, timeout=120)
+    cp = os.pathsep.join([os.path.join(folder, "classes"), os.path.join(folder, "src", "main", "resources")])
+    result = subprocess.run(["java", "-cp", cp, *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def java_sources(folder) -> list[str]:
-    return sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".java"))
+    """Every .java file under ``folder`` (a java target's project, or the resources folder)."""
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names
+                  if name.endswith(".java"))
+
+
+def project_files(folder) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+                  for root, _, names in os.walk(folder) for name in names)
+
+
+def generated_class(folder) -> str:
+    """The model class a java target's project holds (from its manifest)."""
+    (manifest,) = [path for path in project_files(folder) if path.endswith(".json")]
+    with open(os.path.join(folder, manifest), encoding="utf-8") as handle:
+        return json.load(handle)["java"]["class"]
 
 
 # ------------------------------------------------------------------------------------ (a) package data
@@ -118,13 +132,17 @@ def test_emitted_java_compiles_without_warnings(tmp_path, base):
     path = next(os.path.join(FIXTURES, base + ext) for ext in (".h5", ".onnx")
                 if os.path.exists(os.path.join(FIXTURES, base + ext)))
     out = tmp_path / "out"
-    save(load(path), str(out), to="java", emit_forward=True, **COMPILED[base])
-    assert sorted(os.listdir(out)) == sorted(["manifest.json", "weights.bin", *java_target.JAVA_RESOURCES])
-    compile_java(tmp_path, *java_sources(out))
-    with open(out / "manifest.json", encoding="utf-8") as handle:
-        tensors = [entry["name"] for entry in json.load(handle)["tensors"]]
-    lines = run_java(tmp_path, "WeightportCheck", str(out), "--verify").splitlines()
-    assert [line.rsplit(" ", 1)[0] for line in lines] == tensors
+    save(load(path), str(out), to="java", emit_forward=True, java_class="Model", **COMPILED[base])
+    assert project_files(out) == ["README.Model.md", "src/main/java/Model.java", "src/main/java/ModelCheck.java",
+                                  "src/main/java/ModelWeights.java", "src/main/resources/Model.bin",
+                                  "src/main/resources/Model.json"]
+    written = project_files(out)
+    compile_java(out, *java_sources(out))
+    with open(out / "src" / "main" / "resources" / "Model.json", encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    assert sorted(manifest["files"]) == written
+    lines = run_java(out, "ModelCheck").splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in lines] == [entry["name"] for entry in manifest["tensors"]]
 
 
 # ------------------------------------------------------------------------------ (c) names are data
@@ -196,13 +214,15 @@ def renamed_model(names: dict[str, str], classes: dict[str, str] | None = None, 
 
 
 def forward(tmp_path, model, name: str) -> tuple[str, str]:
-    """(stdout of WeightportModel on the recorded input, the generated WeightportModel.java)."""
+    """(stdout of the model class on the recorded input, its generated source with the class names put
+    back to the template's)."""
     out = tmp_path / name
     save(model, str(out), to="java", emit_forward=True)
     compile_java(out, *java_sources(out))
-    np.load(SRC.replace(".h5", ".input.npy")).astype(">f4").tofile(out / "input.bin")
-    text = open(out / "WeightportModel.java", encoding="utf-8").read()
-    return run_java(out, "WeightportModel", str(out), str(out / "input.bin")), text
+    cls = generated_class(out)
+    text = open(out / "src" / "main" / "java" / f"{cls}.java", encoding="utf-8").read()
+    text = re.sub(rf"\b{cls}(Weights|Check)?\b", lambda m: "Weightport" + (m.group(1) or "Model"), text)
+    return run_java(out, cls, SRC.replace(".h5", ".input.npy")), text
 
 
 def comments(java: str) -> list[str]:
@@ -228,12 +248,12 @@ def comments(java: str) -> list[str]:
 
 
 GENERATED_COMMENT = re.compile(r"// (layer \d+: [a-z_]+|[A-Z]+ -> [A-Z]+|flatten in [A-Z]+ order|"
-                               r"kernel stored for true convolution: (the window reads it|read) rotated 180 degrees)")
+                               r"kernel stored for true convolution: (packed|read) rotated 180 degrees)")
 
 
 def assert_names_only_in_literals(java: str) -> None:
     assert all(c == "\n" or " " <= c <= "~" for c in java)  # printable ASCII lines
-    template = java_target.java_resource(java_target.MODEL_FILE)
+    template = java_target.java_resource(java_target.MODEL_FILE).replace("/*@PACKAGE@*/", "")
     for comment in comments(java):
         assert comment in template or GENERATED_COMMENT.fullmatch(comment), comment
 

@@ -30,7 +30,8 @@ from tests.conftest import FIXTURES, ROOT, require
 
 
 KERAS_CNNS = ["keras3/cnn_flatten_dense", "keras3/channels_first_cnn", "keras3/conv3d_grouped",
-              "tf_keras2/cnn_sequential"]
+              "tf_keras2/cnn_sequential", "keras3/functional_residual", "keras3/functional_residual_flatten",
+              "keras3/conv1d_rnn", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before"]
 
 
 def recorded(base: str) -> bool:
@@ -109,22 +110,17 @@ def convert_fixture(base: str, out, args: list[str]) -> int:
 
 FORWARD = [base for base in KERAS_CNNS if recorded(base)] + later_fixtures()
 
-# fixture -> what --emit-forward's refusal must say (the generated forward pass covers sequential CNNs only).
-NOT_A_KIND = "is not supported (supported: input, conv, depthwise"
+# fixture -> what --emit-forward's refusal must say.
+ONNX_RNN = "an ONNX LSTM/GRU node (sequence-major input, directions on their own axis) is not supported"
 EMIT_FORWARD_REFUSALS: dict[str, str] = {
-    "keras_theano/k1_gru": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
-    "keras_theano/k1_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "keras_theano/k2_conv1d_lstm": f"layer 'lstm' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "keras_theano/k2_functional_residual": "layer 'residual' (Add): the model is not sequential",
-    "keras_theano/k2_functional_residual_flatten": "layer 'residual' (Add): the model is not sequential",
-    "keras_theano/k2_gru_reset_before": f"layer 'gru' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/gru_linear_before_reset": f"layer 'gru_linear_before_reset' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/gru_reset_before": f"layer 'gru_reset_before' (GRU): kind 'gru' {NOT_A_KIND}",
-    "onnx/lstm_bidirectional": f"layer 'lstm_bidirectional' (LSTM): kind 'lstm' {NOT_A_KIND}",
-    "theano/theano_lstm": f"layer 'lstm' (Theano lstm): kind 'lstm' {NOT_A_KIND}",
+    "onnx/gru_linear_before_reset": f"layer 'gru_linear_before_reset' (GRU): {ONNX_RNN}",
+    "onnx/gru_reset_before": f"layer 'gru_reset_before' (GRU): {ONNX_RNN}",
+    "onnx/lstm_bidirectional": f"layer 'lstm_bidirectional' (LSTM): {ONNX_RNN}",
 }
 GENERATED = [base for base in FORWARD if base not in EMIT_FORWARD_REFUSALS]  # a forward pass to run
-NO_SPATIAL_KERNEL = {"keras_theano/k1_batchnorm_dense"}  # dense and batch norm only: no flip to check
+NO_SPATIAL_KERNEL = {  # dense, batch norm and recurrent layers only: no flip to check
+    "keras_theano/k1_batchnorm_dense", "keras_theano/k1_lstm", "keras_theano/k1_gru", "keras_theano/k2_gru_reset_before",
+    "theano/theano_lstm", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before"}
 
 # Output folders built for the module: (fixture, variant) -> convert arguments.
 VARIANTS = {
@@ -150,16 +146,22 @@ import javax.tools.JavaCompiler;
 import javax.tools.ToolProvider;
 
 public class CompileAll {
+    static void sources(File dir, List<String> out) {
+        for (File f : dir.listFiles()) {
+            if (f.isDirectory()) {
+                sources(f, out);
+            } else if (f.getName().endsWith(".java")) {
+                out.add(f.getPath());
+            }
+        }
+    }
+
     public static void main(String[] dirs) {
         JavaCompiler javac = ToolProvider.getSystemJavaCompiler();
         int failed = 0;
         for (String dir : dirs) {
-            List<String> args = new ArrayList<>(List.of("-Xlint:all", "-Werror", "-d", dir));
-            for (File f : new File(dir).listFiles()) {
-                if (f.getName().endsWith(".java")) {
-                    args.add(f.getPath());
-                }
-            }
+            List<String> args = new ArrayList<>(List.of("-Xlint:all", "-Werror", "-d", dir + "/classes"));
+            sources(new File(dir, "src/main/java"), args);
             if (javac.run(null, null, null, args.toArray(new String[0])) != 0) {
                 System.err.println("FAILED " + dir);
                 failed++;
@@ -177,8 +179,8 @@ import java.util.Locale;
 
 public class IndexProbe {
     public static void main(String[] args) throws Exception {
-        WeightportWeights w = WeightportWeights.load(Paths.get(args[0]));
-        WeightportWeights.Tensor t = w.tensor(args[1]);
+        CLASSWeights w = CLASSWeights.load(Paths.get(args[0]));
+        CLASSWeights.Tensor t = w.tensor(args[1]);
         int[] idx = new int[args.length - 2];
         for (int k = 2; k < args.length; k++) {
             idx[k - 2] = Integer.parseInt(args[k]);
@@ -230,24 +232,45 @@ def builds(tmp_path_factory) -> dict[tuple[str, str], str]:
         folders[(base, name)] = str(out)
     (root / "CompileAll.java").write_text(COMPILE_ALL)
     probe = folders[("keras3/cnn_flatten_dense", "conv")]
-    with open(os.path.join(probe, "IndexProbe.java"), "w") as handle:
-        handle.write(INDEX_PROBE)
-    java_dirs = sorted({d for d in folders.values() if os.path.exists(os.path.join(d, "WeightportWeights.java"))})
+    with open(os.path.join(probe, "src", "main", "java", "IndexProbe.java"), "w") as handle:
+        handle.write(INDEX_PROBE.replace("CLASS", java_class(probe)))
+    java_dirs = sorted({d for d in folders.values() if os.path.isdir(os.path.join(d, "src", "main", "java"))})
     result = subprocess.run(["java", str(root / "CompileAll.java"), *java_dirs], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     return folders
 
 
+def classpath(folder: str) -> str:
+    """A java target's project: its compiled classes and its resources folder."""
+    return os.pathsep.join([os.path.join(folder, "classes"), os.path.join(folder, "src", "main", "resources")])
+
+
 def java(folder: str, *args: str) -> str:
-    result = subprocess.run(["java", "-cp", folder, *args], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(["java", "-cp", classpath(folder), *args], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
+def manifest_path(folder: str) -> str:
+    """manifest.json of a raw folder, or the java target's CLASS.json resource."""
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        return os.path.join(folder, "manifest.json")
+    (found,) = glob.glob(os.path.join(folder, "src", "main", "resources", "**", "*.json"), recursive=True)
+    return found
+
+
+def weights_path(folder: str) -> str:
+    return os.path.join(os.path.dirname(manifest_path(folder)), manifest_of(folder)["file"])
+
+
 def manifest_of(folder: str) -> dict:
-    with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as handle:
+    with open(manifest_path(folder), encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def java_class(folder: str) -> str:
+    return manifest_of(folder)["java"]["class"]
 
 
 # ----------------------------------------------------------------------- the source, read independently
@@ -277,6 +300,8 @@ def keras_arrays(path: str) -> dict[str, dict[str, np.ndarray]]:
                     variable = name.split("/")[-1].split(":")[0]
                     if variable.startswith(layer + "_"):  # Keras 1: conv_W, bn_running_std, lstm_W_i
                         variable = KERAS1_NAMES.get(variable[len(layer) + 1:], variable[len(layer) + 1:])
+                    if "/backward_" in "/" + name:  # Bidirectional: the backward layer's
+                        variable = "backward/" + variable
                     variables.setdefault(variable, obj[()])
             group[layer].visititems(collect)
             out[layer] = variables
@@ -364,11 +389,13 @@ def source_array(path: str, layer: str, kind: str, param: str) -> np.ndarray:
         if letter is None:
             return np.zeros(sum(a.size for v, a in variables.items() if re.fullmatch(r"b_[a-z]", v)), np.float32)
         return np.concatenate([g.reshape(-1) for g in gates])
+    prefix = "backward/" if param.endswith("_reverse") else ""  # PyTorch's reverse direction
+    param = param.removesuffix("_reverse")
     if param in RNN_VARIABLES:
         name, row = RNN_VARIABLES[param]
-        bias = variables.get("bias")
+        bias = variables.get(prefix + "bias")
         if name != "bias":
-            return variables[name]
+            return variables[prefix + name]
         if bias is None:
             raise KeyError(f"{layer}: no bias")
         if bias.ndim == 2:             # GRU reset_after: input and recurrent biases stacked
@@ -383,7 +410,7 @@ def source_array(path: str, layer: str, kind: str, param: str) -> np.ndarray:
 
 
 def checked_sums(folder: str) -> dict[str, float]:
-    lines = java(folder, "WeightportCheck", folder, "--verify").splitlines()
+    lines = java(folder, java_class(folder) + "Check").splitlines()
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
 
 
@@ -417,18 +444,21 @@ def test_java_sums_equal_numpy_sums_of_the_source(builds, key):
 
 def java_forward(folder: str, base: str, weights_from: str | None = None) -> np.ndarray:
     """Run WeightportModel of ``folder`` (optionally on another folder's weights.bin) on the recorded input."""
-    manifest = manifest_of(folder)
-    x = np.load(os.path.join(FIXTURES, base + ".input.npy"))
-    order = ">" if manifest["byte_order"] == "big" else "<"
-    run_dir = folder
+    manifest = manifest_path(folder)
     if weights_from is not None:
-        run_dir = folder + "_swapped"
-        if not os.path.exists(run_dir):
-            shutil.copytree(folder, run_dir)
-            shutil.copy(os.path.join(weights_from, "weights.bin"), os.path.join(run_dir, "weights.bin"))
-    data = os.path.join(run_dir, "input.bin")
-    x.astype(np.dtype(manifest["dtype"]).newbyteorder(order)).tofile(data)
-    lines = java(folder, "WeightportModel", run_dir, data).splitlines()
+        swapped = folder + "_swapped"
+        if not os.path.exists(swapped):  # this folder's manifest, the other's bytes (and their SHA-256)
+            os.makedirs(swapped)
+            data = manifest_of(folder)
+            digests = {t["name"]: t["sha256"] for t in manifest_of(weights_from)["tensors"]}
+            for entry in data["tensors"]:
+                entry["sha256"] = digests[entry["name"]]
+            with open(os.path.join(swapped, os.path.basename(manifest)), "w", encoding="utf-8") as handle:
+                json.dump(data, handle)
+            shutil.copy(weights_path(weights_from), os.path.join(swapped, data["file"]))
+        manifest = os.path.join(swapped, os.path.basename(manifest))
+    data = os.path.join(FIXTURES, base + ".input.npy")  # float32 or float64 .npy, read by the model's main
+    lines = java(folder, java_class(folder), "--weights", manifest, data).splitlines()
     return np.array([[float(v) for v in line.split()] for line in lines])
 
 
@@ -476,8 +506,8 @@ def test_convolution_loop_needs_flipped_kernels(builds, base):
     conv, corr = builds[(base, "conv")], builds[(base, "corr_hwio")]
     assert any(spatial_kernel(t) for t in manifest_of(conv)["tensors"]), \
         f"{base}: no kernel with a spatial extent (list it in NO_SPATIAL_KERNEL)"
-    source = open(os.path.join(conv, "WeightportModel.java"), encoding="utf-8").read()
-    assert "rotated 180 degrees" in source.split("public double[] forward")[1].split("public static void main")[0]
+    source = open(os.path.join(conv, "src", "main", "java", java_class(conv) + ".java"), encoding="utf-8").read()
+    assert "rotated 180 degrees" in source.split("private float[] run(")[1].split("public static void main")[0]
     assert close(java_forward(conv, base), expected_output(base))
     assert not close(java_forward(conv, base, weights_from=corr), expected_output(base))
     # The two folders differ exactly in the kernels with a spatial extent > 1.
@@ -490,12 +520,9 @@ def test_convolution_loop_needs_flipped_kernels(builds, base):
 def test_generated_model_refuses_weights_of_another_layout(builds, tmp_path):
     conv = builds[("keras3/cnn_flatten_dense", "conv")]
     other = builds[("keras3/cnn_flatten_dense", "corr")]
-    mixed = tmp_path / "mixed"
-    shutil.copytree(other, mixed)
-    x = np.zeros((1, 9, 11, 3), ">f4")
-    x.tofile(mixed / "input.bin")
-    result = subprocess.run(["java", "-cp", conv, "WeightportModel", str(mixed), str(mixed / "input.bin")],
-                            capture_output=True, text=True, timeout=60)
+    np.save(tmp_path / "input.npy", np.zeros((1, 9, 11, 3), ">f4"))
+    result = subprocess.run(["java", "-cp", classpath(conv), java_class(conv), "--weights", manifest_path(other),
+                             str(tmp_path / "input.npy")], capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "generated for" in result.stderr
 
 
@@ -505,7 +532,7 @@ def stored(folder: str, name: str) -> np.ndarray:
     manifest = manifest_of(folder)
     entry = next(t for t in manifest["tensors"] if t["name"] == name)
     dtype = np.dtype(entry["dtype"]).newbyteorder(">" if manifest["byte_order"] == "big" else "<")
-    data = open(os.path.join(folder, "weights.bin"), "rb").read()
+    data = open(weights_path(folder), "rb").read()
     return np.frombuffer(data, dtype, int(np.prod(entry["shape"])), entry["offset"]).reshape(entry["shape"])
 
 
@@ -536,8 +563,8 @@ def test_bytes_are_the_source_arrays_in_the_asked_layout(builds):
 def test_big_and_little_endian_hold_the_same_values(builds):
     big, little = builds[("keras3/cnn_flatten_dense", "corr")], builds[("keras3/cnn_flatten_dense", "little")]
     assert manifest_of(big)["byte_order"] == "big" and manifest_of(little)["byte_order"] == "little"
-    raw_big = open(os.path.join(big, "weights.bin"), "rb").read()
-    raw_little = open(os.path.join(little, "weights.bin"), "rb").read()
+    raw_big = open(weights_path(big), "rb").read()
+    raw_little = open(weights_path(little), "rb").read()
     assert raw_big != raw_little
     assert np.frombuffer(raw_big, ">u4").byteswap().tobytes() == raw_little  # every float32 byte-reversed
     for entry in manifest_of(big)["tensors"]:
@@ -548,7 +575,7 @@ def test_big_and_little_endian_hold_the_same_values(builds):
 def test_index_helper_reads_row_major_in_the_stored_layout(builds):
     folder = builds[("keras3/cnn_flatten_dense", "conv")]  # HWIO, convolution, little-endian float32
     kernel = keras_arrays(source_file("keras3/cnn_flatten_dense"))["conv_a"]["kernel"]
-    line = java(folder, "IndexProbe", folder, "conv_a.weight", "1", "0", "2", "3").split()
+    line = java(folder, "IndexProbe", manifest_path(folder), "conv_a.weight", "1", "0", "2", "3").split()
     assert line[:4] == ["[3,", "2,", "3,", "4]"]
     assert line[-4:-1] == ["HWIO", "convolution", str(((1 * 2 + 0) * 3 + 2) * 4 + 3)]
     assert float(line[-1]) == pytest.approx(float(kernel[::-1, ::-1][1, 0, 2, 3]), rel=1e-7)
@@ -581,7 +608,7 @@ def check_schema(value, rule: dict, where: str = "$") -> None:
             (where, value)
     if "minimum" in rule:
         assert value >= rule["minimum"], where
-    if "pattern" in rule:
+    if "pattern" in rule and value is not None:
         assert re.search(rule["pattern"], value), where
     if isinstance(value, dict):
         for key in rule.get("required", []):
@@ -599,7 +626,7 @@ def test_manifest_matches_the_documented_schema_and_the_bytes(builds):
     for folder in builds.values():
         manifest = manifest_of(folder)
         check_schema(manifest, rule)
-        data = open(os.path.join(folder, "weights.bin"), "rb").read()
+        data = open(weights_path(folder), "rb").read()
         assert manifest["total_bytes"] == len(data)
         position = 0
         for entry in manifest["tensors"]:
@@ -649,15 +676,16 @@ def snapshot(folder) -> dict[str, tuple[bytes, int]]:
 SRC = os.path.join(FIXTURES, "keras3", "cnn_flatten_dense.h5")
 
 
-def test_existing_output_needs_force_and_is_left_untouched(tmp_path, capsys):
+@pytest.mark.parametrize("to", ["raw", "java"])
+def test_existing_output_needs_force_and_is_left_untouched(tmp_path, capsys, to):
     out = tmp_path / "out"
-    assert convert(SRC, "-o", out, "--to", "java") == 0
+    assert convert(SRC, "-o", out, "--to", to) == 0
     before = snapshot(out)
-    assert convert(SRC, "-o", out, "--to", "java", "--dtype", "float64") == 2
+    assert convert(SRC, "-o", out, "--to", to, "--dtype", "float64") == 2
     assert "--force" in capsys.readouterr().err
     assert snapshot(out) == before
-    assert convert(SRC, "-o", out, "--to", "raw", "--dtype", "float64", "--force") == 0
-    assert manifest_of(str(out))["dtype"] == "float64" and not (out / "WeightportWeights.java").exists()
+    assert convert(SRC, "-o", out, "--to", to, "--dtype", "float64", "--force") == 0
+    assert manifest_of(str(out))["dtype"] == "float64"
     assert sorted(os.listdir(tmp_path)) == ["out"]  # no staging or old folders left behind
 
 
@@ -693,8 +721,9 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, capsys):
 
 def test_unsupported_forward_and_bad_options_are_usage_errors_before_writing(tmp_path, capsys):
     rnn = os.path.join(FIXTURES, "keras3", "conv1d_rnn.h5")
-    assert convert(rnn, "-o", tmp_path / "a", "--to", "java", "--emit-forward") == 2
-    assert "'lstm'" in capsys.readouterr().err
+    onnx_rnn = os.path.join(FIXTURES, "onnx", "lstm_bidirectional.onnx")
+    assert convert(onnx_rnn, "-o", tmp_path / "a", "--to", "java", "--emit-forward") == 2
+    assert ONNX_RNN in capsys.readouterr().err
     assert convert(SRC, "-o", tmp_path / "b", "--to", "raw", "--emit-forward") == 2
     assert "--to java" in capsys.readouterr().err
     assert convert(SRC, "-o", tmp_path / "c", "--to", "raw", "--layout", "OIXW") == 2

@@ -3,10 +3,11 @@
 * ``weights.bin`` read by ``manifest.json`` alone (:class:`weightport.formats.plain.target_check.Folder`:
   dtype, byte order, offsets, shapes, SHA-256, declared layout and semantics), every weighted layer run from
   those arrays with scipy as declared against the source framework's oracle;
-* a ``java`` folder, with a JDK on PATH: its own Java compiled (into a temporary folder) and run, only when it
-  is the Java weightport emits: ``WeightportCheck --verify`` must read every tensor as the manifest says, and
-  ``WeightportModel`` (``--emit-forward``) runs the whole model on the recorded input (the first diverging
-  layer named when it fails), or on random input without one (it runs; that covers no layer).
+* a ``java`` project (``src/main/resources/<package>/<C>.json`` and ``src/main/java/<package>/``), with a
+  JDK on PATH: its own Java compiled (into a temporary folder) and run, only when it is the Java weightport
+  emits: ``<package>.<C>Check MANIFEST`` must read every tensor as the manifest says, and the model class
+  (``--emit-forward``) runs the whole model in float32 on the recorded input (the first diverging layer
+  named when it fails), or on random input without one (it runs; that covers no layer).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from weightport.core.errors import WeightportError
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
 from weightport.formats.numpy.target_check import DeclaredSide, by_layer, flattens, keras3_source
-from weightport.formats.plain.target_check import (JAVA_LOADER, JAVA_MODEL, MANIFEST, WEIGHTS, Folder, compiled_java,
-                                                   foreign_java, java_forward, missing_jdk, random_run, wrong_sums)
+from weightport.formats.plain.target_check import (MANIFEST, WEIGHTS, Folder, compiled_java, foreign_java, java_forward,
+                                                   missing_jdk, random_run, wrong_sums)
 
 RUNTIME = "runtime"  # a check of the target's runtime that covers no layer (no source reference)
-HASHES = "weights.bin holds the bytes whose SHA-256 the manifest gives"
-LOADER = "the Java loader (WeightportCheck --verify) reads every tensor as the manifest says"
-WHOLE = "whole model in Java (WeightportModel) vs recorded output"
-RUNS = "the emitted WeightportModel runs on random input (no reference without --input/--expected)"
+HASHES = "the weights file holds the bytes whose SHA-256 the manifest gives"
+LOADER = "the Java loader (the Check class) reads every tensor as the manifest says"
+WHOLE = "whole model in Java (the model class, float32) vs recorded output"
+RUNS = "the emitted model class runs on random input (no reference without --input/--expected)"
 NO_FORWARD = "a raw folder has no forward pass of its own (--to java --emit-forward writes one)"
 
 
@@ -38,14 +39,16 @@ def validate_plain(source: Model, request: Any, read: Any) -> Report:
     layer run with scipy against the source framework's oracle, and (java, with a JDK) the folder's own Java
     compiled and run.  ``read``, weightport's reader, is not used."""
     path = request.converted_path
-    java = os.path.exists(os.path.join(path, JAVA_LOADER))
-    report = request.report(source, "java" if java else "raw")
-    x, expected = request.recorded(source, report)
     try:
-        folder = Folder(path)
+        folder = Folder(path, source.source.path)
     except (OSError, ValueError, WeightportError) as error:
         shown = os.path.basename(os.path.normpath(request.shown_path or path))
-        return unreadable(report, f"{shown}/{MANIFEST} with {WEIGHTS}", error)
+        java = not os.path.exists(os.path.join(path, MANIFEST))
+        what = f"{shown} (a java project's manifest and weights)" if java else f"{shown}/{MANIFEST} with {WEIGHTS}"
+        return unreadable(request.report(source, "java" if java else "raw"), what, error)
+    java = folder.java is not None
+    report = request.report(source, "java" if java else "raw")
+    x, expected = request.recorded(source, report)  # recorded arrays, or the source run by its own framework
     report.add(structure_check(source, folder.found, folder.problems))
     report.add(Check(HASHES, FAIL if folder.bad_hashes else PASS, NAMES,
                      reason=f"bytes differ from the manifest's sha256 in: {', '.join(folder.bad_hashes)}"
@@ -63,7 +66,7 @@ def java_checks(report: Report, folder: Folder, source: Model, x: np.ndarray | N
                 expected: np.ndarray | None, rtol: float) -> None:
     """Compile the folder's Java in a temporary folder and run its check program and (when emitted) its model;
     both skipped, saying why, without a JDK or when the Java is not weightport's own."""
-    whole = WHOLE if folder.has(JAVA_MODEL) else "whole model"
+    whole = WHOLE if folder.has_model() else "whole model"
     missing, foreign = missing_jdk(), ""
     if missing:
         why = f"{' and '.join(missing)} not on PATH: the folder's Java was not run (install a JDK, e.g. " \
@@ -84,7 +87,7 @@ def java_checks(report: Report, folder: Folder, source: Model, x: np.ndarray | N
 
 
 def loader_check(report: Report, folder: Folder, classes: str) -> None:
-    """``WeightportCheck --verify``: every tensor's SHA-256 and sum as Java reads it."""
+    """``<package>.<C>Check MANIFEST``: every tensor's SHA-256 and sum as Java reads it."""
     try:
         wrong = wrong_sums(folder, classes)
     except NotImplementedError as reason:
@@ -99,9 +102,9 @@ def loader_check(report: Report, folder: Folder, classes: str) -> None:
 
 def model_checks(report: Report, folder: Folder, classes: str, source: Model, x: np.ndarray | None,
                  expected: np.ndarray | None, rtol: float) -> None:
-    """``WeightportModel`` on the recorded input against the recorded output, or on random input (it runs)."""
-    if not folder.has(JAVA_MODEL):
-        report.skip("whole model", "the folder has no WeightportModel.java (convert with --emit-forward for one)",
+    """The model class on the recorded input against the recorded output, or on random input (it runs)."""
+    if not folder.has_model():
+        report.skip("whole model", "the project has no model class (convert with --emit-forward for one)",
                     WHOLE_MODEL)
         return
     if x is None or expected is None:
