@@ -32,7 +32,14 @@ def human_bytes(count: float) -> str:
     return f"{count:.1f} GiB"
 
 
-REDRAW_SECONDS = 0.1
+REDRAW_SECONDS = 0.1  # WEIGHTPORT_PROGRESS_INTERVAL overrides (seconds)
+
+
+def redraw_seconds() -> float:
+    try:
+        return float(os.environ.get("WEIGHTPORT_PROGRESS_INTERVAL", REDRAW_SECONDS))
+    except ValueError:
+        return REDRAW_SECONDS
 
 
 def progress_line(label: str, name: str, done: int, total: int, elapsed: float) -> str:
@@ -56,14 +63,15 @@ class Progress:
         self.drawn = False
         self.delay = delay_seconds()
         self.last_drawn = 0.0
+        self.interval = redraw_seconds()
 
     def advance(self, name: str, nbytes: int) -> None:
         """``nbytes`` more of tensor ``name`` are written (call per block: a large tensor moves the line as it
-        goes).  Redrawn at most every :data:`REDRAW_SECONDS`, with the rate so far and the time left."""
+        goes).  Redrawn at most every :func:`redraw_seconds`, with the rate so far and the time left."""
         self.done += nbytes
         now = time.monotonic()
         elapsed = now - self.started
-        if not self.enabled or elapsed < self.delay or now - self.last_drawn < REDRAW_SECONDS:
+        if not self.enabled or elapsed < self.delay or now - self.last_drawn < self.interval:
             return
         self.last_drawn = now
         self.stream.write(("\r" + progress_line(self.label, name, self.done, self.total, elapsed)).ljust(110))
