@@ -16,11 +16,16 @@ from typing import TextIO
 DELAY_SECONDS = 0.5  # WEIGHTPORT_PROGRESS_DELAY overrides (seconds)
 
 
-def delay_seconds() -> float:
+def env_seconds(name: str, default: float) -> float:
+    """Seconds from the environment variable ``name`` (``default`` when unset or not a number)."""
     try:
-        return float(os.environ.get("WEIGHTPORT_PROGRESS_DELAY", DELAY_SECONDS))
+        return float(os.environ.get(name, default))
     except ValueError:
-        return DELAY_SECONDS
+        return default
+
+
+def delay_seconds() -> float:
+    return env_seconds("WEIGHTPORT_PROGRESS_DELAY", DELAY_SECONDS)
 
 
 def human_bytes(count: float) -> str:
@@ -36,10 +41,7 @@ REDRAW_SECONDS = 0.1  # WEIGHTPORT_PROGRESS_INTERVAL overrides (seconds)
 
 
 def redraw_seconds() -> float:
-    try:
-        return float(os.environ.get("WEIGHTPORT_PROGRESS_INTERVAL", REDRAW_SECONDS))
-    except ValueError:
-        return REDRAW_SECONDS
+    return env_seconds("WEIGHTPORT_PROGRESS_INTERVAL", REDRAW_SECONDS)
 
 
 def progress_line(label: str, name: str, done: int, total: int, elapsed: float) -> str:

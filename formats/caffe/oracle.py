@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -16,13 +17,15 @@ from weightport.core.oracle import LayerCase
 from weightport.formats.caffe.encode import weights_only
 
 
-def import_cv2():
+def import_cv2(importer: str = "readNetFromCaffe", what: str = "Caffe") -> Any:
+    """OpenCV with its ``cv2.dnn`` importer ``importer`` (4.x: ``readNetFromCaffe``, ``readNetFromTorch``; gone
+    in 5.0), the oracle of ``what`` layers."""
     try:
         import cv2
     except ImportError:
-        raise ImportError("opencv-python-headless<5 (pip install 'weightport[caffe]') runs Caffe layers") from None
-    if not hasattr(cv2.dnn, "readNetFromCaffe"):
-        raise NotImplementedError(f"OpenCV {cv2.__version__} has no Caffe importer (removed in 5.0): install "
+        raise ImportError(f"opencv-python-headless<5 (pip install 'weightport[caffe]') runs {what} layers") from None
+    if not hasattr(cv2.dnn, importer):
+        raise NotImplementedError(f"OpenCV {cv2.__version__} has no {what} importer (removed in 5.0): install "
                                   "opencv-python-headless<5")
     return cv2
 

@@ -11,18 +11,8 @@ import tempfile
 import numpy as np
 
 from weightport.core.oracle import LayerCase
+from weightport.formats.caffe.oracle import import_cv2
 from weightport.formats.torch7.encode import Module, dumps
-
-
-def import_cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise ImportError("opencv-python-headless<5 (pip install 'weightport[caffe]') runs Torch7 layers") from None
-    if not hasattr(cv2.dnn, "readNetFromTorch"):
-        raise NotImplementedError(f"OpenCV {cv2.__version__} has no Torch importer (removed in 5.0): install "
-                                  "opencv-python-headless<5")
-    return cv2
 
 
 def nn_class(case: LayerCase) -> str:
@@ -70,7 +60,7 @@ BUILDERS = {"conv": conv_module, "conv_transpose": conv_module, "batchnorm": bat
 
 def opencv_module(case: LayerCase, x: np.ndarray) -> np.ndarray:
     """The layer's output computed by OpenCV from the stored tensors (float32, ``x`` canonical)."""
-    cv2 = import_cv2()
+    cv2 = import_cv2("readNetFromTorch", "Torch7")
     if case.layer.kind not in BUILDERS:
         raise NotImplementedError(f"the OpenCV oracle does not run {case.layer.kind} layers")
     module = BUILDERS[case.layer.kind](case)
