@@ -16,7 +16,7 @@ PIP := $(PY) -m pip
 TORCH_INDEX ?=
 QUIET := --quiet --quiet  # pip prints errors only: make demo shows nothing but weightport's own lines
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile  # a changed install step reinstalls
 	@# The plain-array target's tests compile and run the emitted Java: a JDK 17 from Debian if none is here.
 	@command -v javac >/dev/null || (apt-get update -qq && apt-get install -y -qq openjdk-17-jdk-headless >/dev/null)
 	@$(PYTHON) -m venv $(VENV)
