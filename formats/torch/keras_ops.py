@@ -25,7 +25,7 @@ from weightport.core.model import Layer, Model
 RUNS: dict[str, Callable[[Layer, list[torch.Tensor]], torch.Tensor]] = {}
 BUILDERS: dict[str, Callable[[Layer, Model], nn.Module]] = {}
 OUTPUT_KINDS: dict[str, Callable[[Layer, str], str]] = {}
-ORIGINAL: dict[str, dict[str, Any]] = {"runs": {}, "builders": {}}  # the module's own entries we extend
+ORIGINAL: dict[str, dict[str, Any]] = {"builders": {}}  # the module's own entries we extend
 
 
 def registrar(table: dict[str, Any]) -> Callable[..., Callable[[Any], Any]]:
@@ -43,9 +43,8 @@ runs, builds, output_kind = registrar(RUNS), registrar(BUILDERS), registrar(OUTP
 
 def register(builders: dict[str, Any], runs_table: dict[str, Any], output_kinds: dict[str, Any]) -> None:
     """Add these layers to the canonical module's tables, keeping the entries they extend (the module's
-    RNN builders and activation run) to call them."""
+    RNN builders) to call them."""
     ORIGINAL["builders"].update({kind: builders[kind] for kind in BUILDERS if kind in builders})
-    ORIGINAL["runs"].update({kind: runs_table[kind] for kind in RUNS if kind in runs_table})
     builders.update(BUILDERS)
     runs_table.update(RUNS)
     output_kinds.update(OUTPUT_KINDS)
