@@ -6,9 +6,13 @@ source's own framework can run the source file, on seeded random input of the mo
 * Keras files saved under TensorFlow (Keras 2 ``.h5``, tf.keras ``.h5``, Keras 3 ``.h5``/``.keras``; a
   Keras 3 file saved under the torch or jax backend stores the same kernels): Keras 3
   (:mod:`weightport.formats.keras.runner`);
-* ONNX files: onnxruntime (:mod:`weightport.formats.onnx.runner`).
+* ONNX files: onnxruntime (:mod:`weightport.formats.onnx.runner`);
+* PyTorch state dicts (``.pt``/``.pth``, safetensors) read with ``--arch``: the user's own module holding
+  the file's tensors as ``torch.load(weights_only=True)`` (or safetensors) gave them
+  (:func:`weightport.formats.torch.arch.run_source_module`).
 
-Neither uses weightport's reading or conversion code: the framework loads the file itself.  Theano-era
+None uses weightport's conversion code: the framework loads the file itself (a state dict's tensors go
+into the user's module unchanged, by key).  Theano-era
 sources (Keras on Theano or CNTK, Theano/Lasagne pickles) have no runtime here that computes what
 Theano computed, so they still need the outputs Theano recorded: the whole-model check is then a skip
 with that reason, never a pass.  A bare weights file (``.weights.h5``, ``save_weights``) has no
@@ -18,7 +22,9 @@ The input: ``samples`` examples (default :data:`DEFAULT_SAMPLES`, the batch axis
 ``numpy.random.default_rng(seed)``, uniform in [-1, 1) as float32, in the source's own layout (channels-last
 for a channels-last Keras model, ``(seq, batch, features)`` for an ONNX graph starting with an
 LSTM/GRU); an input feeding an Embedding gets integer indices below its vocabulary size.  Any other
-axis the model leaves free (a sequence length, a fully-convolutional map) gets :data:`DEFAULT_FREE_DIM`.
+axis the model leaves free (a sequence length, a fully-convolutional map) gets :data:`DEFAULT_FREE_DIM`:
+64, large enough for the downsampling of the real detectors and classifiers in fixtures/real (Paddle2ONNX
+PP-OCR divides a map by 32, then pools by 2), small enough to keep the run quick.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from weightport.core.model import Model
 
 DEFAULT_SEED = 0
 DEFAULT_SAMPLES = 2
-DEFAULT_FREE_DIM = 8
+DEFAULT_FREE_DIM = 64
 KERAS_RUNNABLE_BACKENDS = ("tensorflow", "torch", "jax")  # backends whose kernels Keras 3 computes as stored
 
-# Which framework runs a source file: (source format, backends or "*", what to call it, "module:function").
+# Which framework runs a source file: (source format, backends or "*", what to call it, "module:function"); the
+# function takes the source Model and the input batch.
 RUNNERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("keras_h5", KERAS_RUNNABLE_BACKENDS, "Keras 3", "weightport.formats.keras.runner:run_keras_file"),
-    ("onnx", ("*",), "onnxruntime", "weightport.formats.onnx.runner:run_onnx_file"),
+    ("keras_h5", KERAS_RUNNABLE_BACKENDS, "Keras 3", "weightport.formats.keras.runner:run_keras_source"),
+    ("onnx", ("*",), "onnxruntime", "weightport.formats.onnx.runner:run_onnx_source"),
+    ("torch_pt", ("*",), "PyTorch (the --arch module)", "weightport.formats.torch.arch:run_source_module"),
+    ("safetensors", ("*",), "PyTorch (the --arch module)", "weightport.formats.torch.arch:run_source_module"),
 )
 THEANO_ERA = ("a Theano-era source: no framework here computes what Theano (or CNTK) computed with its kernels, "
               "so it needs the outputs recorded where it ran: give --input X.npy --expected Y.npy")
@@ -128,7 +137,7 @@ def self_reference(source: Model, wanted: InputShape | None, seed: int = DEFAULT
     module, _, attribute = function.partition(":")
     try:
         run = getattr(importlib.import_module(module), attribute)
-        expected = run(source.source.path, x)
+        expected = run(source, x)
     except NotImplementedError as why:
         reference.reason = f"{name} cannot run the source: {why}"
         return reference

@@ -192,7 +192,8 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
             report.add(Check("state_dict keys and shapes match the --arch module", FAIL, NAMES,
                              reason=str(error).splitlines()[0][:300]))
             return
-        report.add(compare(f"{WHOLE} (the --arch module)", got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+        label = name if reference.runner else f"{WHOLE} (the --arch module)"
+        report.add(compare(label, got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
         return
     if not source.has_architecture:
         report.skip(name, "the source carries no architecture")
@@ -220,6 +221,10 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
             got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
     except UnsupportedError as error:  # a layer the module builds but cannot run (found when it runs)
         report.skip(name, error.problem)
+        return
+    except RuntimeError as error:  # torch refused this input somewhere inside the rebuilt graph
+        report.skip(name, f"the torch module rebuilt from the architecture cannot run an input of shape "
+                          f"{tuple(x.shape)} ({str(error).strip().splitlines()[0][:200]}); record a larger input")
         return
     check = report.add(compare(name, from_canonical_output(got, source), expected, report.atol, report.rtol,
                                check=WHOLE_MODEL))

@@ -124,6 +124,11 @@ def last_line(error: BaseException) -> str:
     return (lines[-1] if lines else "")[:200]
 
 
+def run_keras_source(source: Any, x: np.ndarray) -> np.ndarray:
+    """:func:`run_keras_file` on the file ``source`` (a weightport Model) was read from."""
+    return run_keras_file(source.source.path, x)
+
+
 def run_keras_file(path: str, x: np.ndarray) -> np.ndarray:
     """The model saved in ``path`` run by Keras 3 on ``x`` (the source's own layout), its output as
     Keras gives it.  A model with several inputs or outputs is refused (NotImplementedError)."""

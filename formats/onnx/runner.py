@@ -6,6 +6,8 @@ onnxruntime as it is (external data beside it included); nothing of weightport's
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -36,3 +38,8 @@ def run_onnx_file(path: str, x: np.ndarray) -> np.ndarray:
     if dtype is None:
         raise NotImplementedError(f"its input type {inputs[0].type} has no seeded random input here")
     return np.asarray(session.run([session.get_outputs()[0].name], {inputs[0].name: x.astype(dtype)})[0])
+
+
+def run_onnx_source(source: Any, x: np.ndarray) -> np.ndarray:
+    """:func:`run_onnx_file` on the file ``source`` (a weightport Model) was read from."""
+    return run_onnx_file(source.source.path, x)

@@ -191,6 +191,21 @@ def run_user_module(model: Model, state: dict[str, np.ndarray], x: np.ndarray) -
     module = copy.deepcopy(user_module(model))
     module.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
                            strict=True)
+    return first_output(module, x, torch)
+
+
+def run_source_module(model: Model, x: np.ndarray) -> np.ndarray:
+    """The source run by its own framework: the ``--arch`` module as it was loaded with the file's tensors
+    (torch.load(weights_only=True) or safetensors, every key as stored) run on ``x``; its first output.
+    NotImplementedError when the file was read without ``--arch`` (a state dict alone cannot run)."""
+    module = user_module(model)
+    if module is None:
+        raise NotImplementedError("the file was read without the module that runs it (the arch option)")
+    return first_output(module, x, import_torch())
+
+
+def first_output(module: Any, x: np.ndarray, torch: Any) -> np.ndarray:
+    """``module`` run on ``x`` without gradients; its first output when it returns several."""
     with torch.no_grad():
         result = module(torch.from_numpy(np.ascontiguousarray(x)))
     return (result[0] if isinstance(result, (tuple, list)) else result).numpy()
