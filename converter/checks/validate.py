@@ -193,7 +193,9 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
                              reason=str(error).splitlines()[0][:300]))
             return
         label = name if reference.runner else f"{WHOLE} (the --arch module)"
-        report.add(compare(label, got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+        check = report.add(compare(label, got, expected, report.atol, report.rtol, check=WHOLE_MODEL))
+        if check.status == FAIL:
+            check.likely_cause = arch_divergence(report, source, state, x)
         return
     if not source.has_architecture:
         report.skip(name, "the source carries no architecture")
@@ -232,14 +234,37 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         check.likely_cause = first_divergence(report, source, module, to_canonical_input(x, source))
 
 
-def first_divergence(report: Report, source: Model, converted_module: object, x: np.ndarray) -> str | None:
-    """The first layer whose output departs from the source's: a failed layer check names it with its
-    likely cause; otherwise the source's own tensors run in the same torch graph are compared layer by
-    layer with the converted file's (an attribute such as epsilon or padding, which no tensor shows)."""
+def failed_layer(report: Report) -> str | None:
+    """"first diverging layer NAME (kind): cause" of the first failed layer check, None when none failed."""
     for check in report.checks:
         if check.check == LAYER and check.status == FAIL:
             cause = f": {check.likely_cause}" if check.likely_cause else ""
             return f"first diverging layer {check.layer} ({check.kind}){cause}"
+    return None
+
+
+def arch_divergence(report: Report, source: Model, state: dict, x: np.ndarray) -> str | None:
+    """The first layer of the ``--arch`` module whose output departs from the source's: a failed layer check
+    names it, else the module's own submodules run with the source's tensors and with the converted ones."""
+    from weightport.formats.torch.arch import first_diverging_module
+    failed = failed_layer(report)
+    if failed is not None:
+        return failed
+    name = first_diverging_module(source, state, x, lambda ours, theirs: compare(
+        "", ours, theirs, report.atol, report.rtol, check=WHOLE_MODEL).status == FAIL)
+    if name is None:
+        return None
+    layer = source.find(name)
+    return f"first diverging layer {name} ({layer.kind if layer is not None else 'module'})"
+
+
+def first_divergence(report: Report, source: Model, converted_module: object, x: np.ndarray) -> str | None:
+    """The first layer whose output departs from the source's: a failed layer check names it with its
+    likely cause; otherwise the source's own tensors run in the same torch graph are compared layer by
+    layer with the converted file's (an attribute such as epsilon or padding, which no tensor shows)."""
+    failed = failed_layer(report)
+    if failed is not None:
+        return failed
     import torch
 
     from weightport.formats.torch.module import CanonicalModule, canonical_state_dict

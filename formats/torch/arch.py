@@ -204,6 +204,43 @@ def run_source_module(model: Model, x: np.ndarray) -> np.ndarray:
     return first_output(module, x, import_torch())
 
 
+def module_outputs(module: Any, x: np.ndarray, torch: Any) -> list[tuple[str, np.ndarray]]:
+    """(name, output) of every submodule of ``module`` in the order its forward pass finished them (a
+    container after its children); the first output of a module that returns several."""
+    outputs: list[tuple[str, np.ndarray]] = []
+
+    def record(name: str) -> Callable:
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            while isinstance(output, (tuple, list)) and output:
+                output = output[0]
+            if isinstance(output, torch.Tensor):
+                outputs.append((name, output.detach().numpy().copy()))
+        return hook
+    handles = [sub.register_forward_hook(record(name)) for name, sub in module.named_modules() if name]
+    try:
+        first_output(module, x, torch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def first_diverging_module(model: Model, state: dict[str, np.ndarray], x: np.ndarray,
+                           differs: Callable[[np.ndarray, np.ndarray], bool]) -> str | None:
+    """The first submodule, in the order the forward pass runs them, whose output ``differs`` between the
+    ``--arch`` module holding the source's tensors and a copy holding ``state`` (None when none does)."""
+    import copy
+    torch = import_torch()
+    converted = copy.deepcopy(user_module(model))
+    converted.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
+                              strict=True)
+    theirs = dict(module_outputs(user_module(model), x, torch))
+    for name, ours in module_outputs(converted, x, torch):
+        if name in theirs and ours.shape == theirs[name].shape and differs(ours, theirs[name]):
+            return name
+    return None
+
+
 def first_output(module: Any, x: np.ndarray, torch: Any) -> np.ndarray:
     """``module`` run on ``x`` without gradients; its first output when it returns several."""
     with torch.no_grad():
