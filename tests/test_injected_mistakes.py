@@ -375,5 +375,42 @@ def measure() -> None:
         print(f"{kind}, {mode}: smallest failing error {error:.2e} of scale ({where})")
 
 
+def measure_real() -> None:
+    """``python -m tests.test_injected_mistakes real``: per real model, without recorded outputs, the correct
+    port's status and largest layer and whole-model errors, and each injected mistake's error (a Markdown row
+    for docs/validation.md; relative to the reference's scale)."""
+    import contextlib
+    import io
+    import tempfile
+
+    from weightport.cli import main
+
+    def validate_json(*args: str) -> dict:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            main(["validate", *args, "--json"])
+        return json.loads(out.getvalue())
+    for source, args in REAL.items():
+        path = fixture_path(source)
+        if not os.path.exists(path):
+            print(f"| {source} | not fetched |")
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            converted = os.path.join(folder, "port.safetensors")
+            main(["convert", path, "-o", converted, "--quiet", *args])
+            report = validate_json(path, converted, *args)
+            layers = [c["max_rel_error"] for c in report["checks"] if c["check"] == "layer" and c["max_rel_error"] is not None]
+            whole = next((c for c in report["checks"] if c["check"] == "whole-model"), None)
+            shown = "skip" if whole is None or whole["max_rel_error"] is None else f"{whole['max_rel_error']:.1e}"
+            port = Port(converted, real_model(path, args))
+            mistakes = []
+            for kind, layer, change in one_of_each_kind(port):
+                bad = write_tampered(port, change, os.path.join(folder, f"{kind}.safetensors"))
+                mistakes.append(f"{kind} `{layer}` {evidence(validate_json(path, bad, *args), layer):.2g}")
+            print(f"| {source.split('/')[-1]} | {report['status'].upper()} | {max(layers, default=0):.1e} | {shown} | "
+                  f"{'; '.join(mistakes)} |")
+
+
 if __name__ == "__main__":
-    measure()
+    import sys
+    measure_real() if sys.argv[1:] == ["real"] else measure()
