@@ -384,9 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: list[str]) -> int:
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # before or after the command: the internal-error line asks for a rerun with it
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args([arg for arg in argv if arg != "--debug"])
         if args.command is None:
             build_parser().print_help()
             return 2

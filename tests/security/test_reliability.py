@@ -159,8 +159,12 @@ def test_nan_inf_denormal_are_kept_bit_exactly_and_reported(run_cli, tmp_path):
     assert code == 2 and "NaN or Inf" in err and not refused_out.exists()
 
 
-def test_debug_shows_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "weightport", "--debug", "inspect", str(tmp_path / "no.h5")],
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_a_traceback(tmp_path, where):
+    """--debug before the command or after it (where the internal-error line's "rerun with --debug" puts it)."""
+    command = ["inspect", str(tmp_path / "no.h5")]
+    command = ["--debug", *command] if where == "before" else [*command, "--debug"]
+    result = subprocess.run([sys.executable, "-m", "weightport", *command],
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2 and "Traceback" in result.stderr
 
