@@ -71,6 +71,20 @@ def check_archive(path: str) -> None:
                             fix="Save the state_dict again with torch.save") from None
 
 
+def file_format(path: str) -> str:
+    """What the file says of how it was saved (a .pt records no torch version): ``zip format N`` (the
+    archive's ``*/version`` record, 3 for torch 1.6 and later) or ``legacy format (torch < 1.6)``."""
+    if sniff_legacy(path):
+        return "legacy format (torch < 1.6)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            record = next((name for name in archive.namelist() if name.count("/") == 1 and name.endswith("/version")), None)
+            number = archive.read(record)[:16].decode("ascii", "replace").strip() if record else ""
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        number = ""
+    return f"zip format {number}" if number.isdigit() else "zip format"
+
+
 def check_tensor(torch, key: str, value, path: str) -> int:
     """A dense CPU tensor whose view fits its storage; the bytes the view declares."""
     if value.layout != torch.strided or value.is_quantized or value.device.type != "cpu":
@@ -103,7 +117,7 @@ def read(path: str, options: ReadOptions) -> Model:
                                 fix="Save model.state_dict(): its keys are strings")
     declared = sum(check_tensor(torch, key, value, path) for key, value in tensors)
     check_compressed_bytes(declared, file_size(path), path, "the state_dict (all tensors together)")
-    model = Model(SourceInfo(path, NAME, str(torch.__version__), None))
+    model = Model(SourceInfo(path, NAME, file_format(path), None))
     for key, value in tensors:
         try:
             array = tensor_to_numpy(torch, value)

