@@ -33,6 +33,8 @@ from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_
 from weightport.core.rules import hard_sigmoid_coefficients
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
+from weightport.formats.torch.arch import user_module
+from weightport.formats.torch.arch_onnx import graph_note
 
 def onnx_plan(model: Model, options: WriteOptions) -> Plan:
     """What the ONNX target writes.
@@ -43,6 +45,10 @@ def onnx_plan(model: Model, options: WriteOptions) -> Plan:
     slot of the template, keyed by the template's initializer name (``NAME[i]`` for one of a stacked array's parts, as
     ONNX's LSTM ``B = [Wb, Rb]``), with the inverse of the steps the ONNX reader applies to it.
     """
+    if not options.template and user_module(model) is not None:
+        plan = canonical_plan(model, options, "onnx")
+        plan.notes.append(graph_note(model))
+        return plan
     if not options.template:
         return traced_plan(model, options)
     reader = OnnxReader(options.template, ReadOptions())

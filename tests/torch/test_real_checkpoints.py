@@ -346,3 +346,27 @@ def test_pnet_with_arch_validates_in_every_target_that_holds_it(run_cli, tmp_pat
     code, report, err = run_cli("convert", PNET, "-o", tmp_path / output, "--to", to, *PNET_ARCH, "--validate",
                                 "--input", x, "--expected", y, "--quiet")
     assert code == 0 and "result: PASS" in report, report + err
+
+
+def test_explain_to_onnx_with_arch_shows_the_plan_of_the_traced_graph(run_cli, tmp_path):
+    """explain --to onnx of a state dict with --arch: how the graph is made (the module traced on the input
+    shape), then every key; each key the written graph holds under its own name is the checkpoint's tensor
+    bit for bit (onnx reads the file, not weightport).  Without --input-shape it refuses as convert does."""
+    import json
+    onnx = require("onnx")
+    from onnx import numpy_helper
+    code, out, err = run_cli("explain", PNET, "--to", "onnx", *PNET_ARCH)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("graph: the --arch module") and "(N, 3, 12, 12)" in out
+    code, out, err = run_cli("explain", PNET, "--to", "onnx", *PNET_ARCH, "--json")
+    report = json.loads(out)
+    want = original(PNET)
+    assert [row["key"] for row in report["tensors"]] == list(want) and report["notes"]
+    assert run_cli("convert", PNET, "-o", tmp_path / "p.onnx", *PNET_ARCH)[0] == 0
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
+    named = [key for key in want if key in stored]
+    assert any(key.startswith("conv") for key in named)
+    for key in named:
+        np.testing.assert_array_equal(stored[key], want[key].numpy())
+    code, _, err = run_cli("explain", PNET, "--to", "onnx", "--arch", f"{MTCNN}:PNet")
+    assert code == 2 and "--input-shape" in err and err.count("\n") == 1
