@@ -14,7 +14,7 @@ from tests.conftest import fixture_path
 pytestmark = pytest.mark.requires("onnx", "onnxruntime", "torch", "safetensors")
 
 CORPUS = ("paddle_ppocr_cls", "paddle_ppocrv4_det", "paddle_ppocrv4_rec", "tf2onnx_basic_pitch_nmp",
-          "torch_silero_vad_lstm")
+          "torch_silero_vad_lstm", "paddle_picodet_layout_cdla")
 TARGETS = (("keras", ".h5"), ("npz", ".npz"), ("java", ""), ("onnx", ".onnx"), ("theano", ".pkl"))
 
 
@@ -135,7 +135,8 @@ def test_validate_cli_passes_against_onnxruntime(name, run_cli, tmp_path):
 
 OTHER_SIZES = {"paddle_ppocr_cls": (3, 3, 48, 160), "paddle_ppocrv4_det": (2, 3, 96, 128),
                "paddle_ppocrv4_rec": (2, 3, 48, 160),
-               "tf2onnx_basic_pitch_nmp": (2, 43844, 1), "torch_silero_vad_lstm": (5, 576)}
+               "tf2onnx_basic_pitch_nmp": (2, 43844, 1), "torch_silero_vad_lstm": (5, 576),
+               "paddle_picodet_layout_cdla": (1, 3, 800, 608)}  # a fixed-size graph: only its own size
 
 
 @pytest.mark.parametrize("name", CORPUS)
