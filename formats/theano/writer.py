@@ -53,7 +53,9 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
     for layer in model.layers:
         if not layer.tensors:
             continue
-        if layer.kind in ("conv", "depthwise"):
+        if layer.kind in ("conv", "depthwise", "conv_transpose"):
+            if layer.kind == "conv_transpose":
+                lasagne_transposed_conv(layer)
             weight = canonical[(layer.name, "weight")]
             target = Layout(weight.layout.pattern, semantics)
             planned.append(replace(weight, steps=(Relayout(weight.layout, target),), layout=target,
@@ -63,14 +65,6 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
         elif layer.kind == "dense":
             weight = canonical[(layer.name, "weight")]
             planned.append(replace(weight, steps=(Relayout(Layout("o i"), Layout("i o")),), layout=Layout("i o"),
-                                   key=f"{layer.name}.W"))
-            if (layer.name, "bias") in canonical:
-                planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
-        elif layer.kind == "conv_transpose":
-            lasagne_transposed_conv(layer)
-            weight = canonical[(layer.name, "weight")]
-            target = Layout(weight.layout.pattern, semantics)
-            planned.append(replace(weight, steps=(Relayout(weight.layout, target),), layout=target,
                                    key=f"{layer.name}.W"))
             if (layer.name, "bias") in canonical:
                 planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
