@@ -387,6 +387,7 @@ class OnnxReader:
             self.names.add(layer.name)
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
+        self.zero_states = self.zero_initial_states(graph, skip)
         self.current = model
         for index, node in enumerate(graph.node):
             if index in skip or index in self.folded or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
@@ -417,6 +418,29 @@ class OnnxReader:
                                            if name in self.producer and name not in self.secondary}
         infer_shapes(model)
         return model
+
+    def zero_initial_states(self, graph: Any, skip: set[int]) -> set[str]:
+        """An LSTM/GRU's initial state that is zeros: a zero constant, or ``Expand`` of one to the batch's size
+        (torch.onnx writes that for an RNN called without a state).  It is the RNN's own default: the value is
+        not fed, such an Expand node is skipped, and its constant is accounted for as folded into the RNN."""
+        positions = {id(node): index for index, node in enumerate(graph.node)}
+        zeros: set[str] = set()
+        for node in graph.node:
+            if node.op_type not in ("LSTM", "GRU"):
+                continue
+            for value in node.input[5:7]:
+                producer = self.made_by.get(value)
+                expanded = producer is not None and producer.op_type == "Expand" and \
+                    len(self.consumed_by.get(value, [])) == 1 and value not in self.graph_outputs
+                source = producer.input[0] if expanded else value
+                if not value or not self.is_weight(source) or np.any(self.array(self.tensors[self.resolve(source)])):
+                    continue
+                zeros.add(value)
+                if expanded:
+                    skip.add(positions[id(producer)])
+                where = f"{self.layer_name(node, node.input[1])}: a zero initial state, the RNN's default"
+                self.account(exported.origin(self, source)[0], "folded", where)
+        return zeros
 
     def state_outputs(self, node: Any, layer: Layer, model: Model) -> None:
         """An LSTM/GRU's final states ``Y_h`` (and an LSTM's ``Y_c``), used downstream or as graph outputs, as
@@ -589,6 +613,8 @@ class OnnxReader:
             return Layer(self.layer_name(node), "add", {}, source_class=op)
         if op == "Mul":
             return Layer(self.layer_name(node), "multiply", {}, source_class=op)
+        if op == "Concat" and a.get("axis", 1) == 0:  # on ONNX's first axis (stacked RNN states): ONNX's own Concat
+            return self.op_layer(node)
         if op == "Concat":
             axis = a.get("axis", 1)
             return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
@@ -802,10 +828,13 @@ class OnnxReader:
             raise UnsupportedError(f"{op} {node.name!r} takes sequence_lens (a length per sample), which "
                                    f"torch.nn.{op} has no input for", path=self.path,
                                    fix="Export the RNN without per-sample lengths (pad the batch to one length)")
-        for value in node.input[5:7]:  # initial_h, initial_c stored in the file: kept, fed as the initial state
-            if value and value not in self.producer and self.is_weight(value):
-                self.producer[value] = self.constant_layer(value, self.current)
-        present = [state for state, value in zip(("h", "c"), node.input[5:7]) if value]
+        present = []
+        for state, value in zip(("h", "c"), node.input[5:7]):  # initial_h, initial_c
+            if not value or value in self.zero_states:
+                continue
+            if value not in self.producer and self.is_weight(value):
+                self.producer[value] = self.constant_layer(value, self.current)  # stored: kept, fed as the state
+            present.append(state)
         if present:
             layer.attrs["initial_state"] = present
         hidden = int(a.get("hidden_size", layer.tensors["weight_hh_l0"].shape[1]))

@@ -167,3 +167,64 @@ def test_resemblyzer_three_layer_lstm_in_keras_reproduces_the_package(run_cli, t
     x_path, y_path = recorded("resemblyzer")
     np.testing.assert_allclose(np.asarray(model(np.load(x_path))), np.load(y_path), rtol=0, atol=1e-5)
     assert os.path.getsize(out) > 0
+
+
+class Wrapped:
+    """nn.LSTM inside a module returning only its sequence, exported with a fixed batch (torch.onnx then writes
+    its zero initial states as Expand of zero constants)."""
+
+    @staticmethod
+    def make(lstm):
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.rnn = lstm
+
+            def forward(self, x):
+                return self.rnn(x)[0]
+        return Net().eval()
+
+
+@pytest.mark.requires("onnx", "onnxruntime")
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "wrapped"])
+def test_a_torch_onnx_export_of_a_stacked_lstm_is_stacked_keras_layers(wrapped, run_cli, tmp_path):
+    """torch.onnx writes nn.LSTM(num_layers=2) as two LSTM nodes whose zero initial states are computed
+    (ConstantOfShape, dynamic batch) or Expand of zero constants (fixed batch); the latter are the RNN's default
+    (accounted for as folded), no constant is left outside a layer, so the file converts to Keras, and two
+    stacked Keras LSTMs give torch's output; the canonical module gives onnxruntime's at another batch size."""
+    import json
+    import keras
+    import onnxruntime
+    import torch
+    torch.manual_seed(10)
+    lstm = torch.nn.LSTM(5, 6, num_layers=2, batch_first=True).eval()
+    for parameter in lstm.parameters():
+        torch.nn.init.uniform_(parameter, -0.6, 0.6)
+    module = Wrapped.make(lstm) if wrapped else lstm
+    x = np.random.default_rng(12).standard_normal((2, 7, 5)).astype(np.float32)
+    with torch.no_grad():
+        torch.onnx.export(module, (torch.from_numpy(x),), str(tmp_path / "s.onnx"), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"] if wrapped else ["y", "hn", "cn"],
+                          dynamic_axes=None if wrapped else {"x": {0: "n"}})
+        expected = lstm(torch.from_numpy(x))[0].numpy()
+    code, _, err = run_cli("convert", tmp_path / "s.onnx", "-o", tmp_path / "s.h5", "--to", "keras")
+    assert code == 0, err
+    inputs = keras.Input((7, 5))
+    y = keras.layers.LSTM(6, return_sequences=True)(keras.layers.LSTM(6, return_sequences=True)(inputs))
+    model = keras.Model(inputs, y)
+    model.load_weights(str(tmp_path / "s.h5"))
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=0, atol=2e-5)
+    code, out, err = run_cli("explain", tmp_path / "s.onnx", "--json", "--to", "npz")
+    constants = json.loads(out)["constants"].values()
+    assert not [where for how, where in constants if how == "kept"]
+    if wrapped:
+        assert [where for how, where in constants if how == "folded" and "zero initial state" in where]
+    from tests.onnx.test_control_flow_and_states import converted_outputs
+    other = np.random.default_rng(13).standard_normal((2 if wrapped else 3, 7, 5)).astype(np.float32)
+    session = onnxruntime.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    want = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": other})))
+    got = converted_outputs(tmp_path / "s.onnx", {"x": other}, tmp_path)
+    for name in want:  # hn, cn: both layers' final states, (layers, batch, hidden) as torch gives them
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-5, err_msg=name)
