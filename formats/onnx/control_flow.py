@@ -1,8 +1,8 @@
 """ONNX control flow as real exporters write it: ``If``, ``Loop`` and ``Scan`` nodes, whose graph attributes
 (subgraphs) hold their own initializers and Constant nodes.  Used by :mod:`weightport.formats.onnx.reader`.
 
-* **An If whose condition is a constant** (an initializer, a Constant node, or a value the reader's constant
-  folding computed, such as ``Equal(Shape(x), ...)`` on a fixed size) is inlined: the taken branch's nodes
+* **An If whose condition is a constant** (an initializer, a Constant node, or a comparison of constants the
+  reader's constant folding computed) is inlined: the taken branch's nodes
   and initializers join the main graph (names that clash with the main graph's are renamed inside the
   branch) and Identity nodes carry its outputs to the If's outputs.  The other branch never runs: its
   constants are accounted for as ``folded`` into that decision, by name, in ``explain``.  A branch that
@@ -36,7 +36,7 @@ def graph_attributes(onnx: Any, node: Any) -> list[tuple[str, Any]]:
 def subgraph_constants(onnx: Any, node: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Every initializer and Constant-node value inside ``node``'s subgraphs, at any depth, as
     (``<node>/<attribute>/<name>``, TensorProto)."""
-    label = prefix + (node.name or node.output[0] if node.output else node.op_type)
+    label = prefix + (node.name or (node.output[0] if node.output else node.op_type))
     found = []
     for attribute, graph in graph_attributes(onnx, node):
         where = f"{label}/{attribute}/"
@@ -58,13 +58,12 @@ def condition(reader: Any, node: Any) -> bool | None:
 
 
 def inline_constant_ifs(reader: Any) -> bool:
-    """Inline every If of the reader's graph whose condition is a constant (see the module docstring).
-    The untaken branch's constants go to ``reader.untaken`` (name -> where).  True when the graph changed
-    (the reader then indexes it again)."""
+    """Inline the first If of the reader's graph whose condition is a constant (see the module docstring).
+    The untaken branch's constants go to ``reader.untaken`` (name -> where).  True when the graph changed:
+    the reader then indexes it again and calls this again (an inlined branch may hold the next one)."""
     onnx = reader.onnx
     graph = reader.proto.graph
-    changed = False
-    for index, node in enumerate(list(graph.node)):
+    for position, node in enumerate(graph.node):
         taken = condition(reader, node)
         if taken is None:
             continue
@@ -84,13 +83,12 @@ def inline_constant_ifs(reader: Any) -> bool:
         source, _ = exported.origin(reader, node.input[0])
         if source in reader.source_constants:
             reader.untaken[source] = f"the condition of If node {label!r}, inlined"
-        position = list(graph.node).index(node)
         nodes = renamed_branch(onnx, graph, branch, node, f"{label}/{'then_branch' if taken else 'else_branch'}/")
         del graph.node[position]
         for offset, inner in enumerate(nodes):
             graph.node.insert(position + offset, inner)
-        changed = True
-    return changed
+        return True
+    return False
 
 
 def renamed_branch(onnx: Any, graph: Any, branch: Any, node: Any, where: str) -> list[Any]:

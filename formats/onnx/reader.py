@@ -414,8 +414,8 @@ class OnnxReader:
         self.keep_subgraph_constants(model)
         model.source.details["constants"] = exported.accounting(self)
         model.source.details["inputs"] = {i.name: self.producer[i.name] for i in inputs}
-        model.source.details["outputs"] = {name: self.producer[name] for name in self.graph_outputs
-                                           if name in self.producer and name not in self.secondary}
+        model.source.details["outputs"] = {output.name: self.producer[output.name] for output in graph.output
+                                           if output.name in self.producer and output.name not in self.secondary}
         infer_shapes(model)
         return model
 
