@@ -228,10 +228,13 @@ def test_npz_and_java_hold_the_original_values(run_cli, tmp_path, path, arch):
     assert code == 0, err
 
 
-def test_pnet_to_theano_is_refused_for_its_prelu(run_cli, tmp_path):
-    """A genuine limit: the theano target has no Lasagne layout for PReLU (documented in docs/formats/torch.md)."""
-    code, _, err = run_cli("convert", PNET, "-o", tmp_path / "w.pkl", "--to", "theano", *PNET_ARCH)
-    assert code == 2 and "prelu1" in err, err
+def test_pnet_to_theano_writes_its_prelu_for_lasagne_and_validates(run_cli, tmp_path):
+    """PReLU is Lasagne's ParametricRectifierLayer alpha (its values checked with Lasagne's formula in
+    tests/theano/test_theano_target.py); the theano validator checks every layer of the written pickle."""
+    code, report, err = run_cli("convert", PNET, "-o", tmp_path / "w.pkl", "--to", "theano", *PNET_ARCH,
+                                "--validate", "--quiet")
+    assert code == 0, report + err
+    assert "PASS layer prelu1 (torch.nn.PReLU)" in report and "FAIL" not in report
 
 
 # -- hostile legacy files: refused before torch allocates anything ---------------------------------------
