@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from weightport.cli_keras import add_keras_read_options, keras_read_options
 from weightport.core.version import __version__
 from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
-from weightport.core.errors import BadInputError, UsageError, WeightportError
+from weightport.core.errors import BadInputError, UsageError, WeightportError, render_options
 from weightport.core.text import printable
 from weightport.cli_help import group_convert_options, output_help
 from weightport.stdout_output import output_path
@@ -290,8 +290,11 @@ def command_explain(args: argparse.Namespace) -> int:
     constants = model.source.details.get("constants", {})  # ONNX: how every source constant reaches the output
     if args.json:
         print(json.dumps({"target": plan.target, "tensors": rows, "warnings": plan.warnings,
-                          "constants": constants}, indent=2))
+                          "constants": constants, "notes": [render_options(n, cli=True) for n in plan.notes]},
+                         indent=2))
         return 0
+    for note in plan.notes:
+        say(render_options(note, cli=True))
     for row in rows:
         steps = "; ".join(row["transforms"]) or "copy as stored"
         why = f"  (why: {row['why']})" if row["why"] else ""

@@ -58,12 +58,12 @@ class Reference:
     """What the whole-model check compares against: recorded arrays, or the source run by its own framework
     (``runner``) on seeded random input; ``reason`` says why there is none."""
 
-    x: np.ndarray | None = None
+    x: np.ndarray | tuple[np.ndarray, ...] | None = None  # a tuple for a model of several inputs
     expected: np.ndarray | None = None
     runner: str | None = None
     seed: int | None = None
     samples: int | None = None
-    input_shape: list[int] = field(default_factory=list)
+    input_shape: list = field(default_factory=list)  # one list of sizes per input when there are several
     reason: str = ""
 
     @property
@@ -95,21 +95,29 @@ def runner_for(source: Model) -> tuple[str, str]:
 InputShape = tuple[tuple[int | None, ...], int]  # the source's input shape (None where free) and its batch axis
 
 
-def random_source_input(source: Model, wanted: InputShape | None, seed: int, samples: int) -> np.ndarray:
+def random_source_input(source: Model, wanted: InputShape | list[InputShape | None] | None, seed: int,
+                        samples: int) -> np.ndarray | tuple[np.ndarray, ...]:
     """Seeded random input of the source model's input shape ``wanted``, in the source's own layout (see the
-    module docstring); NotImplementedError when the source records no input shape."""
+    module docstring); for a list of shapes (a model of several inputs, such as an RNN's initial states) a
+    tuple of arrays, one per input, drawn in turn from the same generator.  NotImplementedError when the
+    source records no input shape."""
     if not source.has_architecture:
         raise NotImplementedError("the source holds weights only, with no architecture for its framework to run")
-    if wanted is None:
+    several = isinstance(wanted, list)
+    shapes = wanted if isinstance(wanted, list) else [wanted]
+    if any(shape is None for shape in shapes):
         raise NotImplementedError("the source records no input shape")
-    shape, batch_axis = wanted
-    sizes = tuple(samples if axis == batch_axis else (DEFAULT_FREE_DIM if n is None else n)
-                  for axis, n in enumerate(shape))
     rng = np.random.default_rng(seed)
     vocabulary = embedding_vocabulary(source)
-    if vocabulary is not None:
-        return rng.integers(0, vocabulary, size=sizes).astype(np.int32)
-    return rng.uniform(-1.0, 1.0, size=sizes).astype(np.float32)
+    arrays = []
+    for shape, batch_axis in shapes:  # type: ignore[misc]
+        sizes = tuple(samples if axis == batch_axis else (DEFAULT_FREE_DIM if n is None else n)
+                      for axis, n in enumerate(shape))
+        if vocabulary is not None and not arrays:
+            arrays.append(rng.integers(0, vocabulary, size=sizes).astype(np.int32))
+        else:
+            arrays.append(rng.uniform(-1.0, 1.0, size=sizes).astype(np.float32))
+    return tuple(arrays) if several else arrays[0]
 
 
 def embedding_vocabulary(source: Model) -> int | None:
@@ -121,7 +129,7 @@ def embedding_vocabulary(source: Model) -> int | None:
     return None
 
 
-def self_reference(source: Model, wanted: InputShape | None, seed: int = DEFAULT_SEED,
+def self_reference(source: Model, wanted: InputShape | list[InputShape | None] | None, seed: int = DEFAULT_SEED,
                    samples: int = DEFAULT_SAMPLES) -> Reference:
     """The source run by its own framework on seeded random input of shape ``wanted`` (the source's input
     shape and batch axis, weightport.checks.validate.expected_input_shape), or a :class:`Reference` whose
@@ -133,7 +141,7 @@ def self_reference(source: Model, wanted: InputShape | None, seed: int = DEFAULT
     except NotImplementedError as why:
         reference.reason = str(why)
         return reference
-    reference.input_shape = list(x.shape)
+    reference.input_shape = [list(a.shape) for a in x] if isinstance(x, tuple) else list(x.shape)
     module, _, attribute = function.partition(":")
     try:
         run = getattr(importlib.import_module(module), attribute)

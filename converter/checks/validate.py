@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ from weightport.checks.source_reference import DEFAULT_SAMPLES, DEFAULT_SEED, Re
 from weightport.checks.report import (DEFAULT_ATOL, DEFAULT_RTOL, FAIL, LAYER, NAMES, PASS, SKIP, WHOLE_MODEL, Check,
                                       Report, compare, load_array)
 from weightport.core.errors import UnsupportedError, UsageError
-from weightport.core.model import Model
+from weightport.core.model import Layer, Model
 
 WHOLE = "whole model vs recorded output"
 
@@ -71,13 +72,18 @@ def converted_arrays(source: Model, converted: Model) -> dict[str, dict[str, np.
 MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "global_pool")
 
 
-def expected_input_shape(model: Model) -> tuple[tuple[int | None, ...], int] | None:
-    """The input batch shape the source takes, in the source's own layout (``None`` for the batch and
-    free axes), and its batch axis.  Shapes in the canonical model are channels-first."""
-    first = model.layers[0] if model.layers else None
+def expected_input_shape(model: Model, first: Layer | None = None) -> tuple[tuple[int | None, ...], int] | None:
+    """The input batch shape the source takes at its input layer ``first`` (the model's first layer when not
+    given), in the source's own layout (``None`` for the batch and free axes), and its batch axis.  Shapes in
+    the canonical model are channels-first; an input with ``attrs["batch_axis"]`` (an ONNX RNN's initial
+    state, (directions, batch, hidden)) has its batch there."""
+    first = first or (model.layers[0] if model.layers else None)
     if first is None or first.kind != "input" or first.output_shape is None:
         return None
     sample = tuple(int(n) if n is not None and int(n) > 0 else None for n in first.output_shape)
+    batch_axis = first.attrs.get("batch_axis")
+    if batch_axis is not None:
+        return sample[:batch_axis] + (None,) + sample[batch_axis:], batch_axis
     consumers = [layer for layer in model.layers if first.name in layer.inputs]
     if model.source.format == "onnx" and len(sample) == 2 and any(c.kind in ("lstm", "gru") for c in consumers):
         return (sample[0], None, sample[1]), 1  # an ONNX LSTM/GRU input is (seq, batch, features)
@@ -93,15 +99,47 @@ def check_input(model: Model, x: np.ndarray, path: str) -> None:
     if wanted is None:
         return
     shape, batch_axis = wanted
-    fits = x.ndim == len(shape) and all(n is None or n == got for n, got in zip(shape, x.shape))
-    if fits:
+    if fits(x.shape, shape):
         return
     layout = model.source.details.get("data_format")
-    shown = "(" + ", ".join("N" if k == batch_axis else ("?" if n is None else str(n))
-                            for k, n in enumerate(shape)) + ")"
+    shown = shown_shape(wanted)
     hint = f" ({layout.replace('_', '-')})" if layout and len(shape) >= 3 else ""
     raise UsageError(f"the input has shape {tuple(x.shape)}, but the source model takes {shown}{hint}", path=path,
                      fix="Give the input in the source framework's own layout, as it was recorded")
+
+
+def recorded_inputs(source: Model, path: str) -> tuple[np.ndarray, ...]:
+    """One recorded array per input of ``source`` from an ``.npz`` naming each by the source's input name (or
+    ``input__NAME``, as fixtures/real's pairs do), each checked against its input's shape."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name[len("input__"):] if name.startswith("input__") else name: stored[name]
+                      for name in stored.files}
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot read the input arrays ({error})", path=path,
+                         fix="Give a .npz written by numpy.savez, one array per model input") from None
+    names = source.source.details.get("inputs") or {layer.name: layer.name for layer in source.input_layers()}
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        raise UsageError(f"the input arrays lack {', '.join(repr(m) for m in missing)} (found "
+                         f"{', '.join(repr(a) for a in arrays) or 'none'})", path=path,
+                         fix="Save one array per model input, named by the input")
+    layers = {layer.name: layer for layer in source.input_layers()}
+    for name, layer in names.items():
+        wanted = expected_input_shape(source, layers.get(layer))
+        if wanted is not None and not fits(arrays[name].shape, wanted[0]):
+            raise UsageError(f"input {name!r} has shape {tuple(arrays[name].shape)}, but the source model takes "
+                             f"{shown_shape(wanted)}", path=path, fix="Give each input as the source takes it")
+    return tuple(arrays[name] for name in names)
+
+
+def fits(shape: tuple[int, ...], wanted: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(wanted) and all(n is None or n == got for n, got in zip(wanted, shape))
+
+
+def shown_shape(wanted: tuple[tuple[int | None, ...], int]) -> str:
+    shape, batch_axis = wanted
+    return "(" + ", ".join("N" if k == batch_axis else ("?" if n is None else str(n)) for k, n in enumerate(shape)) + ")"
 
 
 @dataclass(frozen=True)
@@ -118,16 +156,23 @@ class Request:
     seed: int = DEFAULT_SEED  # of the random input the source's own framework runs without recorded arrays
     samples: int = DEFAULT_SAMPLES
 
-    def recorded(self, source: Model, report: Report | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    def recorded(self, source: Model, report: Report | None = None) -> tuple[Any, np.ndarray | None]:
         """The recorded input and output, the input checked against the source's input shape first.
         Without them, and given the ``report`` to record it in, the source run by its own framework on
-        seeded random input (weightport.checks.source_reference), where it can be."""
+        seeded random input (weightport.checks.source_reference), where it can be.  A model of several
+        inputs takes a tuple of arrays, one per input layer (a recorded ``.npz`` names them)."""
         if self.input_path is None or self.expected_path is None:
             if report is None:
                 return None, None
-            report.reference = self_reference(source, expected_input_shape(source), self.seed, self.samples)
+            entries = source.input_layers()
+            wanted = [expected_input_shape(source, layer) for layer in entries] if len(entries) > 1 \
+                else expected_input_shape(source)
+            report.reference = self_reference(source, wanted, self.seed, self.samples)
             return report.reference.x, report.reference.expected
-        x, expected = load_array(self.input_path, "input"), load_array(self.expected_path, "expected output")
+        expected = load_array(self.expected_path, "expected output")
+        if self.input_path.lower().endswith(".npz"):
+            return recorded_inputs(source, self.input_path), expected
+        x = load_array(self.input_path, "input")
         check_input(source, x, self.input_path)
         return x, expected
 
@@ -182,7 +227,7 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
     except ImportError:
         report.skip(name, "torch is not installed (pip install 'weightport[torch]')")
         return
-    from weightport.formats.torch.module import CanonicalModule, from_canonical_output, to_canonical_input
+    from weightport.formats.torch.module import CanonicalModule, canonical_feeds, from_canonical_output
     from weightport.formats.torch.arch import run_user_module, user_module
     if user_module(source) is not None:  # --arch: the user's own module holds the converted tensors
         state = {key: t.load() for key, _, t in converted.state_keys()}
@@ -218,20 +263,22 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         report.add(Check("state_dict keys and shapes match the source architecture", FAIL, NAMES,
                          reason="; ".join(problems)))
         return
+    feeds = [torch.from_numpy(np.ascontiguousarray(a)) for a in canonical_feeds(x, source)]
     try:
         with torch.no_grad():
-            got = module(torch.from_numpy(to_canonical_input(x, source))).numpy()
+            got = module(*feeds).numpy()
     except UnsupportedError as error:  # a layer the module builds but cannot run (found when it runs)
         report.skip(name, error.problem)
         return
     except RuntimeError as error:  # torch refused this input somewhere inside the rebuilt graph
+        shapes = ", ".join(str(tuple(feed.shape)) for feed in feeds)
         report.skip(name, f"the torch module rebuilt from the architecture cannot run an input of shape "
-                          f"{tuple(x.shape)} ({str(error).strip().splitlines()[0][:200]}); record a larger input")
+                          f"{shapes} ({str(error).strip().splitlines()[0][:200]}); record a larger input")
         return
     check = report.add(compare(name, from_canonical_output(got, source), expected, report.atol, report.rtol,
                                check=WHOLE_MODEL))
     if check.status == FAIL:
-        check.likely_cause = first_divergence(report, source, module, to_canonical_input(x, source))
+        check.likely_cause = first_divergence(report, source, module, feeds)
 
 
 def failed_layer(report: Report) -> str | None:
@@ -258,7 +305,7 @@ def arch_divergence(report: Report, source: Model, state: dict, x: np.ndarray) -
     return f"first diverging layer {name} ({layer.kind if layer is not None else 'module'})"
 
 
-def first_divergence(report: Report, source: Model, converted_module: object, x: np.ndarray) -> str | None:
+def first_divergence(report: Report, source: Model, converted_module: object, feeds: list[Any]) -> str | None:
     """The first layer whose output departs from the source's: a failed layer check names it with its
     likely cause; otherwise the source's own tensors run in the same torch graph are compared layer by
     layer with the converted file's (an attribute such as epsilon or padding, which no tensor shows)."""
@@ -272,7 +319,7 @@ def first_divergence(report: Report, source: Model, converted_module: object, x:
         reference = CanonicalModule(source).eval()
         reference.load_state_dict(canonical_state_dict(source), strict=False)
         with torch.no_grad():
-            reference(torch.from_numpy(x))
+            reference(*feeds)
     except Exception:  # the source's own graph cannot run here: no finer answer than the whole model
         return None
     ours, theirs = getattr(converted_module, "values", {}), getattr(reference, "values", {})

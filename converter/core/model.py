@@ -250,6 +250,10 @@ class Model:
         position = self.layers.position(layer)
         return [self.layers[position - 1].name] if position else []
 
+    def input_layers(self) -> list[Layer]:
+        """The model's ``input`` layers in graph order: one array each when the model runs."""
+        return [layer for layer in self.layers if layer.kind == "input"]
+
     def weighted_layers(self) -> list[Layer]:
         return [layer for layer in self.layers if layer.tensors]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -96,6 +96,7 @@ class Plan:
     target: str
     tensors: list[PlannedTensor]
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # how the output is made, for explain (not warnings)
 
 
 def plan_by_layer(plan: Plan) -> list[tuple[Layer, list[PlannedTensor]]]:

@@ -15,7 +15,7 @@ from weightport.core.model import Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import note_bfloat16_widened, plan_by_layer
 from weightport.formats.keras import hdf5
-from weightport.formats.keras.layers import keras_plan
+from weightport.formats.keras.layers import keras_plan, stacked_as_keras_layers
 
 
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:
@@ -26,6 +26,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     matches weighted layers by order, so the Keras model must list its layers in
     the same order as the source.  Datasets are written one at a time.
     """
+    model = stacked_as_keras_layers(model)  # a torch RNN of num_layers N: N Keras layers
     plan = keras_plan(model, options)
     theano = options.target_semantics == CONVOLUTION
     by_layer = {layer.name: items for layer, items in plan_by_layer(plan)}

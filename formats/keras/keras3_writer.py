@@ -14,7 +14,7 @@ from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.options import WriteOptions
 from weightport.core.plan import plan_by_layer
 from weightport.formats.keras import hdf5
-from weightport.formats.keras.layers import keras_plan
+from weightport.formats.keras.layers import keras_plan, stacked_as_keras_layers
 
 
 def layer_group_keys(model: Model) -> dict[str, str]:
@@ -89,6 +89,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     if unknown:
         raise UnsupportedError(f"layers {', '.join(unknown)} have no known Keras 3 class, so their group names "
                                "cannot be known", fix="Convert to legacy Keras HDF5 (.h5), matched by layer order")
+    model = stacked_as_keras_layers(model)  # a torch RNN of num_layers N: N Keras layers
     plan = keras_plan(model, options)
     keys = layer_group_keys(model)
     with atomic_path(path, options.force) as temporary:

@@ -8,12 +8,13 @@ normalized to Keras 2/3 names here.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from weightport.core.errors import UnsupportedError
 from weightport.core.layout import CANONICAL_PATTERNS, CORRELATION, Layout, conv_role
-from weightport.core.model import Model, is_bidirectional
+from weightport.core.model import ROOT_LAYER, Layer, Model, is_bidirectional
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor
 from weightport.core.shapes import flatten_patterns, flattened_map_shape
@@ -163,13 +164,40 @@ BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", 
                     ParamMap("running_var", "moving_variance", None)]
 
 
+def stacked_as_keras_layers(model: Model) -> Model:
+    """``model`` with each torch LSTM/GRU of ``num_layers`` N > 1 as N one-layer RNNs, as a Keras model stacks
+    them (``LSTM(return_sequences=True)`` N times, each in ``Bidirectional`` when the torch RNN is): layer
+    ``k`` holds the torch tensors ``*_l{k}[_reverse]`` under the one-layer names ``*_l0[_reverse]`` and is
+    named ``<name>`` (k = 0) or ``<name>_l<k>``.  Layer k > 0 reads layer k - 1's output (both directions
+    concatenated), exactly what torch feeds it; the tensors themselves are not copied."""
+    if not any(layer.attrs.get("num_layers", 1) > 1 for layer in model.layers):
+        return model
+    layers: list[Layer] = []
+    for layer in model.layers:
+        count = int(layer.attrs.get("num_layers", 1))
+        if count == 1:
+            layers.append(layer)
+            continue
+        attrs = {key: value for key, value in layer.attrs.items() if key != "num_layers"}
+        previous = list(layer.inputs)
+        for k in range(count):
+            name = layer.name if k == 0 else f"{layer.name}_l{k}"
+            tensors = {param.replace(f"_l{k}", "_l0", 1): tensor for param, tensor in layer.tensors.items()
+                       if param.endswith(f"_l{k}") or param.endswith(f"_l{k}_reverse")}
+            layers.append(dataclasses.replace(layer, name=name, tensors=tensors, inputs=previous, attrs=dict(attrs)))
+            previous = [name]
+    return dataclasses.replace(model, layers=layers)
+
+
 def keras_plan(model: Model, options: WriteOptions) -> Plan:
     """Plan for Keras (channels-last, HWIO family): keys ``<layer>/<variable>`` in Keras weight order.
 
     Kernels get ``options.target_semantics`` (default correlation, what Keras
     2/3 on TensorFlow computes; ``convolution`` for a Keras-on-Theano runtime).
-    Dense rows after a Flatten of a map are reordered C,H,W -> H,W,C.
+    Dense rows after a Flatten of a map are reordered C,H,W -> H,W,C.  A stacked torch RNN is one Keras
+    layer per torch layer (:func:`stacked_as_keras_layers`).
     """
+    model = stacked_as_keras_layers(model)
     semantics = options.target_semantics or CORRELATION
     planned: list[PlannedTensor] = []
     warnings = list(model.warnings)
@@ -253,6 +281,10 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
         elif kind == "custom":  # kept unchanged (--keep-unknown): each tensor under its own variable name
             for param, tensor in layer.tensors.items():
                 add(layer, param, param, tensor.layout.pattern)
+        elif layer.name == ROOT_LAYER:
+            raise UnsupportedError(f"the top-level parameters {', '.join(layer.tensors)} belong to no submodule, so "
+                                   "no Keras layer holds them", fix="Convert to the torch or npz target, or save the "
+                                   "state dict without them (and an {opt:arch} module without them)")
         else:
             raise UnsupportedError(f"layer {layer.name!r} of kind {kind} cannot be written as Keras weights",
                                    fix="Convert to the torch or npz target")

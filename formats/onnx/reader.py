@@ -41,7 +41,7 @@ from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor
 from weightport.core.options import ReadOptions
 from weightport.core.shapes import infer_shapes
-from weightport.formats.onnx import graph as exported
+from weightport.formats.onnx import control_flow, graph as exported
 
 NAME = "onnx"
 DESCRIPTION = "ONNX models (initializers, Constant nodes, external data)"
@@ -51,8 +51,9 @@ ACTIVATIONS = {"Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": 
                "Selu": "selu", "Softplus": "softplus", "Softsign": "softsign"}  # HardSigmoid: alpha, beta (onnx_op)
 PASS_THROUGH = ("Identity", "Dropout")
 OPERAND_OPS = ("Add", "Mul", "Concat")  # with a constant operand, these run with ONNX semantics (onnx_op)
+COMPARISONS = ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Not")  # If conditions
 FOLDABLE = ("ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast", "Squeeze", "Unsqueeze",
-            "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand")
+            "Gather", "Add", "Sub", "Mul", "Div", "Range", "Expand") + COMPARISONS
 MAX_FOLDED = 1 << 16  # values in a foldable constant: shape arithmetic, never weights
 MAX_RANK = 32         # axes of one tensor (NumPy's own limit before 2.0)
 SAME_NAME_UNDERSCORES = 8  # a repeated layer name gets _, __, ... up to this many, then _9, _10, ...
@@ -133,6 +134,15 @@ class OnnxReader:
         if items > MAX_ITEMS:
             raise BadInputError(f"the ONNX graph holds {items} nodes and weights (more than {MAX_ITEMS})", path=path,
                                 fix="The model is damaged or crafted; export it again")
+        self.untaken: dict[str, str] = {}  # constants of an If branch that never runs -> why (control_flow)
+        self.index()
+        for _ in range(control_flow.MAX_INLINED):
+            if not control_flow.inline_constant_ifs(self):
+                break
+            self.index()
+
+    def index(self) -> None:
+        """Index the graph: its constants, producers and consumers, folded shape arithmetic, value shapes."""
         try:
             self.inferred = self.onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
         except Exception:
@@ -142,6 +152,16 @@ class OnnxReader:
         self.source_constants: list[str] = [t.name for t in graph.initializer] + [
             node.output[0] for node in graph.node if node.op_type == "Constant" and node.output]
         self.accounted: dict[str, tuple[str, str]] = {}  # source constant -> (how, where) it reaches the output
+        self.in_subgraphs: dict[str, list[str]] = {}  # control-flow node -> the constants inside its subgraphs
+        for node in graph.node:
+            for name, proto in control_flow.subgraph_constants(self.onnx, node):
+                self.tensors.setdefault(name, proto)
+                self.source_constants.append(name)
+                self.in_subgraphs.setdefault(node.name or node.output[0], []).append(name)
+        for name, why in self.untaken.items():
+            if name not in self.source_constants:
+                self.source_constants.append(name)
+            self.accounted[name] = ("folded", why)
         self.graph_outputs = {output.name for output in graph.output}
         self.graph_inputs = {value.name for value in graph.input}
         self.kept: dict[str, str] = {}
@@ -356,14 +376,18 @@ class OnnxReader:
         self.names: set[str] = set()
         self.next_suffix: dict[str, int] = {}
         sequence_first = {node.input[0] for node in graph.node if node.op_type in ("LSTM", "GRU")}
+        states = {name for node in graph.node if node.op_type in ("LSTM", "GRU") for name in node.input[5:7]}
         for graph_input in inputs:
             shape = self.shapes.get(graph_input.name, ())
-            layer = Layer(safe_name(graph_input.name), "input", {}, {}, [], "graph input", None,
-                          self.per_sample_shape(shape, graph_input.name in sequence_first))
+            state = graph_input.name in states and len(shape) == 3  # (directions, batch, hidden)
+            layer = Layer(safe_name(graph_input.name), "input", {"batch_axis": 1} if state else {}, {}, [],
+                          "graph input", None,
+                          (shape[0], shape[2]) if state else self.per_sample_shape(shape, graph_input.name in sequence_first))
             model.layers.append(layer)
             self.names.add(layer.name)
             self.producer[graph_input.name] = layer.name
         skip: set[int] = set()
+        self.zero_states = self.zero_initial_states(graph, skip)
         self.current = model
         for index, node in enumerate(graph.node):
             if index in skip or index in self.folded or node.op_type == "Constant" or (node.op_type in ("Identity", "Cast") and
@@ -380,16 +404,54 @@ class OnnxReader:
             model.layers.append(layer)
             output = layer.attrs.pop("_fused_until", None) or node.output[0]
             self.producer[output] = layer.name
+            if layer.kind in ("lstm", "gru"):
+                self.state_outputs(node, layer, model)
             for extra in node.output:
                 if extra != output and extra not in self.producer:
-                    self.secondary.add(extra)  # an RNN's Y_h, Y_c: the layer computes only Y
+                    self.secondary.add(extra)  # an output no layer computes
                 self.producer.setdefault(extra, layer.name)
         self.keep_the_rest(model)
+        self.keep_subgraph_constants(model)
         model.source.details["constants"] = exported.accounting(self)
-        model.source.details["outputs"] = {name: self.producer[name] for name in self.graph_outputs
-                                           if name in self.producer and name not in self.secondary}
+        model.source.details["inputs"] = {i.name: self.producer[i.name] for i in inputs}
+        model.source.details["outputs"] = {output.name: self.producer[output.name] for output in graph.output
+                                           if output.name in self.producer and output.name not in self.secondary}
         infer_shapes(model)
         return model
+
+    def zero_initial_states(self, graph: Any, skip: set[int]) -> set[str]:
+        """An LSTM/GRU's initial state that is zeros: a zero constant, or ``Expand`` of one to the batch's size
+        (torch.onnx writes that for an RNN called without a state).  It is the RNN's own default: the value is
+        not fed, such an Expand node is skipped, and its constant is accounted for as folded into the RNN."""
+        positions = {id(node): index for index, node in enumerate(graph.node)}
+        zeros: set[str] = set()
+        for node in graph.node:
+            if node.op_type not in ("LSTM", "GRU"):
+                continue
+            for value in node.input[5:7]:
+                producer = self.made_by.get(value)
+                expanded = producer is not None and producer.op_type == "Expand" and \
+                    len(self.consumed_by.get(value, [])) == 1 and value not in self.graph_outputs
+                source = producer.input[0] if expanded else value
+                if not value or not self.is_weight(source) or np.any(self.array(self.tensors[self.resolve(source)])):
+                    continue
+                zeros.add(value)
+                if expanded:
+                    skip.add(positions[id(producer)])
+                where = f"{self.layer_name(node, node.input[1])}: a zero initial state, the RNN's default"
+                self.account(exported.origin(self, source)[0], "folded", where)
+        return zeros
+
+    def state_outputs(self, node: Any, layer: Layer, model: Model) -> None:
+        """An LSTM/GRU's final states ``Y_h`` (and an LSTM's ``Y_c``), used downstream or as graph outputs, as
+        ``rnn_state`` layers: output ``output_index`` (1: ``Y_h``, 2: ``Y_c``) of the recurrent layer, in ONNX's
+        (directions, batch, hidden) layout, which is torch's ``h_n``/``c_n`` layout too."""
+        for index, value in enumerate(node.output[1:3], start=1):
+            if value and (value in self.graph_outputs or value in self.consumed_by):
+                state = Layer(self.unique_name(f"{layer.name}.{'Y_h' if index == 1 else 'Y_c'}"), "rnn_state",
+                              {"output_of": layer.name, "output_index": index}, {}, [layer.name], node.op_type)
+                model.layers.append(state)
+                self.producer[value] = state.name
 
     def split_outputs(self, node: Any, layer: Layer, model: Model) -> None:
         """A Split node as one ``onnx_op`` layer per output (each computes its own part)."""
@@ -464,6 +526,20 @@ class OnnxReader:
         if last is not None:
             model.layers.append(last)
 
+    def keep_subgraph_constants(self, model: Model) -> None:
+        """Say which constants inside If/Loop/Scan subgraphs were kept as stored (the subgraphs are not run
+        here); ``--strict`` refuses them."""
+        for node, names in self.in_subgraphs.items():
+            kept = [self.accounted[name][1] for name in names if self.accounted.get(name, ("",))[0] == "kept"]
+            what = f"node {node!r} runs subgraphs (If/Loop/Scan) weightport does not convert"
+            if self.options.strict:
+                raise UnsupportedError(f"{what}; they hold {len(names)} constants", path=self.path,
+                                       fix="Export with the control flow traced out (torch.onnx: trace, not script), "
+                                           "or drop {opt:strict} to keep them as stored, with a warning")
+            model.warn(f"{what}: its {len(names)} constants are kept as stored"
+                       + (": " + ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+                          if kept else ""))
+
     def unique_name(self, name: str) -> str:
         """``name``, or when a layer has it already ``name_``, ``name__``, ... (then ``name_9``, ...), in O(1)
         amortized: each name remembers the next suffix to try."""
@@ -537,6 +613,8 @@ class OnnxReader:
             return Layer(self.layer_name(node), "add", {}, source_class=op)
         if op == "Mul":
             return Layer(self.layer_name(node), "multiply", {}, source_class=op)
+        if op == "Concat" and a.get("axis", 1) == 0:  # on ONNX's first axis (stacked RNN states): ONNX's own Concat
+            return self.op_layer(node)
         if op == "Concat":
             axis = a.get("axis", 1)
             return Layer(self.layer_name(node), "concat", {"axis": axis - 1 if axis > 0 else axis}, source_class=op)
@@ -746,11 +824,24 @@ class OnnxReader:
                 for half, param in enumerate(("bias_ih_l0", "bias_hh_l0")):
                     layer.tensors[param + suffix] = self.tensor(param + suffix, node.input[3], "o", "o", (reorder,),
                                                                 before=(take, halves, TakeIndex(half, 2)))
+        if len(node.input) > 4 and node.input[4]:
+            raise UnsupportedError(f"{op} {node.name!r} takes sequence_lens (a length per sample), which "
+                                   f"torch.nn.{op} has no input for", path=self.path,
+                                   fix="Export the RNN without per-sample lengths (pad the batch to one length)")
+        present = []
+        for state, value in zip(("h", "c"), node.input[5:7]):  # initial_h, initial_c
+            if not value or value in self.zero_states:
+                continue
+            if value not in self.producer and self.is_weight(value):
+                self.producer[value] = self.constant_layer(value, self.current)  # stored: kept, fed as the state
+            present.append(state)
+        if present:
+            layer.attrs["initial_state"] = present
         hidden = int(a.get("hidden_size", layer.tensors["weight_hh_l0"].shape[1]))
         layer.attrs = {"units": hidden, "return_sequences": True, "go_backwards": direction == "reverse",
                        "bidirectional": directions == 2, "merge_mode": "onnx",
                        "reset_after": bool(a.get("linear_before_reset", 0)) if op == "GRU" else True,
-                       "activation": "tanh", "recurrent_activation": "sigmoid"}
+                       "activation": "tanh", "recurrent_activation": "sigmoid", **layer.attrs}
         if node.input[0] not in self.graph_inputs:  # fed by another op: ONNX's (seq, batch, features) in the graph
             layer.attrs["sequence_first"] = True
         return layer
@@ -786,13 +877,13 @@ def folded_bytes(op: str, values: list[np.ndarray], attrs: dict[str, Any]) -> in
     compute the node either (bad shapes, negative sizes, a zero Range step)."""
     if op in ("Cast", "ConstantOfShape"):
         itemsize = 8
-    elif op in ("Add", "Sub", "Mul", "Div", "Concat", "Range"):
+    elif op in ("Add", "Sub", "Mul", "Div", "Concat", "Range") + COMPARISONS:
         itemsize = max(value.dtype.itemsize for value in values)
     else:  # the data's own type (the other inputs are shapes, axes or indices)
         itemsize = values[0].dtype.itemsize
     sizes = [value.size for value in values]
     count: int | None
-    if op in ("Add", "Sub", "Mul", "Div"):
+    if op in ("Add", "Sub", "Mul", "Div") + COMPARISONS:
         count = broadcast_elements([value.shape for value in values])
     elif op in ("Expand", "ConstantOfShape"):
         if len(values) != (2 if op == "Expand" else 1) or values[-1].ndim != 1 or values[-1].dtype.kind not in "iu":

@@ -14,10 +14,10 @@ ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def run_onnx_file(path: str, x: np.ndarray) -> np.ndarray:
-    """The graph in ``path`` run by onnxruntime (CPU) on ``x``, cast to the graph input's type; its first
-    output.  A graph with several inputs, or whose fixed input size ``x`` does not have, is refused
-    (NotImplementedError with the reason)."""
+def run_onnx_file(path: str, x: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+    """The graph in ``path`` run by onnxruntime (CPU) on ``x`` (a tuple: one array per graph input, in the
+    graph's order), each cast to its graph input's type; its first output.  Inputs other than the arrays
+    given, or a fixed input size an array does not have, are refused (NotImplementedError with the reason)."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 4
@@ -27,17 +27,22 @@ def run_onnx_file(path: str, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"onnxruntime cannot load it ({type(error).__name__}: "
                                   f"{str(error).strip()[:200]})") from None
     inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise NotImplementedError(f"the graph has {len(inputs)} inputs; the check runs one")
-    fixed = [(axis, n) for axis, (n, got) in enumerate(zip(inputs[0].shape, x.shape)) if isinstance(n, int) and n != got]
-    if len(inputs[0].shape) == x.ndim and fixed:
-        axis, n = fixed[0]
-        raise NotImplementedError(f"its input {inputs[0].name!r} has a fixed size {n} on axis {axis}, the input here "
-                                  f"{x.shape[axis]} (ask for {n} samples when that axis is the batch)")
-    dtype = ORT_TYPES.get(inputs[0].type)
-    if dtype is None:
-        raise NotImplementedError(f"its input type {inputs[0].type} has no seeded random input here")
-    return np.asarray(session.run([session.get_outputs()[0].name], {inputs[0].name: x.astype(dtype)})[0])
+    arrays = x if isinstance(x, tuple) else (x,)
+    if len(inputs) != len(arrays):
+        raise NotImplementedError(f"the graph has {len(inputs)} inputs; the check runs {len(arrays)}")
+    feeds = {}
+    for declared, array in zip(inputs, arrays):
+        fixed = [(axis, n) for axis, (n, got) in enumerate(zip(declared.shape, array.shape))
+                 if isinstance(n, int) and n != got]
+        if len(declared.shape) == array.ndim and fixed:
+            axis, n = fixed[0]
+            raise NotImplementedError(f"its input {declared.name!r} has a fixed size {n} on axis {axis}, the input "
+                                      f"here {array.shape[axis]} (ask for {n} samples when that axis is the batch)")
+        dtype = ORT_TYPES.get(declared.type)
+        if dtype is None:
+            raise NotImplementedError(f"its input type {declared.type} has no seeded random input here")
+        feeds[declared.name] = array.astype(dtype)
+    return np.asarray(session.run([session.get_outputs()[0].name], feeds)[0])
 
 
 def run_onnx_source(source: Any, x: np.ndarray) -> np.ndarray:

@@ -506,14 +506,29 @@ def onnx_reference(source: Model) -> tuple[Callable[[], tuple[np.ndarray, np.nda
         def make() -> tuple[np.ndarray, np.ndarray]:
             run = session(source.source.path)
             inputs = run.get_inputs()
-            if len(inputs) != 1:
-                raise NotImplementedError("the source graph takes several inputs")
-            x = random_feed(list(inputs[0].shape), np_type(inputs[0].type), source, np.random.default_rng(0))
-            return x, run.run(None, {inputs[0].name: x})[0]
+            rng = np.random.default_rng(0)
+            feeds = [random_feed(list(i.shape), np_type(i.type), source, rng) for i in inputs]
+            first = run.run(None, {i.name: feed for i, feed in zip(inputs, feeds)})[0]
+            return (tuple(feeds) if len(feeds) > 1 else feeds[0]), first
         return make, None
     if source.source.format.startswith("keras"):
         return keras_reference(source)
     return None, f"onnxruntime and Keras cannot run a {source.source.format} source"
+
+
+def run_several(run: Any, inputs: list[Any], xs: tuple[np.ndarray, ...]) -> np.ndarray:
+    """A converted graph of several inputs run on one array per input, in order, each as given (an ONNX
+    source's inputs are channels-first, as the converted graph's); its first output."""
+    if len(inputs) != len(xs):
+        raise Refused(f"the converted graph takes {len(inputs)} inputs, the source {len(xs)}")
+    for declared, x in zip(inputs, xs):
+        if not fits(x.shape, list(declared.shape)):
+            raise Refused(f"the converted graph's input {declared.name!r} takes {list(declared.shape)}, the "
+                          f"source's input is {tuple(x.shape)}")
+    try:
+        return run.run(None, {i.name: np.ascontiguousarray(x.astype(np_type(i.type))) for i, x in zip(inputs, xs)})[0]
+    except Exception as error:
+        raise Refused(f"onnxruntime cannot run the converted graph ({said(error)})") from None
 
 
 def run_graph(path: str, source: Model, x: np.ndarray, expected_shape: tuple[int, ...]) -> np.ndarray:
@@ -526,6 +541,8 @@ def run_graph(path: str, source: Model, x: np.ndarray, expected_shape: tuple[int
     except Exception as error:  # onnxruntime refuses the converted graph: a failure of the converted file
         raise Refused(f"onnxruntime cannot load the converted graph ({said(error)})") from None
     inputs = run.get_inputs()
+    if isinstance(x, tuple):
+        return run_several(run, inputs, x)
     if len(inputs) != 1:
         raise NotImplementedError(f"the converted graph takes {len(inputs)} inputs; the recorded input is one array")
     declared = list(inputs[0].shape)

@@ -33,6 +33,8 @@ from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_
 from weightport.core.rules import hard_sigmoid_coefficients
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
+from weightport.formats.torch.arch import user_module
+from weightport.formats.torch.arch_onnx import graph_note
 
 def onnx_plan(model: Model, options: WriteOptions) -> Plan:
     """What the ONNX target writes.
@@ -43,6 +45,10 @@ def onnx_plan(model: Model, options: WriteOptions) -> Plan:
     slot of the template, keyed by the template's initializer name (``NAME[i]`` for one of a stacked array's parts, as
     ONNX's LSTM ``B = [Wb, Rb]``), with the inverse of the steps the ONNX reader applies to it.
     """
+    if not options.template and user_module(model) is not None:
+        plan = canonical_plan(model, options, "onnx")
+        plan.notes.append(graph_note(model))
+        return plan
     if not options.template:
         return traced_plan(model, options)
     reader = OnnxReader(options.template, ReadOptions())
@@ -352,6 +358,26 @@ TRACE_SIZE = 64  # an input axis of unknown size (dynamic height, width, length)
 # stays dynamic in the written graph
 
 
+def trace_input(torch: Any, layer: Layer, dtype: Any, prefix: str) -> tuple[Any, dict[int, str]]:
+    """The zero example an input layer is traced with (a batch of one; free sizes at :data:`TRACE_SIZE`)
+    and its dynamic axes: the batch (axis 0, or ``attrs["batch_axis"]``, an RNN state's axis 1) and every
+    free size."""
+    sample = [TRACE_SIZE if n is None else int(n) for n in layer.output_shape or ()]
+    batch_axis = int(layer.attrs.get("batch_axis", 0))
+    shape = sample[:batch_axis] + [1] + sample[batch_axis:]
+    free = [k for k, n in enumerate(layer.output_shape or ()) if n is None]
+    axes = {batch_axis: "batch", **{k + (k >= batch_axis): f"{prefix}{k + 1}" for k in free}}
+    return torch.zeros(tuple(shape), dtype=dtype), axes
+
+
+def extra_outputs(model: Model) -> dict[str, str]:
+    """The source's graph outputs other than the model's last layer (an RNN's final states ``Y_h``/``Y_c``
+    as outputs of the graph), by output name -> layer name; traced as further outputs."""
+    last = model.layers[-1].name if model.layers else None
+    outputs = model.source.details.get("outputs") or {}
+    return {name: layer for name, layer in outputs.items() if layer != last and model.layers.find(layer) is not None}
+
+
 def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`
     (LSTM/GRU layers torch.nn cannot compute written as their own nodes, from ``plan``)."""
@@ -371,10 +397,19 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)
     module.load_state_dict(canonical_state_dict(traced), strict=False)
-    shape = (1,) + tuple(TRACE_SIZE if n is None else int(n) for n in model.layers[0].output_shape)
-    dynamic = {0: "batch", **{k + 1: f"axis{k + 1}" for k, n in enumerate(model.layers[0].output_shape) if n is None}}
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
-    example = torch.zeros(shape, dtype=torch.int64 if takes_indices else dtype)
+    examples, names, dynamic = [], [], {}
+    for position, entry in enumerate(model.input_layers() or model.layers[:1]):
+        example, axes = trace_input(torch, entry, torch.int64 if takes_indices and not position else dtype,
+                                    "axis" if not position else f"{entry.name}_axis")
+        name = "input" if not position else unique_name(entry.name, set(names) | {"input", "output"})
+        examples.append(example)
+        names.append(name)
+        dynamic[name] = axes
+    outputs = extra_outputs(model)
+    module.also_return = list(outputs.values())
+    output_names = ["output"] + [unique_name(name, set(names) | {"output"}) for name in outputs]
+    dynamic.update({name: {0: "batch"} for name in output_names[:1]})
     buffer = io.BytesIO()
     # torch.onnx.export keeps its state in module globals (GLOBALS.in_onnx_export, the opset) and
     # warnings.catch_warnings swaps the process's filters (not thread-safe before Python 3.14): one
@@ -382,9 +417,10 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     with TRACE_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on RNN batch sizes and shape inference
         # PRESERVE: an eval-mode module exports BatchNormalization as it is, not folded into the Conv before it
-        torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=17, input_names=["input"],
+        torch.onnx.export(module, tuple(examples),
+                          buffer, dynamo=False, opset_version=17, input_names=names,
                           training=torch.onnx.TrainingMode.PRESERVE,
-                          output_names=["output"], dynamic_axes={"input": dynamic, "output": {0: "batch"}})
+                          output_names=output_names, dynamic_axes=dynamic)
     proto = onnx.load_model_from_string(buffer.getvalue())
     if direct_rnn_layers(model):
         write_rnn_nodes(onnx, proto, model, plan or traced_plan(model, WriteOptions()))

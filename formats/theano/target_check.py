@@ -56,8 +56,8 @@ def read_output(path: str) -> tuple[dict[tuple[str, str], Declared], list[str]]:
             array = np.asarray(arrays[position[key]])
             if param == "weight" and isinstance(entry.get("semantics"), str):
                 item = Declared(array, str(entry.get("layout", "")), entry["semantics"])
-            elif param == "weight" and entry.get("kind") == "dense":
-                item = Declared(array, str(entry.get("layout", "i o")))
+            elif param == "weight" and entry.get("kind") in ("dense", "prelu"):
+                item = Declared(array, str(entry.get("layout", "i o" if entry.get("kind") == "dense" else "c")))
             else:
                 item = Declared(array, "o" * array.ndim)
             found[(str(entry.get("name")), str(param))] = item

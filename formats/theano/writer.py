@@ -4,7 +4,11 @@ plus a JSON spec describing each array (the same spec format the Theano reader t
 Conv kernels are written ``(out, in/groups, rows, cols)`` flipped for Theano's default
 ``conv2d(filter_flip=True)`` / Lasagne ``Conv2DLayer`` (``--target-semantics correlation`` for
 ``Conv2DDNNLayer`` or ``filter_flip=False``); dense ``W`` as ``(num_inputs, num_units)``; batch norm as
-Lasagne's ``beta, gamma, mean, inv_std`` (``inv_std = 1/sqrt(var + eps)``). The pickle holds only
+Lasagne's ``beta, gamma, mean, inv_std`` (``inv_std = 1/sqrt(var + eps)``); a transposed convolution as
+``TransposedConv2DLayer``'s ``W`` ``(in, out, rows, cols)``, flipped for its default ``flip_filters=False``
+(the gradient of Theano's ``conv2d(filter_flip=True)``; ``--target-semantics correlation`` for
+``flip_filters=True``) with its ``crop`` in the spec; a PReLU as ``ParametricRectifierLayer``'s ``alpha``, one
+slope per channel ``(C,)`` or per element ``(C, H, W)`` (``shared_axes=0``). The pickle holds only
 lists and numpy arrays (protocol 2, arrays named through ``numpy.core`` so that numpy 1.x, Python 2's
 included, loads them; fixtures/theano_target holds a real Theano 1.0.5 run of a written pickle).
 """
@@ -22,7 +26,7 @@ from weightport.core.describe import jsonable
 from weightport.core.errors import UnsupportedError
 from weightport.core.layout import CONVOLUTION, Layout, NO_SEMANTICS
 from weightport.core.steps import Relayout
-from weightport.core.model import Model
+from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, canonical_plan, note_bfloat16_widened
 
@@ -49,7 +53,9 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
     for layer in model.layers:
         if not layer.tensors:
             continue
-        if layer.kind in ("conv", "depthwise"):
+        if layer.kind in ("conv", "depthwise", "conv_transpose"):
+            if layer.kind == "conv_transpose":
+                lasagne_transposed_conv(layer)
             weight = canonical[(layer.name, "weight")]
             target = Layout(weight.layout.pattern, semantics)
             planned.append(replace(weight, steps=(Relayout(weight.layout, target),), layout=target,
@@ -62,6 +68,8 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
                                    key=f"{layer.name}.W"))
             if (layer.name, "bias") in canonical:
                 planned.append(renamed(canonical[(layer.name, "bias")], f"{layer.name}.b"))
+        elif layer.kind == "prelu":
+            planned.append(renamed(canonical[(layer.name, "weight")], f"{layer.name}.alpha"))
         elif layer.kind == "batchnorm":
             for param, lasagne in LASAGNE_BATCHNORM:
                 item = renamed(canonical[(layer.name, param)], f"{layer.name}.{lasagne}")
@@ -70,8 +78,25 @@ def theano_plan(model: Model, options: WriteOptions) -> Plan:
                 planned.append(item)
         else:
             raise UnsupportedError(f"layer {layer.name!r} ({layer.kind}) has no Lasagne array layout here",
-                                   fix="Supported for the theano target: conv, depthwise, dense, batchnorm")
+                                   fix="Supported for the theano target: conv, depthwise, conv_transpose, dense, "
+                                       "batchnorm, prelu")
     return Plan("theano", planned, list(model.warnings))
+
+
+def lasagne_transposed_conv(layer: Layer) -> None:
+    """Refuse a transposed convolution Lasagne's ``TransposedConv2DLayer`` cannot compute: it crops the same
+    amount on both sides of an axis (``crop``), has no groups, no dilation and no output padding."""
+    a = layer.attrs
+    pads = a.get("pads") or [[0, 0]] * a.get("rank", 2)
+    problems = ([f"uneven crops {pads}"] if any(before != after for before, after in pads) else []) + \
+        ([f"groups={a['groups']}"] if a.get("groups", 1) != 1 else []) + \
+        ([f"dilations {list(a['dilations'])}"] if any(d != 1 for d in a.get("dilations") or ()) else []) + \
+        ([f"output_padding {list(a['output_padding'])}"] if any(a.get("output_padding") or ()) else []) + \
+        ([f"spatial rank {a.get('rank')}"] if a.get("rank", 2) not in (2, 3) else [])
+    if problems:
+        raise UnsupportedError(f"layer {layer.name!r} is a transposed convolution with {', '.join(problems)}, which "
+                               "Lasagne's TransposedConv2DLayer/TransposedConv3DLayer (one crop per axis) cannot "
+                               "compute", fix="Convert to the torch, onnx or npz target")
 
 
 class LegacyNumpyPickler(pickle._Pickler):
@@ -102,6 +127,8 @@ def spec_for(model: Model, plan: Plan) -> dict:
             entry["params"] = {p.key.rsplit(".", 1)[1]: ("inv_std" if p.key.endswith("inv_std") else p.param)
                                for p in items}
             kernel = [p for p in items if p.layout.semantics != NO_SEMANTICS]
+            if layer.kind == "conv_transpose":
+                entry["crop"] = [before for before, _ in layer.attrs.get("pads") or [[0, 0]] * layer.attrs.get("rank", 2)]
             if kernel:
                 a = layer.attrs
                 entry.update(layout=kernel[0].layout.pattern, semantics=kernel[0].layout.semantics,
@@ -109,6 +136,8 @@ def spec_for(model: Model, plan: Plan) -> dict:
                              pads=a.get("pads") or [[0, 0]] * a.get("rank", 2), groups=a.get("groups", 1))
             elif layer.kind == "dense":
                 entry["layout"] = "i o"
+            elif layer.kind == "prelu":  # ParametricRectifierLayer: alpha over the axes not shared, channels first
+                entry["layout"] = items[0].layout.pattern
             if layer.kind == "batchnorm":
                 entry["epsilon"] = layer.attrs.get("epsilon", 1e-4)
         if not items:

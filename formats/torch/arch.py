@@ -59,9 +59,12 @@ def conv_attrs(module: Any, kind: str) -> dict[str, Any]:
 
 
 def rnn_attrs(module: Any, kind: str) -> dict[str, Any]:
+    """A torch LSTM/GRU's attributes; ``num_layers`` > 1 is a stack (tensors ``*_l0``, ``*_l1``, ...), each
+    layer reading the one below (both directions concatenated when bidirectional)."""
     return {"units": module.hidden_size, "return_sequences": True, "go_backwards": False,
             "bidirectional": module.bidirectional, "batch_first": module.batch_first,
-            "reset_after": True, "activation": "tanh", "recurrent_activation": "sigmoid"}
+            "reset_after": True, "activation": "tanh", "recurrent_activation": "sigmoid",
+            **({"num_layers": module.num_layers} if module.num_layers > 1 else {})}
 
 
 # nn class name -> (canonical kind, attributes, {param: canonical pattern or conv role})
@@ -144,9 +147,9 @@ def assign_kinds(module: Any, model: Model) -> None:
             continue
         kind, attrs = KINDS[cls]
         layer.kind, layer.attrs, layer.source_class = kind, attrs(sub, kind), f"torch.nn.{cls}"
-        if kind in ("lstm", "gru") and (sub.num_layers > 1 or getattr(sub, "proj_size", 0)):
+        if kind in ("lstm", "gru") and getattr(sub, "proj_size", 0):
             layer.kind = "other"
-            model.warn(f"layer {name!r}: torch.nn.{cls} with num_layers={sub.num_layers}: kept as stored (kind "
+            model.warn(f"layer {name!r}: torch.nn.{cls} with proj_size={sub.proj_size}: kept as stored (kind "
                        "other); targets that need layer kinds refuse it")
             continue
         canonical_layouts(layer)
@@ -253,6 +256,7 @@ def unknown_flatten(model: Model) -> list[str]:
     return list(model.source.details.get(UNKNOWN_FLATTEN, []))
 
 
+STACKED_RNN_TARGETS = ("torch", "npz", "keras")  # targets that write a num_layers > 1 LSTM/GRU
 ARCHITECTURE_LESS = ("torch_pt", "safetensors")  # source formats whose files may hold no architecture
 
 
@@ -266,6 +270,15 @@ def require_architecture(model: Model, target_name: str, needs_kinds: bool, temp
                          path=model.source.path,
                          fix="Give {opt:arch=model.py:Class} (your own torch module, imported to read its layers; "
                              "add {opt:input_shape=C,H,W} to trace it), or convert to torch, npz or raw")
+    stacked = [layer for layer in model.layers if layer.attrs.get("num_layers", 1) > 1]
+    if stacked and target_name not in STACKED_RNN_TARGETS and not (target_name == "onnx" and user_module(model)):
+        layer = stacked[0]
+        raise UnsupportedError(f"layer {layer.name!r} is a torch.nn.{layer.kind.upper()} of num_layers="
+                               f"{layer.attrs['num_layers']}, which the {target_name} target writes one layer at a "
+                               "time only", path=model.source.path,
+                               fix=f"Convert to {', '.join(STACKED_RNN_TARGETS)} (keras: one Keras layer per torch "
+                                   "layer) or onnx (traced from the {opt:arch} module), or split the module into "
+                                   "one-layer RNNs")
     unknown = unknown_flatten(model)
     if unknown and target_name == "keras":
         raise UnsupportedError(f"Linear layer(s) {', '.join(map(repr, unknown))} read a flatten of a permuted map "

@@ -283,6 +283,7 @@ class CanonicalModule(nn.Module):
         self.model = model
         self.post: dict[str, Any] = {}
         self.layer_modules: dict[str, nn.Module] = {}
+        self.also_return: list[str] = []  # layers whose outputs forward gives after the model's output
         kinds = value_kinds(model)
         for layer in model.layers:
             module = self.module_for(layer)
@@ -309,13 +310,22 @@ class CanonicalModule(nn.Module):
         build = BUILDERS.get(layer.kind)
         return build(layer, self.model) if build is not None else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *xs: torch.Tensor) -> Any:
+        """The model's output given one tensor per ``input`` layer, in the model's order (a graph's extra
+        inputs, such as an RNN's initial state, after the first); every layer's output is kept in ``values``."""
+        entries = self.model.input_layers()
+        if len(xs) != max(len(entries), 1):
+            raise UnsupportedError(f"the model takes {len(entries)} inputs ({', '.join(l.name for l in entries)}), "
+                                   f"given {len(xs)}", fix="Give one array for each input of the model")
+        fed = {layer.name: x for layer, x in zip(entries, xs)}
         values: dict[str, torch.Tensor] = {}
         kinds = value_kinds(self.model)
-        previous = x
+        previous = xs[0]
         for position, layer in enumerate(self.model.layers):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
             inputs = [values[n] for n in names] if names else [previous]
+            if layer.name in fed:
+                inputs = [fed[layer.name]]
             feeding = kinds.get(names[0]) if names else input_kind(self.model)
             if layer.kind in SEQUENCE_CONSUMERS and feeding == "map" and inputs[0].dim() == 3:
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
@@ -324,12 +334,15 @@ class CanonicalModule(nn.Module):
             previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
         self.values = values  # every layer's output of the last call, for naming a first divergence
-        return previous
+        return (previous,) + tuple(values[name] for name in self.also_return) if self.also_return else previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
         """One layer's output: its weighted module, or the weightless op registered in :data:`RUNS`."""
+        if "output_of" in layer.attrs:  # another output of a layer module (an RNN's final states)
+            return self.layer_modules[layer.attrs["output_of"]].extra_outputs[layer.attrs["output_index"] - 1]
         if layer.name in self.layer_modules:
-            return self.layer_modules[layer.name](inputs[0])
+            module = self.layer_modules[layer.name]
+            return module(*inputs) if getattr(module, "takes_all_inputs", False) else module(inputs[0])
         run = RUNS.get(layer.kind)
         if run is None:
             raise UnsupportedError(f"layer {layer.name!r} of kind {layer.kind} ({layer.source_class}) cannot be "
@@ -393,7 +406,8 @@ def recurrent_module(layer: Layer, model: Model) -> nn.Module:
     if a.get("bidirectional") and merge not in ("concat", "onnx"):
         raise UnsupportedError(f"layer {layer.name!r}: Bidirectional merge_mode {merge!r}")
     rnn = (nn.LSTM if layer.kind == "lstm" else nn.GRU)(weight.shape[1], a["units"], batch_first=True,
-                                                        bidirectional=bool(a.get("bidirectional")))
+                                                        bidirectional=bool(a.get("bidirectional")),
+                                                        num_layers=int(a.get("num_layers", 1)))
     return keras_recurrent(rnn, a["return_sequences"], a["go_backwards"],
                            directions_apart=bool(a.get("bidirectional")) and merge == "onnx")
 
@@ -484,6 +498,15 @@ def to_canonical_input(array: np.ndarray, model: Model) -> np.ndarray:
         last, channels_first = spatial_pattern(array.ndim - 2)
         return relayout(array, Layout(last), Layout(channels_first))
     return array
+
+
+def canonical_feeds(x: np.ndarray | tuple[np.ndarray, ...], model: Model) -> list[np.ndarray]:
+    """One array per input layer as :meth:`CanonicalModule.forward` takes them, from the source-layout
+    input ``x`` (a tuple for a model of several inputs): the first moved by :func:`to_canonical_input`, the
+    others as given (an ONNX graph's extra inputs are channels-first already; an RNN's initial state is
+    (directions, batch, hidden) in ONNX and torch alike)."""
+    arrays = list(x) if isinstance(x, (tuple, list)) else [x]
+    return [to_canonical_input(arrays[0], model)] + arrays[1:]
 
 
 def from_canonical_output(array: np.ndarray, model: Model) -> np.ndarray:

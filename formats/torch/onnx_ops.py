@@ -28,6 +28,7 @@ from weightport.core.model import Layer, Model
 Operands = list[Any]
 OpRun = Callable[[list[Any], dict[str, Any], Layer], Any]
 OPS: dict[str, OpRun] = {}
+CONTROL_FLOW = ("If", "Loop", "Scan")  # ops whose graph attributes (subgraphs) are not run here
 
 # ONNX TensorProto data types -> torch dtypes (Cast's ``to``)
 DTYPES = {1: torch.float32, 2: torch.uint8, 3: torch.int8, 5: torch.int16, 6: torch.int32, 7: torch.int64,
@@ -79,6 +80,11 @@ def operand_values(layer: Layer, inputs: list[torch.Tensor]) -> Operands:
 def run_onnx_op(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
     name = layer.attrs["op"]
     run = OPS.get(name) if layer.attrs.get("domain") in (None, "", "ai.onnx") else None
+    if run is None and name in CONTROL_FLOW:
+        raise UnsupportedError(f"layer {layer.name!r}: ONNX {name} runs subgraphs, which the torch module does not "
+                               "run", fix="Export the model with its control flow traced out (a constant If "
+                               "condition is inlined; torch.onnx: trace, not script), or convert to torch, npz or "
+                               "java, which keep the subgraphs' constants as stored")
     if run is None:
         raise UnsupportedError(f"layer {layer.name!r}: ONNX op {name} cannot be run in torch here",
                                fix="Validate this model layer by layer instead")
@@ -500,8 +506,12 @@ def resize(v: Operands, a: dict[str, Any], layer: Layer) -> torch.Tensor:
 # -- the ONNX LSTM/GRU inside a whole graph --------------------------------------------------------------
 def onnx_recurrent(layer: Layer, model: Model) -> nn.Module:
     """An ONNX LSTM/GRU fed by another op takes (seq, batch, features) and gives ONNX's ``Y``
-    (seq, directions, batch, hidden); the canonical batch-first module is wrapped to do so."""
+    (seq, directions, batch, hidden); the canonical batch-first module is wrapped to do so.  Its initial
+    states (``attrs["initial_state"]``: ``h``, ``c``, the layer's inputs after the sequence, each
+    (directions, batch, hidden), torch's ``h_0``/``c_0`` layout) are fed to it, a missing one as zeros; its
+    final states ``h_n`` (and ``c_n``) are kept in ``extra_outputs`` for the ``rnn_state`` layers."""
     rnn = BASE["lstm"](layer, model)
+    with_states(rnn, layer)
     if not layer.attrs.get("sequence_first"):
         return rnn
     rnn.register_forward_pre_hook(lambda _m, args: (args[0].transpose(0, 1),) + args[1:])
@@ -511,6 +521,27 @@ def onnx_recurrent(layer: Layer, model: Model) -> nn.Module:
         return apart.permute(1, 2, 0, 3)
     rnn.register_forward_hook(as_onnx)
     return rnn
+
+
+def with_states(rnn: nn.Module, layer: Layer) -> None:
+    """Feed ``rnn`` the initial states the layer takes, and keep its final states in ``extra_outputs``."""
+    present = list(layer.attrs.get("initial_state") or ())
+    rnn.takes_all_inputs = True
+
+    def initial(_m: nn.Module, args: tuple) -> tuple:
+        given = dict(zip(present, args[1:]))
+        if not given:
+            return args[:1]
+        zeros = torch.zeros_like(next(iter(given.values())))
+        if isinstance(rnn, nn.LSTM):
+            return args[0], (given.get("h", zeros), given.get("c", zeros))
+        return args[0], given["h"]
+
+    def keep(_m: nn.Module, _args: Any, out: Any) -> None:
+        states = out[1]
+        _m.extra_outputs = list(states) if isinstance(states, tuple) else [states]
+    rnn.register_forward_pre_hook(initial)
+    rnn.register_forward_hook(keep, prepend=True)
 
 
 def any_rank_batchnorm(layer: Layer, model: Model) -> nn.Module:

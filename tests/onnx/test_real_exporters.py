@@ -14,7 +14,7 @@ from tests.conftest import fixture_path
 pytestmark = pytest.mark.requires("onnx", "onnxruntime", "torch", "safetensors")
 
 CORPUS = ("paddle_ppocr_cls", "paddle_ppocrv4_det", "paddle_ppocrv4_rec", "tf2onnx_basic_pitch_nmp",
-          "torch_silero_vad_lstm")
+          "torch_silero_vad_lstm", "paddle_picodet_layout_cdla")
 TARGETS = (("keras", ".h5"), ("npz", ".npz"), ("java", ""), ("onnx", ".onnx"), ("theano", ".pkl"))
 
 
@@ -29,15 +29,17 @@ def recorded(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     return inputs, outputs
 
 
-def run_converted(model, path: str, x: np.ndarray):
-    """The canonical torch module with the converted file's state_dict (strict), run on ``x``."""
+def run_converted(model, path: str, x):
+    """The canonical torch module with the converted file's state_dict (strict), run on ``x``: one array, or a
+    dict of every graph input by name."""
     import torch
     from safetensors.torch import load_file
     from weightport.formats.torch.module import CanonicalModule
     module = CanonicalModule(model).eval()
     module.load_state_dict(load_file(path), strict=True)
+    feeds = [x[name] for name in model.source.details["inputs"]] if isinstance(x, dict) else [x]
     with torch.no_grad():
-        module(torch.from_numpy(x))
+        module(*[torch.from_numpy(a) for a in feeds])
     return module
 
 
@@ -63,17 +65,15 @@ def test_converts_to_torch_and_matches_onnxruntime(name, tmp_path):
     convert(corpus(name), out)
     model = load(corpus(name))
     inputs, outputs = recorded(name)
-    module = run_converted(model, out, next(iter(inputs.values())))
+    module = run_converted(model, out, inputs)
     mapped = model.source.details["outputs"]
     compared = 0
     for key, expected in outputs.items():
-        if key not in mapped:  # an RNN's final states Y_h, Y_c: the canonical layer computes Y only
-            continue
         got = module.values[mapped[key]].numpy()
         scale = max(1.0, float(np.abs(expected).max()))
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4 * scale, err_msg=f"{name}: output {key}")
         compared += 1
-    assert compared >= 1
+    assert compared == len(outputs)  # an RNN's final states Y_h, Y_c included
 
 
 ONNX_FIXTURES = sorted(f for f in os.listdir(fixture_path("onnx")) if f.endswith(".onnx"))
@@ -117,11 +117,16 @@ def test_validate_cli_passes_against_onnxruntime(name, run_cli, tmp_path):
     inputs, outputs = recorded(name)
     model = load(corpus(name))
     last = next(key for key, layer in model.source.details["outputs"].items() if layer == model.layers[-1].name)
-    np.save(tmp_path / "x.npy", next(iter(inputs.values())))
+    if len(inputs) > 1:  # every graph input, by name (silero's initial h and c)
+        np.savez(tmp_path / "x.npz", **inputs)
+        given = tmp_path / "x.npz"
+    else:
+        np.save(tmp_path / "x.npy", next(iter(inputs.values())))
+        given = tmp_path / "x.npy"
     np.save(tmp_path / "y.npy", outputs[last])
     assert run_cli("convert", corpus(name), "-o", tmp_path / "m.safetensors")[0] == 0
     code, out, err = run_cli("validate", corpus(name), tmp_path / "m.safetensors",
-                             "--input", tmp_path / "x.npy", "--expected", tmp_path / "y.npy")
+                             "--input", given, "--expected", tmp_path / "y.npy")
     assert code == 0, out + err
     assert "PASS whole model vs recorded output" in out and "SKIP" not in out
     if name.endswith("rec"):
@@ -130,7 +135,8 @@ def test_validate_cli_passes_against_onnxruntime(name, run_cli, tmp_path):
 
 OTHER_SIZES = {"paddle_ppocr_cls": (3, 3, 48, 160), "paddle_ppocrv4_det": (2, 3, 96, 128),
                "paddle_ppocrv4_rec": (2, 3, 48, 160),
-               "tf2onnx_basic_pitch_nmp": (2, 43844, 1), "torch_silero_vad_lstm": (5, 576)}
+               "tf2onnx_basic_pitch_nmp": (2, 43844, 1), "torch_silero_vad_lstm": (5, 576),
+               "paddle_picodet_layout_cdla": (1, 3, 800, 608)}  # a fixed-size graph: only its own size
 
 
 @pytest.mark.parametrize("name", CORPUS)
@@ -147,7 +153,7 @@ def test_traced_onnx_keeps_the_dynamic_axes(name, run_cli, tmp_path):
     expected = source.run(None, feeds)
     written = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [d for d in written.get_inputs()[0].shape if isinstance(d, str)]  # declared dynamic
-    got = written.run(None, {written.get_inputs()[0].name: x})[0]
+    got = written.run(None, dict(zip([i.name for i in written.get_inputs()], feeds.values())))[0]
     errors = [float(np.abs(e - got).max()) for e in expected if e.shape == got.shape]
     assert errors and min(errors) < 1e-4, (got.shape, [e.shape for e in expected], errors)
 

@@ -18,6 +18,7 @@ import pickletools
 
 import h5py
 import numpy as np
+import pytest
 import scipy.signal
 import tensorflow as tf
 import torch
@@ -170,3 +171,118 @@ def test_theano_to_theano_round_trip_is_bit_identical_for_kernels(run_cli, tmp_p
     # conv2 was a correlation kernel (filter_flip=False); for Theano's default conv2d it is now flipped
     np.testing.assert_array_equal(after[spec_out.index("conv2.W")], original[spec_in.index("conv2.W")][:, :, ::-1, ::-1])
     assert before
+
+
+# -- transposed convolutions and PReLU (issue 17): Lasagne's TransposedConv2DLayer and ParametricRectifierLayer
+def onnx_single_node(path, node, inits: dict[str, np.ndarray], in_shape, out_shape) -> str:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def onnxruntime_y(path: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def lasagne_transposed_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride, crop,
+                            flip_filters: bool = False) -> np.ndarray:
+    """Lasagne TransposedConv2DLayer on (N, C, H, W), W of shape (C, num_filters, rows, cols): the input
+    gradient of Theano's conv2d(filter_flip=not flip_filters), i.e. every input sample spread by the stride,
+    fully correlated with W (flip_filters=False, the default) or fully convolved (flip_filters=True), summed
+    over input channels, then ``crop`` cut from both ends of each axis, plus ``b``."""
+    spread = np.zeros(x.shape[:2] + tuple((n - 1) * s + 1 for n, s in zip(x.shape[2:], stride)))
+    spread[:, :, ::stride[0], ::stride[1]] = x
+    slide = scipy.signal.convolve if flip_filters else scipy.signal.correlate
+    full = np.stack([np.stack([sum(slide(spread[n, c], weight[c, j], mode="full") for c in range(x.shape[1]))
+                               for j in range(weight.shape[1])]) for n in range(x.shape[0])])
+    (top, left) = crop
+    cropped = full[:, :, top:full.shape[2] - top, left:full.shape[3] - left]
+    return cropped + bias.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("semantics,flip_filters", [(None, False), ("correlation", True)])
+def test_written_transposed_conv_computes_like_lasagne(semantics, flip_filters, run_cli, tmp_path):
+    """ConvTranspose (stride 2 by 1, crop 1 by 0, a 3x2 kernel, bias) written for TransposedConv2DLayer: its
+    default flip_filters=False takes the kernel flipped, --target-semantics correlation for flip_filters=True
+    takes it as ONNX stores it; Lasagne's formula on the written arrays gives onnxruntime's output."""
+    from onnx import helper
+    rng = np.random.default_rng(31)
+    weight = rng.standard_normal((3, 2, 3, 2)).astype(np.float32)
+    bias = rng.standard_normal(2).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], strides=[2, 1], pads=[1, 0, 1, 0])
+    path = onnx_single_node(tmp_path / "deconv.onnx", node, {"w": weight, "b": bias}, ["n", 3, 4, 5], ["n", 2, 7, 6])
+    out = tmp_path / "lasagne.pkl"
+    extra = ("--target-semantics", semantics) if semantics else ()
+    code, _, err = run_cli("convert", path, "-o", out, "--to", "theano", *extra)
+    assert code == 0, err
+    arrays, spec = pickled_arrays(str(out), str(tmp_path / "lasagne.spec.json"))
+    entry = next(layer for layer in spec["layers"] if layer["kind"] == "conv_transpose")
+    assert entry["crop"] == [1, 0] and entry["strides"] == [2, 1]
+    name = entry["name"]
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = lasagne_transposed_conv(x.astype(np.float64), arrays[f"{name}.W"], arrays[f"{name}.b"], entry["strides"],
+                                  entry["crop"], flip_filters)
+    np.testing.assert_allclose(got, onnxruntime_y(path, x), rtol=0, atol=1e-5)
+    wrong = lasagne_transposed_conv(x.astype(np.float64), arrays[f"{name}.W"], arrays[f"{name}.b"],
+                                    entry["strides"], entry["crop"], not flip_filters)
+    assert np.abs(wrong - onnxruntime_y(path, x)).max() > 1e-2  # the flag matters: the kernel is not symmetric
+
+
+def test_a_transposed_conv_lasagne_cannot_crop_is_refused_in_one_line(run_cli, tmp_path):
+    from onnx import helper
+    rng = np.random.default_rng(32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], pads=[0, 0, 1, 1])
+    path = onnx_single_node(tmp_path / "uneven.onnx", node, {"w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32)},
+                            [1, 3, 4, 4], [1, 2, 8, 8])
+    code, _, err = run_cli("convert", path, "-o", tmp_path / "out.pkl", "--to", "theano")
+    assert code == 2 and "uneven crops" in err and err.count("\n") == 1 and not (tmp_path / "out.pkl").exists()
+
+
+def lasagne_prelu(x: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """ParametricRectifierLayer: max(x, 0) + alpha * min(x, 0), alpha over the axes not shared (channels
+    first: (C,) broadcast on axis 1 for shared_axes='auto', (C, H, W) on every axis but the batch's)."""
+    alpha = alpha.reshape((1,) + alpha.shape + (1,) * (x.ndim - 1 - alpha.ndim))
+    return np.maximum(x, 0) + alpha * np.minimum(x, 0)
+
+
+def test_written_prelu_slopes_compute_like_lasagne(run_cli, tmp_path):
+    """facenet's real PNet (legacy torch.save, --arch its own module): each PReLU's alpha in the pickle, run
+    through Lasagne's formula, gives what torch.nn.PReLU holding the checkpoint's weights gives."""
+    real = fixture_path("real", "torch")
+    out = tmp_path / "pnet.pkl"
+    code, _, err = run_cli("convert", f"{real}/facenet_pnet.pt", "-o", out, "--to", "theano",
+                           "--arch", f"{real}/facenet_mtcnn.py:PNet", "--input-shape", "3,12,12")
+    assert code == 0, err
+    arrays, spec = pickled_arrays(str(out), str(tmp_path / "pnet.spec.json"))
+    state = torch.load(f"{real}/facenet_pnet.pt", map_location="cpu", weights_only=True)
+    x = np.random.default_rng(33).standard_normal((2, 32, 5, 5)).astype(np.float32)
+    for name in ("prelu1", "prelu2", "prelu3"):
+        module = torch.nn.PReLU(state[f"{name}.weight"].numel())
+        module.load_state_dict({"weight": state[f"{name}.weight"]})
+        channels = module.weight.numel()
+        with torch.no_grad():
+            expected = module(torch.from_numpy(x[:, :channels].copy())).numpy()
+        got = lasagne_prelu(x[:, :channels].astype(np.float64), arrays[f"{name}.alpha"])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_a_per_element_prelu_slope_is_lasagnes_unshared_alpha(run_cli, tmp_path):
+    """ONNX PRelu with one slope per element (3, 4, 5): alpha for ParametricRectifierLayer(shared_axes=0),
+    checked against onnxruntime (a transposed or channels-last alpha would fail: every axis differs)."""
+    from onnx import helper
+    slope = np.random.default_rng(34).uniform(0.05, 0.9, (3, 4, 5)).astype(np.float32)
+    node = helper.make_node("PRelu", ["x", "slope"], ["y"])
+    path = onnx_single_node(tmp_path / "prelu.onnx", node, {"slope": slope}, ["n", 3, 4, 5], ["n", 3, 4, 5])
+    out = tmp_path / "lasagne.pkl"
+    code, _, err = run_cli("convert", path, "-o", out, "--to", "theano")
+    assert code == 0, err
+    arrays, spec = pickled_arrays(str(out), str(tmp_path / "lasagne.spec.json"))
+    entry = next(layer for layer in spec["layers"] if layer["kind"] == "prelu")
+    x = np.random.default_rng(35).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(lasagne_prelu(x.astype(np.float64), arrays[f"{entry['name']}.alpha"]),
+                               onnxruntime_y(path, x), rtol=0, atol=1e-6)

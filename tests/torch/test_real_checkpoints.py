@@ -228,10 +228,13 @@ def test_npz_and_java_hold_the_original_values(run_cli, tmp_path, path, arch):
     assert code == 0, err
 
 
-def test_pnet_to_theano_is_refused_for_its_prelu(run_cli, tmp_path):
-    """A genuine limit: the theano target has no Lasagne layout for PReLU (documented in docs/formats/torch.md)."""
-    code, _, err = run_cli("convert", PNET, "-o", tmp_path / "w.pkl", "--to", "theano", *PNET_ARCH)
-    assert code == 2 and "prelu1" in err, err
+def test_pnet_to_theano_writes_its_prelu_for_lasagne_and_validates(run_cli, tmp_path):
+    """PReLU is Lasagne's ParametricRectifierLayer alpha (its values checked with Lasagne's formula in
+    tests/theano/test_theano_target.py); the theano validator checks every layer of the written pickle."""
+    code, report, err = run_cli("convert", PNET, "-o", tmp_path / "w.pkl", "--to", "theano", *PNET_ARCH,
+                                "--validate", "--quiet")
+    assert code == 0, report + err
+    assert "PASS layer prelu1 (torch.nn.PReLU)" in report and "FAIL" not in report
 
 
 # -- hostile legacy files: refused before torch allocates anything ---------------------------------------
@@ -313,10 +316,11 @@ def test_resemblyzer_to_onnx_and_validate_with_its_module(run_cli, tmp_path):
     np.testing.assert_allclose(session.run(None, {"input": np.load(x)})[0], np.load(y), rtol=1e-5, atol=1e-6)
 
 
-def test_resemblyzer_three_layer_lstm_is_refused_for_keras(run_cli, tmp_path):
-    """A genuine limit: torch's num_layers=3 LSTM is one module; Keras needs three layers (not split yet)."""
+def test_resemblyzer_top_level_parameters_are_refused_for_keras(run_cli, tmp_path):
+    """A genuine limit: the checkpoint's top-level parameters belong to no layer, so no Keras layer holds them
+    (its 3-layer LSTM itself converts: tests/torch/test_stacked_rnn_to_keras.py)."""
     code, _, err = run_cli("convert", fetched(RESEMBLYZER), "-o", tmp_path / "r.h5", "--to", "keras", *RESEMBLYZER_ARCH)
-    assert code == 2 and "'lstm'" in err, err
+    assert code == 2 and "similarity_weight, similarity_bias" in err and err.count("\n") == 1, err
 
 
 def test_the_api_takes_arch_and_input_shape(tmp_path):
@@ -358,3 +362,27 @@ def test_inspect_shows_the_files_own_format_not_the_installed_torch(run_cli):
         assert code == 0, err
         assert out.splitlines()[0].endswith(f"torch_pt, {shown}, backend unknown"), out.splitlines()[0]
         assert torch.__version__ not in out
+
+
+def test_explain_to_onnx_with_arch_shows_the_plan_of_the_traced_graph(run_cli, tmp_path):
+    """explain --to onnx of a state dict with --arch: how the graph is made (the module traced on the input
+    shape), then every key; each key the written graph holds under its own name is the checkpoint's tensor
+    bit for bit (onnx reads the file, not weightport).  Without --input-shape it refuses as convert does."""
+    import json
+    onnx = require("onnx")
+    from onnx import numpy_helper
+    code, out, err = run_cli("explain", PNET, "--to", "onnx", *PNET_ARCH)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith("graph: the --arch module") and "(N, 3, 12, 12)" in out
+    code, out, err = run_cli("explain", PNET, "--to", "onnx", *PNET_ARCH, "--json")
+    report = json.loads(out)
+    want = original(PNET)
+    assert [row["key"] for row in report["tensors"]] == list(want) and report["notes"]
+    assert run_cli("convert", PNET, "-o", tmp_path / "p.onnx", *PNET_ARCH)[0] == 0
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "p.onnx")).graph.initializer}
+    named = [key for key in want if key in stored]
+    assert any(key.startswith("conv") for key in named)
+    for key in named:
+        np.testing.assert_array_equal(stored[key], want[key].numpy())
+    code, _, err = run_cli("explain", PNET, "--to", "onnx", "--arch", f"{MTCNN}:PNet")
+    assert code == 2 and "--input-shape" in err and err.count("\n") == 1

@@ -21,6 +21,7 @@ from weightport.checks.report import FAIL, NAMES, WHOLE_MODEL, Check, Report, co
 from weightport.checks.targets.common import WHOLE_RECORDED, WHOLE_REFERENCE, first_failed_layer, names_check
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
+from weightport.formats.keras.layers import stacked_as_keras_layers
 from weightport.formats.keras.target_check import (KerasSide, activation_notes, load_converted, load_weights,
                                                    rebuilt_source, run_model)
 
@@ -30,7 +31,9 @@ LOAD = "Keras load_weights of the converted file into the rebuilt source model"
 
 def validate_keras(source: Model, request: Any, read: Callable[[str], Model]) -> Report:
     """The Keras target's validator (the registry names it): structure, every layer in Keras 3, and the
-    whole model rebuilt in Keras 3 (``read``, weightport's reader, is never used on the converted file)."""
+    whole model rebuilt in Keras 3 (``read``, weightport's reader, is never used on the converted file).  A
+    stacked torch RNN is checked as the Keras layers it was written as, one per torch layer."""
+    source = stacked_as_keras_layers(source)
     report = request.report(source, "keras")
     x, expected = request.recorded(source)  # without recorded arrays whole_model runs the rebuilt source itself
     try:
