@@ -256,7 +256,8 @@ TORCH = os.path.join("real", "torch")
 # Each real model (fixtures/real/README.md: files other people's exporters wrote) -> the options it is read with.
 REAL: dict[str, tuple[str, ...]] = {
     "real/onnx/paddle_ppocr_cls.onnx": (), "real/onnx/paddle_ppocrv4_det.onnx": (),
-    "real/onnx/paddle_ppocrv4_rec.onnx": (), "real/onnx/tf2onnx_basic_pitch_nmp.onnx": (),
+    "real/onnx/paddle_ppocrv4_rec.onnx": (), "real/onnx/paddle_picodet_layout_cdla.onnx": (),
+    "real/onnx/tf2onnx_basic_pitch_nmp.onnx": (),
     "real/onnx/torch_silero_vad_lstm.onnx": (),
     "real/torch/facenet_pnet.pt": ("--arch", f"{fixture_path(TORCH, 'facenet_mtcnn.py')}:PNet", "--input-shape", "3,12,12"),
     "real/torch/facenet_rnet.pt": ("--arch", f"{fixture_path(TORCH, 'facenet_mtcnn.py')}:RNet", "--input-shape", "3,24,24"),
