@@ -73,11 +73,12 @@ def net_text(x: np.ndarray, layers: list[tuple[str, str, str]]) -> str:
 
 def batchnorm_layers(case: LayerCase) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, list[np.ndarray]]]]:
     """BatchNorm (mean, var, scale factor as stored) then Scale (gamma, beta) as the caffemodel held them; a
-    Scale layer alone is a Scale."""
+    Scale layer alone is a Scale, and so is the learned per-channel scale of SSD's Normalize (its L2
+    normalisation is a weightless layer of its own)."""
     a, stored = case.layer.attrs, case.stored
     scale = ("scale", "Scale", "scale_param { bias_term: true }")
     scale_blobs = ("scale", "Scale", [stored["weight"], stored["bias"]])
-    if case.layer.source_class == "Scale":
+    if case.layer.source_class in ("Scale", "Normalize"):
         return [scale], [scale_blobs]
     factor = np.asarray([a.get("caffe_scale_factor", 1.0)], np.float32)
     norm = ("norm", "BatchNorm", f"batch_norm_param {{ use_global_stats: true eps: {a['epsilon']!r} }}")

@@ -28,7 +28,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
 from weightport.core.rules import hard_sigmoid_coefficients
-from weightport.formats.torch import onnx_ops
+from weightport.formats.torch import caffe_ops, onnx_ops
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -310,11 +310,19 @@ class CanonicalModule(nn.Module):
         return build(layer, self.model) if build is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's output.  Post-processing layers that are not ported (SSD's PriorBox, DetectionOutput:
+        ``attrs["post_processing"]``) and what they feed are not run; every other layer's output is still in
+        :attr:`values`, and a model ending in them raises UnsupportedError after running the rest."""
         values: dict[str, torch.Tensor] = {}
+        self.values = values  # every layer's output of the last call, for naming a first divergence
         kinds = value_kinds(self.model)
         previous = x
+        not_run: list[Layer] = []
         for position, layer in enumerate(self.model.layers):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
+            if layer.attrs.get("post_processing") or any(name not in values for name in layer.inputs):
+                not_run.append(layer)
+                continue
             inputs = [values[n] for n in names] if names else [previous]
             feeding = kinds.get(names[0]) if names else input_kind(self.model)
             if layer.kind in SEQUENCE_CONSUMERS and feeding == "map" and inputs[0].dim() == 3:
@@ -323,7 +331,14 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
             previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
-        self.values = values  # every layer's output of the last call, for naming a first divergence
+        if self.model.layers and self.model.layers[-1] in not_run:
+            first = next(layer for layer in not_run if layer.attrs.get("post_processing"))
+            used = {name for layer in self.model.layers if layer not in not_run for name in layer.inputs}
+            fed = sorted({name for layer in not_run for name in layer.inputs if name in values and name not in used})
+            raise UnsupportedError(f"the model ends in post-processing that is not ported ({first.name}, "
+                                   f"{first.source_class}); the converted model's outputs are {', '.join(fed)}",
+                                   fix="Compare those outputs, and run the post-processing from its recorded "
+                                       "parameters")
         return previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -505,5 +520,6 @@ def spatial_input(model: Model) -> bool:
 
 
 onnx_ops.register(sys.modules[__name__])  # the weightless ONNX ops of whole real graphs
+caffe_ops.register(sys.modules[__name__])  # Caffe / Torch7 weightless layers (LRN, Power, Reshape, Slice, ...)
 from weightport.formats.torch.keras_ops import register as register_keras_ops  # noqa: E402
 register_keras_ops(BUILDERS, RUNS, OUTPUT_KINDS)  # Keras functional layers (formats/torch/keras_ops.py)

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file
 from tests.conftest import fixture_path, require
 
 FIXTURES = ("conv_axes", "conv_group_dilation", "deconv", "inner_product", "batchnorm_scale", "batchnorm_alone",
-            "pooling_ceil", "eltwise_concat", "prelu", "v1_layers")
+            "pooling_ceil", "eltwise_concat", "prelu", "v1_layers", "lrn_power", "reshape_slice")
 TOLERANCE = 1e-5  # measured worst 2.9e-6 (batchnorm_scale); float32 noise of the nets' scale (~5)
 
 
@@ -123,6 +123,15 @@ def without_scale_factor(layer: str, factor: float):
     return edit
 
 
+def slice_points(name: str, points: list[int]):
+    """Every output of Slice ``name`` (one layer each) cut at other points."""
+    def edit(model, _state):
+        for layer in model.layers:
+            if layer.source_class == "Slice" and layer.name.startswith(name):
+                layer.attrs["points"] = points
+    return edit
+
+
 MISTAKES = {
     "flipped kernel": ("conv_axes", flip_kernel("conv1")),
     "flipped dilated group kernel": ("conv_group_dilation", flip_kernel("conv1")),
@@ -134,6 +143,13 @@ MISTAKES = {
     "average without padding": ("pooling_ceil", pool_attr("pool_ave", "count_include_pad", False)),
     "BatchNorm scale factor ignored": ("batchnorm_scale", without_scale_factor("bn1", 7.5)),
     "BatchNorm alone, scale factor ignored": ("batchnorm_alone", without_scale_factor("bn1", 3.0)),
+    "LRN alpha not divided by local_size": ("lrn_power", pool_attr("lrn_across", "alpha", 0.7 * 3)),
+    "LRN within channel, alpha divided by size, not its square": ("lrn_power", pool_attr("lrn_within", "alpha", 0.9 * 3)),
+    "LRN within channel run across channels": ("lrn_power", pool_attr("lrn_within", "region", "ACROSS_CHANNELS")),
+    "Power scale and shift swapped": ("lrn_power", pool_attr("square", "scale", 1.5)),
+    "Slice at other points": ("reshape_slice", slice_points("cut", [3, 6])),
+    "Reshape -1 on the other axis": ("reshape_slice", pool_attr("rows", "dims", [0, -1, 16])),
+    "Softmax over the channels, not axis 2": ("reshape_slice", pool_attr("prob", "axis", 1)),
 }
 
 
@@ -216,8 +232,47 @@ def test_real_res10_face_detector_backbone_reproduces_opencv_layer_by_layer(run_
     np.testing.assert_allclose(final, references[-1], atol=1e-5 * float(np.abs(references[-1]).max()))
 
 
-def test_real_res10_full_model_is_refused_naming_the_ssd_layer(run_cli, tmp_path):
+RES10_OUTPUTS = ("mbox_loc", "mbox_conf_flatten")  # what feeds DetectionOutput besides the priors
+
+
+def test_real_res10_whole_detector_converts_and_reproduces_opencv_up_to_the_ssd_post_processing(run_cli, tmp_path):
+    """The whole deploy net: every convolution and Normalize's scale converted; Normalize, Permute, Flatten,
+    Concat, Reshape and Softmax over axis 2 run in torch and give OpenCV's box offsets and class scores;
+    PriorBox and DetectionOutput are kept with their parameters and reported as not ported."""
+    from weightport.api import load
+    caffemodel, text = res10_files()
+    out = tmp_path / "res10.safetensors"
+    code, _, err = run_cli("convert", caffemodel, "-o", out)
+    assert code == 0, err
+    assert "not ported: conv4_3_norm_mbox_priorbox (PriorBox)" in err and "detection_out (DetectionOutput)" in err
+    state = load_file(str(out))
+    assert state["conv4_3_norm.weight"].shape == (128,)
+    model = load(caffemodel)
+    post = {layer.name: layer for layer in model.layers if layer.attrs.get("post_processing")}
+    assert sorted(layer.source_class for layer in post.values()) == ["DetectionOutput"] + ["PriorBox"] * 6
+    assert post["detection_out"].attrs["params"]["detection_output_param"]["num_classes"] == 2
+    rng = np.random.default_rng(11)
+    x = (rng.uniform(0, 255, (1, 3, 300, 300)) - np.array([104, 177, 123]).reshape(1, 3, 1, 1)).astype(np.float32)
+    names = list(RES10_OUTPUTS) + ["conv4_3_norm", "mbox_conf_reshape"]
+    references = opencv_forward(text, caffemodel, x, names)
+    torch = require("torch")
+    from weightport.core.errors import UnsupportedError
+    from weightport.formats.torch.module import CanonicalModule
+    module = CanonicalModule(model)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    with torch.no_grad(), pytest.raises(UnsupportedError, match="post-processing that is not ported .* mbox_conf_flatten, mbox_loc"):
+        module(torch.from_numpy(x))
+    for name, reference in zip(names, references):
+        ours = module.values[name].numpy().reshape(reference.shape)
+        assert np.abs(ours - reference).max() <= 1e-5 * max(float(np.abs(reference).max()), 1.0), name
+    code, stdout, err = run_cli("validate", caffemodel, out)
+    assert code == 0 and "PASS layer conv4_3_norm (Normalize)" in stdout, stdout + err
+    assert "SKIP whole model" in stdout and "UNCHECKED" not in stdout, stdout
+
+
+def test_real_res10_onnx_target_refuses_the_post_processing_in_one_line(run_cli, tmp_path):
     caffemodel, _ = res10_files()
-    code, _, err = run_cli("convert", caffemodel, "-o", tmp_path / "x.safetensors")
-    assert code == 2 and "conv4_3_norm" in err and "Normalize" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x.safetensors").exists()
+    code, _, err = run_cli("convert", caffemodel, "-o", tmp_path / "x.onnx", "--quiet")
+    assert code == 2 and "post-processing that is not ported" in err
+    assert len(err.strip().splitlines()) == 1 and "mbox_loc" in err
+    assert not (tmp_path / "x.onnx").exists()
