@@ -11,12 +11,14 @@ Layouts (Torch7 computes cross-correlation, rule ``torch7-correlation``):
   scale is 1 and the shift 0.
 * ``nn.Linear`` ``(out, in)``; ``nn.View``/``nn.Reshape`` to one dimension flatten C, H, W (torch's order).
 * Pooling keeps ``ceil_mode`` and (average) ``count_include_pad`` (Torch7's default: true).
+* ``nn.Normalize(p, eps)`` divides by ``(sum |x|^p + eps)^(1/p)`` over the features; ``nn.LogSoftMax``.
 * ``cudnn.X`` reads as ``nn.X``.  Containers: ``nn.Sequential``, ``nn.Concat`` (inception branches on one
   input), ``nn.ConcatTable`` with ``nn.JoinTable`` / ``nn.CAddTable`` (residual blocks), ``nn.Identity``.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -363,6 +365,19 @@ class Torch7Reader:
         layer.tensors["weight"] = self.tensor(name, module, "weight", "c", "c")
         return layer
 
+    def normalize(self, module: TorchObject, name: str) -> Layer:
+        """``nn.Normalize(p, eps)``: ``x / (sum(|x|^p) + eps)^(1/p)`` over the features (eps inside the root, as
+        Torch7 computes it; default eps 1e-10); the infinity norm is carried by name only."""
+        p = number(module, "p", 2.0)
+        if not math.isfinite(p) or p <= 0:
+            return Layer(name, "other", {"op": f"{module.class_name} p={p:g}"}, source_class=module.class_name)
+        return Layer(name, "normalize", {"p": p, "eps": number(module, "eps", 1e-10), "axis": 1},
+                     source_class=module.class_name)
+
+    def log_softmax(self, module: TorchObject, name: str) -> Layer:
+        """``nn.LogSoftMax``: log-softmax over the features (the channels of a map)."""
+        return Layer(name, "softmax", {"axis": 1, "log": True}, source_class=module.class_name)
+
     def view(self, module: TorchObject, name: str) -> Layer:
         """``View(n)`` / ``Reshape(n)`` of a map to one dimension: a C, H, W flatten."""
         size = module.get("size")
@@ -384,6 +399,7 @@ LEAVES: dict[str, Callable[[Torch7Reader, TorchObject, str], Layer]] = {
     "SpatialAveragePooling": Torch7Reader.pooling, "ReLU": Torch7Reader.threshold, "Threshold": Torch7Reader.threshold,
     "Tanh": Torch7Reader.activation, "Sigmoid": Torch7Reader.activation, "SoftMax": Torch7Reader.activation,
     "PReLU": Torch7Reader.prelu, "View": Torch7Reader.view, "Reshape": Torch7Reader.view,
+    "Normalize": Torch7Reader.normalize, "LogSoftMax": Torch7Reader.log_softmax,
 }
 
 

@@ -2,7 +2,8 @@
 oracle: each fixture (one model per module kind, written by weightport.formats.torch7.encode, one of them
 big-endian with 4-byte longs) is converted to torch and ONNX with the real CLI and must reproduce OpenCV's
 forward pass, live and recorded.  Each trap is put back on purpose (a flipped kernel, an MM weight unflattened
-in the wrong order, floor pooling, running_std read as a variance, an H, W, C flatten) and must fail."""
+in the wrong order, floor pooling, running_std read as a variance, an H, W, C flatten, Normalize's p or eps
+ignored, LogSoftMax as SoftMax) and must fail."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.caffe.test_caffe_opencv import TOLERANCE, flip_kernel, hwc_flatten, p
 from tests.conftest import fixture_path, require
 
 FIXTURES = ("conv_mm", "conv_cudnn", "batchnorm_var", "batchnorm_std", "pool_ceil", "linear_view",
-            "inception_concat", "residual_cadd", "full_dilated_prelu", "conv_mm_big_endian_long4")
+            "inception_concat", "residual_cadd", "full_dilated_prelu", "conv_mm_big_endian_long4", "linear_normalize",
+            "normalize_p3", "linear_logsoftmax")
 TWINS = {"conv_mm_big_endian_long4": "conv_mm"}  # OpenCV reads only its machine's byte order
 
 
@@ -95,6 +97,10 @@ MISTAKES = {
     "floor pooling": ("pool_ceil", pool_attr("0", "ceil_mode", False)),
     "running_std read as the variance": ("batchnorm_std", std_read_as_variance("1")),
     "H, W, C flatten": ("linear_view", hwc_flatten("4", 4, 2, 2)),
+    "Normalize(3) run as an L2 norm": ("normalize_p3", pool_attr("3", "p", 2.0)),
+    "Normalize's eps dropped": ("normalize_p3", pool_attr("3", "eps", 0.0)),
+    "Normalize over the batch axis": ("linear_normalize", pool_attr("4", "axis", 0)),
+    "LogSoftMax run as SoftMax": ("linear_logsoftmax", pool_attr("4", "log", False)),
 }
 
 
