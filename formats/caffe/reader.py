@@ -47,7 +47,6 @@ DATA_LAYERS = ("Data", "ImageData", "MemoryData", "HDF5Data", "WindowData", "Dum
 SKIPPED = ("Silence", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "SigmoidCrossEntropyLoss",
            "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss", "HDF5Output")
 ACTIVATIONS = {"Sigmoid": "sigmoid", "TanH": "tanh", "Softmax": "softmax"}
-CAFFE_RULE_TEXT = "Caffe Convolution/Deconvolution compute cross-correlation (rule caffe-correlation)"
 BGR_NOTE = ("Caffe models are usually trained on BGR images (OpenCV/Caffe image loaders), 0-255 unless a "
             "scale says otherwise: feed inputs in the order and range the model was trained with")
 
@@ -160,9 +159,10 @@ class CaffeReader:
         return tuple(int(blob.get(axis, 0)) for axis in ("num", "channels", "height", "width"))
 
     def tensor(self, layer: str, index: int, param: str, pattern: str, semantics: str = NO_SEMANTICS,
-               steps: tuple = (), expected: tuple[int, ...] | None = None) -> Tensor:
+               steps: tuple = (), expected: tuple[int, ...] | None = None, rule: str | None = None) -> Tensor:
         """The canonical tensor ``param`` over blob ``index`` of ``layer`` (stored in ``pattern`` order;
-        leading unit axes of a legacy 4-D shape dropped)."""
+        leading unit axes of a legacy 4-D shape dropped).  ``rule`` says why its values change (shown by
+        ``inspect``); a kernel's is the semantics rule's id (``caffe-correlation``)."""
         blob = self.blob(layer, index, param)
         shape = self.stored_shape(blob)
         values = blob.all("data") or blob.all("double_data")
@@ -188,7 +188,7 @@ class CaffeReader:
         def read() -> np.ndarray:
             return float_values(buffer, values).astype(dense, copy=False).reshape(shape)
         relayout = Relayout(Layout(source, semantics), Layout(pattern, target))
-        rule = CAFFE_RULE_TEXT if semantics != NO_SEMANTICS else None
+        rule = CAFFE_RULE.id if semantics != NO_SEMANTICS else rule
         return Tensor(param, shape, dtype, Layout(pattern, target),
                       Provenance(f"{layer}.blobs[{index}]", source, semantics, rule), read, (relayout,) + steps)
 
@@ -365,9 +365,11 @@ class CaffeReader:
         factor = self.scalar_blob(name, 2)
         divide = ScaleValues(0.0 if factor == 0 else 1.0 / factor, f"Caffe BatchNorm scale factor {factor:g}")
         built = Layer(name, "batchnorm", {}, source_class="BatchNorm")
-        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "o", steps=(divide,))
+        why = f"Caffe BatchNorm stores the mean and variance times a scale factor ({factor:g})"
+        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "o", steps=(divide,), rule=why)
         channels = built.tensors["running_mean"].shape[0]
-        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "o", steps=(divide,), expected=(channels,))
+        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "o", steps=(divide,), expected=(channels,),
+                                                   rule=why)
         for param_name, value in (("weight", 1.0), ("bias", 0.0)):
             built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("o"),
                                                      Provenance(f"{name} (none: BatchNorm without Scale)", "o"))

@@ -41,7 +41,6 @@ NAME = "torch7"
 DESCRIPTION = "Torch7 `.t7` nn models (binary torch.save, either byte order; no Lua needed, nothing runs)"
 EXTENSIONS = (".t7",)
 
-RULE_TEXT = "Torch7 nn convolutions compute cross-correlation (rule torch7-correlation)"
 ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "SoftMax": "softmax"}
 PASS = ("Dropout", "SpatialDropout", "Identity", "Copy")
 
@@ -147,7 +146,9 @@ class Torch7Reader:
 
     # -- tensors ------------------------------------------------------------------------------------
     def tensor(self, owner: str, module: TorchObject, key: str, src: str, dst: str, semantics: str = NO_SEMANTICS,
-               known: tuple = (), steps: tuple = ()) -> Tensor:
+               known: tuple = (), steps: tuple = (), rule: str | None = None) -> Tensor:
+        """The canonical tensor of ``module``'s field ``key`` (stored ``src``, canonical ``dst``); ``rule`` says
+        why its values change (shown by ``inspect``); a kernel's is the semantics rule's id."""
         ref = module.get(key)
         if not isinstance(ref, TensorRef) or ref.storage is None:
             raise BadInputError(f"{module.class_name} {owner!r} has no {key} tensor", path=self.path,
@@ -165,7 +166,7 @@ class Torch7Reader:
                                 f"({error})", path=self.path, fix="The model is damaged or crafted") from None
         dtype = ref.storage.dtype.newbyteorder("=")
         return Tensor(key, ref.sizes, dtype, Layout(dst, target),
-                      Provenance(f"{owner}.{key}", src, semantics, RULE_TEXT if semantics != NO_SEMANTICS else None),
+                      Provenance(f"{owner}.{key}", src, semantics, TORCH7_RULE.id if semantics != NO_SEMANTICS else rule),
                       lambda: read_array(buffer, ref), (relayout,) + steps)
 
     def constant(self, owner: str, name: str, value: float, count: int, why: str) -> Tensor:
@@ -319,7 +320,8 @@ class Torch7Reader:
             layer.tensors["running_var"] = self.tensor(name, module, "running_var", "o", "o")
             stored = "running_var"
         else:
-            layer.tensors["running_var"] = self.tensor(name, module, "running_std", "o", "o", steps=(StdToVariance(eps),))
+            layer.tensors["running_var"] = self.tensor(name, module, "running_std", "o", "o", steps=(StdToVariance(eps),),
+                                                       rule="nn before 2016 stores running_std = 1/sqrt(var + eps)")
             layer.tensors["running_var"].name = "running_var"
             stored = "running_std"
         for key, value in (("weight", 1.0), ("bias", 0.0)):

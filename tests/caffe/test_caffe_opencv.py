@@ -169,6 +169,10 @@ def test_inspect_names_the_rule_and_the_preprocessing(run_cli):
     code, stdout, err = run_cli("inspect", paths("batchnorm_scale")[0])
     assert code == 0, err
     assert "caffe-correlation" in stdout and "BatchNorm+Scale" in stdout
+    # as for every format: the semantics rule's id on the kernel, why values change on the tensors that do
+    assert "OIHW (stored o i h w correlation kernel) [rule: caffe-correlation]" in stdout, stdout
+    assert "running_var: (5,) float32 O (stored o) [rule: Caffe BatchNorm stores the mean and variance times a " \
+           "scale factor (7.5)]" in stdout, stdout
     assert "preprocessing" in stdout and "BGR" in stdout
 
 

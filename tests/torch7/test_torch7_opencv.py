@@ -120,6 +120,9 @@ def test_inspect_and_explain_name_the_rule_and_the_std_conversion(run_cli):
     code, stdout, err = run_cli("inspect", paths("batchnorm_std")[0])
     assert code == 0, err
     assert "torch7-correlation" in stdout and "nn.SpatialBatchNormalization" in stdout
+    assert "OIHW (stored o i h w correlation kernel) [rule: torch7-correlation]" in stdout, stdout
+    assert "running_var: (4,) float32 O (stored o) [rule: nn before 2016 stores running_std = 1/sqrt(var + eps)]" \
+        in stdout, stdout
     code, stdout, err = run_cli("explain", paths("batchnorm_std")[0], "--to", "torch")
     assert code == 0, err
     assert "running_std -> variance" in stdout
