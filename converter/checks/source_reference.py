@@ -6,7 +6,12 @@ source's own framework can run the source file, on seeded random input of the mo
 * Keras files saved under TensorFlow (Keras 2 ``.h5``, tf.keras ``.h5``, Keras 3 ``.h5``/``.keras``; a
   Keras 3 file saved under the torch or jax backend stores the same kernels): Keras 3
   (:mod:`weightport.formats.keras.runner`);
-* ONNX files: onnxruntime (:mod:`weightport.formats.onnx.runner`).
+* ONNX files: onnxruntime (:mod:`weightport.formats.onnx.runner`);
+* Caffe (with the prototxt weightport read) and Torch7 files: OpenCV 4's importers
+  (``cv2.dnn.readNetFromCaffe`` / ``readNetFromTorch``, :mod:`weightport.formats.caffe.oracle`).
+
+A runner is called ``run(path, x, details)``, ``details`` the source's recorded details (a Caffe model's
+``prototxt``).
 
 Neither uses weightport's reading or conversion code: the framework loads the file itself.  Theano-era
 sources (Keras on Theano or CNTK, Theano/Lasagne pickles) have no runtime here that computes what
@@ -39,6 +44,8 @@ KERAS_RUNNABLE_BACKENDS = ("tensorflow", "torch", "jax")  # backends whose kerne
 RUNNERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("keras_h5", KERAS_RUNNABLE_BACKENDS, "Keras 3", "weightport.formats.keras.runner:run_keras_file"),
     ("onnx", ("*",), "onnxruntime", "weightport.formats.onnx.runner:run_onnx_file"),
+    ("caffe", ("*",), "OpenCV", "weightport.formats.caffe.oracle:run_caffe_file"),
+    ("torch7", ("*",), "OpenCV", "weightport.formats.torch7.oracle:run_torch7_file"),
 )
 THEANO_ERA = ("a Theano-era source: no framework here computes what Theano (or CNTK) computed with its kernels, "
               "so it needs the outputs recorded where it ran: give --input X.npy --expected Y.npy")
@@ -128,7 +135,7 @@ def self_reference(source: Model, wanted: InputShape | None, seed: int = DEFAULT
     module, _, attribute = function.partition(":")
     try:
         run = getattr(importlib.import_module(module), attribute)
-        expected = run(source.source.path, x)
+        expected = run(source.source.path, x, source.source.details)
     except NotImplementedError as why:
         reference.reason = f"{name} cannot run the source: {why}"
         return reference
@@ -140,3 +147,15 @@ def self_reference(source: Model, wanted: InputShape | None, seed: int = DEFAULT
         return reference
     reference.x, reference.expected, reference.runner = x, expected, name
     return reference
+
+
+def source_outputs(source: Model, x: np.ndarray, names: list[str]) -> tuple[str, list[np.ndarray]]:
+    """(runner name, outputs) of the layers ``names`` (the canonical model's) in the source run by its own
+    framework on ``x``: what a model whose end is not ported (SSD's post-processing) is compared on.
+    NotImplementedError when no runner here gives a model's inner outputs."""
+    name, function = runner_for(source)
+    if source.source.format != "caffe":
+        raise NotImplementedError(f"{name} is not asked for inner outputs here")
+    module, _, attribute = function.partition(":")
+    run = getattr(importlib.import_module(module), attribute)
+    return name, run(source.source.path, x, source.source.details, outputs=names)

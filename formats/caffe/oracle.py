@@ -109,3 +109,21 @@ def opencv_layer(case: LayerCase, x: np.ndarray) -> np.ndarray:
         net = cv2.dnn.readNetFromCaffe(text, model)
         net.setInput(x)
         return np.asarray(net.forward(), dtype=np.float32)
+
+
+def run_caffe_file(path: str, x: np.ndarray, details: dict[str, Any] | None = None,
+                   outputs: list[str] | None = None) -> Any:
+    """The whole Caffe model run by OpenCV on ``x`` (N, C, H, W as Caffe takes it): the caffemodel ``path``
+    with the prototxt weightport read (``details["prototxt"]``); its final output, or with ``outputs`` (layer
+    names of the canonical model) the list of those layers' outputs, the Caffe blobs ``details["tops"]`` names."""
+    prototxt = (details or {}).get("prototxt")
+    if not prototxt:
+        raise NotImplementedError("OpenCV needs the network's .prototxt, and none was given as its spec or "
+                                  "found beside the model")
+    cv2 = import_cv2()
+    net = cv2.dnn.readNetFromCaffe(prototxt, path)
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    if outputs:
+        tops = (details or {}).get("tops") or {}
+        return [np.asarray(blob, dtype=np.float32) for blob in net.forward([tops.get(name, name) for name in outputs])]
+    return np.asarray(net.forward(), dtype=np.float32)

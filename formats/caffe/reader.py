@@ -238,6 +238,7 @@ class CaffeReader:
                        f"the metadata, not ported: {', '.join(self.post_processing_layers)}; the converted model ends "
                        "at their inputs (the box offsets and class scores)")
         details["preprocessing"] = self.preprocessing
+        details["tops"] = {layer: top for top, layer in self.producer.items()}  # the Caffe blob each layer's output is
         model.warn(f"preprocessing: {describe_preprocessing(self.preprocessing)}; {BGR_NOTE}")
         infer_shapes(model)
         return model

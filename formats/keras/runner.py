@@ -124,7 +124,7 @@ def last_line(error: BaseException) -> str:
     return (lines[-1] if lines else "")[:200]
 
 
-def run_keras_file(path: str, x: np.ndarray) -> np.ndarray:
+def run_keras_file(path: str, x: np.ndarray, details: dict[str, Any] | None = None) -> np.ndarray:
     """The model saved in ``path`` run by Keras 3 on ``x`` (the source's own layout), its output as
     Keras gives it.  A model with several inputs or outputs is refused (NotImplementedError)."""
     model = load_keras_model(path)

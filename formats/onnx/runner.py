@@ -6,13 +6,15 @@ onnxruntime as it is (external data beside it included); nothing of weightport's
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
              "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def run_onnx_file(path: str, x: np.ndarray) -> np.ndarray:
+def run_onnx_file(path: str, x: np.ndarray, details: dict[str, Any] | None = None) -> np.ndarray:
     """The graph in ``path`` run by onnxruntime (CPU) on ``x``, cast to the graph input's type; its first
     output.  A graph with several inputs, or whose fixed input size ``x`` does not have, is refused
     (NotImplementedError with the reason)."""

@@ -317,11 +317,10 @@ class CanonicalModule(nn.Module):
         self.values = values  # every layer's output of the last call, for naming a first divergence
         kinds = value_kinds(self.model)
         previous = x
-        not_run: list[Layer] = []
+        not_run = not_ported(self.model)
         for position, layer in enumerate(self.model.layers):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
-            if layer.attrs.get("post_processing") or any(name not in values for name in layer.inputs):
-                not_run.append(layer)
+            if layer.name in not_run:
                 continue
             inputs = [values[n] for n in names] if names else [previous]
             feeding = kinds.get(names[0]) if names else input_kind(self.model)
@@ -331,12 +330,11 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
             previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
-        if self.model.layers and self.model.layers[-1] in not_run:
-            first = next(layer for layer in not_run if layer.attrs.get("post_processing"))
-            used = {name for layer in self.model.layers if layer not in not_run for name in layer.inputs}
-            fed = sorted({name for layer in not_run for name in layer.inputs if name in values and name not in used})
+        if self.model.layers and self.model.layers[-1].name in not_run:
+            first = next(layer for layer in self.model.layers if layer.attrs.get("post_processing"))
             raise UnsupportedError(f"the model ends in post-processing that is not ported ({first.name}, "
-                                   f"{first.source_class}); the converted model's outputs are {', '.join(fed)}",
+                                   f"{first.source_class}); the converted model's outputs are "
+                                   f"{', '.join(ported_outputs(self.model))}",
                                    fix="Compare those outputs, and run the post-processing from its recorded "
                                        "parameters")
         return previous
@@ -350,6 +348,25 @@ class CanonicalModule(nn.Module):
             raise UnsupportedError(f"layer {layer.name!r} of kind {layer.kind} ({layer.source_class}) cannot be "
                                    "run in torch", fix="Validate this model layer by layer instead")
         return run(layer, inputs)
+
+
+def not_ported(model: Model) -> set[str]:
+    """Names of the post-processing layers that are not ported (SSD's PriorBox, DetectionOutput:
+    ``attrs["post_processing"]``) and of every layer fed by one: the canonical module does not run them."""
+    names: set[str] = set()
+    for layer in model.layers:
+        if layer.attrs.get("post_processing") or any(name in names for name in layer.inputs):
+            names.add(layer.name)
+    return names
+
+
+def ported_outputs(model: Model) -> list[str]:
+    """The layers whose outputs only the not-ported post-processing reads: the converted model's outputs
+    (an SSD's box offsets and class scores); empty when everything is ported."""
+    skipped = not_ported(model)
+    used = {name for layer in model.layers if layer.name not in skipped for name in layer.inputs}
+    return sorted({name for layer in model.layers if layer.name in skipped for name in layer.inputs
+                   if name not in skipped and name not in used})
 
 
 Builder = Callable[[Layer, Model], nn.Module]

@@ -89,6 +89,18 @@ def test_validate_checks_every_weighted_layer_with_opencv(run_cli, tmp_path, nam
     assert "result: PASS" in stdout and "SKIP" not in stdout and "UNCHECKED" not in stdout, stdout
 
 
+@pytest.mark.parametrize("name", ["inner_product", "pooling_ceil", "lrn_power", "reshape_slice"])
+def test_validate_without_recorded_output_runs_opencv_on_the_source(run_cli, tmp_path, name):
+    """No --input/--expected: OpenCV reads the caffemodel with the prototxt weightport read and runs it on
+    seeded random input; the converted file in the torch module must match it; a flipped kernel fails it."""
+    require("cv2")
+    source, _, _ = paths(name)
+    out = converted(run_cli, tmp_path, name)
+    code, stdout, err = run_cli("validate", source, out)
+    assert code == 0, stdout + err
+    assert "PASS whole model vs OpenCV running the source (seed 0, 2 samples)" in stdout, stdout
+
+
 def flip_kernel(layer: str):
     def edit(_model, state):
         state[f"{layer}.weight"] = np.ascontiguousarray(state[f"{layer}.weight"][..., ::-1, ::-1])
@@ -269,9 +281,18 @@ def test_real_res10_whole_detector_converts_and_reproduces_opencv_up_to_the_ssd_
     for name, reference in zip(names, references):
         ours = module.values[name].numpy().reshape(reference.shape)
         assert np.abs(ours - reference).max() <= 1e-5 * max(float(np.abs(reference).max()), 1.0), name
-    code, stdout, err = run_cli("validate", caffemodel, out)
+    code, stdout, err = run_cli("validate", caffemodel, out)  # no recorded output: OpenCV runs the source
     assert code == 0 and "PASS layer conv4_3_norm (Normalize)" in stdout, stdout + err
-    assert "SKIP whole model" in stdout and "UNCHECKED" not in stdout, stdout
+    for name in RES10_OUTPUTS:
+        assert f"PASS output {name} (before the post-processing) vs OpenCV running the source" in stdout, stdout
+    assert "SKIP post-processing after those outputs - the model ends in post-processing that is not ported" in stdout
+    assert "UNCHECKED" not in stdout, stdout
+    from safetensors.numpy import save_file
+    state["fc7_mbox_loc.bias"] = state["fc7_mbox_loc.bias"][::-1].copy()  # a head's bias reversed
+    save_file(state, str(tmp_path / "tampered.safetensors"))
+    code, stdout, err = run_cli("validate", caffemodel, tmp_path / "tampered.safetensors")
+    assert code == 1 and "FAIL output mbox_loc (before the post-processing)" in stdout, stdout + err
+    assert "PASS output mbox_conf_flatten" in stdout, stdout
 
 
 def test_real_res10_onnx_target_refuses_the_post_processing_in_one_line(run_cli, tmp_path):

@@ -72,6 +72,21 @@ def test_validate_checks_every_weighted_layer_with_opencv(run_cli, tmp_path, nam
     assert "result: PASS" in stdout and "SKIP" not in stdout and "UNCHECKED" not in stdout, stdout
 
 
+@pytest.mark.parametrize("name", ["conv_mm", "linear_normalize", "normalize_p3", "linear_logsoftmax"])
+def test_validate_without_recorded_output_runs_opencv_on_the_source(run_cli, tmp_path, name):
+    require("cv2")
+    code, stdout, err = run_cli("validate", paths(name)[0], converted(run_cli, tmp_path, name))
+    assert code == 0, stdout + err
+    assert "PASS whole model vs OpenCV running the source (seed 0, 2 samples)" in stdout, stdout
+
+
+def test_a_big_endian_file_is_not_run_by_opencv_and_says_why(run_cli, tmp_path):
+    name = "conv_mm_big_endian_long4"
+    code, stdout, err = run_cli("validate", paths(name)[0], converted(run_cli, tmp_path, name))
+    assert "SKIP whole model vs recorded output" in stdout and "big-endian" in stdout, stdout + err
+    assert "PASS whole model" not in stdout
+
+
 def mm_unflattened_as_h_w_i(layer: str):
     """An MM weight (nOut, nIn*kH*kW) unflattened as if it were (nOut, kH*kW*nIn)."""
     def edit(_model, state):
