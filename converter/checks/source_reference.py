@@ -47,6 +47,7 @@ RUNNERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("caffe", ("*",), "OpenCV", "weightport.formats.caffe.oracle:run_caffe_file"),
     ("torch7", ("*",), "OpenCV", "weightport.formats.torch7.oracle:run_torch7_file"),
 )
+INNER_OUTPUTS = frozenset({"caffe"})  # formats whose runner also gives named inner outputs: run(..., outputs=names)
 THEANO_ERA = ("a Theano-era source: no framework here computes what Theano (or CNTK) computed with its kernels, "
               "so it needs the outputs recorded where it ran: give --input X.npy --expected Y.npy")
 
@@ -154,7 +155,7 @@ def source_outputs(source: Model, x: np.ndarray, names: list[str]) -> tuple[str,
     framework on ``x``: what a model whose end is not ported (SSD's post-processing) is compared on.
     NotImplementedError when no runner here gives a model's inner outputs."""
     name, function = runner_for(source)
-    if source.source.format != "caffe":
+    if source.source.format not in INNER_OUTPUTS:
         raise NotImplementedError(f"{name} is not asked for inner outputs here")
     module, _, attribute = function.partition(":")
     run = getattr(importlib.import_module(module), attribute)

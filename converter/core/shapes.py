@@ -194,6 +194,8 @@ def slice_bounds(size: int, points: list[int], index: int, parts: int) -> tuple[
     ``slice_point`` values, or ``size / parts`` each without them."""
     if points:
         edges = [0] + [int(p) for p in points] + [size]
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"slice points {list(points)} do not cut an axis of {size} into increasing parts")
     else:
         if size % parts:
             raise ValueError(f"Slice of {size} into {parts} equal parts")

@@ -32,7 +32,7 @@ from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
 from weightport.core.rules import CAFFE_RULE
-from weightport.core.shapes import infer_shapes
+from weightport.core.shapes import infer_shapes, layer_output_shape
 from weightport.core.steps import Relayout, ScaleValues
 from weightport.formats.caffe import prototxt
 from weightport.formats.caffe.schema import TABLES, V1_TYPE_NAMES
@@ -241,7 +241,24 @@ class CaffeReader:
         details["tops"] = {layer: top for top, layer in self.producer.items()}  # the Caffe blob each layer's output is
         model.warn(f"preprocessing: {describe_preprocessing(self.preprocessing)}; {BGR_NOTE}")
         infer_shapes(model)
+        self.check_shaped(model)
         return model
+
+    def check_shaped(self, model: Model) -> None:
+        """A Reshape or Slice that cannot apply to its (known) input is refused, naming the layer."""
+        for layer in model.layers:
+            feeding = [model.find(name) for name in layer.inputs]
+            shapes = [f.output_shape for f in feeding if f is not None and f.output_shape is not None
+                      and None not in f.output_shape]
+            if layer.kind not in ("reshape_dims", "slice") or layer.output_shape is not None or \
+                    len(shapes) != len(layer.inputs):
+                continue
+            try:
+                layer_output_shape(layer, shapes)
+            except (ValueError, IndexError) as error:
+                raise BadInputError(f"{layer.source_class} {layer.name!r} cannot apply to its input of shape "
+                                    f"{list(shapes[0])} ({error})", path=self.path,
+                                    fix="Check the layer's parameters in the prototxt") from None
 
     def net_inputs(self, model: Model) -> None:
         """The deprecated ``input:`` / ``input_shape`` / ``input_dim`` inputs of the net."""

@@ -51,7 +51,10 @@ def power(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
 def reshape_dims(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
     x = inputs[0]
     a = layer.attrs
-    shape = caffe_reshape(tuple(x.shape), a["dims"], int(a.get("axis", 0)), int(a.get("num_axes", -1)))
+    try:
+        shape = caffe_reshape(tuple(x.shape), a["dims"], int(a.get("axis", 0)), int(a.get("num_axes", -1)))
+    except ValueError as error:
+        raise UnsupportedError(f"layer {layer.name!r}: {error}") from None
     return x.reshape(shape)
 
 
@@ -59,7 +62,10 @@ def slice_part(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
     x = inputs[0]
     a = layer.attrs
     axis = int(a["axis"]) % x.dim()
-    start, end = slice_bounds(int(x.shape[axis]), a.get("points") or [], int(a["index"]), int(a["parts"]))
+    try:
+        start, end = slice_bounds(int(x.shape[axis]), a.get("points") or [], int(a["index"]), int(a["parts"]))
+    except (ValueError, IndexError) as error:
+        raise UnsupportedError(f"layer {layer.name!r}: Slice cannot cut an axis of {x.shape[axis]} ({error})") from None
     return x.narrow(axis, start, end - start)
 
 
