@@ -220,7 +220,7 @@ def readme(names: JavaNames, manifest: dict[str, Any], forward: bool) -> str:
 
 FORWARD_KINDS = ("input", "conv", "depthwise", "separable", "conv_transpose", "dense", "batchnorm", "activation", "prelu", "pool",
                  "global_pool", "flatten", "dropout", "padding", "cropping", "add", "multiply", "concat", "lstm", "gru",
-                 "embedding")
+                 "embedding", "power", "normalize", "softmax")
 MERGE_KINDS = ("add", "multiply", "concat")
 SEQUENCE_KINDS = ("lstm", "gru", "embedding", "dense")  # take a (steps, features) sequence as it is
 RNN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear", "hard_sigmoid")
@@ -483,6 +483,23 @@ class ForwardWriter:
             self.emit(f"x = {'zeroPad' if kind == 'padding' else 'crop'}(x, "
                       f"{java_ints([shape[0]] + pad3(list(shape[1:]), 1))}, {java_ints(flat)});")
             return (shape[0],) + tuple(n + sign * (p[0] + p[1]) for n, p in zip(shape[1:], pairs))
+        if kind == "power":  # Caffe Power
+            numbers = [java_double(a.get(key, default), lambda why: self.refuse(layer, f"{key}: {why}"))
+                       for key, default in (("power", 1.0), ("scale", 1.0), ("shift", 0.0))]
+            self.emit(f"x = power(x, {', '.join(numbers)});")
+            return shape
+        if kind == "normalize":  # Torch7 nn.Normalize, SSD's L2 normalisation (its scale is a batch norm)
+            if int(a.get("axis", 1)) != 1:
+                raise self.refuse(layer, f"normalize over axis {a.get('axis')} (only the channels)")
+            p = java_double(a["p"], lambda why: self.refuse(layer, f"p: {why}"))
+            eps = java_double(a.get("eps", 0.0), lambda why: self.refuse(layer, f"eps: {why}"))
+            self.emit(f"x = normalize(x, {shape[0]}, {p}, {eps}, {'true' if a.get('across_spatial') else 'false'});")
+            return shape
+        if kind == "softmax":  # over an axis: the channels only here (Torch7 nn.LogSoftMax, Caffe Softmax axis 1)
+            if int(a.get("axis", 1)) != 1:
+                raise self.refuse(layer, f"softmax over axis {a.get('axis')} (only the channels)")
+            self.emit(f"x = {'logSoftmax' if a.get('log') else 'softmax'}(x, {shape[0]});")
+            return shape
         if kind in ("dropout", "input"):
             return shape
         raise self.refuse(layer, f"kind {kind!r} is not supported (supported: {', '.join(FORWARD_KINDS)})")

@@ -624,6 +624,57 @@ public final class WeightportModel implements AutoCloseable {
         return y;
     }
 
+    /** Log-softmax over the channels of each position (Torch7 nn.LogSoftMax), in double precision. */
+    static float[] logSoftmax(float[] x, int channels) {
+        float[] y = new float[x.length];
+        int s0 = x.length / channels;
+        for (int s = 0; s < s0; s++) {
+            double top = Double.NEGATIVE_INFINITY, sum = 0.0;
+            for (int c = 0; c < channels; c++) {
+                top = Math.max(top, x[c * s0 + s]);
+            }
+            for (int c = 0; c < channels; c++) {
+                sum += Math.exp(x[c * s0 + s] - top);
+            }
+            double log = top + Math.log(sum);
+            for (int c = 0; c < channels; c++) {
+                y[c * s0 + s] = (float) (x[c * s0 + s] - log);
+            }
+        }
+        return y;
+    }
+
+    /** Caffe Power: (shift + scale * x) ^ power of every value, in double precision. */
+    static float[] power(float[] x, double power, double scale, double shift) {
+        float[] y = new float[x.length];
+        for (int k = 0; k < x.length; k++) {
+            y[k] = (float) Math.pow(shift + scale * x[k], power);
+        }
+        return y;
+    }
+
+    /** x / (sum |x|^p + eps)^(1/p): over the channels of each position, or over every value (acrossAll). */
+    static float[] normalize(float[] x, int channels, double p, double eps, boolean acrossAll) {
+        float[] y = new float[x.length];
+        int s0 = x.length / channels;
+        int groups = acrossAll ? 1 : s0;
+        for (int s = 0; s < groups; s++) {
+            double sum = 0.0;
+            for (int c = 0; c < channels; c++) {
+                for (int t = acrossAll ? 0 : s; t < (acrossAll ? s0 : s + 1); t++) {
+                    sum += Math.pow(Math.abs(x[c * s0 + t]), p);
+                }
+            }
+            double norm = Math.pow(sum + eps, 1.0 / p);
+            for (int c = 0; c < channels; c++) {
+                for (int t = acrossAll ? 0 : s; t < (acrossAll ? s0 : s + 1); t++) {
+                    y[c * s0 + t] = (float) (x[c * s0 + t] / norm);
+                }
+            }
+        }
+        return y;
+    }
+
     /** Element-wise activation (softmax: over the channels of each position) into a new array. */
     static float[] activation(float[] input, String name, int channels) {
         if (name.equals("softmax")) {
