@@ -1,8 +1,9 @@
 """Caffe and Torch7 models to the java target with ``--emit-forward``: the generated Java forward pass, compiled
 by javac and run by ``weightport validate`` on the fixture's input, reproduces what OpenCV computed
 (cv2.dnn.readNetFromCaffe / readNetFromTorch, recorded beside the fixture and checked live here), Torch7's
-Normalize and LogSoftMax and Caffe's Power included; a layer the Java forward pass cannot compute (LRN, Slice) is
-refused in one line naming it, and nothing is written."""
+Normalize and LogSoftMax, Caffe's LRN (both regions) and Power and ceil-mode pooling whose last window is partial
+included; a layer the Java forward pass cannot compute (Slice, SSD's Permute) is refused in one line naming it,
+and nothing is written."""
 
 from __future__ import annotations
 
@@ -14,11 +15,22 @@ from tests.conftest import require
 from tests.torch7 import test_torch7_opencv as torch7
 
 JAVA_FIXTURES = [("caffe", name) for name in ("conv_axes", "deconv", "inner_product", "batchnorm_scale",
-                                             "eltwise_concat", "prelu")] + \
-                [("torch7", name) for name in ("conv_mm", "batchnorm_std", "inception_concat", "residual_cadd",
-                                               "full_dilated_prelu")]
-REFUSED = [("caffe", "lrn_power", "lrn_across", "LRN"),
-           ("caffe", "reshape_slice", "cut", "Slice")]
+                                             "eltwise_concat", "prelu", "lrn_power", "pooling_ceil", "v1_layers")] + \
+                [("torch7", name) for name in ("conv_mm", "batchnorm_std", "pool_ceil", "inception_concat",
+                                               "residual_cadd", "full_dilated_prelu", "linear_normalize",
+                                               "normalize_p3", "linear_logsoftmax")]
+REFUSED = [("caffe", "reshape_slice", "cut", "Slice")]
+
+
+def test_java_forward_pass_refuses_the_real_ssd_heads_in_one_line(run_cli, tmp_path):
+    """The real res10 detector: its backbone the Java forward pass runs (ceil pooling included), its SSD heads
+    (Permute, then the post-processing) it refuses, naming the first one; the weights alone are written."""
+    source, _ = caffe.res10_files()
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--emit-forward")
+    assert code == 2 and "layer 'conv4_3_norm_mbox_loc_perm' (Permute)" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "java").exists()
+    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--quiet")
+    assert code == 0, err
 
 
 def source_and_opencv(fmt: str, name: str) -> tuple[str, np.ndarray, np.ndarray]:
@@ -31,37 +43,6 @@ def source_and_opencv(fmt: str, name: str) -> tuple[str, np.ndarray, np.ndarray]
         live = torch7.opencv_forward(name, io["input"])
     np.testing.assert_allclose(live, io["output"], atol=1e-6)
     return source, io["input"], live
-
-
-JAVA_FIXTURES += [("torch7", name) for name in ("linear_normalize", "normalize_p3", "linear_logsoftmax")]
-
-
-def without_lrn(tmp_path) -> str:
-    """lrn_power's prototxt with its two LRN layers taken out (each Power reads what its LRN read)."""
-    _, text, _ = caffe.paths("lrn_power")
-    layers = open(text).read().split("layer {")
-    kept = [part for part in layers if 'type: "LRN"' not in part]
-    body = "layer {".join(kept).replace('bottom: "lrn_across"', 'bottom: "conv1"').replace(
-        'bottom: "lrn_within"', 'bottom: "relu1"')
-    path = tmp_path / "power.prototxt"
-    path.write_text(body)
-    return str(path)
-
-
-def test_java_forward_pass_computes_caffe_power_as_opencv(run_cli, tmp_path):
-    """Power ((shift + scale x)^power, a square and a square root) in the Java forward pass against OpenCV."""
-    require("jdk")
-    source, _, io = caffe.paths("lrn_power")
-    text = without_lrn(tmp_path)
-    live = caffe.opencv_forward(text, source, io["input"])
-    out = tmp_path / "java"
-    code, _, err = run_cli("convert", source, "--spec", text, "-o", out, "--to", "java", "--emit-forward", "--quiet")
-    assert code == 0, err
-    np.save(tmp_path / "x.npy", io["input"])
-    np.save(tmp_path / "y.npy", live)
-    code, stdout, err = run_cli("validate", source, out, "--spec", text, "--input", tmp_path / "x.npy",
-                                "--expected", tmp_path / "y.npy")
-    assert code == 0 and "PASS whole model in Java" in stdout, stdout + err
 
 
 @pytest.mark.parametrize("fmt,name", JAVA_FIXTURES)
