@@ -509,7 +509,7 @@ class ForwardWriter:
         if kind == "softmax":  # over an axis: the channels only here (Torch7 nn.LogSoftMax, Caffe Softmax axis 1)
             if int(a.get("axis", 1)) != 1:
                 raise self.refuse(layer, f"softmax over axis {a.get('axis')} (only the channels)")
-            self.emit(f"x = {'logSoftmax' if a.get('log') else 'softmax'}(x, {shape[0]});")
+            self.emit(f"x = softmax(x, {shape[0]}, {'true' if a.get('log') else 'false'});")
             return shape
         if kind in ("dropout", "input"):
             return shape

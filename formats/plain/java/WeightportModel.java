@@ -616,27 +616,11 @@ public final class WeightportModel implements AutoCloseable {
 
     /** Softmax over the channels of each position. */
     static float[] softmax(float[] x, int channels) {
-        float[] y = new float[x.length];
-        int s0 = x.length / channels;
-        for (int s = 0; s < s0; s++) {
-            double top = Double.NEGATIVE_INFINITY, sum = 0.0;
-            for (int c = 0; c < channels; c++) {
-                top = Math.max(top, x[c * s0 + s]);
-            }
-            double[] e = new double[channels];
-            for (int c = 0; c < channels; c++) {
-                e[c] = Math.exp(x[c * s0 + s] - top);
-                sum += e[c];
-            }
-            for (int c = 0; c < channels; c++) {
-                y[c * s0 + s] = (float) (e[c] / sum);
-            }
-        }
-        return y;
+        return softmax(x, channels, false);
     }
 
-    /** Log-softmax over the channels of each position (Torch7 nn.LogSoftMax), in double precision. */
-    static float[] logSoftmax(float[] x, int channels) {
+    /** Softmax (log: log-softmax, Torch7 nn.LogSoftMax) over the channels of each position, in double precision. */
+    static float[] softmax(float[] x, int channels, boolean log) {
         float[] y = new float[x.length];
         int s0 = x.length / channels;
         for (int s = 0; s < s0; s++) {
@@ -647,9 +631,9 @@ public final class WeightportModel implements AutoCloseable {
             for (int c = 0; c < channels; c++) {
                 sum += Math.exp(x[c * s0 + s] - top);
             }
-            double log = top + Math.log(sum);
             for (int c = 0; c < channels; c++) {
-                y[c * s0 + s] = (float) (x[c * s0 + s] - log);
+                double shifted = x[c * s0 + s] - top;
+                y[c * s0 + s] = (float) (log ? shifted - Math.log(sum) : Math.exp(shifted) / sum);
             }
         }
         return y;
