@@ -32,6 +32,7 @@ from weightport.core.errors import UnsupportedError
 from weightport.core.model import Layer
 from weightport.core.shapes import caffe_reshape, slice_bounds
 
+
 def lrn(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
     a, x = layer.attrs, inputs[0]
     size, alpha, beta = int(a["size"]), float(a["alpha"]), float(a["beta"])
