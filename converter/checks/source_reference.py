@@ -10,6 +10,8 @@ source's own framework can run the source file, on seeded random input of the mo
 * PyTorch state dicts (``.pt``/``.pth``, safetensors) read with ``--arch``: the user's own module holding
   the file's tensors as ``torch.load(weights_only=True)`` (or safetensors) gave them
   (:func:`weightport.formats.torch.arch.run_source_module`).
+* Caffe (with the prototxt weightport read) and Torch7 files: OpenCV 4's importers
+  (``cv2.dnn.readNetFromCaffe`` / ``readNetFromTorch``, :mod:`weightport.formats.caffe.oracle`).
 
 None uses weightport's conversion code: the framework loads the file itself (a state dict's tensors go
 into the user's module unchanged, by key).  Theano-era
@@ -48,7 +50,10 @@ RUNNERS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("onnx", ("*",), "onnxruntime", "weightport.formats.onnx.runner:run_onnx_source"),
     ("torch_pt", ("*",), "PyTorch (the --arch module)", "weightport.formats.torch.arch:run_source_module"),
     ("safetensors", ("*",), "PyTorch (the --arch module)", "weightport.formats.torch.arch:run_source_module"),
+    ("caffe", ("*",), "OpenCV", "weightport.formats.caffe.oracle:run_caffe_source"),
+    ("torch7", ("*",), "OpenCV", "weightport.formats.torch7.oracle:run_torch7_source"),
 )
+INNER_OUTPUTS = frozenset({"caffe"})  # formats whose runner also gives named inner outputs: run(source, x, outputs=names)
 THEANO_ERA = ("a Theano-era source: no framework here computes what Theano (or CNTK) computed with its kernels, "
               "so it needs the outputs recorded where it ran: give --input X.npy --expected Y.npy")
 
@@ -157,3 +162,15 @@ def self_reference(source: Model, wanted: InputShape | list[InputShape | None] |
         return reference
     reference.x, reference.expected, reference.runner = x, expected, name
     return reference
+
+
+def source_outputs(source: Model, x: np.ndarray, names: list[str]) -> tuple[str, list[np.ndarray]]:
+    """(runner name, outputs) of the layers ``names`` (the canonical model's) in the source run by its own
+    framework on ``x``: what a model whose end is not ported (SSD's post-processing) is compared on.
+    NotImplementedError when no runner here gives a model's inner outputs."""
+    name, function = runner_for(source)
+    if source.source.format not in INNER_OUTPUTS:
+        raise NotImplementedError(f"{name} is not asked for inner outputs here")
+    module, _, attribute = function.partition(":")
+    run = getattr(importlib.import_module(module), attribute)
+    return name, run(source, x, outputs=names)

@@ -268,7 +268,8 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         with torch.no_grad():
             got = module(*feeds).numpy()
     except UnsupportedError as error:  # a layer the module builds but cannot run (found when it runs)
-        report.skip(name, error.problem)
+        if not ported_outputs_checked(report, source, module, x, error.problem):
+            report.skip(name, error.problem)
         return
     except RuntimeError as error:  # torch refused this input somewhere inside the rebuilt graph
         shapes = ", ".join(str(tuple(feed.shape)) for feed in feeds)
@@ -279,6 +280,30 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
                                check=WHOLE_MODEL))
     if check.status == FAIL:
         check.likely_cause = first_divergence(report, source, module, feeds)
+
+
+def ported_outputs_checked(report: Report, source: Model, module: object, x: np.ndarray, why: str) -> bool:
+    """A model whose end is post-processing that is not ported (SSD's PriorBox and DetectionOutput): the outputs
+    feeding it (the box offsets and class scores), computed by the module holding the converted file, against
+    the same blobs of the source run by its own framework on the same input; the post-processing itself a skip.
+    False when there is no such end, or no framework here gives those outputs."""
+    from weightport.checks.source_reference import source_outputs
+    from weightport.formats.torch.module import ported_outputs
+    names = ported_outputs(source)
+    values = getattr(module, "values", {})
+    if not names or any(n not in values for n in names):
+        return False
+    try:
+        runner, references = source_outputs(source, x, names)
+    except (NotImplementedError, ImportError):
+        return False
+    for layer, reference in zip(names, references):
+        ours = values[layer].numpy()
+        ours = ours.reshape(reference.shape) if ours.size == reference.size else ours
+        report.add(compare(f"output {layer} (before the post-processing) vs {runner} running the source on the same "
+                           "input", ours, reference, report.atol, report.rtol, check=WHOLE_MODEL))
+    report.skip("post-processing after those outputs", why)
+    return True
 
 
 def failed_layer(report: Report) -> str | None:

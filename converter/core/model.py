@@ -43,6 +43,7 @@ WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",
     "multiply", "padding", "cropping", "upsampling", "dropout", "permute", "other",
     "subtract", "average", "maximum", "minimum", "repeat_vector", "dot",
+    "lrn", "power", "reshape_dims", "slice", "normalize", "softmax",  # Caffe / Torch7 (formats/torch/caffe_ops.py)
 )
 LAYER_KINDS = WEIGHTED_KINDS + WEIGHTLESS_KINDS
 

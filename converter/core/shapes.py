@@ -148,14 +148,59 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
     if kind == "permute":  # in the source's channels-last order when it permutes a map (see map_layers)
         ordered = x[1:] + x[:1] if attrs.get("from_map") else x
         return tuple(ordered[int(d) - 1] for d in attrs["dims"])
+    if kind == "other" and attrs.get("post_processing"):  # SSD's PriorBox / DetectionOutput, not ported
+        return None
     if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
-                "maximum", "minimum"):
+                "maximum", "minimum", "lrn", "power", "normalize", "softmax"):
         return x
+    if kind == "slice":  # Caffe's axis counts the batch
+        axis = int(attrs["axis"]) - 1 if int(attrs["axis"]) > 0 else len(x) + int(attrs["axis"])
+        if x[axis] is None:
+            return None
+        start, end = slice_bounds(x[axis], attrs.get("points") or [], int(attrs["index"]), int(attrs["parts"]))
+        return x[:axis] + (end - start,) + x[axis + 1:]
+    if kind == "reshape_dims":
+        if any(n is None for n in x):
+            return None
+        return caffe_reshape((1,) + x, attrs["dims"], int(attrs.get("axis", 0)), int(attrs.get("num_axes", -1)))[1:]
     if kind == "repeat_vector":
         return (attrs.get("n"),) + x
     if kind == "dot" and len(inputs) == 2:
         return dot_shape(attrs.get("axes", -1), inputs[0], inputs[1])
     return None
+
+
+def caffe_reshape(shape: tuple[int, ...], dims: list[int], axis: int = 0, num_axes: int = -1) -> tuple[int, ...]:
+    """Caffe ``Reshape``: ``dims`` replace the axes ``axis`` .. ``axis + num_axes`` of ``shape`` (the batch
+    axis included; ``num_axes`` -1: to the end; a negative ``axis`` counts from the end); a 0 copies the
+    replaced axis at its position, one -1 takes the size that remains."""
+    axis = axis if axis >= 0 else len(shape) + axis + 1
+    end = len(shape) if num_axes == -1 else axis + num_axes
+    if not 0 <= axis <= end <= len(shape):
+        raise ValueError(f"Reshape axes {axis}..{end} outside a {len(shape)}-axis input")
+    middle = [int(shape[axis + k]) if d == 0 else int(d) for k, d in enumerate(dims)]
+    if middle.count(-1) > 1:
+        raise ValueError("Reshape with more than one -1")
+    if -1 in middle:
+        known = math.prod(d for d in middle if d != -1)
+        middle[middle.index(-1)] = math.prod(shape[axis:end]) // known if known else 0
+    if math.prod(middle) != math.prod(shape[axis:end]):
+        raise ValueError(f"Reshape of {list(shape[axis:end])} to {middle} changes the element count")
+    return tuple(shape[:axis]) + tuple(middle) + tuple(shape[end:])
+
+
+def slice_bounds(size: int, points: list[int], index: int, parts: int) -> tuple[int, int]:
+    """Where part ``index`` of Caffe ``Slice`` starts and ends on an axis of ``size``: between the
+    ``slice_point`` values, or ``size / parts`` each without them."""
+    if points:
+        edges = [0] + [int(p) for p in points] + [size]
+        if any(b <= a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"slice points {list(points)} do not cut an axis of {size} into increasing parts")
+    else:
+        if size % parts:
+            raise ValueError(f"Slice of {size} into {parts} equal parts")
+        edges = [k * size // parts for k in range(parts + 1)]
+    return edges[index], edges[index + 1]
 
 
 def keras_reshape(target: Any, x: Shape) -> Shape | None:

@@ -73,11 +73,12 @@ def net_text(x: np.ndarray, layers: list[tuple[str, str, str]]) -> str:
 
 def batchnorm_layers(case: LayerCase) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, list[np.ndarray]]]]:
     """BatchNorm (mean, var, scale factor as stored) then Scale (gamma, beta) as the caffemodel held them; a
-    Scale layer alone is a Scale."""
+    Scale layer alone is a Scale, and so is the learned per-channel scale of SSD's Normalize (its L2
+    normalisation is a weightless layer of its own)."""
     a, stored = case.layer.attrs, case.stored
     scale = ("scale", "Scale", "scale_param { bias_term: true }")
     scale_blobs = ("scale", "Scale", [stored["weight"], stored["bias"]])
-    if case.layer.source_class == "Scale":
+    if case.layer.source_class in ("Scale", "Normalize"):
         return [scale], [scale_blobs]
     factor = np.asarray([a.get("caffe_scale_factor", 1.0)], np.float32)
     norm = ("norm", "BatchNorm", f"batch_norm_param {{ use_global_stats: true eps: {a['epsilon']!r} }}")
@@ -108,3 +109,26 @@ def opencv_layer(case: LayerCase, x: np.ndarray) -> np.ndarray:
         net = cv2.dnn.readNetFromCaffe(text, model)
         net.setInput(x)
         return np.asarray(net.forward(), dtype=np.float32)
+
+
+def run_caffe_source(source: Any, x: np.ndarray, outputs: list[str] | None = None) -> Any:
+    """:func:`run_caffe_file` on the caffemodel ``source`` (a weightport Model) was read from, with its details."""
+    return run_caffe_file(source.source.path, x, source.source.details, outputs)
+
+
+def run_caffe_file(path: str, x: np.ndarray, details: dict[str, Any] | None = None,
+                   outputs: list[str] | None = None) -> Any:
+    """The whole Caffe model run by OpenCV on ``x`` (N, C, H, W as Caffe takes it): the caffemodel ``path``
+    with the prototxt weightport read (``details["prototxt"]``); its final output, or with ``outputs`` (layer
+    names of the canonical model) the list of those layers' outputs, the Caffe blobs ``details["tops"]`` names."""
+    prototxt = (details or {}).get("prototxt")
+    if not prototxt:
+        raise NotImplementedError("OpenCV needs the network's .prototxt, and none was given as its spec or "
+                                  "found beside the model")
+    cv2 = import_cv2()
+    net = cv2.dnn.readNetFromCaffe(prototxt, path)
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    if outputs:
+        tops = (details or {}).get("tops") or {}
+        return [np.asarray(blob, dtype=np.float32) for blob in net.forward([tops.get(name, name) for name in outputs])]
+    return np.asarray(net.forward(), dtype=np.float32)

@@ -32,11 +32,11 @@ from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS
 from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, array_tensor
 from weightport.core.options import ReadOptions
 from weightport.core.rules import CAFFE_RULE
-from weightport.core.shapes import infer_shapes
+from weightport.core.shapes import infer_shapes, layer_output_shape
 from weightport.core.steps import Relayout, ScaleValues
 from weightport.formats.caffe import prototxt
 from weightport.formats.caffe.schema import TABLES, V1_TYPE_NAMES
-from weightport.formats.caffe.wire import Message, WireDecoder, float_count, float_values
+from weightport.formats.caffe.wire import FloatRun, Message, WireDecoder, float_count, float_values
 
 NAME = "caffe"
 DESCRIPTION = "Caffe `.caffemodel` + `.prototxt` (V1 and V2 layers; no Caffe, no protobuf needed)"
@@ -47,7 +47,6 @@ DATA_LAYERS = ("Data", "ImageData", "MemoryData", "HDF5Data", "WindowData", "Dum
 SKIPPED = ("Silence", "Accuracy", "SoftmaxWithLoss", "EuclideanLoss", "HingeLoss", "SigmoidCrossEntropyLoss",
            "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss", "HDF5Output")
 ACTIVATIONS = {"Sigmoid": "sigmoid", "TanH": "tanh", "Softmax": "softmax"}
-CAFFE_RULE_TEXT = "Caffe Convolution/Deconvolution compute cross-correlation (rule caffe-correlation)"
 BGR_NOTE = ("Caffe models are usually trained on BGR images (OpenCV/Caffe image loaders), 0-255 unless a "
             "scale says otherwise: feed inputs in the order and range the model was trained with")
 
@@ -142,6 +141,7 @@ class CaffeReader:
         self.names: set[str] = set()
         self.producer: dict[str, str] = {}
         self.preprocessing: dict[str, Any] = {}
+        self.post_processing_layers: list[str] = []
 
     # -- tensors ------------------------------------------------------------------------------------
     def blob(self, layer: str, index: int, what: str) -> Message:
@@ -159,9 +159,10 @@ class CaffeReader:
         return tuple(int(blob.get(axis, 0)) for axis in ("num", "channels", "height", "width"))
 
     def tensor(self, layer: str, index: int, param: str, pattern: str, semantics: str = NO_SEMANTICS,
-               steps: tuple = (), expected: tuple[int, ...] | None = None) -> Tensor:
+               steps: tuple = (), expected: tuple[int, ...] | None = None, rule: str | None = None) -> Tensor:
         """The canonical tensor ``param`` over blob ``index`` of ``layer`` (stored in ``pattern`` order;
-        leading unit axes of a legacy 4-D shape dropped)."""
+        leading unit axes of a legacy 4-D shape dropped).  ``rule`` says why its values change (shown by
+        ``inspect``); a kernel's is the semantics rule's id (``caffe-correlation``)."""
         blob = self.blob(layer, index, param)
         shape = self.stored_shape(blob)
         values = blob.all("data") or blob.all("double_data")
@@ -187,7 +188,7 @@ class CaffeReader:
         def read() -> np.ndarray:
             return float_values(buffer, values).astype(dense, copy=False).reshape(shape)
         relayout = Relayout(Layout(source, semantics), Layout(pattern, target))
-        rule = CAFFE_RULE_TEXT if semantics != NO_SEMANTICS else None
+        rule = CAFFE_RULE.id if semantics != NO_SEMANTICS else rule
         return Tensor(param, shape, dtype, Layout(pattern, target),
                       Provenance(f"{layer}.blobs[{index}]", source, semantics, rule), read, (relayout,) + steps)
 
@@ -232,10 +233,32 @@ class CaffeReader:
         if self.prototxt is None:
             model.warn("no .prototxt beside the .caffemodel (or --spec): the structure comes from the caffemodel, "
                        "whose input shape is unknown")
+        if self.post_processing_layers:
+            model.warn(f"{len(self.post_processing_layers)} SSD post-processing layer(s) without weights are kept in "
+                       f"the metadata, not ported: {', '.join(self.post_processing_layers)}; the converted model ends "
+                       "at their inputs (the box offsets and class scores)")
         details["preprocessing"] = self.preprocessing
+        details["tops"] = {layer: top for top, layer in self.producer.items()}  # the Caffe blob each layer's output is
         model.warn(f"preprocessing: {describe_preprocessing(self.preprocessing)}; {BGR_NOTE}")
         infer_shapes(model)
+        self.check_shaped(model)
         return model
+
+    def check_shaped(self, model: Model) -> None:
+        """A Reshape or Slice that cannot apply to its (known) input is refused, naming the layer."""
+        for layer in model.layers:
+            feeding = [model.find(name) for name in layer.inputs]
+            shapes = [f.output_shape for f in feeding if f is not None and f.output_shape is not None
+                      and None not in f.output_shape]
+            if layer.kind not in ("reshape_dims", "slice") or layer.output_shape is not None or \
+                    len(shapes) != len(layer.inputs):
+                continue
+            try:
+                layer_output_shape(layer, shapes)
+            except (ValueError, IndexError) as error:
+                raise BadInputError(f"{layer.source_class} {layer.name!r} cannot apply to its input of shape "
+                                    f"{list(shapes[0])} ({error})", path=self.path,
+                                    fix="Check the layer's parameters in the prototxt") from None
 
     def net_inputs(self, model: Model) -> None:
         """The deprecated ``input:`` / ``input_shape`` / ``input_dim`` inputs of the net."""
@@ -272,6 +295,9 @@ class CaffeReader:
             source = self.inputs_of(layer)[0]
             for top in tops:
                 self.producer[top] = source
+            return
+        if kind in SPLITTING:
+            SPLITTING[kind](self, model, layer, name, tops)
             return
         built = BUILDERS.get(kind, CaffeReader.other)(self, layer, name)
         built.inputs = self.inputs_of(layer)
@@ -357,9 +383,11 @@ class CaffeReader:
         factor = self.scalar_blob(name, 2)
         divide = ScaleValues(0.0 if factor == 0 else 1.0 / factor, f"Caffe BatchNorm scale factor {factor:g}")
         built = Layer(name, "batchnorm", {}, source_class="BatchNorm")
-        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "o", steps=(divide,))
+        why = f"Caffe BatchNorm stores the mean and variance times a scale factor ({factor:g})"
+        built.tensors["running_mean"] = self.tensor(name, 0, "running_mean", "o", steps=(divide,), rule=why)
         channels = built.tensors["running_mean"].shape[0]
-        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "o", steps=(divide,), expected=(channels,))
+        built.tensors["running_var"] = self.tensor(name, 1, "running_var", "o", steps=(divide,), expected=(channels,),
+                                                   rule=why)
         for param_name, value in (("weight", 1.0), ("bias", 0.0)):
             built.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("o"),
                                                      Provenance(f"{name} (none: BatchNorm without Scale)", "o"))
@@ -431,7 +459,7 @@ class CaffeReader:
         kind = CaffeReader.type_of(layer)
         axis = int((layer.get("softmax_param") or Message("")).get("axis", 1))
         if kind == "Softmax" and axis != 1:
-            return self.other(layer, name)
+            return Layer(name, "softmax", {"axis": axis, "log": False}, source_class=kind)
         return Layer(name, "activation", {"activation": ACTIVATIONS[kind]}, source_class=kind)
 
     def prelu(self, layer: Message, name: str) -> Layer:
@@ -463,6 +491,83 @@ class CaffeReader:
             return self.other(layer, name)
         return Layer(name, "flatten", {"flatten_order": "chw"}, source_class="Flatten")
 
+    def lrn(self, layer: Message, name: str) -> Layer:
+        """LRN (Caffe's defaults: local_size 5, alpha 1, beta 0.75, k 1, ACROSS_CHANNELS); Caffe divides alpha
+        by the window's size (local_size across channels, its square within a channel)."""
+        param = layer.get("lrn_param") or Message("")
+        return Layer(name, "lrn", {"size": int(param.get("local_size", 5)), "alpha": float(param.get("alpha", 1.0)),
+                                   "beta": float(param.get("beta", 0.75)), "k": float(param.get("k", 1.0)),
+                                   "region": str(param.get("norm_region", "ACROSS_CHANNELS"))}, source_class="LRN")
+
+    def power(self, layer: Message, name: str) -> Layer:
+        """Power: ``(shift + scale * x) ^ power`` (defaults 0, 1, 1)."""
+        param = layer.get("power_param") or Message("")
+        return Layer(name, "power", {"power": float(param.get("power", 1.0)), "scale": float(param.get("scale", 1.0)),
+                                     "shift": float(param.get("shift", 0.0))}, source_class="Power")
+
+    def reshape(self, layer: Message, name: str) -> Layer:
+        """Reshape: ``shape`` dims (0 copies an input axis, -1 infers one) over ``axis`` .. ``axis + num_axes``."""
+        param = layer.get("reshape_param") or Message("")
+        dims = [int(d) for d in (param.get("shape") or Message("")).all("dim")]
+        return Layer(name, "reshape_dims", {"dims": dims, "axis": int(param.get("axis", 0)),
+                                            "num_axes": int(param.get("num_axes", -1))}, source_class="Reshape")
+
+    def permute(self, layer: Message, name: str) -> Layer:
+        """SSD's Permute keeping the batch axis first: a permute of the other axes (1-based, as Keras counts)."""
+        order = [int(o) for o in (layer.get("permute_param") or Message("")).all("order")]
+        if not order or order[0] != 0:
+            return self.other(layer, name)
+        return Layer(name, "permute", {"dims": order[1:]}, source_class="Permute")
+
+    def slices(self, model: Model, layer: Message, name: str, tops: list[str]) -> None:
+        """Slice: one ``slice`` layer per top, cut along ``axis`` (legacy ``slice_dim``) at the
+        ``slice_point`` values, or into equal parts without them."""
+        param = layer.get("slice_param") or Message("")
+        axis = int(param.get("axis", param.get("slice_dim", 1)))
+        points = [int(p) for p in param.all("slice_point")]
+        if points and len(points) != len(tops) - 1:
+            raise BadInputError(f"Slice {name!r} has {len(points)} slice points for {len(tops)} tops", path=self.path,
+                                fix="Give one slice_point fewer than the tops")
+        inputs = self.inputs_of(layer)
+        for index, top in enumerate(tops):
+            part = Layer(self.unique(name if index == 0 else f"{name}_{top}"), "slice",
+                         {"axis": axis, "points": points, "index": index, "parts": len(tops)}, {}, inputs, "Slice")
+            model.layers.append(part)
+            self.producer[top] = part.name
+
+    def normalize(self, model: Model, layer: Message, name: str, tops: list[str]) -> None:
+        """SSD's Normalize: the L2 normalisation ``x / sqrt(sum x^2 + eps)`` (over the channels, or every axis with
+        ``across_spatial``), then its learned per-channel scale as a Scale (``NAME.weight``)."""
+        param = layer.get("norm_param") or Message("")
+        if param.get("channel_shared", True):
+            raise UnsupportedError(f"Normalize {name!r} with channel_shared (one scale for every channel)",
+                                   path=self.path, fix="Only Normalize with channel_shared false is converted")
+        norm = Layer(self.unique(f"{name}_l2"), "normalize",
+                     {"p": 2.0, "eps": float(param.get("eps", 1e-10)), "axis": 1,
+                      "across_spatial": bool(param.get("across_spatial", True))}, {}, self.inputs_of(layer),
+                     "Normalize")
+        model.layers.append(norm)
+        scale = Layer(name, "batchnorm", {}, source_class="Normalize")
+        scale.tensors["weight"] = self.tensor(name, 0, "weight", "o")
+        channels = scale.tensors["weight"].shape[0]
+        for param_name, value in (("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
+            scale.tensors[param_name] = array_tensor(param_name, np.full((channels,), value, np.float32), Layout("o"),
+                                                     Provenance(f"{name} (none: Normalize's scale)", "o"))
+        scale.attrs = {"epsilon": 0.0, "momentum": 0.999, "num_features": channels}
+        scale.inputs = [norm.name]
+        scale.name = self.unique(name)
+        model.layers.append(scale)
+        for top in tops:
+            self.producer[top] = scale.name
+
+    def post_processing(self, layer: Message, name: str) -> Layer:
+        """SSD's PriorBox / DetectionOutput: weightless box arithmetic after the network, kept with its parameters
+        in the metadata and reported as not ported (the torch module stops before it)."""
+        kind = CaffeReader.type_of(layer)
+        params = {key: plain(values[-1], self.buffer) for key, values in layer.fields.items() if key.endswith("_param")}
+        self.post_processing_layers.append(f"{name} ({kind})")
+        return Layer(name, "other", {"op": kind, "post_processing": True, "params": params}, source_class=kind)
+
     def dropout(self, layer: Message, name: str) -> Layer:
         return Layer(name, "dropout", {}, source_class="Dropout")
 
@@ -488,8 +593,23 @@ BUILDERS: dict[str, Callable[[CaffeReader, Message, str], Layer]] = {
     "Pooling": CaffeReader.pooling, "ReLU": CaffeReader.relu, "Sigmoid": CaffeReader.activation,
     "TanH": CaffeReader.activation, "Softmax": CaffeReader.activation, "PReLU": CaffeReader.prelu,
     "Eltwise": CaffeReader.eltwise, "Concat": CaffeReader.concat, "Flatten": CaffeReader.flatten,
-    "Dropout": CaffeReader.dropout,
+    "Dropout": CaffeReader.dropout, "LRN": CaffeReader.lrn, "Power": CaffeReader.power,
+    "Reshape": CaffeReader.reshape, "Permute": CaffeReader.permute, "PriorBox": CaffeReader.post_processing,
+    "DetectionOutput": CaffeReader.post_processing,
 }
+SPLITTING: dict[str, Callable[[CaffeReader, Model, Message, str, list[str]], None]] = {  # layers of several parts
+    "Slice": CaffeReader.slices, "Normalize": CaffeReader.normalize,
+}
+
+
+def plain(value: Any, buffer: Any) -> Any:
+    """A decoded parameter as JSON-ready data (a message as a dict of its fields, one value or a list)."""
+    if isinstance(value, Message):
+        return {key: [plain(v, buffer) for v in values] if len(values) > 1 else plain(values[0], buffer)
+                for key, values in value.fields.items()}
+    if isinstance(value, FloatRun):
+        return [float(v) for v in float_values(buffer, [value])]
+    return value if isinstance(value, (int, float, str, bool)) else str(value)
 
 
 def transform_details(transform: Message, buffer: Any) -> dict[str, Any]:

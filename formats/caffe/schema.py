@@ -70,7 +70,12 @@ TRANSFORM = {1: Field("scale", "float"), 2: Field("mirror", "bool"), 3: Field("c
              4: Field("mean_file", "string"), 5: Field("mean_value", "float"), 6: Field("force_color", "bool"),
              7: Field("force_gray", "bool")}
 STATE_RULE = {1: Field("phase", "enum", enum=PHASES)}
-LRN = {1: Field("local_size", "int"), 2: Field("alpha", "float"), 3: Field("beta", "float"), 5: Field("k", "float")}
+LRN_REGIONS = {0: "ACROSS_CHANNELS", 1: "WITHIN_CHANNEL"}
+LRN = {1: Field("local_size", "int"), 2: Field("alpha", "float"), 3: Field("beta", "float"),
+       4: Field("norm_region", "enum", enum=LRN_REGIONS), 5: Field("k", "float")}
+# SSD's fork of caffe.proto (weiliu89/caffe, branch ssd): NormalizeParameter, PermuteParameter
+NORMALIZE = {1: Field("across_spatial", "bool"), 3: Field("channel_shared", "bool"), 4: Field("eps", "float")}
+PERMUTE = {1: Field("order", "int")}
 POWER = {1: Field("power", "float"), 2: Field("scale", "float"), 3: Field("shift", "float")}
 RESHAPE = {1: Field("shape", "message", "BlobShape"), 2: Field("axis", "int64"), 3: Field("num_axes", "int64")}
 SLICE = {3: Field("axis", "int64"), 2: Field("slice_point", "int"), 1: Field("slice_dim", "int")}
@@ -85,6 +90,7 @@ PARAMETERS = {  # V2 LayerParameter field -> (name, table)
     143: ("input_param", "InputParameter"), 100: ("transform_param", "TransformationParameter"),
     118: ("lrn_param", "LRNParameter"), 122: ("power_param", "PowerParameter"),
     133: ("reshape_param", "ReshapeParameter"), 126: ("slice_param", "SliceParameter"),
+    202: ("permute_param", "PermuteParameter"), 206: ("norm_param", "NormalizeParameter"),
 }
 V1_PARAMETERS = {  # V1LayerParameter field -> (name, table)
     10: ("convolution_param", "ConvolutionParameter"), 19: ("pooling_param", "PoolingParameter"),
@@ -115,5 +121,6 @@ TABLES = {
     "ScaleParameter": SCALE, "EltwiseParameter": ELTWISE, "ConcatParameter": CONCAT, "FlattenParameter": FLATTEN,
     "SoftmaxParameter": SOFTMAX, "ReLUParameter": RELU, "PReLUParameter": PRELU, "DropoutParameter": DROPOUT,
     "InputParameter": INPUT, "TransformationParameter": TRANSFORM, "LRNParameter": LRN, "PowerParameter": POWER,
-    "ReshapeParameter": RESHAPE, "SliceParameter": SLICE,
+    "ReshapeParameter": RESHAPE, "SliceParameter": SLICE, "NormalizeParameter": NORMALIZE,
+    "PermuteParameter": PERMUTE,
 }

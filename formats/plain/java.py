@@ -220,7 +220,7 @@ def readme(names: JavaNames, manifest: dict[str, Any], forward: bool) -> str:
 
 FORWARD_KINDS = ("input", "conv", "depthwise", "separable", "conv_transpose", "dense", "batchnorm", "activation", "prelu", "pool",
                  "global_pool", "flatten", "dropout", "padding", "cropping", "add", "multiply", "concat", "lstm", "gru",
-                 "embedding")
+                 "embedding", "power", "normalize", "softmax", "lrn")
 MERGE_KINDS = ("add", "multiply", "concat")
 SEQUENCE_KINDS = ("lstm", "gru", "embedding", "dense")  # take a (steps, features) sequence as it is
 RNN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "linear", "hard_sigmoid")
@@ -449,18 +449,19 @@ class ForwardWriter:
             strides, _, pads = self.spatial_attrs(layer, rank)
             kernel = list(a["kernel_size"])
             flat_pads = [p for pair in [[0, 0]] * (3 - rank) + pads for p in pair]
-            spatial = []
-            for n, k, s, (before, after) in zip(shape[1:], kernel, strides, pads):
-                spatial.append((n + before + after - k) // s + 1)
-            if a.get("ceil_mode") and any(ceil_pool_out(n, k, s, pair) != out for n, k, s, pair, out
-                                          in zip(shape[1:], kernel, strides, pads, spatial)):
-                raise self.refuse(layer, "ceil-mode pooling (Caffe, Torch7) whose last window is partial")
+            if a.get("ceil_mode"):  # Caffe / Torch7: rounded up (the last window may pass the padded input)
+                if any(before != after for before, after in pads):
+                    raise self.refuse(layer, f"ceil-mode pooling with asymmetric pads {pads}")
+                spatial = [ceil_pool_out(n, k, s, pair) for n, k, s, pair in zip(shape[1:], kernel, strides, pads)]
+            else:
+                spatial = [(n + before + after - k) // s + 1
+                           for n, k, s, (before, after) in zip(shape[1:], kernel, strides, pads)]
             mode = a.get("mode")
             if mode not in ("max", "avg"):
                 raise self.refuse(layer, f"pooling mode {mode!r}")
             self.emit(f"x = pool(x, {java_ints([shape[0]] + pad3(list(shape[1:]), 1))}, {java_ints(pad3(kernel, 1))}, "
-                      f"{java_ints(pad3(strides, 1))}, {java_ints(flat_pads)}, {'true' if mode == 'max' else 'false'}, "
-                      f"{'true' if a.get('count_include_pad') else 'false'});")
+                      f"{java_ints(pad3(strides, 1))}, {java_ints(flat_pads)}, {java_ints(pad3(spatial, 1))}, "
+                      f"{'true' if mode == 'max' else 'false'}, {'true' if a.get('count_include_pad') else 'false'});")
             return (shape[0],) + tuple(spatial)
         if kind == "global_pool":
             if not is_map:
@@ -483,6 +484,33 @@ class ForwardWriter:
             self.emit(f"x = {'zeroPad' if kind == 'padding' else 'crop'}(x, "
                       f"{java_ints([shape[0]] + pad3(list(shape[1:]), 1))}, {java_ints(flat)});")
             return (shape[0],) + tuple(n + sign * (p[0] + p[1]) for n, p in zip(shape[1:], pairs))
+        if kind == "power":  # Caffe Power
+            numbers = [java_double(a.get(key, default), lambda why: self.refuse(layer, f"{key}: {why}"))
+                       for key, default in (("power", 1.0), ("scale", 1.0), ("shift", 0.0))]
+            self.emit(f"x = power(x, {', '.join(numbers)});")
+            return shape
+        if kind == "lrn":  # Caffe LRN, alpha over the window's size
+            size = int(a["size"])
+            if not is_map or size % 2 == 0:
+                raise self.refuse(layer, "LRN needs a feature map and an odd local_size")
+            numbers = [java_double(a.get(key, default), lambda why: self.refuse(layer, f"{key}: {why}"))
+                       for key, default in (("alpha", 1.0), ("beta", 0.75), ("k", 1.0))]
+            within = a.get("region") == "WITHIN_CHANNEL"
+            self.emit(f"x = lrn(x, {java_ints([shape[0]] + pad3(list(shape[1:]), 1))}, {size}, {', '.join(numbers)}, "
+                      f"{'true' if within else 'false'});")
+            return shape
+        if kind == "normalize":  # Torch7 nn.Normalize, SSD's L2 normalisation (its scale is a batch norm)
+            if int(a.get("axis", 1)) != 1:
+                raise self.refuse(layer, f"normalize over axis {a.get('axis')} (only the channels)")
+            p = java_double(a["p"], lambda why: self.refuse(layer, f"p: {why}"))
+            eps = java_double(a.get("eps", 0.0), lambda why: self.refuse(layer, f"eps: {why}"))
+            self.emit(f"x = normalize(x, {shape[0]}, {p}, {eps}, {'true' if a.get('across_spatial') else 'false'});")
+            return shape
+        if kind == "softmax":  # over an axis: the channels only here (Torch7 nn.LogSoftMax, Caffe Softmax axis 1)
+            if int(a.get("axis", 1)) != 1:
+                raise self.refuse(layer, f"softmax over axis {a.get('axis')} (only the channels)")
+            self.emit(f"x = softmax(x, {shape[0]}, {'true' if a.get('log') else 'false'});")
+            return shape
         if kind in ("dropout", "input"):
             return shape
         raise self.refuse(layer, f"kind {kind!r} is not supported (supported: {', '.join(FORWARD_KINDS)})")

@@ -28,7 +28,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
 from weightport.core.rules import hard_sigmoid_coefficients
-from weightport.formats.torch import onnx_ops
+from weightport.formats.torch import caffe_ops, onnx_ops
 
 ACTIVATIONS = {
     None: lambda x: x, "linear": lambda x: x, "relu": F.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
@@ -312,17 +312,23 @@ class CanonicalModule(nn.Module):
 
     def forward(self, *xs: torch.Tensor) -> Any:
         """The model's output given one tensor per ``input`` layer, in the model's order (a graph's extra
-        inputs, such as an RNN's initial state, after the first); every layer's output is kept in ``values``."""
+        inputs, such as an RNN's initial state, after the first); every layer's output is kept in ``values``.
+        Post-processing layers that are not ported (SSD's PriorBox, DetectionOutput: ``attrs["post_processing"]``)
+        and what they feed are not run; a model ending in them raises UnsupportedError after running the rest."""
         entries = self.model.input_layers()
         if len(xs) != max(len(entries), 1):
             raise UnsupportedError(f"the model takes {len(entries)} inputs ({', '.join(l.name for l in entries)}), "
                                    f"given {len(xs)}", fix="Give one array for each input of the model")
         fed = {layer.name: x for layer, x in zip(entries, xs)}
         values: dict[str, torch.Tensor] = {}
+        self.values = values  # every layer's output of the last call, for naming a first divergence
         kinds = value_kinds(self.model)
         previous = xs[0]
+        not_run = not_ported(self.model)
         for position, layer in enumerate(self.model.layers):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
+            if layer.name in not_run:
+                continue
             inputs = [values[n] for n in names] if names else [previous]
             if layer.name in fed:
                 inputs = [fed[layer.name]]
@@ -333,7 +339,13 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
             previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
-        self.values = values  # every layer's output of the last call, for naming a first divergence
+        if self.model.layers and self.model.layers[-1].name in not_run:
+            first = next(layer for layer in self.model.layers if layer.attrs.get("post_processing"))
+            raise UnsupportedError(f"the model ends in post-processing that is not ported ({first.name}, "
+                                   f"{first.source_class}); the converted model's outputs are "
+                                   f"{', '.join(ported_outputs(self.model))}",
+                                   fix="Compare those outputs, and run the post-processing from its recorded "
+                                       "parameters")
         return (previous,) + tuple(values[name] for name in self.also_return) if self.also_return else previous
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -348,6 +360,25 @@ class CanonicalModule(nn.Module):
             raise UnsupportedError(f"layer {layer.name!r} of kind {layer.kind} ({layer.source_class}) cannot be "
                                    "run in torch", fix="Validate this model layer by layer instead")
         return run(layer, inputs)
+
+
+def not_ported(model: Model) -> set[str]:
+    """Names of the post-processing layers that are not ported (SSD's PriorBox, DetectionOutput:
+    ``attrs["post_processing"]``) and of every layer fed by one: the canonical module does not run them."""
+    names: set[str] = set()
+    for layer in model.layers:
+        if layer.attrs.get("post_processing") or any(name in names for name in layer.inputs):
+            names.add(layer.name)
+    return names
+
+
+def ported_outputs(model: Model) -> list[str]:
+    """The layers whose outputs only the not-ported post-processing reads: the converted model's outputs
+    (an SSD's box offsets and class scores); empty when everything is ported."""
+    skipped = not_ported(model)
+    used = {name for layer in model.layers if layer.name not in skipped for name in layer.inputs}
+    return sorted({name for layer in model.layers if layer.name in skipped for name in layer.inputs
+                   if name not in skipped and name not in used})
 
 
 Builder = Callable[[Layer, Model], nn.Module]
@@ -528,5 +559,6 @@ def spatial_input(model: Model) -> bool:
 
 
 onnx_ops.register(sys.modules[__name__])  # the weightless ONNX ops of whole real graphs
+caffe_ops.register(sys.modules[__name__])  # Caffe / Torch7 weightless layers (LRN, Power, Reshape, Slice, ...)
 from weightport.formats.torch.keras_ops import register as register_keras_ops  # noqa: E402
 register_keras_ops(BUILDERS, RUNS, OUTPUT_KINDS)  # Keras functional layers (formats/torch/keras_ops.py)

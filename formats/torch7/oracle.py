@@ -6,7 +6,9 @@ sides of a layer check.  cv2 is imported only when a Torch7 layer is checked."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from typing import Any
 
 import numpy as np
 
@@ -76,3 +78,21 @@ def opencv_module(case: LayerCase, x: np.ndarray) -> np.ndarray:
         net.setInput(data)
         out = np.asarray(net.forward(), dtype=np.float32)
     return out.reshape(x.shape) if flat_norm else out
+
+
+def run_torch7_source(source: Any, x: np.ndarray) -> np.ndarray:
+    """:func:`run_torch7_file` on the .t7 file ``source`` (a weightport Model) was read from, with its details."""
+    return run_torch7_file(source.source.path, x, source.source.details)
+
+
+def run_torch7_file(path: str, x: np.ndarray, details: dict[str, Any] | None = None) -> np.ndarray:
+    """The whole .t7 model run by OpenCV on ``x`` (N, C, H, W); its final output.  OpenCV reads only its own
+    machine's byte order: another is refused (NotImplementedError)."""
+    order = (details or {}).get("byte_order")
+    if order is not None and order != sys.byteorder:
+        raise NotImplementedError(f"OpenCV reads .t7 files of this machine's byte order ({sys.byteorder}) only, "
+                                  f"and this one is {order}-endian")
+    cv2 = import_cv2("readNetFromTorch", "Torch7")
+    net = cv2.dnn.readNetFromTorch(path)
+    net.setInput(np.ascontiguousarray(x, dtype=np.float32))
+    return np.asarray(net.forward(), dtype=np.float32)

@@ -11,12 +11,14 @@ Layouts (Torch7 computes cross-correlation, rule ``torch7-correlation``):
   scale is 1 and the shift 0.
 * ``nn.Linear`` ``(out, in)``; ``nn.View``/``nn.Reshape`` to one dimension flatten C, H, W (torch's order).
 * Pooling keeps ``ceil_mode`` and (average) ``count_include_pad`` (Torch7's default: true).
+* ``nn.Normalize(p, eps)`` divides by ``(sum |x|^p + eps)^(1/p)`` over the features; ``nn.LogSoftMax``.
 * ``cudnn.X`` reads as ``nn.X``.  Containers: ``nn.Sequential``, ``nn.Concat`` (inception branches on one
   input), ``nn.ConcatTable`` with ``nn.JoinTable`` / ``nn.CAddTable`` (residual blocks), ``nn.Identity``.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass
@@ -39,7 +41,6 @@ NAME = "torch7"
 DESCRIPTION = "Torch7 `.t7` nn models (binary torch.save, either byte order; no Lua needed, nothing runs)"
 EXTENSIONS = (".t7",)
 
-RULE_TEXT = "Torch7 nn convolutions compute cross-correlation (rule torch7-correlation)"
 ACTIVATIONS = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "SoftMax": "softmax"}
 PASS = ("Dropout", "SpatialDropout", "Identity", "Copy")
 
@@ -145,7 +146,9 @@ class Torch7Reader:
 
     # -- tensors ------------------------------------------------------------------------------------
     def tensor(self, owner: str, module: TorchObject, key: str, src: str, dst: str, semantics: str = NO_SEMANTICS,
-               known: tuple = (), steps: tuple = ()) -> Tensor:
+               known: tuple = (), steps: tuple = (), rule: str | None = None) -> Tensor:
+        """The canonical tensor of ``module``'s field ``key`` (stored ``src``, canonical ``dst``); ``rule`` says
+        why its values change (shown by ``inspect``); a kernel's is the semantics rule's id."""
         ref = module.get(key)
         if not isinstance(ref, TensorRef) or ref.storage is None:
             raise BadInputError(f"{module.class_name} {owner!r} has no {key} tensor", path=self.path,
@@ -163,7 +166,7 @@ class Torch7Reader:
                                 f"({error})", path=self.path, fix="The model is damaged or crafted") from None
         dtype = ref.storage.dtype.newbyteorder("=")
         return Tensor(key, ref.sizes, dtype, Layout(dst, target),
-                      Provenance(f"{owner}.{key}", src, semantics, RULE_TEXT if semantics != NO_SEMANTICS else None),
+                      Provenance(f"{owner}.{key}", src, semantics, TORCH7_RULE.id if semantics != NO_SEMANTICS else rule),
                       lambda: read_array(buffer, ref), (relayout,) + steps)
 
     def constant(self, owner: str, name: str, value: float, count: int, why: str) -> Tensor:
@@ -317,7 +320,8 @@ class Torch7Reader:
             layer.tensors["running_var"] = self.tensor(name, module, "running_var", "o", "o")
             stored = "running_var"
         else:
-            layer.tensors["running_var"] = self.tensor(name, module, "running_std", "o", "o", steps=(StdToVariance(eps),))
+            layer.tensors["running_var"] = self.tensor(name, module, "running_std", "o", "o", steps=(StdToVariance(eps),),
+                                                       rule="nn before 2016 stores running_std = 1/sqrt(var + eps)")
             layer.tensors["running_var"].name = "running_var"
             stored = "running_std"
         for key, value in (("weight", 1.0), ("bias", 0.0)):
@@ -363,6 +367,19 @@ class Torch7Reader:
         layer.tensors["weight"] = self.tensor(name, module, "weight", "c", "c")
         return layer
 
+    def normalize(self, module: TorchObject, name: str) -> Layer:
+        """``nn.Normalize(p, eps)``: ``x / (sum(|x|^p) + eps)^(1/p)`` over the features (eps inside the root, as
+        Torch7 computes it; default eps 1e-10); the infinity norm is carried by name only."""
+        p = number(module, "p", 2.0)
+        if not math.isfinite(p) or p <= 0:
+            return Layer(name, "other", {"op": f"{module.class_name} p={p:g}"}, source_class=module.class_name)
+        return Layer(name, "normalize", {"p": p, "eps": number(module, "eps", 1e-10), "axis": 1},
+                     source_class=module.class_name)
+
+    def log_softmax(self, module: TorchObject, name: str) -> Layer:
+        """``nn.LogSoftMax``: log-softmax over the features (the channels of a map)."""
+        return Layer(name, "softmax", {"axis": 1, "log": True}, source_class=module.class_name)
+
     def view(self, module: TorchObject, name: str) -> Layer:
         """``View(n)`` / ``Reshape(n)`` of a map to one dimension: a C, H, W flatten."""
         size = module.get("size")
@@ -384,6 +401,7 @@ LEAVES: dict[str, Callable[[Torch7Reader, TorchObject, str], Layer]] = {
     "SpatialAveragePooling": Torch7Reader.pooling, "ReLU": Torch7Reader.threshold, "Threshold": Torch7Reader.threshold,
     "Tanh": Torch7Reader.activation, "Sigmoid": Torch7Reader.activation, "SoftMax": Torch7Reader.activation,
     "PReLU": Torch7Reader.prelu, "View": Torch7Reader.view, "Reshape": Torch7Reader.view,
+    "Normalize": Torch7Reader.normalize, "LogSoftMax": Torch7Reader.log_softmax,
 }
 
 

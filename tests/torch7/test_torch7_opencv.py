@@ -2,7 +2,8 @@
 oracle: each fixture (one model per module kind, written by weightport.formats.torch7.encode, one of them
 big-endian with 4-byte longs) is converted to torch and ONNX with the real CLI and must reproduce OpenCV's
 forward pass, live and recorded.  Each trap is put back on purpose (a flipped kernel, an MM weight unflattened
-in the wrong order, floor pooling, running_std read as a variance, an H, W, C flatten) and must fail."""
+in the wrong order, floor pooling, running_std read as a variance, an H, W, C flatten, Normalize's p or eps
+ignored, LogSoftMax as SoftMax) and must fail."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.caffe.test_caffe_opencv import TOLERANCE, flip_kernel, hwc_flatten, p
 from tests.conftest import fixture_path, require
 
 FIXTURES = ("conv_mm", "conv_cudnn", "batchnorm_var", "batchnorm_std", "pool_ceil", "linear_view",
-            "inception_concat", "residual_cadd", "full_dilated_prelu", "conv_mm_big_endian_long4")
+            "inception_concat", "residual_cadd", "full_dilated_prelu", "conv_mm_big_endian_long4", "linear_normalize",
+            "normalize_p3", "linear_logsoftmax")
 TWINS = {"conv_mm_big_endian_long4": "conv_mm"}  # OpenCV reads only its machine's byte order
 
 
@@ -70,6 +72,21 @@ def test_validate_checks_every_weighted_layer_with_opencv(run_cli, tmp_path, nam
     assert "result: PASS" in stdout and "SKIP" not in stdout and "UNCHECKED" not in stdout, stdout
 
 
+@pytest.mark.parametrize("name", ["conv_mm", "linear_normalize", "normalize_p3", "linear_logsoftmax"])
+def test_validate_without_recorded_output_runs_opencv_on_the_source(run_cli, tmp_path, name):
+    require("cv2")
+    code, stdout, err = run_cli("validate", paths(name)[0], converted(run_cli, tmp_path, name))
+    assert code == 0, stdout + err
+    assert "PASS whole model vs OpenCV running the source (seed 0, 2 samples)" in stdout, stdout
+
+
+def test_a_big_endian_file_is_not_run_by_opencv_and_says_why(run_cli, tmp_path):
+    name = "conv_mm_big_endian_long4"
+    code, stdout, err = run_cli("validate", paths(name)[0], converted(run_cli, tmp_path, name))
+    assert "SKIP whole model vs recorded output" in stdout and "big-endian" in stdout, stdout + err
+    assert "PASS whole model" not in stdout
+
+
 def mm_unflattened_as_h_w_i(layer: str):
     """An MM weight (nOut, nIn*kH*kW) unflattened as if it were (nOut, kH*kW*nIn)."""
     def edit(_model, state):
@@ -95,6 +112,10 @@ MISTAKES = {
     "floor pooling": ("pool_ceil", pool_attr("0", "ceil_mode", False)),
     "running_std read as the variance": ("batchnorm_std", std_read_as_variance("1")),
     "H, W, C flatten": ("linear_view", hwc_flatten("4", 4, 2, 2)),
+    "Normalize(3) run as an L2 norm": ("normalize_p3", pool_attr("3", "p", 2.0)),
+    "Normalize's eps dropped": ("normalize_p3", pool_attr("3", "eps", 0.0)),
+    "Normalize over the batch axis": ("linear_normalize", pool_attr("4", "axis", 0)),
+    "LogSoftMax run as SoftMax": ("linear_logsoftmax", pool_attr("4", "log", False)),
 }
 
 
@@ -114,6 +135,9 @@ def test_inspect_and_explain_name_the_rule_and_the_std_conversion(run_cli):
     code, stdout, err = run_cli("inspect", paths("batchnorm_std")[0])
     assert code == 0, err
     assert "torch7-correlation" in stdout and "nn.SpatialBatchNormalization" in stdout
+    assert "OIHW (stored o i h w correlation kernel) [rule: torch7-correlation]" in stdout, stdout
+    assert "running_var: (4,) float32 O (stored o) [rule: nn before 2016 stores running_std = 1/sqrt(var + eps)]" \
+        in stdout, stdout
     code, stdout, err = run_cli("explain", paths("batchnorm_std")[0], "--to", "torch")
     assert code == 0, err
     assert "running_std -> variance" in stdout

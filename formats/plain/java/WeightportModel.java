@@ -517,12 +517,15 @@ public final class WeightportModel implements AutoCloseable {
         return y;
     }
 
-    /** Max or average pooling; padded positions are skipped (the average counts them only if countPadding). */
-    static float[] pool(float[] x, int[] in, int[] k, int[] stride, int[] pads, boolean max, boolean countPadding) {
+    /**
+     * Max or average pooling to the output size {@code out} (d, h, w: rounded down, or up for Caffe / Torch7's
+     * ceil mode, whose last window may pass the padded input); padded positions are skipped, and the average
+     * counts them only if countPadding, within the padded input (Caffe's and PyTorch's rule).
+     */
+    static float[] pool(float[] x, int[] in, int[] k, int[] stride, int[] pads, int[] out, boolean max,
+                        boolean countPadding) {
         int c0 = in[0], d0 = in[1], h0 = in[2], w0 = in[3];
-        int od = outSize(d0, k[0], stride[0], 1, pads[0], pads[1]);
-        int oh = outSize(h0, k[1], stride[1], 1, pads[2], pads[3]);
-        int ow = outSize(w0, k[2], stride[2], 1, pads[4], pads[5]);
+        int od = out[0], oh = out[1], ow = out[2];
         float[] y = new float[c0 * od * oh * ow];
         for (int c = 0; c < c0; c++) {
             for (int zd = 0; zd < od; zd++) {
@@ -547,13 +550,21 @@ public final class WeightportModel implements AutoCloseable {
                                 }
                             }
                         }
+                        int window = windowSize(zd * stride[0] - pads[0], k[0], d0 + pads[1])
+                                * windowSize(zh * stride[1] - pads[2], k[1], h0 + pads[3])
+                                * windowSize(zw * stride[2] - pads[4], k[2], w0 + pads[5]);
                         y[((c * od + zd) * oh + zh) * ow + zw] = max ? best
-                                : (float) (sum / (countPadding ? k[0] * k[1] * k[2] : n));
+                                : (float) (sum / (countPadding ? window : n));
                     }
                 }
             }
         }
         return y;
+    }
+
+    /** The positions of a pooling window starting at {@code start} that lie before {@code end} (the padded input's end). */
+    static int windowSize(int start, int k, int end) {
+        return Math.min(start + k, end) - start;
     }
 
     static float[] globalPool(float[] x, int channels, boolean max) {
@@ -605,6 +616,11 @@ public final class WeightportModel implements AutoCloseable {
 
     /** Softmax over the channels of each position. */
     static float[] softmax(float[] x, int channels) {
+        return softmax(x, channels, false);
+    }
+
+    /** Softmax (log: log-softmax, Torch7 nn.LogSoftMax) over the channels of each position, in double precision. */
+    static float[] softmax(float[] x, int channels, boolean log) {
         float[] y = new float[x.length];
         int s0 = x.length / channels;
         for (int s = 0; s < s0; s++) {
@@ -612,13 +628,76 @@ public final class WeightportModel implements AutoCloseable {
             for (int c = 0; c < channels; c++) {
                 top = Math.max(top, x[c * s0 + s]);
             }
-            double[] e = new double[channels];
             for (int c = 0; c < channels; c++) {
-                e[c] = Math.exp(x[c * s0 + s] - top);
-                sum += e[c];
+                sum += Math.exp(x[c * s0 + s] - top);
             }
             for (int c = 0; c < channels; c++) {
-                y[c * s0 + s] = (float) (e[c] / sum);
+                double shifted = x[c * s0 + s] - top;
+                y[c * s0 + s] = (float) (log ? shifted - Math.log(sum) : Math.exp(shifted) / sum);
+            }
+        }
+        return y;
+    }
+
+    /**
+     * Caffe LRN of a channels-first map ({@code dims}: c, d, h, w) with an odd window {@code size}: across
+     * channels x / (k + alpha/size * sum of x^2 over the size channels centred on it)^beta; within a channel
+     * x / (1 + alpha/size^2 * sum of x^2 over the size x size window centred on it, zero outside)^beta.
+     */
+    static float[] lrn(float[] x, int[] dims, int size, double alpha, double beta, double k, boolean within) {
+        int channels = dims[0], depth = dims[1], height = dims[2], width = dims[3];
+        int plane = height * width, s0 = depth * plane, half = (size - 1) / 2;
+        float[] y = new float[x.length];
+        for (int c = 0; c < channels; c++) {
+            for (int s = 0; s < s0; s++) {
+                double sum = 0.0;
+                if (within) {
+                    int h = (s % plane) / width, w = s % width, base = c * s0 + (s / plane) * plane;
+                    for (int i = Math.max(0, h - half); i <= Math.min(height - 1, h + half); i++) {
+                        for (int j = Math.max(0, w - half); j <= Math.min(width - 1, w + half); j++) {
+                            double v = x[base + i * width + j];
+                            sum += v * v;
+                        }
+                    }
+                } else {
+                    for (int q = Math.max(0, c - half); q <= Math.min(channels - 1, c + half); q++) {
+                        double v = x[q * s0 + s];
+                        sum += v * v;
+                    }
+                }
+                double scale = within ? 1.0 + alpha / ((double) size * size) * sum : k + alpha / size * sum;
+                y[c * s0 + s] = (float) (x[c * s0 + s] / Math.pow(scale, beta));
+            }
+        }
+        return y;
+    }
+
+    /** Caffe Power: (shift + scale * x) ^ power of every value, in double precision. */
+    static float[] power(float[] x, double power, double scale, double shift) {
+        float[] y = new float[x.length];
+        for (int k = 0; k < x.length; k++) {
+            y[k] = (float) Math.pow(shift + scale * x[k], power);
+        }
+        return y;
+    }
+
+    /** x / (sum |x|^p + eps)^(1/p): over the channels of each position, or over every value (acrossAll). */
+    static float[] normalize(float[] x, int channels, double p, double eps, boolean acrossAll) {
+        float[] y = new float[x.length];
+        int s0 = x.length / channels;
+        int groups = acrossAll ? 1 : s0;
+        for (int s = 0; s < groups; s++) {
+            double sum = 0.0;
+            for (int c = 0; c < channels; c++) {
+                for (int t = acrossAll ? 0 : s; t < (acrossAll ? s0 : s + 1); t++) {
+                    sum += Math.pow(Math.abs(x[c * s0 + t]), p);
+                }
+            }
+            double norm = Math.pow(sum + eps, 1.0 / p);
+            for (int c = 0; c < channels; c++) {
+                for (int t = acrossAll ? 0 : s; t < (acrossAll ? s0 : s + 1); t++) {
+                    y[c * s0 + t] = (float) (x[c * s0 + t] / norm);
+                }
             }
         }
         return y;
