@@ -22,6 +22,7 @@ kind is injected into at least one fixture.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -309,13 +310,31 @@ def test_real_model_correct_port_passes_and_each_kind_of_mistake_fails_naming_it
     passes (or, for a custom layer of a weights-only file, is INCOMPLETE naming exactly that layer); a mistake
     of each kind the model can hold fails, naming the tampered layer."""
     require("onnxruntime" if source.endswith(".onnx") else "tensorflow")
-    path, args = real_source(source), REAL[source]
+    injected = sweep(run_cli, tmp_path, real_source(source), REAL[source], REAL_GAPS.get(source, set()))
+    assert len(injected) >= 2, injected  # every real model holds kernels or biases and a second kind
+
+
+OPENCV_FIXTURES = sorted(os.path.relpath(path, FIXTURES) for pattern in ("caffe/*.caffemodel", "torch7/*.t7")
+                         for path in glob.glob(os.path.join(FIXTURES, pattern)))
+
+
+@pytest.mark.parametrize("source", OPENCV_FIXTURES)
+def test_caffe_and_torch7_fixture_each_kind_of_mistake_fails_naming_its_layer(run_cli, tmp_path, source):
+    """The Caffe and Torch7 fixtures the same way, the source run by OpenCV's importers (a big-endian .t7,
+    which OpenCV cannot read, by its layer checks alone)."""
+    require("cv2")
+    sweep(run_cli, tmp_path, fixture_path(source), (), set())  # pooling_ceil holds no weights: nothing to tamper
+
+
+def sweep(run_cli, tmp_path, path: str, args: tuple[str, ...], gaps: set[str]) -> list[str]:
+    """Convert ``path`` to torch; the correct port's status (PASS, or INCOMPLETE with exactly ``gaps``
+    unchecked); then one mistake of each kind the port can hold, each a FAIL naming its layer.  The kinds
+    injected (none only for a model without weights)."""
     converted = str(tmp_path / "port.safetensors")
     code, _, err = run_cli("convert", path, "-o", converted, "--quiet", *args)
     assert code == 0, err
     code, out, err = run_cli("validate", path, converted, "--json", *args)
     report = json.loads(out)
-    gaps = REAL_GAPS.get(source, set())
     assert {entry["layer"] for entry in report["unchecked_layers"]} == gaps, report["unchecked_layers"]
     assert (code, report["status"]) == ((3, "incomplete") if gaps else (0, "pass")), report
     port = Port(converted, real_model(path, args))
@@ -329,7 +348,8 @@ def test_real_model_correct_port_passes_and_each_kind_of_mistake_fails_naming_it
             missed.append((kind, layer, code, [(c["name"], c["status"], c["max_rel_error"], c["likely_cause"],
                                                 c["reason"]) for c in report["checks"] if c["status"] != "pass"]))
     assert not missed, missed
-    assert len(injected) >= 2, injected  # every real model holds kernels or biases and a second kind
+    assert injected or not any(layer.tensors for layer in port.model.layers), "no mistake made in a weighted model"
+    return injected
 
 
 # ------------------------------------------------------------------------------- figures for docs/validation.md
