@@ -371,11 +371,26 @@ def dense_module(layer: Layer, model: Model) -> nn.Module:
     return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
 
 
+class AnyRankBatchNorm(nn.BatchNorm1d):
+    """Inference batch normalization of an (N, C, ...) input of any rank, for a graph that records no output
+    shape (a weights-only source, an ONNX graph with dynamic sizes): the rank is the input's, known only when
+    it runs.  Same parameters and state_dict keys as ``torch.nn.BatchNorm1d/2d/3d``; F.batch_norm normalizes
+    over axis 1 whatever the rank."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank 2 or more (got {input.dim()}D input)")
+
+
 @builds("batchnorm")
 def batchnorm_module(layer: Layer, model: Model) -> nn.Module:
+    """torch's BatchNorm of the layer's rank where its output shape is recorded in full, else
+    :class:`AnyRankBatchNorm`."""
     a = layer.attrs
-    rank = max(len(layer.output_shape or (0,)) - 1, 0)
-    bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+    shape = layer.output_shape
+    known = shape is not None and all(n is not None for n in shape) and len(shape) <= 4
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)] if known \
+        else AnyRankBatchNorm  # type: ignore[arg-type]
     return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
 
 
