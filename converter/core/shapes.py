@@ -148,7 +148,7 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
     if kind == "permute":  # in the source's channels-last order when it permutes a map (see map_layers)
         ordered = x[1:] + x[:1] if attrs.get("from_map") else x
         return tuple(ordered[int(d) - 1] for d in attrs["dims"])
-    if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
+    if kind in ("activation", "batchnorm", "layernorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
                 "maximum", "minimum"):
         return x
     if kind == "repeat_vector":

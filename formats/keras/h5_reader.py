@@ -31,7 +31,7 @@ from weightport.formats.keras.infer import infer_class, wrapper_of
 from weightport.formats.keras.cudnn import cudnn_tensors, is_cudnn
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
-    BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
+    BATCHNORM_PARAMS, CONV_KINDS, LAYERNORM_PARAMS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
     data_format, kernel_patterns,
 )
 
@@ -291,6 +291,31 @@ class KerasH5Reader:
                        "axis": config.get("axis", -1), "num_features": int(mean.shape[0])}
         if self.major == 1:
             layer.attrs["note"] = "Keras 1 running_std holds the variance"
+
+    def layernorm_tensors(self, layer: Layer, config: dict[str, Any],
+                          weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        """A LayerNormalization over one axis: gamma and beta (F,) as stored (an absent one is the identity,
+        ones or zeros); ``axis`` is Keras's (batch counted as 0, negative from the end).  Over several axes,
+        or with Keras 3's rms_scaling, it is kept as an unknown layer (its own computation)."""
+        axis = config.get("axis", -1)
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        stored = [weights[v] for v in ("gamma", "beta") if v in weights]
+        if len(axes) != 1 or config.get("rms_scaling") or not stored or any(d.ndim != 1 for _, d in stored):
+            self.keep_unknown(layer, weights)
+            layer.attrs["note"] = "LayerNormalization over several axes or with rms_scaling is not ported"
+            return
+        width = stored[0][1].shape
+        for spec in LAYERNORM_PARAMS:
+            if spec.variable in weights:
+                layer.tensors[spec.param] = self.tensor(spec.param, *weights[spec.variable], "o", "o", NO_SEMANTICS,
+                                                        None)
+            else:
+                fill = np.ones if spec.variable == "gamma" else np.zeros
+                layer.tensors[spec.param] = array_tensor(
+                    spec.param, fill(width, stored[0][1].dtype), Layout("o"),
+                    Provenance(f"(none: {spec.variable} absent, identity value)", "o"))
+        layer.attrs = {"epsilon": float(config.get("epsilon", 1e-3)), "axis": int(axes[0]),
+                       "center": "beta" in weights, "scale": "gamma" in weights, "num_features": int(width[0])}
 
     def embedding_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "embeddings", layer)

@@ -57,7 +57,7 @@ def layer_group_keys(model: Model) -> dict[str, str]:
 KERAS3_CLASS_KEYS: dict[str, str] = {
     "conv": "conv{rank}d", "conv_transpose": "conv{rank}d_transpose", "depthwise": "depthwise_conv{rank}d",
     "separable": "separable_conv{rank}d", "dense": "dense", "batchnorm": "batch_normalization",
-    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru",
+    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru", "layernorm": "layer_normalization",
 }  # Keras 3 names a layer's group by its class in snake case (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)
 DIRECTION_GROUPS = {"forward": "forward_layer", "backward": "backward_layer"}
 

@@ -53,7 +53,7 @@ for _rank in (1, 2, 3):
 
 WEIGHTED_SIMPLE = {
     "Dense": "dense", "BatchNormalization": "batchnorm", "Embedding": "embedding", "PReLU": "prelu",
-    "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru",
+    "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru", "LayerNormalization": "layernorm",
 }
 
 
@@ -162,6 +162,15 @@ BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", 
                     ParamMap("running_mean", "moving_mean", None),
                     ParamMap("running_var", "moving_variance", None)]
 
+LAYERNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", None)]
+LAYERNORM_FLAGS = {"gamma": "scale", "beta": "center"}  # the Keras flag that gives a LayerNormalization each variable
+
+
+def layernorm_variables(config: dict[str, Any]) -> list[str]:
+    """The variables a Keras LayerNormalization holds, in its order: gamma unless scale=False, beta unless
+    center=False."""
+    return [spec.variable for spec in LAYERNORM_PARAMS if config.get(LAYERNORM_FLAGS[spec.variable], True)]
+
 
 def keras_plan(model: Model, options: WriteOptions) -> Plan:
     """Plan for Keras (channels-last, HWIO family): keys ``<layer>/<variable>`` in Keras weight order.
@@ -222,6 +231,10 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
         elif kind == "batchnorm":
             for spec in BATCHNORM_PARAMS:
                 add(layer, spec.variable, spec.param, "o")
+        elif kind == "layernorm":
+            for spec in LAYERNORM_PARAMS:
+                if spec.variable in layernorm_variables(attrs):
+                    add(layer, spec.variable, spec.param, "o")
         elif kind == "embedding":
             add(layer, "embeddings", "weight", "n e")
         elif kind == "prelu":
@@ -272,6 +285,8 @@ def keras3_variable_names(class_name: str, config: dict[str, Any]) -> list[str]:
     if class_name == "BatchNormalization":
         return ((["gamma"] if config.get("scale", True) else []) + (["beta"] if config.get("center", True) else [])
                 + ["moving_mean", "moving_variance"])
+    if class_name == "LayerNormalization":
+        return layernorm_variables(config)
     if class_name == "Embedding":
         return ["embeddings"]
     if class_name == "PReLU":

@@ -93,7 +93,8 @@ def keras_class(layer: Layer) -> str:
     rank = layer.attrs.get("rank", 2)
     return {"conv": f"Conv{rank}D", "conv_transpose": f"Conv{rank}DTranspose", "depthwise": f"DepthwiseConv{rank}D",
             "separable": f"SeparableConv{rank}D", "dense": "Dense", "batchnorm": "BatchNormalization",
-            "embedding": "Embedding", "prelu": "PReLU", "lstm": "LSTM", "gru": "GRU"}.get(layer.kind, layer.kind)
+            "embedding": "Embedding", "prelu": "PReLU", "lstm": "LSTM", "gru": "GRU",
+            "layernorm": "LayerNormalization"}.get(layer.kind, layer.kind)
 
 
 def source_activation(layer: Layer, source: Model, which: str, default: str) -> Any:
@@ -163,6 +164,11 @@ def build_keras_layer(layer: Layer, source: Model, input_shape: tuple[int, ...] 
         keras_layer = L.BatchNormalization(axis=-1, epsilon=float(a.get("epsilon", 1e-3)), center="bias" in t,
                                            scale="weight" in t, dtype=dtype)
         keras_layer.build((None,) * (rank - 1) + (channels,))
+        return keras_layer
+    if kind == "layernorm":  # over the features of (batch, steps, features), as the layer check runs it
+        keras_layer = L.LayerNormalization(axis=-1, epsilon=float(a.get("epsilon", 1e-3)), center=bool(a.get("center", True)),
+                                           scale=bool(a.get("scale", True)), dtype=dtype)
+        keras_layer.build((None, None, int(t["weight"].shape[0])))
         return keras_layer
     if kind == "embedding":
         rows, width = (int(n) for n in t["weight"].shape)

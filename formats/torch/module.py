@@ -28,6 +28,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
 from weightport.core.rules import hard_sigmoid_coefficients
+from weightport.core.shapes import canonical_concat_axis
 from weightport.formats.torch import onnx_ops
 
 ACTIVATIONS = {
@@ -213,7 +214,7 @@ def ceil_pool_function(layer: Layer):
 MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
              "global_pool")
 SEQUENCE_CONSUMERS = ("lstm", "gru")
-MAP_PRESERVING = ("input", "activation", "batchnorm", "dropout", "add", "concat", "multiply", "prelu")
+MAP_PRESERVING = ("input", "activation", "batchnorm", "layernorm", "dropout", "add", "concat", "multiply", "prelu")
 
 
 def input_kind(model: Model) -> str:
@@ -392,6 +393,35 @@ def batchnorm_module(layer: Layer, model: Model) -> nn.Module:
     bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)] if known \
         else AnyRankBatchNorm  # type: ignore[arg-type]
     return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
+
+
+class KerasLayerNorm(nn.LayerNorm):
+    """Keras ``LayerNormalization`` over one axis: ``torch.nn.LayerNorm`` (``weight`` = gamma, ``bias`` = beta,
+    both (F,)) over the last axis, the normalised axis moved there and back.  ``axis`` is Keras's (batch 0,
+    negative from the end) in Keras's channels-last order; on a channels-first map the canonical axis is
+    found at run time from the input's rank (:func:`weightport.core.shapes.canonical_concat_axis`)."""
+
+    def __init__(self, features: int, epsilon: float, axis: int, on_map: bool, data_format: str | None) -> None:
+        super().__init__(features, eps=epsilon)
+        self.keras_axis, self.on_map, self.data_format = axis, on_map, data_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 1 + canonical_concat_axis(self.keras_axis, x.dim() - 1, self.data_format, not self.on_map)
+        last = x.dim() - 1
+        if dim == last:
+            return super().forward(x)
+        order = [k for k in range(x.dim()) if k != dim] + [dim]  # explicit axes: ONNX's Transpose takes no -1
+        back = [order.index(k) for k in range(x.dim())]
+        return super().forward(x.permute(order)).permute(back)
+
+
+@builds("layernorm")
+def layernorm_module(layer: Layer, model: Model) -> nn.Module:
+    a = layer.attrs
+    feeding = model.input_names(layer)
+    on_map = bool(feeding) and value_kinds(model).get(feeding[0]) == "map"
+    return KerasLayerNorm(int(a["num_features"]), float(a["epsilon"]), int(a.get("axis", -1)), on_map,
+                          model.source.details.get("data_format"))
 
 
 @builds("embedding")
