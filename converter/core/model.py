@@ -43,7 +43,7 @@ WEIGHTED_KINDS = (
 WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",
     "multiply", "padding", "cropping", "upsampling", "dropout", "permute", "other",
-    "subtract", "average", "maximum", "minimum", "repeat_vector", "dot",
+    "subtract", "average", "maximum", "minimum", "repeat_vector", "dot", "not_equal",
 )
 LAYER_KINDS = WEIGHTED_KINDS + WEIGHTLESS_KINDS
 

@@ -42,7 +42,11 @@ def model_layers(model_config: Any, path: str) -> tuple[list[KerasLayerDecl], bo
     if class_name in ("Model", "Functional"):
         decls = []
         for entry in config.get("layers", []):
-            decls.extend(expand(entry, inbound_names(entry.get("inbound_nodes", [])), path, aliases))
+            found = expand(entry, inbound_names(entry.get("inbound_nodes", [])), path, aliases)
+            literals = call_literals(entry.get("inbound_nodes", []))
+            if literals and len(found) == 1:  # an op layer's constant operands (Keras 3 NotEqual(x, 0))
+                found[0].config = dict(found[0].config, _call_literals=literals)
+            decls.extend(found)
         for decl in decls:
             decl.inbound = [aliases.get(name, name) for name in decl.inbound]
         return decls, True
@@ -97,6 +101,14 @@ def inbound_names(nodes: Any) -> list[str]:
             if isinstance(item, list) and item and isinstance(item[0], str):
                 names.append(item[0])
     return names
+
+
+def call_literals(nodes: Any) -> list[Any]:
+    """The plain numbers among the positional arguments of a layer's first call (Keras 3 records an op
+    layer's constant operands there: ``NotEqual`` of a tensor and ``0``)."""
+    node = nodes[0] if isinstance(nodes, list) and nodes else None
+    args = node.get("args", []) if isinstance(node, dict) else []
+    return [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)] if isinstance(args, list) else []
 
 
 def collect_history(value: Any, names: list[str]) -> None:

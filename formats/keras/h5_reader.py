@@ -382,7 +382,8 @@ class KerasH5Reader:
                        "activation": config.get("activation", "tanh"),
                        "recurrent_activation": config.get("recurrent_activation",
                                                           config.get("inner_activation", "sigmoid")),
-                       "reset_after": reset_after, "gates_source": gates}
+                       "reset_after": reset_after, "gates_source": gates,
+                       "zero_output_for_mask": bool(config.get("zero_output_for_mask", False))}
         if cudnn:
             layer.attrs["cudnn"] = True
 
@@ -632,6 +633,9 @@ def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format
         attrs.update(axes=config.get("axes", -1), normalize=bool(config.get("normalize", False)))
     elif kind == "dropout":
         attrs["rate"] = config.get("rate", config.get("p"))
+    elif kind == "not_equal":  # Keras 3's mask op: NotEqual(indices, value)
+        literals = config.get("_call_literals") or []
+        attrs["value"] = literals[0] if len(literals) == 1 else None
     return attrs
 
 

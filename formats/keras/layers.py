@@ -39,7 +39,7 @@ WEIGHTLESS: dict[str, str] = {
     "AlphaDropout": "dropout", "Flatten": "flatten", "Reshape": "reshape", "Permute": "permute",
     "Add": "add", "Concatenate": "concat", "Merge": "concat", "Multiply": "multiply",
     "Average": "average", "Maximum": "maximum", "Minimum": "minimum", "Subtract": "subtract",
-    "RepeatVector": "repeat_vector", "Dot": "dot", "Lambda": "other", "Masking": "other",
+    "RepeatVector": "repeat_vector", "Dot": "dot", "NotEqual": "not_equal", "Lambda": "other", "Masking": "other",
     "Rescaling": "other", "Normalization": "other",
 }
 for _rank in (1, 2, 3):

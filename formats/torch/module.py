@@ -312,6 +312,7 @@ class CanonicalModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}  # an Embedding(mask_zero=True)'s mask: its input indices != 0
         kinds = value_kinds(self.model)
         previous = x
         for position, layer in enumerate(self.model.layers):
@@ -322,7 +323,13 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
             elif layer.kind in MAP_KINDS and feeding == "seq" and inputs[0].dim() == 3:
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
-            previous = self.post[layer.name](self.apply(layer, inputs))
+            if layer.attrs.get("mask_zero"):
+                masks[layer.name] = inputs[0] != 0
+            masked_by = getattr(self.layer_modules.get(layer.name), "masked_by", None)
+            if masked_by is not None:
+                previous = self.post[layer.name](self.layer_modules[layer.name](inputs[0], masks[masked_by]))
+            else:
+                previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
         self.values = values  # every layer's output of the last call, for naming a first divergence
         return previous
