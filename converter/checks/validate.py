@@ -228,6 +228,10 @@ def whole_model(report: Report, source: Model, converted: Model, x: np.ndarray |
         report.skip(name, "the graph records no input or layer shapes, and its torch module cannot run the given "
                           f"input ({str(error).splitlines()[0][:200]})")
         return
+    last = getattr(module, "values", {}).get(architecture.layers[-1].name) if architecture.layers else None
+    if isinstance(last, tuple):
+        report.notes.append(f"the model ends in layer {architecture.layers[-1].name!r} of {len(last)} outputs; "
+                            "the recorded output was compared with its first")
     check = report.add(compare(name, from_canonical_output(got, source), expected, report.atol, report.rtol,
                                check=WHOLE_MODEL))
     if check.status == FAIL:

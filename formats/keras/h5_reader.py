@@ -222,6 +222,8 @@ class KerasH5Reader:
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
         if wrapper == "TimeDistributed":
             layer.attrs["time_distributed"] = True
+        if decl.config.get("_input_indices"):  # which output of each input layer it reads (several outputs)
+            layer.attrs["input_indices"] = list(decl.config["_input_indices"])
         if decl.config.get("_containers"):
             layer.attrs["keras_containers"] = decl.config["_containers"]
         return layer
@@ -377,7 +379,10 @@ class KerasH5Reader:
                     "bias_hh_l0" + suffix, np.zeros(dataset.shape, dataset.dtype), Layout("o"),
                     Provenance("(none: Keras has one bias; recurrent bias is zero)", "o"))
         units = layer.tensors["weight_hh_l0"].shape[1]
-        layer.attrs = {"bidirectional": len(directions) == 2, "merge_mode": config.get("_merge_mode"),"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
+        merge = config.get("_merge_mode") if len(directions) == 2 else None
+        layer.attrs = {"bidirectional": len(directions) == 2,
+                       "merge_mode": "none" if len(directions) == 2 and merge is None else merge,  # none: 2 outputs
+                       "units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
                        "go_backwards": bool(config.get("go_backwards", False)),
                        "activation": config.get("activation", "tanh"),
                        "recurrent_activation": config.get("recurrent_activation",

@@ -189,6 +189,9 @@ class Keras3Reader(KerasH5Reader):
         if name not in self.groups:
             return {}
         group = self.handle[self.groups[name]]
+        decl = self.decls.get(name)
+        if decl is not None and decl.class_name == "Bidirectional":
+            return self.bidirectional_weights(name, group, decl)
         datasets = [group["vars"]] + ([group["cell/vars"]] if "cell" in group and "vars" in group["cell"] else [])
         arrays = [(f"{g.name}/{k}", g[k]) for g in datasets for k in sorted(g, key=int)]
         for _, array in arrays:
@@ -201,6 +204,27 @@ class Keras3Reader(KerasH5Reader):
                                 f"{decl.class_name if decl else '?'} has {len(names)}",
                                 fix="The weights do not match the architecture")
         return dict(zip(names, arrays))
+
+
+    def bidirectional_weights(self, name: str, group: h5py.Group, decl: KerasLayerDecl
+                              ) -> dict[str, tuple[str, h5py.Dataset]]:
+        """A Bidirectional's variables: ``forward_layer/cell/vars`` and ``backward_layer/cell/vars``, named as
+        its inner class holds them (the backward ones ``backward/kernel``, ..., as in a legacy file)."""
+        inner = decl.config.get("layer", {}) if isinstance(decl.config.get("layer"), dict) else {}
+        names = keras3_variable_names(str(inner.get("class_name", "")), dict(inner.get("config", {})))
+        found: dict[str, tuple[str, h5py.Dataset]] = {}
+        for direction, prefix in (("forward_layer", ""), ("backward_layer", "backward/")):
+            cell = group.get(f"{direction}/cell/vars")
+            arrays = [(f"{cell.name}/{k}", cell[k]) for k in sorted(cell, key=int)] if isinstance(cell, h5py.Group) else []
+            for _, array in arrays:
+                if isinstance(array, h5py.Dataset):
+                    hdf5.check_declared_size(array, self.path)
+            if len(names) != len(arrays):
+                raise BadInputError(f"layer {name!r} has {len(arrays)} variables in {direction}, its class "
+                                    f"{inner.get('class_name', '?')} has {len(names)}",
+                                    fix="The weights do not match the architecture")
+            found.update({prefix + variable: array for variable, array in zip(names, arrays)})
+        return found
 
 
 def vars_groups(handle: h5py.File) -> dict[str, str]:

@@ -140,7 +140,7 @@ class MaskedRecurrent(nn.Module):
             self.register_parameter(name, parameter)
         self.hidden_size, self.kind, a = rnn.hidden_size, layer.kind, layer.attrs
         self.return_sequences, self.go_backwards = bool(a["return_sequences"]), bool(a["go_backwards"])
-        self.bidirectional, self.merge = bool(a.get("bidirectional")), a.get("merge_mode") or "concat"
+        self.bidirectional, self.merge = bool(a.get("bidirectional")), a.get("merge_mode", "concat")
         self.zero_output = bool(a.get("zero_output_for_mask")) or (self.bidirectional and self.return_sequences)
         self.masked_by: str | None = None  # the Embedding whose mask the canonical module passes in
 
@@ -164,7 +164,7 @@ class MaskedRecurrent(nn.Module):
             outputs.append(previous)
         return torch.stack(outputs, dim=1), h if not self.zero_output else outputs[-1]
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Any:
         forward, last = self.direction(x, mask, "", self.go_backwards)
         if not self.bidirectional:
             return forward if self.return_sequences else last
@@ -175,7 +175,7 @@ class MaskedRecurrent(nn.Module):
             halves = (last, back_last)
         if self.merge in MERGE_MODES:
             return MERGE_MODES[self.merge](*halves)
-        return torch.cat(halves, dim=-1)
+        return halves if self.merge == "none" else torch.cat(halves, dim=-1)  # Keras's None: two outputs
 
 
 @builds("lstm", "gru")
@@ -197,14 +197,15 @@ def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
                                "through layers whose mask handling the torch module does not follow",
                                fix="The layer checks still compare each layer; feed inputs without zeros to check "
                                    "the whole model")
-    if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
+    apart = bool(layer.attrs.get("bidirectional")) and merge == "none"  # two outputs: forward, backward
+    if not layer.attrs.get("bidirectional") or (merge not in MERGE_MODES and not apart):
         return ORIGINAL["builders"][layer.kind](layer, model)
     concatenating = replace(layer, attrs={**layer.attrs, "merge_mode": "concat"})
     rnn = ORIGINAL["builders"][layer.kind](concatenating, model)
 
-    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> Any:
         forward, backward = out.split(out.shape[-1] // 2, dim=-1)
-        return MERGE_MODES[merge](forward, backward)
+        return (forward, backward) if apart else MERGE_MODES[merge](forward, backward)
     rnn.register_forward_hook(merged)
     return rnn
 

@@ -317,7 +317,8 @@ class CanonicalModule(nn.Module):
         previous = x
         for position, layer in enumerate(self.model.layers):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
-            inputs = [values[n] for n in names] if names else [previous]
+            picks = layer.attrs.get("input_indices") or [0] * len(names)
+            inputs = [output_of(values[n], k) for n, k in zip(names, picks)] if names else [output_of(previous, 0)]
             feeding = kinds.get(names[0]) if names else input_kind(self.model)
             if layer.kind in SEQUENCE_CONSUMERS and feeding == "map" and inputs[0].dim() == 3:
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
@@ -332,7 +333,7 @@ class CanonicalModule(nn.Module):
                 previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
         self.values = values  # every layer's output of the last call, for naming a first divergence
-        return previous
+        return output_of(previous, 0)  # a model ending in a layer of several outputs: its first
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
         """One layer's output: its weighted module, or the weightless op registered in :data:`RUNS`."""
@@ -343,6 +344,12 @@ class CanonicalModule(nn.Module):
             raise UnsupportedError(f"layer {layer.name!r} of kind {layer.kind} ({layer.source_class}) cannot be "
                                    "run in torch", fix="Validate this model layer by layer instead")
         return run(layer, inputs)
+
+
+def output_of(value: Any, index: int) -> torch.Tensor:
+    """Output ``index`` of a layer's value: a tensor, or the tuple of a layer with several outputs (a Keras
+    Bidirectional with ``merge_mode=None``: forward, backward)."""
+    return value[index] if isinstance(value, tuple) else value
 
 
 Builder = Callable[[Layer, Model], nn.Module]

@@ -214,3 +214,33 @@ def test_targets_that_cannot_mask_refuse_in_one_line(run_cli, tmp_path, target, 
     code, _, err = run_cli("convert", source, "-o", tmp_path / ("m.onnx" if target == "onnx" else "m_java"),
                            "--to", target, *extra)
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_bidirectional_merge_mode_none_gives_both_outputs(run_cli, tmp_path, sequences, suffix):
+    """Bidirectional(merge_mode=None) returns forward and backward apart: a Subtract of the two (which would be
+    zero, or a concat's halves, if they were mixed up) reproduces Keras, and so does a model whose outputs are
+    the two (its first compared, said in a note)."""
+    keras = require("keras")
+    keras.utils.set_random_seed(4)
+    i = keras.Input((6, 3))
+    forward, backward = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=sequences),
+                                                   merge_mode=None)(i)
+    x = np.random.default_rng(2).standard_normal((2, 6, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    for name, model, first in (
+            ("merged", keras.Model(i, keras.layers.Dense(2)(keras.layers.Subtract()([backward, forward]))), None),
+            ("two", keras.Model(i, [forward, backward]), 0)):
+        source = tmp_path / f"{name}{suffix}"
+        model.save(str(source))
+        outputs = model(x)
+        np.save(tmp_path / "y.npy", np.asarray(outputs if first is None else outputs[first]))
+        out = tmp_path / f"{name}.safetensors"
+        code, _, err = run_cli("convert", source, "-o", out)
+        assert code == 0, err
+        code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
+                                    tmp_path / "y.npy")
+        assert code == 0 and "PASS whole model vs recorded output" in report, report + err
+        if first is not None:
+            assert "of 2 outputs; the recorded output was compared with its first" in report
