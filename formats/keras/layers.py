@@ -8,6 +8,7 @@ normalized to Keras 2/3 names here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,14 @@ WEIGHTED_SIMPLE = {
     "Dense": "dense", "BatchNormalization": "batchnorm", "Embedding": "embedding", "PReLU": "prelu",
     "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru", "LayerNormalization": "layernorm",
 }
+
+
+def snake_case(class_name: str) -> str:
+    """Keras 3's name for a layer's group, from its class (keras/src/utils/naming.py ``to_snake_case``):
+    ``AttentionWeightedAverage`` -> ``attention_weighted_average``."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
