@@ -50,9 +50,11 @@ def test_custom_layer_weights_load_into_keras3(run_cli, tmp_path, suffix):
     expected = model.predict(x, verbose=0)
     assert np.abs(before - expected).max() > 1e-3  # a fresh model differs: the loaded weights make it equal
     np.testing.assert_allclose(fresh.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
-    # validate finds every group claimed (no "arrays no layer takes") and says the custom layers went unchecked
+    # validate finds every group claimed (no "arrays no layer takes"); the custom class is registered in this
+    # process, so Keras 3 rebuilds the source and runs it with the file loaded: the whole model covers them
     code, report, err = run_cli("validate", source, out, "--keep-unknown")
-    assert code == 3 and "FAIL" not in report and "UNCHECKED layer scale_shift (custom)" in report, report + err
+    assert code == 0 and "FAIL" not in report and "PASS whole model vs the source run by Keras 3" in report, \
+        report + err
 
 
 def test_weights_only_custom_layer_without_its_class_is_still_refused(run_cli, tmp_path):
