@@ -5,7 +5,7 @@ Source side, by what the source computes: the framework's *oracle* chosen by :da
 (each lives in its framework's folder, see :mod:`weightport.core.oracle`):
 
 * Keras kernels with correlation semantics: TensorFlow ops (conv, grouped conv, depthwise, separable,
-  ``conv_transpose``) fed the arrays exactly as the file stores them, and Keras's own BatchNormalization,
+  ``conv_transpose``) fed the arrays exactly as the file stores them, and Keras's own BatchNormalization, LayerNormalization,
   Embedding, PReLU formula and LSTM/GRU layers (``go_backwards``, ``Bidirectional``)
   (``weightport.formats.keras.oracle``).
 * Convolution semantics (Theano-backend Keras, Theano/Lasagne), and every kernel of a Theano pickle:
@@ -45,7 +45,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.oracle import LayerCase
 
 CONV_KINDS = ("conv", "conv_transpose", "depthwise", "separable")
-RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "embedding", "prelu", "lstm", "gru", "constant")
+RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "layernorm", "embedding", "prelu", "lstm", "gru", "constant")
 THEANO = "theano_pickle"
 
 # Which framework's oracle computes a layer, first match wins:
@@ -62,6 +62,7 @@ ORACLES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("*", ("dense",), "*", "weightport.formats.numpy.oracle:source_dense"),
     (THEANO, ("batchnorm",), "*", "weightport.formats.numpy.oracle:lasagne_batchnorm"),
     ("*", ("batchnorm",), "*", "weightport.formats.keras.oracle:source_batchnorm"),
+    ("*", ("layernorm",), "*", "weightport.formats.keras.oracle:source_layernorm"),
     ("*", ("embedding",), "*", "weightport.formats.keras.oracle:source_embedding"),
     ("*", ("prelu",), "*", "weightport.formats.keras.oracle:source_prelu"),
     ("*", ("lstm", "gru"), "*", "weightport.formats.keras.oracle:source_rnn"),
@@ -170,6 +171,8 @@ def torch_output(layer: Layer, converted: dict[str, np.ndarray], x: np.ndarray) 
         if kind == "batchnorm":
             return F.batch_norm(xt, tensors["running_mean"], tensors["running_var"], tensors.get("weight"),
                                 tensors.get("bias"), training=False, eps=float(a["epsilon"])).numpy()
+        if kind == "layernorm":  # over the features of (batch, steps, features)
+            return F.layer_norm(xt, (xt.shape[-1],), tensors["weight"], tensors["bias"], eps=float(a["epsilon"])).numpy()
         if kind == "embedding":
             return F.embedding(xt, tensors["weight"]).numpy()
         if kind == "prelu":
@@ -201,6 +204,8 @@ def layer_input(layer: Layer, rng: np.random.Generator, stored: dict[str, np.nda
         return random_input(rng, (2, a["in_channels"], *spatial))
     if layer.kind == "dense":
         return random_input(rng, (2, layer.tensors["weight"].shape[1]))
+    if layer.kind == "layernorm":
+        return random_input(rng, (2, 3, layer.tensors["weight"].shape[0]))
     if layer.kind == "embedding":
         return rng.integers(0, layer.tensors["weight"].shape[0], size=(2, 5), dtype=np.int64)
     if layer.kind in ("batchnorm", "prelu"):
@@ -269,7 +274,7 @@ def candidate_mistakes(layer: Layer, converted: dict[str, np.ndarray]) -> list[t
             candidates.append(("Dense rows not permuted after Flatten (C,H,W vs H,W,C order)",
                                dict(converted, weight=relayout(converted["weight"], Layout(f"o ({last})"),
                                                                Layout(f"o ({first})"), known))))
-    if kind == "batchnorm":
+    if kind in ("batchnorm", "layernorm"):
         candidates += batchnorm_mistakes(layer, converted)
     if kind in ("lstm", "gru"):
         orders = [("ifco", "ifoc"), ("ifco", "icfo"), ("ifco", "iofc")] if kind == "lstm" else [("zrh", "rzh")]

@@ -62,10 +62,13 @@ def describe_model(model: Model) -> dict[str, Any]:
 
 
 def graph_metadata(model: Model) -> dict[str, Any]:
-    """The architecture part of a model, small enough for a file header (no tensor provenance)."""
+    """The architecture part of a model, small enough for a file header (no tensor provenance).
+    ``has_architecture`` false: the layers of a weights-only source (kinds and tensors, no weightless layers,
+    order or shapes), which a reader must not run as a whole model."""
     return {
         "source": {"path": model.source.path, "format": model.source.format,
                    "version": model.source.version, "backend": model.source.backend},
+        "has_architecture": model.has_architecture,
         "layers": [{"name": l.name, "kind": l.kind, "class": l.source_class, "inputs": list(l.inputs),
                     "attrs": jsonable(l.attrs),
                     "output_shape": list(l.output_shape) if l.output_shape is not None else None,

@@ -12,6 +12,7 @@ separable                 depthwise.weight, pointwise.weight,         depthwise 
                           pointwise.bias                              pointwise ``o i 1 1``
 dense                     weight, bias                                ``o i``
 batchnorm                 weight, bias, running_mean, running_var     (C,) each
+layernorm                 weight (gamma), bias (beta)                 (F,) each, over one axis
 embedding                 weight                                      (num, dim)
 lstm / gru                weight_ih_l0, weight_hh_l0, bias_ih_l0,     PyTorch gate order
                           bias_hh_l0 (``_reverse`` for backward)      (LSTM ifgo, GRU rzn)
@@ -36,13 +37,13 @@ import numpy as np
 from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS
 
 WEIGHTED_KINDS = (
-    "conv", "conv_transpose", "depthwise", "separable", "dense", "batchnorm",
+    "conv", "conv_transpose", "depthwise", "separable", "dense", "batchnorm", "layernorm",
     "embedding", "lstm", "gru", "prelu", "constant",  # constant: a graph constant no layer holds, kept as stored
 )
 WEIGHTLESS_KINDS = (
     "input", "activation", "pool", "global_pool", "flatten", "reshape", "add", "concat",
     "multiply", "padding", "cropping", "upsampling", "dropout", "permute", "other",
-    "subtract", "average", "maximum", "minimum", "repeat_vector", "dot",
+    "subtract", "average", "maximum", "minimum", "repeat_vector", "dot", "not_equal",
     "lrn", "power", "reshape_dims", "slice", "normalize", "softmax",  # Caffe / Torch7 (formats/torch/caffe_ops.py)
 )
 LAYER_KINDS = WEIGHTED_KINDS + WEIGHTLESS_KINDS

@@ -150,7 +150,7 @@ def layer_output_shape(layer: Layer, inputs: list[Shape]) -> Shape | None:
         return tuple(ordered[int(d) - 1] for d in attrs["dims"])
     if kind == "other" and attrs.get("post_processing"):  # SSD's PriorBox / DetectionOutput, not ported
         return None
-    if kind in ("activation", "batchnorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
+    if kind in ("activation", "batchnorm", "layernorm", "dropout", "add", "multiply", "prelu", "other", "subtract", "average",
                 "maximum", "minimum", "lrn", "power", "normalize", "softmax"):
         return x
     if kind == "slice":  # Caffe's axis counts the batch
@@ -260,11 +260,16 @@ def infer_shapes(model: Model) -> None:
     cycle is refused first, see :func:`check_acyclic`)."""
     check_acyclic(model)
     shapes: dict[str, Shape | None] = {}
+    spatial = any(layer.kind in SPATIAL_KINDS for layer in model.layers)
+    maps: set[str] = set()
     previous: str | None = None
     for layer in model.layers:
         names = layer.inputs or ([previous] if previous else [])
         inputs = [shapes.get(n) for n in names]
         known = [s for s in inputs if s is not None]
+        fed = bool(names) and names[0] in maps
+        if layer.kind in MAP_MAKERS and known and not fed and len(known[0]) >= 2:
+            known[0] = sequence_as_map(known[0])  # a (time, features) sequence enters a conv as (features, time)
         if layer.kind != "input" and len(known) != len(inputs):
             shape = None
         else:
@@ -274,7 +279,25 @@ def infer_shapes(model: Model) -> None:
                 shape = None
         layer.output_shape = shape
         shapes[layer.name] = shape
+        if outputs_map(layer, fed, spatial):
+            maps.add(layer.name)
         previous = layer.name
+
+
+def sequence_as_map(shape: Shape) -> Shape:
+    """A Keras (time, features) sequence as the channels-first map (features, time) a convolution, pooling,
+    padding, cropping or upsampling layer reads (the canonical module transposes it the same way)."""
+    return shape[-1:] + shape[:-1]
+
+
+def outputs_map(layer: Layer, fed: bool, spatial: bool) -> bool:
+    """True when ``layer``'s output is a channels-first map: what a map maker outputs, a kept-dims global
+    pool, a model input of a model with spatial layers, and what keeps the map of its first input (``fed``)."""
+    if layer.kind == "input":
+        return spatial and layer.output_shape is not None and len(layer.output_shape) >= 2
+    if layer.kind == "global_pool":
+        return bool(layer.attrs.get("keepdims"))
+    return layer.kind in MAP_MAKERS or (fed and layer.kind not in NOT_MAPS)
 
 
 MAP_MAKERS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling")
@@ -308,12 +331,7 @@ def map_layers(model: Model) -> set[str]:
             hiders[layer.name] = hider
         if layer.kind == "flatten" and hider:
             layer.attrs["hidden_by"] = hider
-        if layer.kind == "input":
-            is_map = spatial and layer.output_shape is not None and len(layer.output_shape) >= 2
-        elif layer.kind == "global_pool":
-            is_map = bool(layer.attrs.get("keepdims"))
-        else:
-            is_map = layer.kind in MAP_MAKERS or (fed and layer.kind not in NOT_MAPS)
+        is_map = outputs_map(layer, fed, spatial)
         if layer.kind == "flatten" and not fed and not hider:
             layer.attrs["keeps_order"] = True
         if layer.kind in ("global_pool", "activation") and not fed and names and sequence_rank(model, names[0]):

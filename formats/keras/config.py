@@ -42,7 +42,14 @@ def model_layers(model_config: Any, path: str) -> tuple[list[KerasLayerDecl], bo
     if class_name in ("Model", "Functional"):
         decls = []
         for entry in config.get("layers", []):
-            decls.extend(expand(entry, inbound_names(entry.get("inbound_nodes", [])), path, aliases))
+            tensors = inbound_tensors(entry.get("inbound_nodes", []))
+            found = expand(entry, [name for name, _ in tensors], path, aliases)
+            literals = call_literals(entry.get("inbound_nodes", []))
+            if literals and len(found) == 1:  # an op layer's constant operands (Keras 3 NotEqual(x, 0))
+                found[0].config = dict(found[0].config, _call_literals=literals)
+            if any(index for _, index in tensors) and len(found) == 1:  # picks outputs of a multi-output layer
+                found[0].config = dict(found[0].config, _input_indices=[index for _, index in tensors])
+            decls.extend(found)
         for decl in decls:
             decl.inbound = [aliases.get(name, name) for name in decl.inbound]
         return decls, True
@@ -86,25 +93,43 @@ def expand(entry: dict[str, Any], inbound: list[str], path: str, aliases: dict[s
 
 def inbound_names(nodes: Any) -> list[str]:
     """Names of the layers feeding the first call of a layer (Keras 1/2 lists and Keras 3 dicts)."""
+    return [name for name, _ in inbound_tensors(nodes)]
+
+
+def inbound_tensors(nodes: Any) -> list[tuple[str, int]]:
+    """(layer name, output index) of each tensor feeding the first call of a layer: the index picks one
+    output of a layer with several (a Bidirectional with ``merge_mode=None``)."""
     if not nodes:
         return []
     node = nodes[0]
-    names: list[str] = []
+    found: list[tuple[str, int]] = []
     if isinstance(node, dict):
-        collect_history(node.get("args", []), names)
+        collect_history(node.get("args", []), found)
     elif isinstance(node, list):
         for item in node:
             if isinstance(item, list) and item and isinstance(item[0], str):
-                names.append(item[0])
-    return names
+                found.append((item[0], output_index(item[2:3])))
+    return found
 
 
-def collect_history(value: Any, names: list[str]) -> None:
-    """Layer names from Keras 3 ``keras_history`` entries anywhere inside ``value``."""
+def output_index(value: list[Any]) -> int:
+    return int(value[0]) if value and isinstance(value[0], int) and not isinstance(value[0], bool) else 0
+
+
+def call_literals(nodes: Any) -> list[Any]:
+    """The plain numbers among the positional arguments of a layer's first call (Keras 3 records an op
+    layer's constant operands there: ``NotEqual`` of a tensor and ``0``)."""
+    node = nodes[0] if isinstance(nodes, list) and nodes else None
+    args = node.get("args", []) if isinstance(node, dict) else []
+    return [a for a in args if isinstance(a, (int, float)) and not isinstance(a, bool)] if isinstance(args, list) else []
+
+
+def collect_history(value: Any, names: list[tuple[str, int]]) -> None:
+    """(layer name, output index) of Keras 3 ``keras_history`` entries anywhere inside ``value``."""
     if isinstance(value, dict):
         history = value.get("config", {}).get("keras_history") if isinstance(value.get("config"), dict) else None
         if history:
-            names.append(str(history[0]))
+            names.append((str(history[0]), output_index(list(history[2:3]))))
             return
         for item in value.values():
             collect_history(item, names)

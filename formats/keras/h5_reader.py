@@ -31,7 +31,7 @@ from weightport.formats.keras.infer import infer_class, wrapper_of
 from weightport.formats.keras.cudnn import cudnn_tensors, is_cudnn
 from weightport.formats.keras.config import KerasLayerDecl, input_shape, model_layers
 from weightport.formats.keras.layers import (
-    BATCHNORM_PARAMS, CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
+    BATCHNORM_PARAMS, CONV_KINDS, LAYERNORM_PARAMS, WEIGHTED_SIMPLE, WEIGHTLESS, as_tuple, conv_attrs, conv_params,
     data_format, kernel_patterns,
 )
 
@@ -222,6 +222,8 @@ class KerasH5Reader:
             layer.attrs["note"] = "Lambda code not run (config read as data only)"
         if wrapper == "TimeDistributed":
             layer.attrs["time_distributed"] = True
+        if decl.config.get("_input_indices"):  # which output of each input layer it reads (several outputs)
+            layer.attrs["input_indices"] = list(decl.config["_input_indices"])
         if decl.config.get("_containers"):
             layer.attrs["keras_containers"] = decl.config["_containers"]
         return layer
@@ -292,6 +294,31 @@ class KerasH5Reader:
         if self.major == 1:
             layer.attrs["note"] = "Keras 1 running_std holds the variance"
 
+    def layernorm_tensors(self, layer: Layer, config: dict[str, Any],
+                          weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
+        """A LayerNormalization over one axis: gamma and beta (F,) as stored (an absent one is the identity,
+        ones or zeros); ``axis`` is Keras's (batch counted as 0, negative from the end).  Over several axes,
+        or with Keras 3's rms_scaling, it is kept as an unknown layer (its own computation)."""
+        axis = config.get("axis", -1)
+        axes = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+        stored = [weights[v] for v in ("gamma", "beta") if v in weights]
+        if len(axes) != 1 or config.get("rms_scaling") or not stored or any(d.ndim != 1 for _, d in stored):
+            self.keep_unknown(layer, weights)
+            layer.attrs["note"] = "LayerNormalization over several axes or with rms_scaling is not ported"
+            return
+        width = stored[0][1].shape
+        for spec in LAYERNORM_PARAMS:
+            if spec.variable in weights:
+                layer.tensors[spec.param] = self.tensor(spec.param, *weights[spec.variable], "o", "o", NO_SEMANTICS,
+                                                        None)
+            else:
+                fill = np.ones if spec.variable == "gamma" else np.zeros
+                layer.tensors[spec.param] = array_tensor(
+                    spec.param, fill(width, stored[0][1].dtype), Layout("o"),
+                    Provenance(f"(none: {spec.variable} absent, identity value)", "o"))
+        layer.attrs = {"epsilon": float(config.get("epsilon", 1e-3)), "axis": int(axes[0]),
+                       "center": "beta" in weights, "scale": "gamma" in weights, "num_features": int(width[0])}
+
     def embedding_tensors(self, layer: Layer, config: dict[str, Any], weights: dict[str, tuple[str, h5py.Dataset]]) -> None:
         key, dataset = self.require(weights, "embeddings", layer)
         layer.tensors["weight"] = self.tensor("weight", key, dataset, "n e", "n e", NO_SEMANTICS, None)
@@ -352,12 +379,16 @@ class KerasH5Reader:
                     "bias_hh_l0" + suffix, np.zeros(dataset.shape, dataset.dtype), Layout("o"),
                     Provenance("(none: Keras has one bias; recurrent bias is zero)", "o"))
         units = layer.tensors["weight_hh_l0"].shape[1]
-        layer.attrs = {"bidirectional": len(directions) == 2, "merge_mode": config.get("_merge_mode"),"units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
+        merge = config.get("_merge_mode") if len(directions) == 2 else None
+        layer.attrs = {"bidirectional": len(directions) == 2,
+                       "merge_mode": "none" if len(directions) == 2 and merge is None else merge,  # none: 2 outputs
+                       "units": int(units), "return_sequences": bool(config.get("return_sequences", False)),
                        "go_backwards": bool(config.get("go_backwards", False)),
                        "activation": config.get("activation", "tanh"),
                        "recurrent_activation": config.get("recurrent_activation",
                                                           config.get("inner_activation", "sigmoid")),
-                       "reset_after": reset_after, "gates_source": gates}
+                       "reset_after": reset_after, "gates_source": gates,
+                       "zero_output_for_mask": bool(config.get("zero_output_for_mask", False))}
         if cudnn:
             layer.attrs["cudnn"] = True
 
@@ -607,6 +638,9 @@ def weightless_attrs(kind: str, cls: str, config: dict[str, Any], default_format
         attrs.update(axes=config.get("axes", -1), normalize=bool(config.get("normalize", False)))
     elif kind == "dropout":
         attrs["rate"] = config.get("rate", config.get("p"))
+    elif kind == "not_equal":  # Keras 3's mask op: NotEqual(indices, value)
+        literals = config.get("_call_literals") or []
+        attrs["value"] = literals[0] if len(literals) == 1 else None
     return attrs
 
 

@@ -30,7 +30,7 @@ from weightport.core.options import ReadOptions
 from weightport.formats.keras import hdf5
 from weightport.formats.keras.config import KerasLayerDecl, model_layers
 from weightport.formats.keras.h5_reader import KerasH5Reader, guess_class
-from weightport.formats.keras.layers import keras3_variable_names
+from weightport.formats.keras.layers import CONV_KINDS, WEIGHTED_SIMPLE, WEIGHTLESS, keras3_variable_names
 
 NAME = "keras3"
 DESCRIPTION = "Keras 3 native (.keras archive, .weights.h5)"
@@ -189,18 +189,49 @@ class Keras3Reader(KerasH5Reader):
         if name not in self.groups:
             return {}
         group = self.handle[self.groups[name]]
+        decl = self.decls.get(name)
+        if decl is not None and decl.class_name == "Bidirectional":
+            return self.bidirectional_weights(name, group, decl)
         datasets = [group["vars"]] + ([group["cell/vars"]] if "cell" in group and "vars" in group["cell"] else [])
         arrays = [(f"{g.name}/{k}", g[k]) for g in datasets for k in sorted(g, key=int)]
         for _, array in arrays:
             if isinstance(array, h5py.Dataset):
                 hdf5.check_declared_size(array, self.path)
-        decl = self.decls.get(name)
         names = keras3_variable_names(decl.class_name, decl.config) if decl else []
+        if decl is not None and not names and not known_class(decl.class_name):  # a custom layer: vars/0, 1, ...
+            names = [str(index) for index in range(len(arrays))]
         if len(names) != len(arrays):
             raise BadInputError(f"layer {name!r} has {len(arrays)} variables, its class "
                                 f"{decl.class_name if decl else '?'} has {len(names)}",
                                 fix="The weights do not match the architecture")
         return dict(zip(names, arrays))
+
+
+    def bidirectional_weights(self, name: str, group: h5py.Group, decl: KerasLayerDecl
+                              ) -> dict[str, tuple[str, h5py.Dataset]]:
+        """A Bidirectional's variables: ``forward_layer/cell/vars`` and ``backward_layer/cell/vars``, named as
+        its inner class holds them (the backward ones ``backward/kernel``, ..., as in a legacy file)."""
+        inner = decl.config.get("layer", {}) if isinstance(decl.config.get("layer"), dict) else {}
+        names = keras3_variable_names(str(inner.get("class_name", "")), dict(inner.get("config", {})))
+        found: dict[str, tuple[str, h5py.Dataset]] = {}
+        for direction, prefix in (("forward_layer", ""), ("backward_layer", "backward/")):
+            cell = group.get(f"{direction}/cell/vars")
+            arrays = [(f"{cell.name}/{k}", cell[k]) for k in sorted(cell, key=int)] if isinstance(cell, h5py.Group) else []
+            for _, array in arrays:
+                if isinstance(array, h5py.Dataset):
+                    hdf5.check_declared_size(array, self.path)
+            if len(names) != len(arrays):
+                raise BadInputError(f"layer {name!r} has {len(arrays)} variables in {direction}, its class "
+                                    f"{inner.get('class_name', '?')} has {len(names)}",
+                                    fix="The weights do not match the architecture")
+            found.update({prefix + variable: array for variable, array in zip(names, arrays)})
+        return found
+
+
+def known_class(class_name: str) -> bool:
+    """True for a Keras class weightport reads (its variables named by :func:`keras3_variable_names`)."""
+    return class_name in CONV_KINDS or class_name in WEIGHTED_SIMPLE or class_name in WEIGHTLESS or \
+        class_name in ("Bidirectional", "TimeDistributed")
 
 
 def vars_groups(handle: h5py.File) -> dict[str, str]:

@@ -14,7 +14,7 @@ from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.options import WriteOptions
 from weightport.core.plan import plan_by_layer
 from weightport.formats.keras import hdf5
-from weightport.formats.keras.layers import keras_plan, stacked_as_keras_layers
+from weightport.formats.keras.layers import keras_plan, snake_case, stacked_as_keras_layers
 
 
 def layer_group_keys(model: Model) -> dict[str, str]:
@@ -48,7 +48,7 @@ def layer_group_keys(model: Model) -> dict[str, str]:
     parents = {layer.name: parent_path(layer) for layer in model.layers}
     keys: dict[str, str] = {}
     for layer in model.weighted_layers():
-        base = "bidirectional" if is_bidirectional(layer) else \
+        base = "bidirectional" if is_bidirectional(layer) else custom_key(layer) if layer.kind == "custom" else \
             KERAS3_CLASS_KEYS[layer.kind].format(rank=layer.attrs.get("rank", 2))
         keys[layer.name] = parents[layer.name] + numbered(parents[layer.name], base)
     return keys
@@ -57,8 +57,15 @@ def layer_group_keys(model: Model) -> dict[str, str]:
 KERAS3_CLASS_KEYS: dict[str, str] = {
     "conv": "conv{rank}d", "conv_transpose": "conv{rank}d_transpose", "depthwise": "depthwise_conv{rank}d",
     "separable": "separable_conv{rank}d", "dense": "dense", "batchnorm": "batch_normalization",
-    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru",
+    "embedding": "embedding", "prelu": "p_re_lu", "lstm": "lstm", "gru": "gru", "layernorm": "layer_normalization",
 }  # Keras 3 names a layer's group by its class in snake case (Conv2DTranspose -> conv2d_transpose, PReLU -> p_re_lu)
+def custom_key(layer: Layer) -> str:
+    """A kept custom layer's group key: its class (without a registered package) in snake case, as Keras 3
+    names it; "" when a weights-only file does not say its class."""
+    known = layer.source_class not in (None, "", "Unknown") and not (layer.source_class or "").startswith("Unknown")
+    return snake_case((layer.source_class or "").rpartition(">")[2]) if known else ""  # "pkg>Class": Class
+
+
 DIRECTION_GROUPS = {"forward": "forward_layer", "backward": "backward_layer"}
 
 
@@ -85,7 +92,8 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     if not path.lower().endswith(".weights.h5"):
         raise UsageError(f"weightport writes Keras 3 weights as .weights.h5, not {os.path.basename(path)!r}",
                          path=path, fix="Name the output NAME.weights.h5 and load it with model.load_weights")
-    unknown = [layer.name for layer in model.weighted_layers() if layer.kind not in KERAS3_CLASS_KEYS]
+    unknown = [layer.name for layer in model.weighted_layers()
+               if layer.kind not in KERAS3_CLASS_KEYS and not (layer.kind == "custom" and custom_key(layer))]
     if unknown:
         raise UnsupportedError(f"layers {', '.join(unknown)} have no known Keras 3 class, so their group names "
                                "cannot be known", fix="Convert to legacy Keras HDF5 (.h5), matched by layer order")

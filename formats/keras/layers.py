@@ -9,6 +9,7 @@ normalized to Keras 2/3 names here.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ WEIGHTLESS: dict[str, str] = {
     "AlphaDropout": "dropout", "Flatten": "flatten", "Reshape": "reshape", "Permute": "permute",
     "Add": "add", "Concatenate": "concat", "Merge": "concat", "Multiply": "multiply",
     "Average": "average", "Maximum": "maximum", "Minimum": "minimum", "Subtract": "subtract",
-    "RepeatVector": "repeat_vector", "Dot": "dot", "Lambda": "other", "Masking": "other",
+    "RepeatVector": "repeat_vector", "Dot": "dot", "NotEqual": "not_equal", "Lambda": "other", "Masking": "other",
     "Rescaling": "other", "Normalization": "other",
 }
 for _rank in (1, 2, 3):
@@ -54,8 +55,16 @@ for _rank in (1, 2, 3):
 
 WEIGHTED_SIMPLE = {
     "Dense": "dense", "BatchNormalization": "batchnorm", "Embedding": "embedding", "PReLU": "prelu",
-    "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru",
+    "LSTM": "lstm", "GRU": "gru", "CuDNNLSTM": "lstm", "CuDNNGRU": "gru", "LayerNormalization": "layernorm",
 }
+
+
+def snake_case(class_name: str) -> str:
+    """Keras 3's name for a layer's group, from its class (keras/src/utils/naming.py ``to_snake_case``):
+    ``AttentionWeightedAverage`` -> ``attention_weighted_average``."""
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def as_tuple(value: Any, rank: int) -> tuple[int, ...]:
@@ -163,6 +172,15 @@ BATCHNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", 
                     ParamMap("running_mean", "moving_mean", None),
                     ParamMap("running_var", "moving_variance", None)]
 
+LAYERNORM_PARAMS = [ParamMap("weight", "gamma", None), ParamMap("bias", "beta", None)]
+LAYERNORM_FLAGS = {"gamma": "scale", "beta": "center"}  # the Keras flag that gives a LayerNormalization each variable
+
+
+def layernorm_variables(config: dict[str, Any]) -> list[str]:
+    """The variables a Keras LayerNormalization holds, in its order: gamma unless scale=False, beta unless
+    center=False."""
+    return [spec.variable for spec in LAYERNORM_PARAMS if config.get(LAYERNORM_FLAGS[spec.variable], True)]
+
 
 def stacked_as_keras_layers(model: Model) -> Model:
     """``model`` with each torch LSTM/GRU of ``num_layers`` N > 1 as N one-layer RNNs, as a Keras model stacks
@@ -250,6 +268,10 @@ def keras_plan(model: Model, options: WriteOptions) -> Plan:
         elif kind == "batchnorm":
             for spec in BATCHNORM_PARAMS:
                 add(layer, spec.variable, spec.param, "o")
+        elif kind == "layernorm":
+            for spec in LAYERNORM_PARAMS:
+                if spec.variable in layernorm_variables(attrs):
+                    add(layer, spec.variable, spec.param, "o")
         elif kind == "embedding":
             add(layer, "embeddings", "weight", "n e")
         elif kind == "prelu":
@@ -304,6 +326,8 @@ def keras3_variable_names(class_name: str, config: dict[str, Any]) -> list[str]:
     if class_name == "BatchNormalization":
         return ((["gamma"] if config.get("scale", True) else []) + (["beta"] if config.get("center", True) else [])
                 + ["moving_mean", "moving_variance"])
+    if class_name == "LayerNormalization":
+        return layernorm_variables(config)
     if class_name == "Embedding":
         return ["embeddings"]
     if class_name == "PReLU":

@@ -11,6 +11,7 @@ fixtures/keras_theano/RULES.md), fed the arrays exactly as the file stores them:
 * BatchNormalization: Keras's own layer at inference with the stored gamma, beta, moving mean and
   variance and the file's epsilon (Keras 1's ``running_std`` holds the variance, and Keras 1 used it so:
   fixtures/keras_theano/RULES.md).
+* LayerNormalization: Keras's own layer over the features with the stored gamma and beta and the file's epsilon.
 * Embedding: Keras's own layer with the stored ``embeddings``.
 * PReLU: Keras's formula ``relu(x) - alpha * relu(-x)`` with the stored ``alpha``, its axes found by name.
 * LSTM/GRU: Keras's own layers with the stored ``kernel``, ``recurrent_kernel`` and ``bias`` and the
@@ -101,6 +102,16 @@ def source_batchnorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
     bn.build(x.shape)
     bn.set_weights([stored[param].astype(x.dtype) for param in ("weight", "bias", "running_mean", "running_var")])
     return np.asarray(bn(x, training=False))
+
+
+def source_layernorm(case: LayerCase, x: np.ndarray) -> np.ndarray:
+    """Keras's LayerNormalization over the last axis of ``x`` (batch, steps, features), with the stored gamma
+    and beta (an absent one stored as its identity, ones or zeros) and the file's epsilon."""
+    keras = keras_module()
+    norm = keras.layers.LayerNormalization(axis=-1, epsilon=float(case.layer.attrs["epsilon"]), dtype=x.dtype.name)
+    norm.build(x.shape)
+    norm.set_weights([case.stored[param].astype(x.dtype) for param in ("weight", "bias")])
+    return np.asarray(norm(x))
 
 
 def source_embedding(case: LayerCase, x: np.ndarray) -> np.ndarray:

@@ -45,6 +45,7 @@ import numpy as np
 from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.oracle import Refused
 from weightport.core.shapes import feeding_flatten, flattened_map_shape
+from weightport.formats.keras.layers import snake_case
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -90,10 +91,13 @@ def keras_class(layer: Layer) -> str:
         return "TimeDistributed"
     if layer.kind in RNN_KINDS and is_bidirectional(layer):
         return "Bidirectional"
+    if layer.kind == "custom":  # kept with --keep-unknown: its own class, without a registered package
+        return (layer.source_class or "custom").rpartition(">")[2]
     rank = layer.attrs.get("rank", 2)
     return {"conv": f"Conv{rank}D", "conv_transpose": f"Conv{rank}DTranspose", "depthwise": f"DepthwiseConv{rank}D",
             "separable": f"SeparableConv{rank}D", "dense": "Dense", "batchnorm": "BatchNormalization",
-            "embedding": "Embedding", "prelu": "PReLU", "lstm": "LSTM", "gru": "GRU"}.get(layer.kind, layer.kind)
+            "embedding": "Embedding", "prelu": "PReLU", "lstm": "LSTM", "gru": "GRU",
+            "layernorm": "LayerNormalization"}.get(layer.kind, layer.kind)
 
 
 def source_activation(layer: Layer, source: Model, which: str, default: str) -> Any:
@@ -163,6 +167,11 @@ def build_keras_layer(layer: Layer, source: Model, input_shape: tuple[int, ...] 
         keras_layer = L.BatchNormalization(axis=-1, epsilon=float(a.get("epsilon", 1e-3)), center="bias" in t,
                                            scale="weight" in t, dtype=dtype)
         keras_layer.build((None,) * (rank - 1) + (channels,))
+        return keras_layer
+    if kind == "layernorm":  # over the features of (batch, steps, features), as the layer check runs it
+        keras_layer = L.LayerNormalization(axis=-1, epsilon=float(a.get("epsilon", 1e-3)), center=bool(a.get("center", True)),
+                                           scale=bool(a.get("scale", True)), dtype=dtype)
+        keras_layer.build((None, None, int(t["weight"].shape[0])))
         return keras_layer
     if kind == "embedding":
         rows, width = (int(n) for n in t["weight"].shape)
@@ -238,15 +247,6 @@ def dataset_array(dataset: Any) -> np.ndarray:
     return array
 
 
-def snake_case(class_name: str) -> str:
-    """Keras's name for a layer's group (keras/src/utils/naming.py ``to_snake_case``)."""
-    try:
-        from keras.src.utils.naming import to_snake_case
-        return to_snake_case(class_name)
-    except ImportError:  # the same rule, for a Keras that moved it
-        name = re.sub(r"\W+", "", class_name)
-        name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-        return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 class KerasFile:
@@ -289,6 +289,18 @@ class KerasFile:
                 owner.load_own_variables(store)  # Keras's own loader: its count and shape checks
             except (ValueError, KeyError) as error:
                 raise Unloadable(f"{path}: {said(error)}") from None
+
+    def claim_kept(self, key: str, shapes: list[tuple[int, ...]]) -> None:
+        """A custom layer kept with --keep-unknown: its group ``<key>/vars`` holds one array per tensor, in
+        order and of the stored shapes (no Keras layer here computes it, so its values go unchecked)."""
+        path = f"{key}/vars"
+        if path not in self.handle:
+            raise Unloadable(f"the file has no group {path} (Keras 3 keeps this layer's variables there)")
+        group = self.handle[path]
+        found = [tuple(group[name].shape) for name in sorted(group, key=int)]
+        self.claimed.add(path)
+        if found != shapes:
+            raise Unloadable(f"{path} holds arrays of shapes {found}, the layer's tensors are {shapes}")
 
     def unclaimed(self) -> list[str]:
         """Keras 3 variable groups holding arrays that no layer of the model takes."""
@@ -555,6 +567,12 @@ def load_converted(source: Model, path: str) -> Loaded:
         keys = keras3_keys(source)
         for position, layer in enumerate(weighted):
             keras_layer = built.get(layer.name)
+            if keras_layer is None and layer.kind == "custom" and keras_file.kind == "keras3":
+                try:
+                    keras_file.claim_kept(keys[layer.name], [tuple(t.shape) for t in layer.tensors.values()])
+                except Unloadable as error:
+                    problems.append(f"{layer.name}: {error}")
+                continue
             if keras_layer is None:
                 continue
             try:

@@ -396,6 +396,11 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     dtype = getattr(torch, graph_dtype(model).name)
     traced = stand_in(model)
     module = CanonicalModule(traced).eval().to(dtype)
+    masked = [name for name, layer_module in module.layer_modules.items() if getattr(layer_module, "masked_by", None)]
+    if masked:
+        raise UnsupportedError(f"layer {masked[0]!r} skips the steps an Embedding(mask_zero=True) masks, which an "
+                               "ONNX LSTM/GRU node cannot do (no mask input)",
+                               fix="Convert to torch, keras, npz or raw, or save the model without mask_zero")
     module.load_state_dict(canonical_state_dict(traced), strict=False)
     takes_indices = len(model.layers) > 1 and model.layers[1].kind == "embedding"
     examples, names, dynamic = [], [], {}

@@ -547,6 +547,9 @@ class ForwardWriter:
         """An LSTM/GRU, Embedding or per-step Dense; sets ``self.sequence`` when the output is a sequence."""
         a = layer.attrs
         if layer.kind == "embedding":
+            if a.get("mask_zero"):
+                raise self.refuse(layer, "mask_zero=True: the layers after it skip masked steps, which this forward "
+                                         "pass does not")
             if len(shape) != 1:
                 raise self.refuse(layer, f"needs a vector of indices, gets shape {shape}")
             table, item = self.tensor(layer, "weight")

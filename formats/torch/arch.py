@@ -263,7 +263,8 @@ ARCHITECTURE_LESS = ("torch_pt", "safetensors")  # source formats whose files ma
 def require_architecture(model: Model, target_name: str, needs_kinds: bool, template: str | None) -> None:
     """Refuse, before planning, a state dict without ``--arch`` for a target that needs layer kinds, and a
     Dense layer whose feature order could not be derived for the keras target (it reorders Dense rows)."""
-    if (needs_kinds and not model.has_architecture and model.source.format in ARCHITECTURE_LESS
+    kinds_known = model.has_architecture or bool(model.source.details.get("written_by_weightport"))
+    if (needs_kinds and not kinds_known and model.source.format in ARCHITECTURE_LESS
             and not (target_name == "onnx" and template)):
         raise UsageError(f"a state dict has no architecture, and the {target_name} target needs each layer's kind "
                          "(which tensors are conv kernels, which Linear reads a flattened map)",

@@ -102,24 +102,110 @@ MERGE_MODES = {
 }
 
 
+MASK_KEEPERS = ("dropout", "activation", "dense", "layernorm")  # Keras layers passing a mask on unchanged
+
+
+def masking_embedding(model: Model, layer: Layer) -> str | None:
+    """The Embedding(mask_zero=True) whose mask reaches recurrent ``layer`` (through layers that keep a mask:
+    dropout, activations, per-step Dense, LayerNormalization, RNNs returning sequences), or None."""
+    names = model.input_names(layer)
+    seen: set[str] = set()
+    while len(names) == 1 and names[0] not in seen:
+        seen.add(names[0])
+        current = model.find(names[0])
+        if current is None:
+            return None
+        if current.kind == "embedding":
+            return current.name if current.attrs.get("mask_zero") else None
+        keeps = current.kind in MASK_KEEPERS or (current.kind in ("lstm", "gru")
+                                                 and current.attrs.get("return_sequences"))
+        if not keeps:
+            return None
+        names = model.input_names(current)
+    return None
+
+
+class MaskedRecurrent(nn.Module):
+    """A Keras LSTM/GRU reading a masked sequence (an Embedding with ``mask_zero=True`` upstream): at a masked
+    step the state is carried through unchanged and the output is the previous step's (zeros with
+    ``zero_output_for_mask``, which Keras's Bidirectional sets when it returns sequences), as Keras's
+    ``backend.rnn`` does.  Holds torch.nn.LSTM/GRU's own parameters (same state_dict keys) and runs
+    ``torch.lstm_cell`` / ``torch.gru_cell`` one step at a time.  Output conventions as
+    :func:`weightport.formats.torch.module.keras_recurrent` (go_backwards: outputs in reading order;
+    bidirectional: halves concatenated per step, or merged by ``merge_mode``)."""
+
+    def __init__(self, rnn: nn.Module, layer: Layer) -> None:
+        super().__init__()
+        for name, parameter in rnn.named_parameters():  # torch.nn.LSTM/GRU's own keys, not nested
+            self.register_parameter(name, parameter)
+        self.hidden_size, self.kind, a = rnn.hidden_size, layer.kind, layer.attrs
+        self.return_sequences, self.go_backwards = bool(a["return_sequences"]), bool(a["go_backwards"])
+        self.bidirectional, self.merge = bool(a.get("bidirectional")), a.get("merge_mode", "concat")
+        self.zero_output = bool(a.get("zero_output_for_mask")) or (self.bidirectional and self.return_sequences)
+        self.masked_by: str | None = None  # the Embedding whose mask the canonical module passes in
+
+    def direction(self, x: torch.Tensor, mask: torch.Tensor, suffix: str, backwards: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(outputs in reading order, last output) of one direction."""
+        weights = [getattr(self, f"{name}_l0{suffix}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        if backwards:
+            x, mask = torch.flip(x, dims=[1]), torch.flip(mask, dims=[1])
+        h = x.new_zeros(x.shape[0], self.hidden_size)
+        c, previous, outputs = h, h, []
+        for t in range(x.shape[1]):
+            keep = mask[:, t:t + 1]
+            if self.kind == "lstm":
+                h_new, c_new = torch.lstm_cell(x[:, t], (h, c), *weights)
+                c = torch.where(keep, c_new, c)
+            else:
+                h_new = torch.gru_cell(x[:, t], h, *weights)
+            h = torch.where(keep, h_new, h)
+            previous = torch.where(keep, h_new, torch.zeros_like(h_new) if self.zero_output else previous)
+            outputs.append(previous)
+        return torch.stack(outputs, dim=1), h if not self.zero_output else outputs[-1]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> Any:
+        forward, last = self.direction(x, mask, "", self.go_backwards)
+        if not self.bidirectional:
+            return forward if self.return_sequences else last
+        backward, back_last = self.direction(x, mask, "_reverse", True)
+        if self.return_sequences:
+            halves = (forward, torch.flip(backward, dims=[1]))  # the backward half in time order
+        else:
+            halves = (last, back_last)
+        if self.merge in MERGE_MODES:
+            return MERGE_MODES[self.merge](*halves)
+        return halves if self.merge == "none" else torch.cat(halves, dim=-1)  # Keras's None: two outputs
+
+
 @builds("lstm", "gru")
 def merged_recurrent(layer: Layer, model: Model) -> nn.Module:
-    """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged."""
+    """The module's RNN; a Bidirectional with merge_mode sum/mul/ave has its concatenated halves merged; one
+    reading an Embedding's mask (``mask_zero``) is a :class:`MaskedRecurrent` (the canonical module gives it
+    the mask)."""
+    merge = layer.attrs.get("merge_mode")
+    embedding = masking_embedding(model, layer)
+    if embedding:
+        plain = replace(layer, attrs={**layer.attrs, "merge_mode": "concat", "return_sequences": True,
+                                      "go_backwards": False})
+        masked = MaskedRecurrent(ORIGINAL["builders"][layer.kind](plain, model), layer)
+        masked.masked_by = embedding
+        return masked
     masked = [other.name for other in model.layers if other.attrs.get("mask_zero")]
     if masked:
-        raise UnsupportedError(f"layer {layer.name!r} would skip the steps that Embedding {masked[0]!r} masks "
-                               "(mask_zero), which the torch module does not do",
+        raise UnsupportedError(f"layer {layer.name!r} may read the mask of Embedding {masked[0]!r} (mask_zero) "
+                               "through layers whose mask handling the torch module does not follow",
                                fix="The layer checks still compare each layer; feed inputs without zeros to check "
                                    "the whole model")
-    merge = layer.attrs.get("merge_mode")
-    if not layer.attrs.get("bidirectional") or merge not in MERGE_MODES:
+    apart = bool(layer.attrs.get("bidirectional")) and merge == "none"  # two outputs: forward, backward
+    if not layer.attrs.get("bidirectional") or (merge not in MERGE_MODES and not apart):
         return ORIGINAL["builders"][layer.kind](layer, model)
     concatenating = replace(layer, attrs={**layer.attrs, "merge_mode": "concat"})
     rnn = ORIGINAL["builders"][layer.kind](concatenating, model)
 
-    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+    def merged(_module: nn.Module, _args: Any, out: torch.Tensor) -> Any:
         forward, backward = out.split(out.shape[-1] // 2, dim=-1)
-        return MERGE_MODES[merge](forward, backward)
+        return (forward, backward) if apart else MERGE_MODES[merge](forward, backward)
     rnn.register_forward_hook(merged)
     return rnn
 
@@ -145,3 +231,16 @@ def dot(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
 
 
 output_kind("dot")(lambda layer, feeding: "seq")
+
+
+@runs("not_equal")
+def not_equal(layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Keras 3's ``NotEqual(x, value)`` op layer (the mask an Embedding(mask_zero=True) gives an RNN, recorded
+    as its own node; the RNN takes the Embedding's mask itself, see :class:`MaskedRecurrent`)."""
+    value = layer.attrs.get("value")
+    if value is None:
+        raise UnsupportedError(f"layer {layer.name!r}: NotEqual whose operand is not one recorded number")
+    return inputs[0] != value
+
+
+output_kind("not_equal")(lambda layer, feeding: "flat")

@@ -28,6 +28,7 @@ from weightport.core.model import Layer, Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import canonical_plan, refuse_for_torch
 from weightport.core.rules import hard_sigmoid_coefficients
+from weightport.core.shapes import canonical_concat_axis
 from weightport.formats.torch import caffe_ops, onnx_ops
 
 ACTIVATIONS = {
@@ -213,7 +214,7 @@ def ceil_pool_function(layer: Layer):
 MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "padding", "cropping", "upsampling",
              "global_pool")
 SEQUENCE_CONSUMERS = ("lstm", "gru")
-MAP_PRESERVING = ("input", "activation", "batchnorm", "dropout", "add", "concat", "multiply", "prelu")
+MAP_PRESERVING = ("input", "activation", "batchnorm", "layernorm", "dropout", "add", "concat", "multiply", "prelu")
 
 
 def input_kind(model: Model) -> str:
@@ -322,6 +323,7 @@ class CanonicalModule(nn.Module):
         fed = {layer.name: x for layer, x in zip(entries, xs)}
         values: dict[str, torch.Tensor] = {}
         self.values = values  # every layer's output of the last call, for naming a first divergence
+        masks: dict[str, torch.Tensor] = {}  # an Embedding(mask_zero=True)'s mask: its input indices != 0
         kinds = value_kinds(self.model)
         previous = xs[0]
         not_run = not_ported(self.model)
@@ -329,7 +331,8 @@ class CanonicalModule(nn.Module):
             names = layer.inputs or ([self.model.layers[position - 1].name] if position else [])
             if layer.name in not_run:
                 continue
-            inputs = [values[n] for n in names] if names else [previous]
+            picks = layer.attrs.get("input_indices") or [0] * len(names)
+            inputs = [output_of(values[n], k) for n, k in zip(names, picks)] if names else [output_of(previous, 0)]
             if layer.name in fed:
                 inputs = [fed[layer.name]]
             feeding = kinds.get(names[0]) if names else input_kind(self.model)
@@ -337,7 +340,13 @@ class CanonicalModule(nn.Module):
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, channels, time) -> (batch, time, features)
             elif layer.kind in MAP_KINDS and feeding == "seq" and inputs[0].dim() == 3:
                 inputs[0] = inputs[0].transpose(1, 2)  # (batch, time, features) -> (batch, channels, time)
-            previous = self.post[layer.name](self.apply(layer, inputs))
+            if layer.attrs.get("mask_zero"):
+                masks[layer.name] = inputs[0] != 0
+            masked_by = getattr(self.layer_modules.get(layer.name), "masked_by", None)
+            if masked_by is not None:
+                previous = self.post[layer.name](self.layer_modules[layer.name](inputs[0], masks[masked_by]))
+            else:
+                previous = self.post[layer.name](self.apply(layer, inputs))
             values[layer.name] = previous
         if self.model.layers and self.model.layers[-1].name in not_run:
             first = next(layer for layer in self.model.layers if layer.attrs.get("post_processing"))
@@ -346,7 +355,8 @@ class CanonicalModule(nn.Module):
                                    f"{', '.join(ported_outputs(self.model))}",
                                    fix="Compare those outputs, and run the post-processing from its recorded "
                                        "parameters")
-        return (previous,) + tuple(values[name] for name in self.also_return) if self.also_return else previous
+        last = output_of(previous, 0)  # a model ending in a layer of several outputs: its first
+        return (last,) + tuple(values[name] for name in self.also_return) if self.also_return else last
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:
         """One layer's output: its weighted module, or the weightless op registered in :data:`RUNS`."""
@@ -379,6 +389,12 @@ def ported_outputs(model: Model) -> list[str]:
     used = {name for layer in model.layers if layer.name not in skipped for name in layer.inputs}
     return sorted({name for layer in model.layers if layer.name in skipped for name in layer.inputs
                    if name not in skipped and name not in used})
+
+
+def output_of(value: Any, index: int) -> torch.Tensor:
+    """Output ``index`` of a layer's value: a tensor, or the tuple of a layer with several outputs (a Keras
+    Bidirectional with ``merge_mode=None``: forward, backward)."""
+    return value[index] if isinstance(value, tuple) else value
 
 
 Builder = Callable[[Layer, Model], nn.Module]
@@ -415,12 +431,56 @@ def dense_module(layer: Layer, model: Model) -> nn.Module:
     return nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in layer.tensors)
 
 
+class AnyRankBatchNorm(nn.BatchNorm1d):
+    """Inference batch normalization of an (N, C, ...) input of any rank, for a graph that records no output
+    shape (a weights-only source, an ONNX graph with dynamic sizes): the rank is the input's, known only when
+    it runs.  Same parameters and state_dict keys as ``torch.nn.BatchNorm1d/2d/3d``; F.batch_norm normalizes
+    over axis 1 whatever the rank."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank 2 or more (got {input.dim()}D input)")
+
+
 @builds("batchnorm")
 def batchnorm_module(layer: Layer, model: Model) -> nn.Module:
+    """torch's BatchNorm of the layer's rank where its output shape is recorded in full, else
+    :class:`AnyRankBatchNorm`."""
     a = layer.attrs
-    rank = max(len(layer.output_shape or (0,)) - 1, 0)
-    bn = {0: nn.BatchNorm1d, 1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[rank]
+    shape = layer.output_shape
+    known = shape is not None and all(n is not None for n in shape) and len(shape) <= 4
+    bn = {1: nn.BatchNorm1d, 2: nn.BatchNorm1d, 3: nn.BatchNorm2d, 4: nn.BatchNorm3d}[len(shape)] if known \
+        else AnyRankBatchNorm  # type: ignore[arg-type]
     return bn(a["num_features"], eps=a["epsilon"], momentum=1.0 - a["momentum"]).eval()
+
+
+class KerasLayerNorm(nn.LayerNorm):
+    """Keras ``LayerNormalization`` over one axis: ``torch.nn.LayerNorm`` (``weight`` = gamma, ``bias`` = beta,
+    both (F,)) over the last axis, the normalised axis moved there and back.  ``axis`` is Keras's (batch 0,
+    negative from the end) in Keras's channels-last order; on a channels-first map the canonical axis is
+    found at run time from the input's rank (:func:`weightport.core.shapes.canonical_concat_axis`)."""
+
+    def __init__(self, features: int, epsilon: float, axis: int, on_map: bool, data_format: str | None) -> None:
+        super().__init__(features, eps=epsilon)
+        self.keras_axis, self.on_map, self.data_format = axis, on_map, data_format
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = 1 + canonical_concat_axis(self.keras_axis, x.dim() - 1, self.data_format, not self.on_map)
+        last = x.dim() - 1
+        if dim == last:
+            return super().forward(x)
+        order = [k for k in range(x.dim()) if k != dim] + [dim]  # explicit axes: ONNX's Transpose takes no -1
+        back = [order.index(k) for k in range(x.dim())]
+        return super().forward(x.permute(order)).permute(back)
+
+
+@builds("layernorm")
+def layernorm_module(layer: Layer, model: Model) -> nn.Module:
+    a = layer.attrs
+    feeding = model.input_names(layer)
+    on_map = bool(feeding) and value_kinds(model).get(feeding[0]) == "map"
+    return KerasLayerNorm(int(a["num_features"]), float(a["epsilon"]), int(a.get("axis", -1)), on_map,
+                          model.source.details.get("data_format"))
 
 
 @builds("embedding")

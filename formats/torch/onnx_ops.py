@@ -544,23 +544,14 @@ def with_states(rnn: nn.Module, layer: Layer) -> None:
     rnn.register_forward_hook(keep, prepend=True)
 
 
-def any_rank_batchnorm(layer: Layer, model: Model) -> nn.Module:
-    """BatchNormalization of a graph with dynamic sizes (no known output rank): any (N, C, ...) input."""
-    module = BASE["batchnorm"](layer, model)
-    if layer.output_shape is None or any(n is None for n in layer.output_shape):
-        module._check_input_dim = lambda _input: None  # type: ignore[method-assign]
-    return module
-
-
 BASE: dict[str, Any] = {}  # the canonical builders these wrap
 
 
 def register(canonical: Any) -> None:
-    """Register the ONNX ops, the ``constant`` layer and the whole-graph LSTM/GRU and BatchNormalization
+    """Register the ONNX ops, the ``constant`` layer and the whole-graph LSTM/GRU
     builders in the canonical module ``canonical`` (formats/torch/module.py)."""
-    BASE.update(lstm=canonical.BUILDERS["lstm"], batchnorm=canonical.BUILDERS["batchnorm"])
+    BASE.update(lstm=canonical.BUILDERS["lstm"])
     canonical.builds("constant")(constant_module)
     canonical.builds("lstm", "gru")(onnx_recurrent)
-    canonical.builds("batchnorm")(any_rank_batchnorm)
     canonical.runs("onnx_op")(run_onnx_op)
     canonical.output_kind("constant", "onnx_op")(lambda layer, feeding: "flat")

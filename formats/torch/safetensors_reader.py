@@ -191,7 +191,7 @@ def model_from_tensors(path: str, metadata: dict[str, str], tensors: dict[str, T
     model = Model(SourceInfo(path, NAME, metadata.get("weightport.version"), None,
                              {"written_by_weightport": graph is not None}))
     if graph is not None:
-        model.has_architecture = True
+        model.has_architecture = graph.get("has_architecture", True) is not False  # False: from a weights-only file
         for spec in graph["layers"]:
             layer = Layer(spec["name"], spec["kind"], spec["attrs"], {}, spec["inputs"], spec.get("class"),
                           output_shape=tuple(spec["output_shape"]) if spec.get("output_shape") else None)

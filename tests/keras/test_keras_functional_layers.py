@@ -115,29 +115,126 @@ def test_bidirectional_merge_modes_reproduce_keras(run_cli, tmp_path, merge, seq
     x = np.random.default_rng(2).standard_normal((2, 6, 3)).astype("float32")
     source = tmp_path / "bi.h5"
     model.save(str(source))
+    whole_model_passes(run_cli, tmp_path, source, x, np.asarray(model(x)))
+
+
+def whole_model_passes(run_cli, tmp_path, source, x, expected) -> str:
+    """Convert ``source`` to safetensors and validate it on ``x`` against Keras's ``expected``: the whole
+    model must pass.  Returns the report."""
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", np.asarray(model(x)))
+    np.save(tmp_path / "y.npy", expected)
     out = tmp_path / "out.safetensors"
-    code, _, err = run_cli("convert", source, "-o", out)
+    code, _, err = run_cli("convert", source, "-o", out, "--force")
     assert code == 0, err
     code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
                                 tmp_path / "y.npy")
     assert code == 0 and "PASS whole model vs recorded output" in report, report + err
+    return report
 
 
-def test_embedding_mask_zero_before_an_rnn_is_a_skip_with_its_reason(run_cli, tmp_path):
+MASKED_INPUT = np.array([[3, 4, 5, 1, 2, 0, 0], [2, 3, 0, 0, 1, 8, 0], [0, 0, 5, 6, 7, 1, 2]], dtype="int32")
+
+
+def masked_models(L):
+    """RNNs reading an Embedding(mask_zero=True)'s mask (zeros at the end, in the middle, at the start)."""
+    return {
+        "lstm_last": lambda e: L.LSTM(3)(e),
+        "gru_sequences": lambda e: L.GRU(3, return_sequences=True)(e),
+        "stacked_through_dense": lambda e: L.LSTM(3)(L.Dense(4)(L.GRU(5, return_sequences=True)(e))),
+        "go_backwards": lambda e: L.LSTM(3, go_backwards=True, return_sequences=True)(e),
+        "zero_output_for_mask": lambda e: L.LSTM(3, return_sequences=True, zero_output_for_mask=True)(e),
+        "bidirectional_sequences": lambda e: L.Bidirectional(L.LSTM(3, return_sequences=True))(e),
+        "bidirectional_last": lambda e: L.Bidirectional(L.GRU(3))(e),
+        "bidirectional_sum": lambda e: L.Bidirectional(L.LSTM(3), merge_mode="sum")(e),
+    }
+
+
+def masked_model(framework, name, mask_zero=True):
+    framework.utils.set_random_seed(3)
+    i = framework.Input((7,), dtype="int32")
+    model = framework.Model(i, masked_models(framework.layers)[name](
+        framework.layers.Embedding(9, 4, mask_zero=mask_zero)(i)))
+    rng = np.random.default_rng(8)
+    for layer in model.layers:  # unit-scale weights: a step taken or skipped moves the output visibly
+        if layer.weights:
+            layer.set_weights([rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()])
+    return model
+
+
+MASKED_NAMES = ["lstm_last", "gru_sequences", "stacked_through_dense", "go_backwards", "zero_output_for_mask",
+                "bidirectional_sequences", "bidirectional_last", "bidirectional_sum"]
+
+
+# tf.keras 2's LSTM takes no zero_output_for_mask argument (only its RNN base does): that case is Keras 3's.
+@pytest.mark.parametrize("framework,name", [("keras", n) for n in MASKED_NAMES] +
+                         [("tf_keras", n) for n in MASKED_NAMES if n != "zero_output_for_mask"])
+def test_rnn_after_embedding_mask_zero_skips_masked_steps_as_keras_does(run_cli, tmp_path, name, framework):
+    """Keras carries an RNN's state through masked steps; the torch module does too: the whole-model check
+    passes against Keras's output, and the same weights without the mask give a visibly different output
+    (so a module ignoring the mask would fail)."""
+    keras = require(framework)
+    model = masked_model(keras, name)
+    expected = np.asarray(model(MASKED_INPUT))
+    unmasked = masked_model(keras, name, mask_zero=False)
+    unmasked.set_weights(model.get_weights())
+    assert np.abs(np.asarray(unmasked(MASKED_INPUT)) - expected).max() > 1e-2
+    source = tmp_path / "m.h5"  # tf.keras writes legacy h5 only; Keras 3 the same, for one set of cases
+    model.save(str(source))
+    whole_model_passes(run_cli, tmp_path, source, MASKED_INPUT, expected)
+
+
+def test_mask_reaching_an_rnn_through_a_merge_is_a_skip_with_its_reason(run_cli, tmp_path):
+    """A mask that reaches an RNN through a layer the module does not follow (here Concatenate, which merges
+    masks in Keras) is never run unmasked: the whole-model check is a skip naming mask_zero."""
     keras = require("keras")
     keras.utils.set_random_seed(1)
-    i = keras.Input((6,), dtype="int32")
-    model = keras.Model(i, keras.layers.LSTM(3)(keras.layers.Embedding(9, 4, mask_zero=True)(i)))
-    x = np.array([[0, 0, 3, 4, 5, 1], [2, 3, 0, 0, 1, 8]], dtype="int32")
-    source = tmp_path / "m.h5"
+    i = keras.Input((7,), dtype="int32")
+    e = keras.layers.Embedding(9, 4, mask_zero=True)(i)
+    model = keras.Model(i, keras.layers.LSTM(3)(keras.layers.Concatenate()([e, e])))
+    source = tmp_path / "m.keras"
     model.save(str(source))
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", np.asarray(model(x)))
+    np.save(tmp_path / "x.npy", MASKED_INPUT)
+    np.save(tmp_path / "y.npy", np.asarray(model(MASKED_INPUT)))
     out = tmp_path / "out.safetensors"
     assert run_cli("convert", source, "-o", out)[0] == 0
     code, report, err = run_cli("validate", source, out, "--input", tmp_path / "x.npy", "--expected",
                                 tmp_path / "y.npy")
     assert code == 0, report + err  # every weighted layer checked; the whole model skipped, with why
     assert "SKIP whole model" in report and "mask_zero" in report
+
+@pytest.mark.parametrize("target,words", [("onnx", "which an ONNX LSTM/GRU node cannot do"),
+                                          ("java", "mask_zero=True")])
+def test_targets_that_cannot_mask_refuse_in_one_line(run_cli, tmp_path, target, words):
+    """An ONNX LSTM/GRU node has no mask input and the Java forward pass runs every step: both refuse (no file
+    that would compute the unmasked RNN)."""
+    tf_keras = require("tf_keras")  # no NotEqual node in a tf.keras config: the Embedding itself is refused
+    source = tmp_path / "m.h5"
+    masked_model(tf_keras, "lstm_last").save(str(source))
+    extra = ["--emit-forward"] if target == "java" else []
+    code, _, err = run_cli("convert", source, "-o", tmp_path / ("m.onnx" if target == "onnx" else "m_java"),
+                           "--to", target, *extra)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("sequences", [True, False])
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_bidirectional_merge_mode_none_gives_both_outputs(run_cli, tmp_path, sequences, suffix):
+    """Bidirectional(merge_mode=None) returns forward and backward apart: a Subtract of the two (which would be
+    zero, or a concat's halves, if they were mixed up) reproduces Keras, and so does a model whose outputs are
+    the two (its first compared, said in a note)."""
+    keras = require("keras")
+    keras.utils.set_random_seed(4)
+    i = keras.Input((6, 3))
+    forward, backward = keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=sequences),
+                                                   merge_mode=None)(i)
+    x = np.random.default_rng(2).standard_normal((2, 6, 3)).astype("float32")
+    for name, model, first in (
+            ("merged", keras.Model(i, keras.layers.Dense(2)(keras.layers.Subtract()([backward, forward]))), None),
+            ("two", keras.Model(i, [forward, backward]), 0)):
+        source = tmp_path / f"{name}{suffix}"
+        model.save(str(source))
+        outputs = model(x)
+        report = whole_model_passes(run_cli, tmp_path, source, x,
+                                    np.asarray(outputs if first is None else outputs[first]))
+        if first is not None:
+            assert "of 2 outputs; the recorded output was compared with its first" in report

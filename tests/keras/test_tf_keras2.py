@@ -92,3 +92,17 @@ def test_gru_reset_after_false_ports_to_a_keras3_model(run_cli, tmp_path):
     x = np.load(fixture_path("tf_keras2", "gru_reset_before.input.npy"))
     expected = np.load(fixture_path("tf_keras2", "gru_reset_before.output.npy"))
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_conv1d_keeps_the_sequence_length_as_tf_keras_does():
+    """A Conv1D fed by an Embedding reads the (time, features) sequence as (features, time); 'causal' pads
+    (kernel - 1) * dilation steps before, so the length stays: shapes compared with tf.keras's own model."""
+    from tests.conftest import require
+    tf_keras = require("tf_keras")
+    path = fixture_path("tf_keras2", "embedding_conv1d.h5")
+    theirs = tf_keras.models.load_model(path, compile=False)
+    ours = {layer.name: layer.output_shape for layer in load(path).layers}
+    conv = theirs.get_layer("conv1d")
+    assert conv.padding == "causal"
+    steps, filters = conv.output.shape[1:]
+    assert ours["conv1d"] == (filters, steps) and steps == theirs.input.shape[1]

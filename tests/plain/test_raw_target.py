@@ -31,7 +31,8 @@ from tests.conftest import FIXTURES, ROOT, require
 
 KERAS_CNNS = ["keras3/cnn_flatten_dense", "keras3/channels_first_cnn", "keras3/conv3d_grouped",
               "tf_keras2/cnn_sequential", "keras3/functional_residual", "keras3/functional_residual_flatten",
-              "keras3/conv1d_rnn", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before"]
+              "keras3/conv1d_rnn", "keras3/rnn_hard_sigmoid", "tf_keras2/rnn_stack", "tf_keras2/gru_reset_before",
+              "tf_keras2/embedding_conv1d"]
 
 
 def recorded(base: str) -> bool:
