@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ SCRIPT = os.path.join(os.path.dirname(fixture_path()), "benchmarks", "large_mode
 def load_script():
     spec = importlib.util.spec_from_file_location("large_model", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["large_model"] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
