@@ -75,10 +75,10 @@ class Run:
     peak_rss: int
 
 
-def measured(command: list[str], workdir: str) -> Run:
+def measured(command: list[str], workdir: str, env: dict[str, str] | None = None) -> Run:
     """Run ``command`` under the launcher; a failure stops the benchmark with its message."""
     report = os.path.join(workdir, "run.json")
-    subprocess.run([PYTHON, "-c", LAUNCH, report] + command, check=True, env=ENV)
+    subprocess.run([PYTHON, "-c", LAUNCH, report] + command, check=True, env=env or ENV)
     with open(report) as handle:
         result = json.load(handle)
     os.unlink(report)
