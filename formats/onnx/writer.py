@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import re
 import secrets
@@ -199,33 +200,36 @@ def write_streamed(onnx: Any, reader: OnnxReader, pairs: list[tuple[Layer, Layer
     for name, item in planned.items():  # a constant's value stays inside its node: built whole
         if name not in initializers:
             whole[name] = item.load()
-    jobs: list[tuple[Any, Any]] = []  # (TensorProto, what fills it: a PlannedTensor or an array)
+    jobs: list[tuple[Any, int, Any]] = []  # (TensorProto, bytes, what fills it: a PlannedTensor or an array's reader)
     for proto in reader.proto.graph.initializer:
         if proto.name in planned:
             check_slot(reader, proto, planned[proto.name])
-            jobs.append((proto, planned[proto.name]))
+            jobs.append((proto, planned[proto.name].nbytes, planned[proto.name]))
         elif proto.name in whole:
-            jobs.append((proto, whole[proto.name]))
-        elif proto.data_location == onnx.TensorProto.EXTERNAL:  # kept from the template, read through the confined reader
-            jobs.append((proto, np.asarray(reader.reader(proto, *reader.checked(proto))())))
+            jobs.append((proto, whole[proto.name].nbytes, lambda value=whole[proto.name]: value))
+        elif proto.data_location == onnx.TensorProto.EXTERNAL:  # kept from the template: mapped when written
+            shape, dtype = reader.checked(proto)
+            jobs.append((proto, math.prod(shape) * dtype.itemsize, reader.reader(proto, shape, dtype)))
     for name, value in whole.items():
         if name not in initializers:
             reader.tensors[name].CopyFrom(reader.numpy_helper.from_array(value, reader.tensors[name].name))
-    total = sum(job.nbytes for _, job in jobs)
+    total = sum(nbytes for _, nbytes, _ in jobs)
     check_free_space(path, total + DATA_ALIGNMENT * len(jobs) + reader.proto.ByteSize())
     folder, name, data_name, previous = external_names(onnx, path, options.force)
     staging = staging_folder(path)
     try:
         with open(os.path.join(staging, data_name), "wb") as data, \
                 Progress(f"writing {os.path.basename(path)}", total, options.quiet) as progress:
-            for proto, job in jobs:
+            for proto, _, job in jobs:
                 data.write(b"\0" * (-data.tell() % DATA_ALIGNMENT))
                 offset = data.tell()
                 if isinstance(job, PlannedTensor):
                     length = write_planned(data, job, progress)
-                else:
-                    length = write_bytes(data, np.ascontiguousarray(job.astype(job.dtype.newbyteorder("<"), copy=False)))
+                else:  # one array at a time: a memory map of the template is released once written
+                    array = np.asarray(job())
+                    length = write_bytes(data, np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)))
                     progress.advance(proto.name, length)
+                    del array
                 refer_to(onnx, proto, data_name, offset, length)
         onnx.save_model(reader.proto, os.path.join(staging, name))
         install_pair(onnx, staging, name, data_name, path)
