@@ -270,7 +270,7 @@ def convert_to(args: argparse.Namespace, output: str, out: Any, say_wrote: bool)
             say(f"warning: {warning}", file=sys.stderr)
     if result.report is not None:
         print(result.report.summary(), file=out)
-    if say_wrote:
+    if say_wrote and not args.quiet:
         say(f"wrote {', '.join(result.outputs)}")
     return 0
 

@@ -87,6 +87,17 @@ def test_stdout_holds_exactly_the_file_a_path_would_get(tmp_path):
         np.testing.assert_array_equal(from_stdout[key], from_file[key])
 
 
+@pytest.mark.requires("safetensors")
+def test_quiet_prints_nothing_on_success(tmp_path):
+    """--quiet: no "wrote ..." line on stdout, nothing on stderr; without it the line names the output."""
+    from safetensors.numpy import load_file
+    quiet = run_process("convert", H5, "-o", str(tmp_path / "q.safetensors"), "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == b"" and quiet.stderr == b"", (quiet.stdout, quiet.stderr)
+    assert load_file(str(tmp_path / "q.safetensors"))  # written all the same
+    loud = run_process("convert", H5, "-o", str(tmp_path / "l.safetensors"))
+    assert loud.returncode == 0 and b"wrote " in loud.stdout + loud.stderr
+
+
 @pytest.mark.parametrize("args, says", [
     (["--to", "raw"], b"--to raw writes a folder, which stdout cannot hold"),
     (["--to", "java"], b"--to java writes a folder, which stdout cannot hold"),

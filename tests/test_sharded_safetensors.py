@@ -124,3 +124,50 @@ def test_an_output_larger_than_the_free_space_is_refused_with_the_figures(tmp_pa
         check_free_space(str(tmp_path / "big.safetensors"), free * 4 + 10**12)
     assert "free" in str(refused.value) and "needs" in str(refused.value)
     check_free_space(str(tmp_path / "small.safetensors"), 1)
+
+
+ARCH_MODULE = '''
+import torch
+
+
+class Chain(torch.nn.Module):
+    """Two Linear layers (not square), as a Hugging Face checkpoint names them."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(24, 40)
+        self.down = torch.nn.Linear(40, 16)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+'''
+
+
+def test_sharded_state_dict_with_arch_to_keras_weights_reproduces_torch(run_cli, tmp_path):
+    """--arch without --input-shape builds the module on torch's meta device (a model of tens of GB costs
+    no memory there); the Keras model holding the written .weights.h5 reproduces the torch module."""
+    torch = require("torch")
+    keras = require("keras")
+    hub = require("huggingface_hub")
+    (tmp_path / "chain.py").write_text(ARCH_MODULE)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("chain_arch", tmp_path / "chain.py")
+    chain = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chain)
+    torch.manual_seed(11)
+    module = chain.Chain().eval()
+    (tmp_path / "hf").mkdir()
+    hub.save_torch_state_dict(module.state_dict(), str(tmp_path / "hf"), max_shard_size=3000)
+    assert len(shards_in(tmp_path / "hf")) > 1
+    out = tmp_path / "chain.weights.h5"
+    code, _, err = run_cli("convert", tmp_path / "hf" / "model.safetensors.index.json", "-o", out, "--to", "keras",
+                           "--arch", f"{tmp_path / 'chain.py'}:Chain", "--quiet")
+    assert code == 0, err
+    inputs = keras.Input((24,))
+    outputs = keras.layers.Dense(16)(keras.layers.Dense(40, activation="relu")(inputs))
+    model = keras.Model(inputs, outputs)
+    model.load_weights(str(out))
+    x = np.random.default_rng(2).standard_normal((3, 24)).astype(np.float32)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.asarray(model(x)), expected, rtol=1e-5, atol=1e-5)

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
+import functools
 import os
 import shutil
-import socket
 import stat
 import tempfile
 import threading
@@ -49,10 +48,21 @@ def refuse_special_file(path: str) -> None:
 
 def temporary_prefix() -> str:
     """``.weightport-<host>-<pid>-``: whose temporary a file is, so a later run can tell a stale one."""
-    return f".weightport-{HOST_TAG}-{os.getpid()}-"
+    return f".weightport-{host_tag()}-{os.getpid()}-"
 
 
-HOST_TAG = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+@functools.cache
+def host_tag() -> str:
+    """Eight hex digits of this host's name (hashed: the name itself is not written into file names)."""
+    import hashlib
+    import socket  # imported here: start-up of commands that write nothing does not pay for them
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def __getattr__(name: str) -> str:
+    if name == "HOST_TAG":  # the tag as a module constant, computed on first use
+        return host_tag()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def staging_folder(near: str) -> str:
@@ -68,7 +78,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     with contextlib.suppress(OSError):
         for entry in os.scandir(folder):
             parts = entry.name.split("-", 3)
-            if len(parts) < 4 or parts[0] != ".weightport" or parts[1] != HOST_TAG or not parts[2].isdigit():
+            if len(parts) < 4 or parts[0] != ".weightport" or parts[1] != host_tag() or not parts[2].isdigit():
                 continue
             if process_alive(int(parts[2])):
                 continue

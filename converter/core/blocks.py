@@ -11,10 +11,12 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 8 << 20
 TILE_ELEMENTS = 1 << 14
@@ -191,6 +193,7 @@ class CopyThreads:
     def get(self) -> ThreadPoolExecutor:
         with self.lock:
             if self.executor is None:
+                from concurrent.futures import ThreadPoolExecutor  # on first use: start-up does not pay for it
                 self.executor = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="weightport-copy")
             return self.executor
 
@@ -215,6 +218,7 @@ def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int) -> 
         for share in shares:
             job(share)
         return
+    from concurrent import futures
     helpers = HELPERS.get()
     offered = [(helpers.submit(job, share), share) for share in shares[1:]]
     try:
@@ -222,7 +226,7 @@ def in_parallel(job: Callable[[Any], None], shares: list[Any], threads: int) -> 
     finally:
         left = [share for future, share in offered if future.cancel()]
         started = [future for future, _ in offered if not future.cancelled()]
-        wait(started)
+        futures.wait(started)
     for share in left:
         job(share)
     for future in started:

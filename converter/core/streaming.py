@@ -13,10 +13,17 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterable
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
+
+from weightport.core.errors import BadInputError
+from weightport.core.layout import materialize
+
+if TYPE_CHECKING:
+    from weightport.core.plan import PlannedTensor
+    from weightport.core.progress import Progress
 
 _DONE = object()
 WRITE_SLICE = 1 << 20
@@ -79,3 +86,36 @@ def write_bytes(handle: BinaryIO, array: np.ndarray) -> int:
     if written >= WRITE_SLICE and hasattr(os, "posix_fadvise"):
         os.posix_fadvise(handle.fileno(), first, written, os.POSIX_FADV_DONTNEED)
     return written
+
+
+SLICE_BYTES = 8 << 20
+
+
+def in_slices(block: np.ndarray, nbytes: int = SLICE_BYTES) -> Iterator[np.ndarray]:
+    """A C-contiguous block as flat views of at most ``nbytes`` (a tensor that needed no copy comes as one
+    block, a view of the whole source: what is done to it per value, a cast, a digest, goes a slice at a time)."""
+    flat = block.reshape(-1)
+    step = max(1, nbytes // max(flat.itemsize, 1))
+    for start in range(0, max(flat.size, 1), step):
+        yield flat[start:start + step]
+
+
+def write_planned(handle: BinaryIO, item: "PlannedTensor", progress: "Progress", cast: np.dtype | None = None) -> int:
+    """Write ``item``'s C-order bytes at ``handle``'s position, block by block while the next block is made
+    (:func:`write_in_background`), little-endian (or cast to ``cast``, e.g. bfloat16 widened to ``<f4``);
+    progress advances per block.  Memory: the source (a memory map where the reader can) and the block
+    buffers, never a copy of the whole tensor.  Returns the bytes written, checked against the plan."""
+    counted = [0]
+
+    def write_block(block: np.ndarray) -> None:
+        for part in in_slices(block):  # a cast copies: a slice at a time, never the whole tensor
+            stored = materialize(part.astype(cast or part.dtype.newbyteorder("<"), copy=False))
+            written = write_bytes(handle, stored)
+            counted[0] += written
+            progress.advance(item.key, written)
+
+    write_in_background(item.blocks(), write_block)
+    expected = item.nbytes if cast is None else int(np.prod(item.shape, dtype=np.int64)) * np.dtype(cast).itemsize
+    if counted[0] != expected:
+        raise BadInputError(f"tensor {item.key} came out as {counted[0]} bytes, planned {expected}")
+    return counted[0]

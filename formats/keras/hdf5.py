@@ -21,8 +21,10 @@ from weightport.core import budget
 from weightport.core.describe import parse_json
 from weightport.core.dtypes import BFLOAT16, as_bfloat16, bfloat16, is_bfloat16
 from weightport.core.errors import BadInputError, UnsafeInputError
+from weightport.core.streaming import write_planned
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+HDF5_OVERHEAD = 4096  # bytes of object headers and attributes allowed per dataset or group, for the free-space check
 
 # What h5py raises on a damaged file (wrong B-tree signatures, bad object headers, ...).
 H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
@@ -190,6 +192,48 @@ def create_dataset(group: h5py.Group, name: str, array: np.ndarray) -> h5py.Data
     if is_bfloat16(array.dtype):
         dataset.attrs["dtype"] = BFLOAT16
     return dataset
+
+
+class StreamedDatasets:
+    """Datasets of one output file whose bytes are written tensor by tensor, straight into the file.
+
+    :meth:`add` makes each dataset contiguous, unfiltered, with its place in the file reserved at once
+    (``H5D_ALLOC_TIME_EARLY``) and no fill value written (``H5D_FILL_TIME_NEVER``), and notes where its
+    bytes go; once h5py has closed the file, :meth:`fill` streams every planned tensor there in C order
+    (:func:`weightport.core.streaming.write_planned`), so memory is bounded by the largest tensor, not the
+    model, and the file is what h5py would have written with ``data=``.  bfloat16 is Keras 3's opaque
+    2-byte words with ``attrs["dtype"] = "bfloat16"``, as :func:`create_dataset`.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, Any, np.dtype | None]] = []  # (file offset, PlannedTensor, cast)
+
+    def add(self, group: h5py.Group, name: str, item: Any, cast: np.dtype | None = None) -> None:
+        """``group[name]`` for planned tensor ``item`` (values cast to ``cast`` when given)."""
+        dtype = np.dtype(cast) if cast is not None else np.dtype(item.dtype).newbyteorder("<")
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+        dataset = group.create_dataset(name, shape=tuple(item.shape), dtype=dtype, dcpl=dcpl)
+        if is_bfloat16(dtype):
+            dataset.attrs["dtype"] = BFLOAT16
+        offset = dataset.id.get_offset()
+        if offset is not None:
+            self.pending.append((offset, item, cast))
+        elif dataset.size:  # a scalar has no place of its own in the file: written by h5py
+            dataset[()] = item.load().astype(dtype)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(np.prod(item.shape, dtype=np.int64)) * np.dtype(cast or item.dtype).itemsize
+                   for _, item, cast in self.pending)
+
+    def fill(self, path: str, progress: Any) -> None:
+        """Write every noted tensor's bytes at its place in the (closed) HDF5 file ``path``."""
+        with open(path, "rb+") as handle:
+            for offset, item, cast in self.pending:
+                handle.seek(offset)
+                write_planned(handle, item, progress, cast)
 
 
 def dataset_reader(dataset: h5py.Dataset):

@@ -8,12 +8,14 @@ import os
 
 import h5py
 
-from weightport.core.atomic import atomic_path
+from weightport.core.atomic import atomic_path, check_free_space
 from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.options import WriteOptions
 from weightport.core.plan import plan_by_layer
+from weightport.core.progress import Progress
 from weightport.formats.keras import hdf5
+from weightport.formats.keras.hdf5 import HDF5_OVERHEAD
 from weightport.formats.keras.layers import keras_plan, snake_case, stacked_as_keras_layers
 
 
@@ -100,6 +102,8 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
     model = stacked_as_keras_layers(model)  # a torch RNN of num_layers N: N Keras layers
     plan = keras_plan(model, options)
     keys = layer_group_keys(model)
+    check_free_space(path, sum(item.nbytes for item in plan.tensors) + HDF5_OVERHEAD * (1 + len(plan.tensors)))
+    datasets = hdf5.StreamedDatasets()
     with atomic_path(path, options.force) as temporary:
         with h5py.File(temporary, "w") as handle:
             handle.create_group("vars").attrs["name"] = "model"
@@ -108,5 +112,7 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
                     group = handle.require_group(variable_group(layer, item.key[len(layer.name) + 1:],
                                                                 keys[layer.name]))
                     group.attrs.setdefault("name", layer.name)
-                    hdf5.create_dataset(group, str(len(group)), item.load())
+                    datasets.add(group, str(len(group)), item)
+        with Progress(f"writing {os.path.basename(path)}", datasets.nbytes, options.quiet) as progress:
+            datasets.fill(temporary, progress)
     return plan.warnings

@@ -109,6 +109,9 @@ def safe_name(name: str) -> str:
                     for part in cleaned.split("."))
 
 
+INFERENCE_BYTES = 4096  # initializers up to this size keep their values for shape inference
+
+
 class OnnxReader:
     """One reading of one ONNX file."""
 
@@ -144,7 +147,7 @@ class OnnxReader:
     def index(self) -> None:
         """Index the graph: its constants, producers and consumers, folded shape arithmetic, value shapes."""
         try:
-            self.inferred = self.onnx.shape_inference.infer_shapes(self.proto, strict_mode=False)
+            self.inferred = self.onnx.shape_inference.infer_shapes(self.without_weights(), strict_mode=False)
         except Exception:
             self.inferred = self.proto
         graph = self.proto.graph
@@ -185,6 +188,27 @@ class OnnxReader:
         self.folded = self.fold_constants(graph)
         self.shapes = self.value_shapes()
         self.producer: dict[str, str] = {}
+
+    def without_weights(self) -> Any:
+        """The model for shape inference: every initializer holding more than :data:`INFERENCE_BYTES` becomes
+        a graph input of its type and shape (inference reads the values of small constants only, such as
+        a Reshape's target shape), so inference does not copy the weights (a model's size in memory)."""
+        source, light = self.proto, self.onnx.ModelProto()
+        light.ir_version = source.ir_version
+        light.opset_import.extend(source.opset_import)
+        light.functions.extend(source.functions)
+        graph = light.graph
+        graph.name = source.graph.name
+        for field in ("node", "input", "output", "value_info"):
+            getattr(graph, field).extend(getattr(source.graph, field))
+        inputs = {value.name for value in source.graph.input}
+        for tensor in source.graph.initializer:
+            if tensor.ByteSize() <= INFERENCE_BYTES:
+                graph.initializer.append(tensor)
+            elif tensor.name not in inputs:
+                graph.input.append(self.onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type,
+                                                                           list(tensor.dims)))
+        return light
 
     def fold_constants(self, graph: Any) -> set[int]:
         """Compute the small shape subgraphs exporters leave behind (torch.onnx's ``F.pad`` emits

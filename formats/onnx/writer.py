@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import math
 import os
 import re
 import secrets
@@ -23,17 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from weightport.core.atomic import atomic_path, check_can_write, fsync_folder, staging_folder
+from weightport.core.atomic import atomic_path, check_can_write, check_free_space, fsync_folder, staging_folder
 from weightport.core.dtypes import is_bfloat16
 from weightport.core.errors import BadInputError, MissingDependencyError, UnsupportedError, UsageError
 from weightport.core.layout import CORRELATION, Layout
 from weightport.core.model import Layer, Model
 from weightport.core.options import ReadOptions, WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, canonical_plan, torch_rnn_problem
+from weightport.core.progress import Progress
 from weightport.core.rules import hard_sigmoid_coefficients
 from weightport.core.steps import Relayout, ReorderBlocks, TakeIndex, write_back
+from weightport.core.streaming import write_bytes, write_planned
 from weightport.formats.onnx.reader import OnnxReader, import_onnx
-from weightport.formats.torch.arch import user_module
+from weightport.formats.torch.arch import ARCHITECTURE_LESS, canonical_layouts, user_module
 from weightport.formats.torch.arch_onnx import graph_note
 
 def onnx_plan(model: Model, options: WriteOptions) -> Plan:
@@ -87,6 +90,9 @@ def write(model: Model, path: str, options: WriteOptions) -> list[str]:
         reader = OnnxReader(options.template, ReadOptions())
         pairs = matched_layers(model, reader.model(), options.template)
         plan = template_plan(model, reader, pairs)
+        if streams(reader, plan):  # tensor by tensor into a data file: memory bounded by the largest tensor
+            write_streamed(onnx, reader, pairs, plan, path, options)
+            return plan.warnings
         proto = template_with_weights(reader, pairs)
     else:
         plan = traced_plan(model, options)
@@ -121,6 +127,21 @@ def write_with_external_data(onnx: Any, proto: Any, path: str, force: bool) -> N
     step that switches from the previous pair to the new one, so a kill at any moment leaves the
     previous pair whole (or no output).  The previous pair's data file is removed after the switch.
     """
+    folder, name, data_name, previous = external_names(onnx, path, force)
+    staging = staging_folder(path)
+    try:
+        staged = os.path.join(staging, name)
+        onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=EXTERNAL_TENSOR_BYTES)
+        install_pair(onnx, staging, name, data_name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    remove_previous(folder, previous, data_name)
+
+
+def external_names(onnx: Any, path: str, force: bool) -> tuple[str, str, str, list[str]]:
+    """(folder, model name, data file name, the replaced pair's data files) of a model written with external
+    data: ``NAME.onnx.data``, or ``NAME.onnx.<random>.data`` when that name is taken by the pair being replaced."""
     check_can_write(path, force)
     folder, name = os.path.split(os.path.abspath(path))
     previous = weightport_data_files(onnx, path)
@@ -128,26 +149,120 @@ def write_with_external_data(onnx: Any, proto: Any, path: str, force: bool) -> N
     if os.path.lexists(os.path.join(folder, data_name)):
         check_can_write(os.path.join(folder, data_name), force)
         data_name = f"{name}.{secrets.token_hex(4)}.data"
-    staging = staging_folder(path)
-    try:
-        staged = os.path.join(staging, name)
-        onnx.save_model(proto, staged, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data_name, size_threshold=EXTERNAL_TENSOR_BYTES)
-        check_written(onnx, staged, path)
-        written = [name for name in (data_name, name) if os.path.exists(os.path.join(staging, name))]
-        for each in written:
-            with open(os.path.join(staging, each), "rb+") as handle:
-                os.fsync(handle.fileno())
-        if data_name in written:
-            os.replace(os.path.join(staging, data_name), os.path.join(folder, data_name))
-        os.replace(staged, path)
-        fsync_folder(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return folder, name, data_name, previous
+
+
+def install_pair(onnx: Any, staging: str, name: str, data_name: str, path: str) -> None:
+    """Check the staged model, fsync it and its data file, move the data file in, then the model (the switch)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    staged = os.path.join(staging, name)
+    check_written(onnx, staged, path)
+    written = [each for each in (data_name, name) if os.path.exists(os.path.join(staging, each))]
+    for each in written:
+        with open(os.path.join(staging, each), "rb+") as handle:
+            os.fsync(handle.fileno())
+    if data_name in written:
+        os.replace(os.path.join(staging, data_name), os.path.join(folder, data_name))
+    os.replace(staged, path)
+    fsync_folder(folder)
+
+
+def remove_previous(folder: str, previous: list[str], data_name: str) -> None:
+    """After the switch: the replaced pair's data files (those weightport named), never the new one."""
     for old in previous:
         if old != data_name:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(folder, old))
+
+
+def streams(reader: OnnxReader, plan: Plan) -> bool:
+    """Whether a template's weights are written tensor by tensor into a data file: when the template keeps
+    its own weights in external data (the output does as its template does), or the weights pass 2 GB."""
+    external = reader.onnx.TensorProto.EXTERNAL
+    return (any(t.data_location == external for t in reader.proto.graph.initializer)
+            or sum(item.nbytes for item in plan.tensors) > EXTERNAL_THRESHOLD)
+
+
+DATA_ALIGNMENT = 64  # each tensor's offset in the data file (a cache line; what onnx's own writer aligns to)
+
+
+def write_streamed(onnx: Any, reader: OnnxReader, pairs: list[tuple[Layer, Layer]], plan: Plan, path: str,
+                   options: WriteOptions) -> None:
+    """The template with its initializers moved to a data file that is written tensor by tensor.
+
+    Each planned tensor streams from the source (a memory map where the reader can) through the block
+    engine into ``NAME.onnx.data`` at a 64-byte aligned offset, and its TensorProto in the template becomes
+    a reference (``location``, ``offset``, ``length``); a template tensor that no source tensor replaces
+    is copied from the template's own data file the same way.  Parts of a stacked array (an LSTM's
+    ``B = [Wb, Rb]``) and Constant-node weights are small and are built whole, as the in-memory path does.
+    Model and data file are staged together and moved into place as :func:`write_with_external_data` does;
+    memory is bounded by the largest tensor, not the model.
+    """
+    parts = {item.key.split("[", 1)[0] for item in plan.tensors if "[" in item.key}
+    whole = template_with_weights(reader, pairs, only=parts) if parts else {}
+    planned = {item.key: item for item in plan.tensors if "[" not in item.key}
+    initializers = {t.name for t in reader.proto.graph.initializer}
+    for name, item in planned.items():  # a constant's value stays inside its node: built whole
+        if name not in initializers:
+            whole[name] = item.load()
+    jobs: list[tuple[Any, int, Any]] = []  # (TensorProto, bytes, what fills it: a PlannedTensor or an array's reader)
+    for proto in reader.proto.graph.initializer:
+        if proto.name in planned:
+            check_slot(reader, proto, planned[proto.name])
+            jobs.append((proto, planned[proto.name].nbytes, planned[proto.name]))
+        elif proto.name in whole:
+            jobs.append((proto, whole[proto.name].nbytes, lambda value=whole[proto.name]: value))
+        elif proto.data_location == onnx.TensorProto.EXTERNAL:  # kept from the template: mapped when written
+            shape, dtype = reader.checked(proto)
+            jobs.append((proto, math.prod(shape) * dtype.itemsize, reader.reader(proto, shape, dtype)))
+    for name, value in whole.items():
+        if name not in initializers:
+            reader.tensors[name].CopyFrom(reader.numpy_helper.from_array(value, reader.tensors[name].name))
+    total = sum(nbytes for _, nbytes, _ in jobs)
+    check_free_space(path, total + DATA_ALIGNMENT * len(jobs) + reader.proto.ByteSize())
+    folder, name, data_name, previous = external_names(onnx, path, options.force)
+    staging = staging_folder(path)
+    try:
+        with open(os.path.join(staging, data_name), "wb") as data, \
+                Progress(f"writing {os.path.basename(path)}", total, options.quiet) as progress:
+            for proto, _, job in jobs:
+                data.write(b"\0" * (-data.tell() % DATA_ALIGNMENT))
+                offset = data.tell()
+                if isinstance(job, PlannedTensor):
+                    length = write_planned(data, job, progress)
+                else:  # one array at a time: a memory map of the template is released once written
+                    array = np.asarray(job())
+                    length = write_bytes(data, np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False)))
+                    progress.advance(proto.name, length)
+                    del array
+                refer_to(onnx, proto, data_name, offset, length)
+        onnx.save_model(reader.proto, os.path.join(staging, name))
+        install_pair(onnx, staging, name, data_name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    remove_previous(folder, previous, data_name)
+
+
+def check_slot(reader: OnnxReader, proto: Any, item: PlannedTensor) -> None:
+    """A planned tensor must have its template slot's dtype (weightport never casts) and shape."""
+    shape, dtype = reader.checked(proto)
+    if np.dtype(item.dtype) != dtype:
+        raise UsageError(f"{proto.name} is {dtype} in the template, {np.dtype(item.dtype)} in the source; weightport "
+                         "never casts silently", path=reader.path, fix="Use a template exported in the source's dtype")
+    if tuple(item.shape) != shape:
+        raise UsageError(f"{proto.name} is {list(shape)} in the template, {list(item.shape)} from the source",
+                         path=reader.path, fix="Use a template of the same architecture")
+
+
+def refer_to(onnx: Any, proto: Any, location: str, offset: int, length: int) -> None:
+    """Make ``proto`` a reference to ``length`` bytes at ``offset`` of ``location`` (its values dropped)."""
+    for field in ("raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+        proto.ClearField(field)
+    del proto.external_data[:]
+    proto.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = proto.external_data.add()
+        entry.key, entry.value = key, value
 
 
 def weightport_data_files(onnx: Any, path: str) -> list[str]:
@@ -169,14 +284,17 @@ EXTERNAL_TENSOR_BYTES = 1024  # tensors under this stay in the model file even t
 TRACE_LOCK = threading.Lock()
 
 
-def template_with_weights(reader: OnnxReader, pairs: list[tuple[Layer, Layer]]) -> Any:
-    """The template's ModelProto with every weight tensor replaced by the matching source tensor."""
+def template_with_weights(reader: OnnxReader, pairs: list[tuple[Layer, Layer]], only: set[str] | None = None) -> Any:
+    """The template's ModelProto with every weight tensor replaced by the matching source tensor; with
+    ``only``, just the new values of those template tensors, by name (the template is left as it is)."""
     template = reader.path
     current: dict[str, np.ndarray] = {}
     for source_layer, template_layer in pairs:
         for param, slot in template_layer.tensors.items():
             value = source_layer.tensors[param]
             name = reader.resolve(slot.provenance.source_key)
+            if only is not None and name not in only:
+                continue
             stored = current.get(name)
             if stored is None:
                 stored = np.asarray(slot.read())
@@ -185,6 +303,8 @@ def template_with_weights(reader: OnnxReader, pairs: list[tuple[Layer, Layer]]) 
                                  f"{np.dtype(value.dtype)} in the source; weightport never casts silently",
                                  path=template, fix="Use a template exported in the source's dtype")
             current[name] = write_back(stored, slot.transforms, value.load())
+    if only is not None:
+        return current
     for name, proto in reader.tensors.items():
         if name in current:
             proto.CopyFrom(reader.numpy_helper.from_array(current[name], proto.name))
@@ -209,11 +329,20 @@ def matched_layers(model: Model, target: Model, template: str) -> list[tuple[Lay
     for source_layer, template_layer in pairs:
         shapes = {param: tuple(t.shape) for param, t in source_layer.tensors.items()}
         wanted = {param: tuple(t.shape) for param, t in template_layer.tensors.items()}
+        if takes_kind_from_template(model, source_layer) and shapes == wanted:
+            source_layer.kind, source_layer.attrs = template_layer.kind, dict(template_layer.attrs)
+            canonical_layouts(source_layer)  # a state dict's tensors are stored in the canonical layouts
         if source_layer.kind != template_layer.kind or any(shapes.get(p) != s for p, s in wanted.items()):
             raise UsageError(f"template layer {template_layer.name!r} ({template_layer.kind} {wanted}) does not match "
                              f"source layer {source_layer.name!r} ({source_layer.kind} {shapes})", path=template,
                              fix="Use a template of the same architecture, with layers in the same order")
     return pairs
+
+
+def takes_kind_from_template(model: Model, layer: Layer) -> bool:
+    """A layer of a state dict read without ``--arch`` (kind ``other``): the template's layer of the same
+    name or place, with the same parameters and canonical shapes, gives it its kind, as ``--arch`` would."""
+    return not model.has_architecture and model.source.format in ARCHITECTURE_LESS and layer.kind == "other"
 
 
 def graph_dtype(model: Model) -> np.dtype:

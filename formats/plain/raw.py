@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from weightport.core.version import __version__
-from weightport.core.atomic import check_can_write, current_umask, fsync_folder, staging_folder
+from weightport.core.atomic import check_can_write, check_free_space, current_umask, fsync_folder, staging_folder
 from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
 from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
@@ -52,7 +52,7 @@ from weightport.core.model import Layer, Model, state_key
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, renamed
 from weightport.core.progress import Progress
-from weightport.core.streaming import write_bytes, write_in_background
+from weightport.core.streaming import in_slices, write_bytes, write_in_background
 from weightport.core.shapes import flatten_patterns, flattened_map_shape
 
 NAME = "raw"
@@ -364,6 +364,7 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
     overflow: list[str] = []
     offset = 0
     total = sum(math.prod(item.shape) * chosen.dtype.itemsize for item in plan.tensors)
+    check_free_space(path, total + ALIGNMENT * len(plan.tensors))
     with open(path, "wb") as handle, Progress(f"writing {os.path.basename(path)}", total, quiet) as progress:
         for item in plan.tensors:
             pad = -offset % ALIGNMENT
@@ -372,13 +373,16 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
             digest, tally = hashlib.sha256(), {"bytes": 0, "overflow": False}
 
             def write_block(block: np.ndarray) -> None:
-                with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
-                    stored = materialize(np.asarray(block).astype(chosen.dtype, copy=False))
-                    if stored.dtype.itemsize < block.dtype.itemsize and block.dtype.kind == "f" \
-                            and np.any(np.isfinite(block) & ~np.isfinite(stored)):
-                        tally["overflow"] = True
-                tally["bytes"] += write_bytes(handle, stored)
-                digest.update(stored.reshape(-1).view(np.uint8).data)
+                for part in in_slices(np.asarray(block)):  # the cast copies: a slice at a time
+                    with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
+                        stored = materialize(part.astype(chosen.dtype, copy=False))
+                        if stored.dtype.itemsize < part.dtype.itemsize and part.dtype.kind == "f" \
+                                and np.any(np.isfinite(part) & ~np.isfinite(stored)):
+                            tally["overflow"] = True
+                    written = write_bytes(handle, stored)
+                    tally["bytes"] += written
+                    digest.update(stored.reshape(-1).view(np.uint8).data)
+                    progress.advance(item.key, written)
 
             write_in_background(item.blocks(), write_block)
             nbytes = int(tally["bytes"])
@@ -386,7 +390,6 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
                 raise BadInputError(f"tensor {item.key} came out as {nbytes} bytes, planned shape {item.shape}")
             if tally["overflow"]:
                 overflow.append(item.key)
-            progress.advance(item.key, nbytes)
             entries.append({
                 "name": item.key, "layer": item.layer.name, "kind": item.layer.kind, "param": item.param,
                 "shape": [int(n) for n in item.shape], "dtype": chosen.dtype_name, "offset": offset,

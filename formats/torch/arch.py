@@ -109,9 +109,22 @@ def relabel(tensor: Tensor, pattern: str, semantics: str) -> None:
     tensor.provenance = type(tensor.provenance)(tensor.provenance.source_key, pattern, semantics, rule)
 
 
-def build_module(spec: str, torch: Any) -> Any:
-    """The user's module: ``Class()`` or ``factory()``, in eval mode."""
+def build_module(spec: str, torch: Any, meta: bool = False) -> Any:
+    """The user's module: ``Class()`` or ``factory()``, in eval mode.
+
+    With ``meta``, the module is first built on torch's ``meta`` device: its parameters have shapes and
+    dtypes but no storage, so a module of tens of GB costs no memory (only the layer kinds and shapes are
+    read from it); a constructor that cannot run there (one that computes with its tensors) is built as usual.
+    """
     made = load_module_class(spec, "arch")
+    if meta:
+        try:
+            with torch.device("meta"):
+                module = made()
+            if isinstance(module, torch.nn.Module):
+                return module.eval()
+        except Exception:  # built again below, on the CPU, where its own errors are reported
+            pass
     try:
         module = made()
     except Exception as error:  # the user's constructor: any failure is theirs to fix
@@ -125,8 +138,13 @@ def build_module(spec: str, torch: Any) -> Any:
 
 
 def load_strict(module: Any, model: Model, torch: Any, spec: str) -> None:
-    """``module.load_state_dict(state, strict=True)``: every key and shape must match exactly."""
-    state = {key: numpy_to_tensor(torch, np.array(tensor.load(), copy=True)) for key, _, tensor in model.state_keys()}
+    """``module.load_state_dict(state, strict=True)``: every key and shape must match exactly.  A module on
+    the ``meta`` device is checked with ``meta`` tensors of the source's shapes (torch's own check and
+    messages; nothing is read or copied) and keeps no weights: :func:`run_user_module` gives it some."""
+    if is_meta(module):
+        state = {key: torch.empty(tuple(tensor.shape), device="meta") for key, _, tensor in model.state_keys()}
+    else:
+        state = {key: numpy_to_tensor(torch, np.array(tensor.load(), copy=True)) for key, _, tensor in model.state_keys()}
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -166,7 +184,8 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
         raise UsageError(f"{{opt:arch}} gives a PyTorch state dict its architecture; this {model.source.format} file "
                          "already carries one", path=path, fix="Drop {opt:arch}")
     torch = import_torch()
-    module = build_module(options.arch or "", torch)
+    # without --input-shape nothing runs the module while converting: built on the meta device, no memory
+    module = build_module(options.arch or "", torch, meta=options.input_shape is None)
     load_strict(module, model, torch, options.arch or "")
     assign_kinds(module, model)
     if options.input_shape is not None:
@@ -181,6 +200,11 @@ def apply_arch(model: Model, options: ReadOptions, path: str) -> Model:
     return model
 
 
+def is_meta(module: Any) -> bool:
+    """Whether ``module``'s parameters live on torch's ``meta`` device (shapes only, no storage)."""
+    return any(tensor.is_meta for tensor in module.state_dict().values())
+
+
 def user_module(model: Model) -> Any:
     """The ``--arch`` module ``model`` was read with (holding the source's weights), or None."""
     return getattr(model, "arch_module", None)
@@ -193,7 +217,7 @@ def run_user_module(model: Model, state: dict[str, np.ndarray], x: np.ndarray) -
     torch = import_torch()
     module = copy.deepcopy(user_module(model))
     module.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
-                           strict=True)
+                           strict=True, assign=is_meta(module))  # a meta module takes the tensors themselves
     return first_output(module, x, torch)
 
 
@@ -204,6 +228,8 @@ def run_source_module(model: Model, x: np.ndarray) -> np.ndarray:
     module = user_module(model)
     if module is None:
         raise NotImplementedError("the file was read without the module that runs it (the arch option)")
+    if is_meta(module):
+        raise NotImplementedError("its module was built without tensors (no input shape was given to trace it)")
     return first_output(module, x, import_torch())
 
 
@@ -234,6 +260,8 @@ def first_diverging_module(model: Model, state: dict[str, np.ndarray], x: np.nda
     ``--arch`` module holding the source's tensors and a copy holding ``state`` (None when none does)."""
     import copy
     torch = import_torch()
+    if is_meta(user_module(model)):  # built without the source's tensors: nothing to compare with
+        return None
     converted = copy.deepcopy(user_module(model))
     converted.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
                               strict=True)

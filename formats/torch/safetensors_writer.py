@@ -16,17 +16,14 @@ import os
 import struct
 from typing import Any
 
-import numpy as np
-
 from weightport.core.atomic import atomic_paths, check_free_space
 from weightport.core.describe import graph_metadata
-from weightport.core.errors import BadInputError, UsageError, option
-from weightport.core.layout import materialize
+from weightport.core.errors import UsageError, option
 from weightport.core.model import Model
 from weightport.core.options import WriteOptions
 from weightport.core.plan import PlannedTensor
 from weightport.core.progress import Progress
-from weightport.core.streaming import write_bytes, write_in_background
+from weightport.core.streaming import write_planned
 from weightport.formats.torch.plan import torch_plan
 from weightport.formats.torch.safetensors_reader import INDEX_SUFFIX, dtype_code
 
@@ -75,17 +72,7 @@ def write_tensors(path: str, header: dict[str, Any], items: list[PlannedTensor],
     with open(path, "wb") as handle:
         handle.write(header_bytes(header))
         for item in items:
-            counted = [0]
-
-            def write_block(block: np.ndarray, key: str = item.key) -> None:
-                little = materialize(block.astype(block.dtype.newbyteorder("<"), copy=False))
-                written = write_bytes(handle, little)
-                counted[0] += written
-                progress.advance(key, written)
-
-            write_in_background(item.blocks(), write_block)
-            if counted[0] != item.nbytes:
-                raise BadInputError(f"tensor {item.key} came out as {counted[0]} bytes, planned {item.nbytes}")
+            write_planned(handle, item, progress)
 
 
 def write(model: Model, path: str, options: WriteOptions) -> list[str]:

@@ -131,3 +131,41 @@ def test_progress_line_only_on_a_terminal(tmp_path):
     assert piped.returncode == 0 and "%" not in piped.stderr
     shown = terminal_stderr(["convert", source, "-o", str(tmp_path / "b.safetensors")])
     assert b"MiB" in shown and b"%" in shown, shown[-300:]
+
+
+def onnx_gemm_chain(path: str, widths: list[int]) -> None:
+    """Gemm layers (``transB=1``: weights ``out x in``) of ``widths``, every weight in ``NAME.data``, saved by onnx."""
+    onnx = require("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    nodes, weights = [], []
+    for k, (n_in, n_out) in enumerate(zip(widths, widths[1:])):
+        weights.append(numpy_helper.from_array(rng.standard_normal((n_out, n_in), dtype=np.float32), f"w{k}"))
+        nodes.append(helper.make_node("Gemm", [f"x{k}", f"w{k}"], [f"x{k + 1}"], transB=1, name=f"dense{k}"))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x0", TensorProto.FLOAT, [1, widths[0]])],
+                              [helper.make_tensor_value_info(f"x{len(widths) - 1}", TensorProto.FLOAT,
+                                                             [1, widths[-1]])], weights)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path,
+                    save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=os.path.basename(path) + ".data", size_threshold=0)
+
+
+@pytest.mark.parametrize("target", ["onnx", "keras", "raw"])
+def test_onnx_keras_and_raw_outputs_stream(tmp_path, target):
+    """ONNX external data (into a template), Keras 3 .weights.h5 (transposed to in x out) and plain arrays
+    from an ONNX model of three 96 MB weights: less than 1.4x the largest tensor above the same
+    conversion of a tiny model, so no output holds the model, nor a second copy of a tensor."""
+    outputs = {"onnx": ("out.onnx", ["--to", "onnx"]), "keras": ("out.weights.h5", ["--to", "keras"]),
+               "raw": ("raw", ["--to", "raw"])}
+    name, extra = outputs[target]
+    peaks = {}
+    for size, widths in (("tiny", [8, 6, 8, 6]), ("large", [4000, 6000, 4000, 6000])):
+        source = str(tmp_path / f"{size}.onnx")
+        onnx_gemm_chain(source, widths)
+        options = extra + (["--template", source] if target == "onnx" else [])
+        peaks[size] = peak_rss_of([WEIGHTPORT, "convert", source, "-o", str(tmp_path / f"{size}-{name}"),
+                                   "--quiet", *options])
+    largest = 4000 * 6000 * 4
+    assert peaks["large"] - peaks["tiny"] < 1.4 * largest, (
+        f"peak {peaks['large'] / MIB:.0f} MiB, tiny model {peaks['tiny'] / MIB:.0f} MiB, "
+        f"largest tensor {largest / MIB:.0f} MiB")

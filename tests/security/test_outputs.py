@@ -113,13 +113,13 @@ def test_a_kill_between_the_two_renames_leaves_the_previous_pair_whole(tmp_path)
 
 SLOW_WRITE = textwrap.dedent("""
     import sys, time
-    from weightport.formats.torch import safetensors_writer
-    real = safetensors_writer.write_in_background
+    from weightport.core import streaming
+    real = streaming.write_in_background
     def slow(*args, **kwargs):
         print("writing", flush=True)
         time.sleep(60)
         return real(*args, **kwargs)
-    safetensors_writer.write_in_background = slow
+    streaming.write_in_background = slow
     from weightport.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
