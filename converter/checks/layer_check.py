@@ -101,7 +101,9 @@ class TargetSide(Protocol):
     ``output`` runs ``layer`` on ``x`` (canonical layout: channels-first, batch-first) with the
     converted weights as the target runtime reads them; it raises ``NotImplementedError`` with the
     reason when it cannot.  ``variants`` are the same side with one classic mistake undone each, so a
-    failure can name its likely cause (none where the runtime cannot be altered).
+    failure can name its likely cause (none where the runtime cannot be altered).  A side may also have
+    ``kept(layer) -> {param: array}``: a kept layer's (:data:`KEPT`) arrays as it reads them, then checked
+    by value against the source's stored tensors, bit for bit (:func:`kept_check`).
     """
 
     def output(self, layer: Layer, x: np.ndarray) -> np.ndarray: ...
