@@ -424,7 +424,7 @@ def bitwise_difference(stored: np.ndarray, got: np.ndarray) -> str | None:
     differs = (got_flat.view(np.uint8).reshape(got_flat.size, -1) != want.view(np.uint8).reshape(want.size, -1)).any(1)
     first = int(np.flatnonzero(differs)[0])
     return (f"{int(differs.sum())} of {got.size} values differ from the source's stored ones (first at flat index "
-            f"{first}: {got_flat[first]!r}, the source stores {want[first]!r})")
+            f"{first}: {got_flat[first].item()!r}, the source stores {want[first].item()!r})")
 
 
 def kept_check(layer: Layer, side: TargetSide) -> Check | None:
@@ -447,8 +447,8 @@ def kept_check(layer: Layer, side: TargetSide) -> Check | None:
         differs = bitwise_difference(np.asarray(tensor.read()), np.asarray(got[param]))
         if differs:
             problems.append(f"{param}: {differs}")
-    return Check(name, FAIL if problems else PASS, LAYER, **where,
-                 reason="; ".join(problems) if problems else "kept as stored: equal to the source's tensors bit for bit")
+    return Check(name, FAIL if problems else PASS, LAYER, **where, reason="; ".join(problems) if problems
+                 else "kept as stored: equal to the source's tensors bit for bit")
 
 
 def check_layers(source: Model, side: TargetSide, atol: float, rtol: float) -> list[Check]:
