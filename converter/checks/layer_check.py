@@ -39,7 +39,7 @@ from typing import Protocol
 
 import numpy as np
 
-from weightport.checks.report import LAYER, SKIP, Check, compare
+from weightport.checks.report import FAIL, LAYER, PASS, SKIP, Check, compare
 from weightport.core.layout import CONVOLUTION, NO_SEMANTICS, Layout, flip_axes, relayout, reorder_blocks
 from weightport.core.model import Layer, Model
 from weightport.core.oracle import LayerCase
@@ -47,6 +47,10 @@ from weightport.core.oracle import LayerCase
 CONV_KINDS = ("conv", "conv_transpose", "depthwise", "separable")
 RUNNABLE = CONV_KINDS + ("dense", "batchnorm", "layernorm", "embedding", "prelu", "lstm", "gru", "constant")
 THEANO = "theano_pickle"
+# Layers whose tensors every target keeps as the source stores them (an ONNX constant outside any layer, a
+# custom layer under --keep-unknown, a torch module's own parameters): checked by value where the target
+# side reads them (``side.kept``), bit for bit, not run.
+KEPT = ("constant", "custom", "other")
 
 # Which framework's oracle computes a layer, first match wins:
 # (source format or "*", layer kinds, kernel semantics or "*", "module:function").
@@ -97,7 +101,9 @@ class TargetSide(Protocol):
     ``output`` runs ``layer`` on ``x`` (canonical layout: channels-first, batch-first) with the
     converted weights as the target runtime reads them; it raises ``NotImplementedError`` with the
     reason when it cannot.  ``variants`` are the same side with one classic mistake undone each, so a
-    failure can name its likely cause (none where the runtime cannot be altered).
+    failure can name its likely cause (none where the runtime cannot be altered).  A side may also have
+    ``kept(layer) -> {param: array}``: a kept layer's (:data:`KEPT`) arrays as it reads them, then checked
+    by value against the source's stored tensors, bit for bit (:func:`kept_check`).
     """
 
     def output(self, layer: Layer, x: np.ndarray) -> np.ndarray: ...
@@ -404,15 +410,60 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def bitwise_difference(stored: np.ndarray, got: np.ndarray) -> str | None:
+    """Why ``got`` (a kept tensor as the target runtime reads it) is not ``stored`` (the source's tensor as
+    its file stores it) bit for bit, or None: same count of values in the same row-major order, the stored
+    values cast to ``got``'s dtype (the output's declared dtype), compared as bytes in native byte order."""
+    if got.size != stored.size:
+        return f"{got.size} values where the source stores {stored.size}"
+    native = got.dtype.newbyteorder("=")
+    got_flat = np.ascontiguousarray(got.astype(native)).reshape(-1)
+    want = np.ascontiguousarray(stored.astype(native)).reshape(-1)
+    if got_flat.tobytes() == want.tobytes():
+        return None
+    differs = (got_flat.view(np.uint8).reshape(got_flat.size, -1) != want.view(np.uint8).reshape(want.size, -1)).any(1)
+    first = int(np.flatnonzero(differs)[0])
+    return (f"{int(differs.sum())} of {got.size} values differ from the source's stored ones (first at flat index "
+            f"{first}: {got_flat[first].item()!r}, the source stores {want[first].item()!r})")
+
+
+def kept_check(layer: Layer, side: TargetSide) -> Check | None:
+    """A kept layer's tensors (:data:`KEPT`) as the target side reads them against the source's stored
+    tensors, bit for bit; None where the side cannot hand them over (it is then checked as any layer)."""
+    values = getattr(side, "kept", None)
+    if values is None:
+        return None
+    name = f"layer {layer.name} ({layer.source_class or layer.kind})"
+    where = {"layer": layer.name, "kind": layer.kind}
+    try:
+        got = values(layer)
+    except NotImplementedError as reason:
+        return Check(name, SKIP, LAYER, **where, reason=f"the target runtime cannot read it: {reason}")
+    problems = []
+    for param, tensor in layer.tensors.items():
+        if param not in got:
+            problems.append(f"{param} is missing")
+            continue
+        differs = bitwise_difference(np.asarray(tensor.read()), np.asarray(got[param]))
+        if differs:
+            problems.append(f"{param}: {differs}")
+    return Check(name, FAIL if problems else PASS, LAYER, **where, reason="; ".join(problems) if problems
+                 else "kept as stored: equal to the source's tensors bit for bit")
+
+
 def check_layers(source: Model, side: TargetSide, atol: float, rtol: float) -> list[Check]:
-    """A :class:`Check` per weighted layer of ``source`` against the target runtime (a skip says why not)."""
+    """A :class:`Check` per weighted layer of ``source`` against the target runtime (a skip says why not);
+    a kept layer (:data:`KEPT`) by value, bit for bit, where the side reads kept tensors (``side.kept``)."""
     checks = []
     for seed, layer in enumerate(source.layers):
         if not layer.tensors:
             continue
         name = f"layer {layer.name} ({layer.source_class or layer.kind})"
         where = {"layer": layer.name, "kind": layer.kind}
-        if layer.kind not in RUNNABLE:
+        by_value = kept_check(layer, side) if layer.kind in KEPT else None
+        if by_value is not None:
+            checks.append(by_value)
+        elif layer.kind not in RUNNABLE:
             checks.append(Check(name, SKIP, LAYER, **where, reason=f"no layer-level oracle for {layer.kind} layers"))
         else:  # a TimeDistributed layer is its inner layer applied at each step: checked as that layer
             checks.append(check_layer(layer, side, atol, rtol, seed,

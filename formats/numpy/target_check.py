@@ -55,26 +55,51 @@ class Declared:
     semantics: str = "none"    # correlation, convolution (kernels) or none
 
 
+def axis_tokens(layout: str) -> list[str]:
+    """A declared layout's tokens: parentheses, ``1`` (a unit axis) and axis names, each a letter, or a
+    letter with its index where the layout names a kept tensor's axes by number (``k0 k1 k2``, ``K0K1K2``,
+    ``x0 x1``, ``a0``, ``c x0 x1``): a letter's digits are its index when they are ``0`` or the index after
+    that letter's previous one, so ``C11`` and ``O1HW`` still read as unit axes."""
+    tokens: list[str] = []
+    last: dict[str, int] = {}
+    text = layout.replace(" ", "").lower()
+    at = 0
+    while at < len(text):
+        char, end = text[at], at + 1
+        while end < len(text) and text[end].isdigit():
+            end += 1
+        digits = text[at + 1:end]
+        if char.isalpha() and digits and int(digits) == last.get(char, -1) + 1 and (digits == "0" or char in last):
+            last[char] = int(digits)
+            tokens.append(char + digits)
+            at = end
+        else:
+            tokens.append(char)
+            at += 1
+    return tokens
+
+
 def parse_axes(layout: str) -> tuple[tuple[str, ...], ...]:
-    """The axes of a declared layout, each as its letters: ``"(IM)1HW"`` and ``"(i m) 1 h w"`` are both
-    ``(("i", "m"), (), ("h",), ("w",))``; ``1`` is a unit axis, parentheses merge letters into one axis."""
+    """The axes of a declared layout, each as its names: ``"(IM)1HW"`` and ``"(i m) 1 h w"`` are both
+    ``(("i", "m"), (), ("h",), ("w",))``; ``1`` is a unit axis, parentheses merge letters into one axis; a
+    kept tensor's numbered axes (``"k0 k1"``, ``"K0K1"``) are ``(("k0",), ("k1",))`` (:func:`axis_tokens`)."""
     axes: list[tuple[str, ...]] = []
     merged: list[str] | None = None
-    for char in layout.replace(" ", "").lower():
-        if char == "(" and merged is None:
+    for token in axis_tokens(layout):
+        if token == "(" and merged is None:
             merged = []
-        elif char == ")" and merged:
+        elif token == ")" and merged:
             axes.append(tuple(merged))
             merged = None
-        elif char.isalpha():
+        elif token[0].isalpha():
             if merged is None:
-                axes.append((char,))
+                axes.append((token,))
             else:
-                merged.append(char)
-        elif char == "1" and merged is None:
+                merged.append(token)
+        elif token == "1" and merged is None:
             axes.append(())
         else:
-            raise ValueError(f"layout {layout!r} is not an axis order (letters, 1, parentheses)")
+            raise ValueError(f"layout {layout!r} is not an axis order (letters, numbered axes, 1, parentheses)")
     if merged is not None:
         raise ValueError(f"layout {layout!r} has an unclosed parenthesis")
     return tuple(axes)
@@ -358,6 +383,14 @@ class DeclaredSide:
             if isinstance(error, KeyError):
                 raise NotImplementedError(f"the output holds no {error.args[0]!r} tensor for it") from None
             raise NotImplementedError(f"{type(error).__name__}: {error}") from None
+
+    def kept(self, layer: Layer) -> dict[str, np.ndarray]:
+        """A kept layer's arrays (an ONNX constant, a custom layer, a module's own parameters) exactly as the
+        output holds them, ``{param: array}``, for a by-value check against the source's stored tensors."""
+        declared = self.declared.get(layer.name)
+        if not declared:
+            raise NotImplementedError("the converted output holds none of its tensors")
+        return {param: item.array for param, item in declared.items()}
 
     def compute(self, layer: Layer, declared: Mapping[str, Declared], x: np.ndarray) -> np.ndarray:
         a, kind = layer.attrs, layer.kind
