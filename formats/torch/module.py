@@ -180,7 +180,13 @@ def pool_function(layer: Layer):
     if a["mode"] == "max":
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
         return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    # count_include_pad=False: the same in torch (nothing is padded here), and what the traced ONNX node says, so
+    # onnxruntime, which runs a window hanging past a too-small input (a 3x2 window on a 1x2 map gives one value),
+    # averages only the input's own values, as the source's AveragePool (count_include_pad 0) does
+    avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+
+    def pool(x: torch.Tensor, kernel: Any, strides: Any) -> torch.Tensor:
+        return avg(x, kernel, strides, count_include_pad=False)
 
     def average(x: torch.Tensor) -> torch.Tensor:
         if not any(flat):

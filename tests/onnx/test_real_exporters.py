@@ -158,6 +158,21 @@ def test_traced_onnx_keeps_the_dynamic_axes(name, run_cli, tmp_path):
     assert errors and min(errors) < 1e-4, (got.shape, [e.shape for e in expected], errors)
 
 
+def test_traced_rec_averages_a_window_past_a_small_map_as_onnxruntime_does(run_cli, tmp_path):
+    """PP-OCRv4 rec's last AveragePool (3x2 window, count_include_pad 0) on the 1x2 map a 5x5 input leaves:
+    onnxruntime runs the window past the map and averages the map's own values only; the traced graph must
+    say count_include_pad 0 too (torch's default 1 divides by 6: 2.3% off).  Truth: onnxruntime on the source."""
+    import onnxruntime
+    assert run_cli("convert", corpus("paddle_ppocrv4_rec"), "-o", tmp_path / "m.onnx", "--to", "onnx")[0] == 0
+    x = np.random.default_rng(5).uniform(-1.0, 1.0, (2, 3, 5, 7)).astype(np.float32)
+    expected = onnxruntime_outputs(corpus("paddle_ppocrv4_rec"), {"x": x})
+    written = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = written.run(None, {"input": x})[0]
+    want = next(iter(expected.values()))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
 # -- each exporter pattern on a small graph, seeded and asymmetric -----------------------------------------
 def save_graph(tmp_path, nodes, inits, in_shape, out_shape, opset=13, name="g.onnx"):
     import onnx
