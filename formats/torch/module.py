@@ -291,6 +291,8 @@ class CanonicalModule(nn.Module):
         self.post: dict[str, Any] = {}
         self.layer_modules: dict[str, nn.Module] = {}
         self.also_return: list[str] = []  # layers whose outputs forward gives after the model's output
+        self.returns: list[str] = []  # when set: the layers whose outputs forward gives, in this order (a traced
+        # graph's outputs in its source graph's order), instead of the model's output
         kinds = value_kinds(model)
         for layer in model.layers:
             module = self.module_for(layer)
@@ -361,6 +363,8 @@ class CanonicalModule(nn.Module):
                                    f"{', '.join(ported_outputs(self.model))}",
                                    fix="Compare those outputs, and run the post-processing from its recorded "
                                        "parameters")
+        if self.returns:
+            return tuple(output_of(values[name], 0) for name in self.returns)
         last = output_of(previous, 0)  # a model ending in a layer of several outputs: its first
         return (last,) + tuple(values[name] for name in self.also_return) if self.also_return else last
 
