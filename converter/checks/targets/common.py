@@ -16,8 +16,6 @@ from weightport.formats.numpy.target_check import (Declared, DeclaredSide, by_la
                                                    keras3_source, layer_rtol, structure_problems)
 
 STRUCTURE = "converted tensors match the source's layers, with the shapes their declared layouts give"
-WHOLE_RECORDED = "whole model vs recorded output"
-WHOLE_REFERENCE = "whole model vs the source run by {runtime} on seeded random input"
 ReadOutput = Callable[[str], tuple[dict[tuple[str, str], Declared], list[str]]]
 
 
