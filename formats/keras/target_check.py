@@ -715,17 +715,12 @@ def run_model(model: Any, x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ validator
 
 
-def rebuilt_source(source: Model, convolving: bool, x: np.ndarray | None,
-                   expected: np.ndarray | None, reason: str = "") -> Any:
-    """The source's architecture rebuilt in Keras 3, to run on ``x`` against ``expected``: the recorded pair,
-    or the source run by its own framework on seeded random input (weightport.checks.source_reference; its
-    ``reason`` when it could not run); NotImplementedError saying why the whole model cannot be checked in
-    Keras 3."""
+def rebuilt_source(source: Model, convolving: bool) -> Any:
+    """The source's architecture rebuilt in Keras 3 (run on the recorded input, or on the seeded random input
+    the source's own framework ran: weightport.checks.source_reference); NotImplementedError saying why the
+    whole model cannot be checked in Keras 3."""
     if convolving:
         raise NotImplementedError("the file is written for Keras on Theano (its backend attribute): Keras 3 correlates")
-    if x is None or expected is None:
-        raise NotImplementedError(f"no recorded output, and {reason}" if reason else
-                                  "no recorded output: give --input X.npy and --expected Y.npy")
     model, why = source_keras_model(source)
     if model is None:
         raise NotImplementedError(f"{why}; each weighted layer is checked alone")

@@ -73,3 +73,9 @@ def first_failed_layer(report: Report) -> str | None:
             return f"first diverging layer {check.layer} ({check.kind})" + (f": {check.likely_cause}"
                                                                            if check.likely_cause else "")
     return None
+
+
+def without_reference(reason: str) -> str:
+    """A whole-model check's skip reason when there is neither a recorded pair nor the source's own run
+    (``reason``: why the shared reference could not run, weightport.checks.source_reference)."""
+    return f"no recorded output, and {reason}" if reason else "no recorded output: give --input X.npy and --expected Y.npy"

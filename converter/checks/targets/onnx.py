@@ -20,7 +20,7 @@ import numpy as np
 from weightport.checks.layer_check import check_layers
 from weightport.checks.report import FAIL, NAMES, WHOLE_MODEL, Check, Report, compare
 from weightport.checks.source_reference import Reference
-from weightport.checks.targets.common import first_failed_layer, names_check
+from weightport.checks.targets.common import first_failed_layer, names_check, without_reference
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
 from weightport.formats.keras.target_check import said
@@ -59,8 +59,7 @@ def whole_graph(report: Report, source: Model, path: str, x: np.ndarray | None, 
     reference = report.reference or Reference()
     name = reference.label
     if x is None or expected is None:
-        report.skip(name, f"no recorded output, and {reference.reason}" if reference.reason else
-                    "no recorded output: give --input X.npy and --expected Y.npy")
+        report.skip(name, without_reference(reference.reason))
         return
     try:
         got = run_graph(path, source, x, expected.shape)
