@@ -36,7 +36,6 @@ import copy
 import json
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -699,23 +698,6 @@ def source_keras_model(source: Model) -> tuple[Any, str | None]:
     return None, f"Keras 3 cannot rebuild the source's model ({said(first, last=True)})"
 
 
-def correlating(source: Model) -> bool:
-    """True when every kernel of the source is a correlation kernel, as Keras 3 runs it."""
-    return all(t.provenance.source_semantics != "convolution" for layer in source.layers for t in layer.tensors.values())
-
-
-def model_input(model: Any, source: Model, seed: int = 0) -> np.ndarray:
-    """Seeded random input for a Keras model's one input (batch 2, free axes 5; indices below the
-    vocabulary for an integer input)."""
-    spec = model.inputs[0]
-    shape = tuple(2 if k == 0 else (5 if n is None else int(n)) for k, n in enumerate(spec.shape))
-    rng = np.random.default_rng(seed)
-    if np.dtype(spec.dtype).kind in "iu":
-        rows = [int(layer.tensors["weight"].shape[0]) for layer in source.layers if layer.kind == "embedding"]
-        return rng.integers(0, min(rows) if rows else 2, size=shape).astype(spec.dtype)
-    return rng.uniform(-1.0, 1.0, size=shape).astype(spec.dtype)
-
-
 def run_model(model: Any, x: np.ndarray) -> np.ndarray:
     """The model's one output on ``x``, fed in the structure its config declares (a list for a legacy
     functional model listing its inputs)."""
@@ -730,46 +712,21 @@ def run_model(model: Any, x: np.ndarray) -> np.ndarray:
     return keras.ops.convert_to_numpy(outputs)
 
 
-def keras_reference(source: Model) -> tuple[Callable[[], tuple[np.ndarray, np.ndarray]] | None, str | None]:
-    """A reference without recorded outputs: the source run by Keras 3 with its own weights on seeded random
-    input, as ``make() -> (input, output)``, or (None, why not)."""
-    if not correlating(source):
-        return None, "the source's kernels convolve (Theano backend), which Keras 3 cannot run"
-    model, reason = source_keras_model(source)
-    if model is None:
-        return None, reason
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        return None, "the source model has several inputs or outputs"
-
-    def make() -> tuple[np.ndarray, np.ndarray]:
-        x = model_input(model, source)
-        return x, run_model(model, x)
-    return make, None
-
-
 # ------------------------------------------------------------------------------------------------ validator
 
 
-def rebuilt_source(source: Model, convolving: bool, x: np.ndarray | None,
-                   expected: np.ndarray | None) -> tuple[Any, np.ndarray, np.ndarray]:
-    """The source's architecture rebuilt in Keras 3, with the input and reference output to run it on: the
-    recorded pair, else seeded random input and the rebuilt source's own output on it (its own weights);
-    NotImplementedError saying why the whole model cannot be checked in Keras 3."""
+def rebuilt_source(source: Model, convolving: bool) -> Any:
+    """The source's architecture rebuilt in Keras 3 (run on the recorded input, or on the seeded random input
+    the source's own framework ran: weightport.checks.source_reference); NotImplementedError saying why the
+    whole model cannot be checked in Keras 3."""
     if convolving:
         raise NotImplementedError("the file is written for Keras on Theano (its backend attribute): Keras 3 correlates")
-    model, reason = source_keras_model(source)
+    model, why = source_keras_model(source)
     if model is None:
-        raise NotImplementedError(f"{reason}; each weighted layer is checked alone")
+        raise NotImplementedError(f"{why}; each weighted layer is checked alone")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise NotImplementedError("the rebuilt model has several inputs or outputs")
-    if x is None or expected is None:
-        if not correlating(source):
-            raise NotImplementedError("no recorded output (an input batch and the source framework's output for it), "
-                                      "and the source's "
-                                      "kernels convolve (Theano backend), which Keras 3 cannot run")
-        x = model_input(model, source)
-        expected = run_model(model, x)
-    return model, x, expected
+    return model
 
 
 def load_weights(model: Any, path: str) -> None:

@@ -19,8 +19,8 @@ reader or layout code, so a mistake shared by weightport's writer and reader can
 * **Whole graph**: onnxruntime runs the converted file on the recorded ``--input`` (its axes moved to the
   graph's input shape when the source's layout differs: channels last, or an RNN's sequence first), the
   output given back in the recorded layout and compared with ``--expected``.  Without a recorded pair the
-  reference is the source run by its own framework on seeded random input: onnxruntime for an ONNX source,
-  Keras 3 for a correlating Keras source (:func:`weightport.formats.keras.target_check.keras_reference`).
+  reference is the source run by its own framework on seeded random input, the one every target shares
+  (:mod:`weightport.checks.source_reference`).
 
 These are the runtime's half of the check; the validator that turns them into checks and a report is the
 check layer's (:mod:`weightport.checks.targets.onnx`): nothing here imports it, by statement or by name.
@@ -28,7 +28,6 @@ check layer's (:mod:`weightport.checks.targets.onnx`): nothing here imports it, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +36,7 @@ import numpy as np
 from weightport.core.model import Layer, Model, is_bidirectional
 from weightport.core.oracle import Refused
 from weightport.core.shapes import flattened_map_shape
-from weightport.formats.keras.target_check import (RuntimeSide, gate_swaps, keras_reference, said, spatial_mistakes,
+from weightport.formats.keras.target_check import (RuntimeSide, gate_swaps, said, spatial_mistakes,
                                                    swapped_blocks)
 
 NODE_OPS = {"conv": ("Conv",), "depthwise": ("Conv",), "separable": ("Conv",), "conv_transpose": ("ConvTranspose",),
@@ -183,7 +182,8 @@ def belongs(node: Any, layer: Layer) -> bool:
 
 def match_nodes(graph: Graph, layers: list[Layer]) -> dict[str, list[Any]]:
     """Each weighted layer's node(s) in the converted graph: by name first, then by position among the
-    remaining weighted nodes of its kind (a separable conv takes two ``Conv`` nodes)."""
+    remaining weighted nodes of its kind (a separable conv takes two ``Conv`` nodes, a stacked torch RNN of
+    ``num_layers`` layers one ``LSTM``/``GRU`` node per layer, as torch.onnx writes it)."""
     weighted = [node for node in graph.nodes if graph.weighted(node)]
     taken: set[int] = set()
     found: dict[str, list[Any]] = {}
@@ -191,7 +191,7 @@ def match_nodes(graph: Graph, layers: list[Layer]) -> dict[str, list[Any]]:
         for layer in layers:
             if layer.name in found:
                 continue
-            count = 2 if layer.kind == "separable" else 1
+            count = 2 if layer.kind == "separable" else nodes_per_layer(layer)
             ops = NODE_OPS.get(layer.kind, ())
             free = [node for node in weighted if id(node) not in taken and node.op_type in ops
                     and (belongs(node, layer) or not by_name)]
@@ -199,6 +199,11 @@ def match_nodes(graph: Graph, layers: list[Layer]) -> dict[str, list[Any]]:
                 found[layer.name] = free[:count]
                 taken.update(id(node) for node in free[:count])
     return found
+
+
+def nodes_per_layer(layer: Layer) -> int:
+    """How many weighted nodes hold ``layer``'s weights: a stacked RNN's ``num_layers``, else one."""
+    return int(layer.attrs.get("num_layers", 1) or 1) if layer.kind in ("lstm", "gru") else 1
 
 
 @dataclass
@@ -247,12 +252,15 @@ def expected_shapes(layer: Layer, bound: Bound) -> list[tuple[str, tuple[int, ..
     if op == "BatchNormalization":
         channels = (int(t["running_mean"].shape[0]),)
         return [(name, shape(bound.weight(k)), channels) for k, name in enumerate(("scale", "B", "mean", "var"), 1)]
-    if op in ("LSTM", "GRU"):
+    if op in ("LSTM", "GRU"):  # one node per stacked layer k, holding weight_ih_l{k} and weight_hh_l{k}
         directions = 2 if is_bidirectional(layer) else 1
-        gates, features = (int(n) for n in t["weight_ih_l0"].shape)
-        units = int(t["weight_hh_l0"].shape[1])
-        return [("W", shape(bound.weight(1)), (directions, gates, features)),
-                ("R", shape(bound.weight(2)), (directions, gates, units))]
+        found = []
+        for k in range(len(bound.nodes)):
+            gates, features = (int(n) for n in t[f"weight_ih_l{k}"].shape)
+            units = int(t[f"weight_hh_l{k}"].shape[1])
+            found += [(f"W of layer {k}" if k else "W", shape(bound.weight(1, k)), (directions, gates, features)),
+                      (f"R of layer {k}" if k else "R", shape(bound.weight(2, k)), (directions, gates, units))]
+        return found
     if op == "PRelu":
         slope = bound.weight(1)
         size = int(np.prod(t["weight"].shape))
@@ -490,30 +498,6 @@ def fitted_input(x: np.ndarray, declared: list[Any], hint: str) -> tuple[str, np
     candidates = [(how, a) for how, a in input_layouts(x) if fits(a.shape, declared)]
     candidates.sort(key=lambda item: item[0] != hint)
     return candidates[0] if candidates else None
-
-
-def random_feed(declared: list[Any], dtype: np.dtype, source: Model, rng: np.random.Generator) -> np.ndarray:
-    shape = tuple(d if isinstance(d, int) and d > 0 else (2 if k == 0 else 5) for k, d in enumerate(declared))
-    if dtype.kind in "iu":
-        rows = [int(layer.tensors["weight"].shape[0]) for layer in source.layers if layer.kind == "embedding"]
-        return rng.integers(0, min(rows) if rows else 2, size=shape).astype(dtype)
-    return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
-
-
-def onnx_reference(source: Model) -> tuple[Callable[[], tuple[np.ndarray, np.ndarray]] | None, str | None]:
-    """The source run by its own framework on seeded random input, as ``make() -> (input, output)``."""
-    if source.source.format == "onnx":
-        def make() -> tuple[np.ndarray, np.ndarray]:
-            run = session(source.source.path)
-            inputs = run.get_inputs()
-            rng = np.random.default_rng(0)
-            feeds = [random_feed(list(i.shape), np_type(i.type), source, rng) for i in inputs]
-            first = run.run(None, {i.name: feed for i, feed in zip(inputs, feeds)})[0]
-            return (tuple(feeds) if len(feeds) > 1 else feeds[0]), first
-        return make, None
-    if source.source.format.startswith("keras"):
-        return keras_reference(source)
-    return None, f"onnxruntime and Keras cannot run a {source.source.format} source"
 
 
 def run_several(run: Any, inputs: list[Any], xs: tuple[np.ndarray, ...]) -> np.ndarray:

@@ -507,6 +507,30 @@ def extra_outputs(model: Model) -> dict[str, str]:
     return {name: layer for name, layer in outputs.items() if layer != last and model.layers.find(layer) is not None}
 
 
+def traced_outputs(model: Model, taken: set[str]) -> tuple[list[str], list[str]]:
+    """(layers, output names) of the traced graph, in the source graph's output order: the model's last
+    layer is ``output``, another graph output of the source (an RNN's final state, a detector's other heads)
+    keeps its source name.  Without further outputs: no layers (the module's own output) and ``output``."""
+    last = model.layers[-1].name if model.layers else None
+    extra = extra_outputs(model)
+    if not extra:
+        return [], ["output"]
+    order = [(name, layer) for name, layer in (model.source.details.get("outputs") or {}).items()
+             if layer == last or name in extra]
+    if not any(layer == last for _, layer in order):
+        order.insert(0, ("output", last))
+    layers, names, seen = [], [], set(taken) | {"output"}
+    for name, layer in order:
+        if layer == last and "output" not in names:
+            layers.append(layer)
+            names.append("output")
+            continue
+        names.append(unique_name(name, seen))
+        seen.add(names[-1])
+        layers.append(layer)
+    return layers, names
+
+
 def traced_graph(model: Model, plan: Plan | None = None) -> Any:
     """The canonical model as an ONNX graph, traced from :class:`weightport.formats.torch.module.CanonicalModule`
     (LSTM/GRU layers torch.nn cannot compute written as their own nodes, from ``plan``)."""
@@ -540,9 +564,8 @@ def traced_graph(model: Model, plan: Plan | None = None) -> Any:
         examples.append(example)
         names.append(name)
         dynamic[name] = axes
-    outputs = extra_outputs(model)
-    module.also_return = list(outputs.values())
-    output_names = ["output"] + [unique_name(name, set(names) | {"output"}) for name in outputs]
+    returned, output_names = traced_outputs(model, set(names))
+    module.returns = returned
     dynamic.update({name: {0: "batch"} for name in output_names[:1]})
     buffer = io.BytesIO()
     # torch.onnx.export keeps its state in module globals (GLOBALS.in_onnx_export, the opset) and

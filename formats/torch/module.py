@@ -180,7 +180,13 @@ def pool_function(layer: Layer):
     if a["mode"] == "max":
         pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
         return lambda x: pool(F.pad(x, flat, value=-math.inf) if any(flat) else x, a["kernel_size"], a["strides"])
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+    # count_include_pad=False: the same in torch (nothing is padded here), and what the traced ONNX node says, so
+    # onnxruntime, which runs a window hanging past a too-small input (a 3x2 window on a 1x2 map gives one value),
+    # averages only the input's own values, as the source's AveragePool (count_include_pad 0) does
+    avg = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[rank]
+
+    def pool(x: torch.Tensor, kernel: Any, strides: Any) -> torch.Tensor:
+        return avg(x, kernel, strides, count_include_pad=False)
 
     def average(x: torch.Tensor) -> torch.Tensor:
         if not any(flat):
@@ -285,6 +291,8 @@ class CanonicalModule(nn.Module):
         self.post: dict[str, Any] = {}
         self.layer_modules: dict[str, nn.Module] = {}
         self.also_return: list[str] = []  # layers whose outputs forward gives after the model's output
+        self.returns: list[str] = []  # when set: the layers whose outputs forward gives, in this order (a traced
+        # graph's outputs in its source graph's order), instead of the model's output
         kinds = value_kinds(model)
         for layer in model.layers:
             module = self.module_for(layer)
@@ -355,6 +363,8 @@ class CanonicalModule(nn.Module):
                                    f"{', '.join(ported_outputs(self.model))}",
                                    fix="Compare those outputs, and run the post-processing from its recorded "
                                        "parameters")
+        if self.returns:
+            return tuple(output_of(values[name], 0) for name in self.returns)
         last = output_of(previous, 0)  # a model ending in a layer of several outputs: its first
         return (last,) + tuple(values[name] for name in self.also_return) if self.also_return else last
 

@@ -158,6 +158,44 @@ def test_traced_onnx_keeps_the_dynamic_axes(name, run_cli, tmp_path):
     assert errors and min(errors) < 1e-4, (got.shape, [e.shape for e in expected], errors)
 
 
+def test_traced_rec_averages_a_window_past_a_small_map_as_onnxruntime_does(run_cli, tmp_path):
+    """PP-OCRv4 rec's last AveragePool (3x2 window, count_include_pad 0) on the 1x2 map a 5x5 input leaves:
+    onnxruntime runs the window past the map and averages the map's own values only; the traced graph must
+    say count_include_pad 0 too (torch's default 1 divides by 6: 2.3% off).  Truth: onnxruntime on the source."""
+    import onnxruntime
+    assert run_cli("convert", corpus("paddle_ppocrv4_rec"), "-o", tmp_path / "m.onnx", "--to", "onnx")[0] == 0
+    x = np.random.default_rng(5).uniform(-1.0, 1.0, (2, 3, 5, 7)).astype(np.float32)
+    expected = onnxruntime_outputs(corpus("paddle_ppocrv4_rec"), {"x": x})
+    written = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = written.run(None, {"input": x})[0]
+    want = next(iter(expected.values()))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_traced_picodet_keeps_the_source_output_order(run_cli, tmp_path):
+    """PicoDet's eight heads: the traced graph gives them in the source graph's order and names (the model's
+    last layer named ``output``), each equal to the source's in onnxruntime, so a check comparing the first
+    outputs compares the same head."""
+    import onnxruntime
+    assert run_cli("convert", corpus("paddle_picodet_layout_cdla"), "-o", tmp_path / "m.onnx", "--to", "onnx")[0] == 0
+    x = np.random.default_rng(9).uniform(-1.0, 1.0, (1, 3, 800, 608)).astype(np.float32)
+    expected = onnxruntime_outputs(corpus("paddle_picodet_layout_cdla"), {"image": x})
+    written = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in written.get_outputs()]
+    assert names == list(expected)[:-1] + ["output"]
+    for (key, want), got in zip(expected.items(), written.run(None, {"input": x})):
+        assert got.shape == want.shape, key
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(1.0, float(np.abs(want).max())), err_msg=key)
+
+
+def test_validate_traced_picodet_compares_the_same_head(run_cli, tmp_path):
+    assert run_cli("convert", corpus("paddle_picodet_layout_cdla"), "-o", tmp_path / "m.onnx", "--to", "onnx")[0] == 0
+    code, out, err = run_cli("validate", corpus("paddle_picodet_layout_cdla"), tmp_path / "m.onnx", "--samples", "1")
+    assert code == 0, out + err
+    assert "PASS whole model" in out
+
+
 # -- each exporter pattern on a small graph, seeded and asymmetric -----------------------------------------
 def save_graph(tmp_path, nodes, inits, in_shape, out_shape, opset=13, name="g.onnx"):
     import onnx

@@ -316,6 +316,34 @@ def test_resemblyzer_to_onnx_and_validate_with_its_module(run_cli, tmp_path):
     np.testing.assert_allclose(session.run(None, {"input": np.load(x)})[0], np.load(y), rtol=1e-5, atol=1e-6)
 
 
+def test_resemblyzer_onnx_validates_whole_against_its_module_without_recorded_arrays(run_cli, tmp_path):
+    """``validate`` of the traced .onnx without --input/--expected: the shared reference (the --arch module
+    holding the checkpoint's tensors, run by torch) checks the whole graph in onnxruntime, and the 3-layer LSTM
+    matches its three ONNX LSTM nodes; the second node's input weights with two gate blocks swapped fail."""
+    import onnx
+    from onnx import numpy_helper
+    require("onnxruntime")
+    source = fetched(RESEMBLYZER)
+    good = tmp_path / "r.onnx"
+    assert run_cli("convert", source, "-o", good, *RESEMBLYZER_ARCH, "--quiet")[0] == 0
+    code, out, err = run_cli("validate", source, good, *RESEMBLYZER_ARCH)
+    assert code == 0, out + err
+    assert "PASS converted graph holds every weighted source layer's node and weights" in out, out
+    assert "PASS whole model vs PyTorch (the --arch module) running the source" in out, out
+    graph = onnx.load(str(good))
+    lstm = [node for node in graph.graph.node if node.op_type == "LSTM"]
+    assert len(lstm) == 3
+    inits = {t.name: t for t in graph.graph.initializer}
+    w = inits[lstm[1].input[1]]
+    value = numpy_helper.to_array(w).copy()
+    units = value.shape[1] // 4
+    value[:, :units], value[:, units:2 * units] = value[:, units:2 * units].copy(), value[:, :units].copy()
+    w.CopyFrom(numpy_helper.from_array(value, w.name))
+    onnx.save(graph, str(tmp_path / "bad.onnx"))
+    code, out, _ = run_cli("validate", source, tmp_path / "bad.onnx", *RESEMBLYZER_ARCH)
+    assert code != 0 and "FAIL whole model vs PyTorch (the --arch module) running the source" in out, out
+
+
 def test_resemblyzer_top_level_parameters_are_refused_for_keras(run_cli, tmp_path):
     """A genuine limit: the checkpoint's top-level parameters belong to no layer, so no Keras layer holds them
     (its 3-layer LSTM itself converts: tests/torch/test_stacked_rnn_to_keras.py)."""

@@ -16,8 +16,6 @@ from weightport.formats.numpy.target_check import (Declared, DeclaredSide, by_la
                                                    keras3_source, layer_rtol, structure_problems)
 
 STRUCTURE = "converted tensors match the source's layers, with the shapes their declared layouts give"
-WHOLE_RECORDED = "whole model vs recorded output"
-WHOLE_REFERENCE = "whole model vs the source run by {runtime} on seeded random input"
 ReadOutput = Callable[[str], tuple[dict[tuple[str, str], Declared], list[str]]]
 
 
@@ -75,3 +73,9 @@ def first_failed_layer(report: Report) -> str | None:
             return f"first diverging layer {check.layer} ({check.kind})" + (f": {check.likely_cause}"
                                                                            if check.likely_cause else "")
     return None
+
+
+def without_reference(reason: str) -> str:
+    """A whole-model check's skip reason when there is neither a recorded pair nor the source's own run
+    (``reason``: why the shared reference could not run, weightport.checks.source_reference)."""
+    return f"no recorded output, and {reason}" if reason else "no recorded output: give --input X.npy and --expected Y.npy"

@@ -5,8 +5,8 @@ every check run in Keras 3 on the file as Keras itself loads it (never weightpor
 * layer by layer: each weighted layer as the Keras 3 layer it is, holding the file's arrays
   (:class:`weightport.formats.keras.target_check.KerasSide`), against the source framework's oracle;
 * whole model: the source's architecture rebuilt in Keras 3, every variable zeroed, the converted file
-  loaded with ``Model.load_weights`` and run on the recorded input (or, without one, against the
-  correlating source run by Keras 3 on seeded random input).
+  loaded with ``Model.load_weights`` and run on the recorded input (or, without one, against the source
+  run by its own framework on seeded random input: :mod:`weightport.checks.source_reference`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 
 from weightport.checks.layer_check import check_layers
 from weightport.checks.report import FAIL, NAMES, WHOLE_MODEL, Check, Report, compare
-from weightport.checks.targets.common import WHOLE_RECORDED, WHOLE_REFERENCE, first_failed_layer, names_check
+from weightport.checks.source_reference import Reference
+from weightport.checks.targets.common import first_failed_layer, names_check, without_reference
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
 from weightport.formats.keras.layers import stacked_as_keras_layers
@@ -35,7 +36,7 @@ def validate_keras(source: Model, request: Any, read: Callable[[str], Model]) ->
     stacked torch RNN is checked as the Keras layers it was written as, one per torch layer."""
     source = stacked_as_keras_layers(source)
     report = request.report(source, "keras")
-    x, expected = request.recorded(source)  # without recorded arrays whole_model runs the rebuilt source itself
+    x, expected = request.recorded(source, report)  # without recorded arrays: the source run by its framework
     try:
         import keras  # noqa: F401  (the runtime every check here runs in)
     except ImportError:
@@ -55,9 +56,13 @@ def validate_keras(source: Model, request: Any, read: Callable[[str], Model]) ->
 def whole_model(report: Report, source: Model, path: str, x: np.ndarray | None, expected: np.ndarray | None,
                 convolving: bool) -> None:
     """The source's architecture rebuilt in Keras 3, the converted file loaded by ``load_weights``, run."""
-    name = WHOLE_RECORDED if x is not None else WHOLE_REFERENCE.format(runtime="Keras 3")
+    reference = report.reference or Reference()
+    name = reference.label
+    if x is None or expected is None:
+        report.skip(name, without_reference(reference.reason))
+        return
     try:
-        model, x, expected = rebuilt_source(source, convolving, x, expected)
+        model = rebuilt_source(source, convolving)
     except NotImplementedError as reason:
         report.skip(name, str(reason))
         return

@@ -5,8 +5,9 @@ run by onnxruntime on the converted file itself (never weightport's reader):
   shapes;
 * node by node: each layer's node(s) cut out of the graph with their constants and run alone
   (:class:`weightport.formats.onnx.target_check.OnnxSide`), against the source framework's oracle;
-* whole graph: on the recorded input, or (without one) against the source run by its own framework
-  (onnxruntime, or Keras 3 for a correlating Keras source) on seeded random input.
+* whole graph: on the recorded input, or (without one) against the source run by its own framework on
+  seeded random input: the shared reference of every target (:mod:`weightport.checks.source_reference`:
+  onnxruntime, Keras 3, a state dict's ``--arch`` module, OpenCV for Caffe/Torch7).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import numpy as np
 
 from weightport.checks.layer_check import check_layers
 from weightport.checks.report import FAIL, NAMES, WHOLE_MODEL, Check, Report, compare
-from weightport.checks.targets.common import WHOLE_RECORDED, WHOLE_REFERENCE, first_failed_layer, names_check
+from weightport.checks.source_reference import Reference
+from weightport.checks.targets.common import first_failed_layer, names_check, without_reference
 from weightport.core.model import Model
 from weightport.core.oracle import Refused
 from weightport.formats.keras.target_check import said
-from weightport.formats.onnx.target_check import Graph, OnnxSide, match, onnx_modules, onnx_reference, run_graph
+from weightport.formats.onnx.target_check import Graph, OnnxSide, match, onnx_modules, run_graph
 
 STRUCTURE = "converted graph holds every weighted source layer's node and weights"
 
@@ -31,7 +33,7 @@ def validate_onnx(source: Model, request: Any, read: Callable[[str], Model]) -> 
     """The ONNX target's validator (the registry names it): structure, every layer's node cut out and run
     by onnxruntime, and the whole graph (``read``, weightport's reader, is never used on the converted file)."""
     report = request.report(source, "onnx")
-    x, expected = request.recorded(source)  # without recorded arrays whole_model runs the source itself
+    x, expected = request.recorded(source, report)  # without recorded arrays: the source run by its framework
     try:
         onnx_modules()
     except ImportError:
@@ -52,19 +54,13 @@ def validate_onnx(source: Model, request: Any, read: Callable[[str], Model]) -> 
 
 
 def whole_graph(report: Report, source: Model, path: str, x: np.ndarray | None, expected: np.ndarray | None) -> None:
-    """The converted graph in onnxruntime on the recorded input (or the source's own run on random input)."""
-    name = WHOLE_RECORDED
+    """The converted graph in onnxruntime on the recorded input, or on the seeded random input the source's
+    own framework ran (``report.reference``; a skip with its reason when it could not run)."""
+    reference = report.reference or Reference()
+    name = reference.label
     if x is None or expected is None:
-        make, reason = onnx_reference(source)
-        name = WHOLE_REFERENCE.format(runtime="onnxruntime" if source.source.format == "onnx" else "Keras 3")
-        if make is None:
-            report.skip(WHOLE_RECORDED, f"no recorded output (give --input X.npy and --expected Y.npy), and {reason}")
-            return
-        try:
-            x, expected = make()
-        except Exception as why:  # the source's own framework refused it: no reference, said why
-            report.skip(name, f"the source could not be run ({said(why)})")
-            return
+        report.skip(name, without_reference(reference.reason))
+        return
     try:
         got = run_graph(path, source, x, expected.shape)
     except NotImplementedError as reason:
