@@ -32,7 +32,9 @@ PP-OCR divides a map by 32, then pools by 2), small enough to keep the run quick
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -147,10 +149,8 @@ def self_reference(source: Model, wanted: InputShape | list[InputShape | None] |
         reference.reason = str(why)
         return reference
     reference.input_shape = [list(a.shape) for a in x] if isinstance(x, tuple) else list(x.shape)
-    module, _, attribute = function.partition(":")
     try:
-        run = getattr(importlib.import_module(module), attribute)
-        expected = run(source, x)
+        expected = load_runner(function)(source, x)
     except NotImplementedError as why:
         reference.reason = f"{name} cannot run the source: {why}"
         return reference
@@ -171,6 +171,10 @@ def source_outputs(source: Model, x: np.ndarray, names: list[str]) -> tuple[str,
     name, function = runner_for(source)
     if source.source.format not in INNER_OUTPUTS:
         raise NotImplementedError(f"{name} is not asked for inner outputs here")
+    return name, load_runner(function)(source, x, outputs=names)
+
+
+def load_runner(function: str) -> Callable[..., Any]:
+    """The runner a :data:`RUNNERS` row names (``"module:function"``), imported only now."""
     module, _, attribute = function.partition(":")
-    run = getattr(importlib.import_module(module), attribute)
-    return name, run(source, x, outputs=names)
+    return getattr(importlib.import_module(module), attribute)

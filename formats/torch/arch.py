@@ -213,12 +213,17 @@ def user_module(model: Model) -> Any:
 def run_user_module(model: Model, state: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """The ``--arch`` module holding ``state`` (``load_state_dict(strict=True)``) run on ``x``; its first
     output when it returns several."""
-    import copy
     torch = import_torch()
+    return first_output(module_holding(model, state, torch), x, torch)
+
+
+def module_holding(model: Model, state: dict[str, np.ndarray], torch: Any) -> Any:
+    """A copy of the ``--arch`` module holding ``state`` (``load_state_dict(strict=True)``)."""
+    import copy
     module = copy.deepcopy(user_module(model))
     module.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
                            strict=True, assign=is_meta(module))  # a meta module takes the tensors themselves
-    return first_output(module, x, torch)
+    return module
 
 
 def run_source_module(model: Model, x: np.ndarray) -> np.ndarray:
@@ -258,15 +263,11 @@ def first_diverging_module(model: Model, state: dict[str, np.ndarray], x: np.nda
                            differs: Callable[[np.ndarray, np.ndarray], bool]) -> str | None:
     """The first submodule, in the order the forward pass runs them, whose output ``differs`` between the
     ``--arch`` module holding the source's tensors and a copy holding ``state`` (None when none does)."""
-    import copy
     torch = import_torch()
     if is_meta(user_module(model)):  # built without the source's tensors: nothing to compare with
         return None
-    converted = copy.deepcopy(user_module(model))
-    converted.load_state_dict({key: torch.from_numpy(np.array(value, copy=True)) for key, value in state.items()},
-                              strict=True)
     theirs = dict(module_outputs(user_module(model), x, torch))
-    for name, ours in module_outputs(converted, x, torch):
+    for name, ours in module_outputs(module_holding(model, state, torch), x, torch):
         if name in theirs and ours.shape == theirs[name].shape and differs(ours, theirs[name]):
             return name
     return None
