@@ -36,6 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from large_model import ENV, MIB, Run, measured  # noqa: E402  (a sibling script, not a package)
 from run_benchmarks import make_big_onnx, make_keras_models  # noqa: E402
+from bytecode import compile_weightport  # noqa: E402
 
 PYTHON = sys.executable
 WEIGHTPORT = os.path.join(os.path.dirname(PYTHON), "weightport")
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=["resnet50", "vgg16", "big"])
     parser.add_argument("--torchvision-stand-in", action="store_true")
     args = parser.parse_args()
+    compile_weightport()
     os.makedirs(args.workdir, exist_ok=True)
     only = args.only or ["resnet50", "vgg16", "big"]
     make_keras_models(args.workdir)

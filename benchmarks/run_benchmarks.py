@@ -39,6 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bytecode import compile_weightport  # a sibling script
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PYTHON = sys.executable
@@ -219,6 +221,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", choices=["vgg16", "resnet50", "onnx"], action="append")
     args = parser.parse_args()
+    compile_weightport()
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(ROOT)
     only = args.only or ["vgg16", "resnet50", "onnx"]

@@ -18,9 +18,9 @@ from weightport.core.blocks import conversion_buffers
 from weightport.core.errors import UsageError, ValidationFailed, WeightportError
 from weightport.core.layout import SEMANTICS
 from weightport.core.model import Model
-from weightport.core.rename_check import check_renames
 from weightport.core.options import ReadOptions, WriteOptions
-from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
+from weightport.core.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+from weightport.formats.theano.spec_path import default_spec_for
 from weightport.formats import (FormatEntry, check_target_options, entry, extension_of, reader_for, require_architecture,
                                 target, writer_for)
 
@@ -110,6 +110,7 @@ def save(model: Model, path: str, *, to: str | None = None, force: bool = False,
         ['asymmetric padding']
     """
     writer, options = writer_and_options(path, to, force, rename, write_options)
+    from weightport.core.rename_check import check_renames  # here: `inspect` and `load` never plan a target
     renames = check_renames(model, options.rename, options.rename_patterns, strict)  # strict: refuse, not warn
     require_architecture(model, writer.target or "", options)
     write = writer.writer_module().write
@@ -236,7 +237,6 @@ def validate(src: str | Model, converted: str, *, input: str | None = None, expe
 
 def refuse_writing_over_inputs(src: str, spec: str | None, dst: str, writer: FormatEntry) -> None:
     """Never let an output (or a file written beside it, or a folder output holding it) be an input."""
-    from weightport.formats.theano.reader import default_spec_for
     inputs = [path for path in (src, spec, default_spec_for(src)) if path]
     companions = getattr(writer.writer_module(), "companion_outputs", lambda path: [])
     for output in [dst] + list(companions(dst)):

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from weightport.cli_keras import add_keras_read_options, keras_read_options
 from weightport.core.version import __version__
-from weightport.checks.report import DEFAULT_ATOL, DEFAULT_RTOL
+from weightport.core.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 from weightport.core.errors import BadInputError, UsageError, WeightportError, render_options
 from weightport.core.text import printable
 from weightport.cli_help import group_convert_options, output_help

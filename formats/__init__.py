@@ -179,7 +179,7 @@ def make_plan(model: Any, target_name: str, options: WriteOptions) -> Any:
 
 def require_architecture(model: Any, target_name: str, options: WriteOptions) -> None:
     """A state dict without ``--arch`` refused for a target that needs layer kinds (weightport.formats.torch.arch)."""
-    from weightport.formats.torch.arch import require_architecture as require
+    from weightport.formats.torch.requirements import require_architecture as require
     require(model, target_name, target(target_name).needs_kinds, options.template)
 
 

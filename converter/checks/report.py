@@ -25,6 +25,7 @@ import numpy as np
 
 from weightport.core.errors import UsageError
 from weightport.core.text import printable
+from weightport.core.tolerances import DEFAULT_ATOL, DEFAULT_RTOL  # re-exported: the defaults of every check
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 INCOMPLETE = "incomplete"
@@ -39,8 +40,6 @@ NOISE_FACTOR = 4.0
 # (docs/validation.md).  A layer check without a noise figure (an oracle that runs float32 only) keeps
 # the whole tolerance.
 LAYER_SHARE = 0.1
-DEFAULT_ATOL = 1e-5
-DEFAULT_RTOL = 1e-4
 
 
 @dataclass

@@ -53,10 +53,11 @@ def temporary_prefix() -> str:
 
 @functools.cache
 def host_tag() -> str:
-    """Eight hex digits of this host's name (hashed: the name itself is not written into file names)."""
-    import hashlib
+    """Eight hex digits of this host's name (its CRC-32: the name itself is not written into file names;
+    ``hashlib`` would add its OpenSSL binding, 8 ms, to every conversion's start-up)."""
     import socket  # imported here: start-up of commands that write nothing does not pay for them
-    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
+    import zlib
+    return f"{zlib.crc32(socket.gethostname().encode('utf-8', 'replace')):08x}"
 
 
 def __getattr__(name: str) -> str:

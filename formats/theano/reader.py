@@ -43,6 +43,7 @@ from weightport.core.model import Layer, Model, Provenance, SourceInfo, Tensor, 
 from weightport.core.options import ReadOptions
 from weightport.core.shapes import infer_shapes
 from weightport.formats.theano.allowlist import ArrayStub, arrays_in, plain_dtype, safe_loads
+from weightport.formats.theano.spec_path import default_spec_for
 
 NAME = "theano_pickle"
 DESCRIPTION = "Theano/Lasagne/PyTensor pickles, np.savez files and pkl_utils zips (allowlist unpickler)"
@@ -220,14 +221,6 @@ def load_spec(path: str | None) -> dict[str, Any] | None:
         raise UsageError("spec must be a JSON object with a 'layers' list", path=path,
                          fix="See docs/formats/theano.md for the spec format")
     return spec
-
-
-def default_spec_for(path: str) -> str | None:
-    """``NAME.spec.json`` beside ``NAME.<anything>`` is used when no --spec is given."""
-    folder, base = os.path.split(path)
-    stem = base.split(".")[0]
-    candidate = os.path.join(folder, f"{stem}.spec.json")
-    return candidate if os.path.exists(candidate) else None
 
 
 def read(path: str, options: ReadOptions) -> Model:

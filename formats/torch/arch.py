@@ -35,7 +35,9 @@ from weightport.core.model import Layer, Model, Tensor
 from weightport.core.options import ReadOptions
 from weightport.formats.torch.pt_reader import import_torch
 from weightport.formats.torch.strict import load_module_class
-from weightport.formats.torch.trace import UNKNOWN_FLATTEN, trace_into
+from weightport.formats.torch.requirements import (ARCHITECTURE_LESS, STACKED_RNN_TARGETS, UNKNOWN_FLATTEN,  # noqa: F401
+                                                   require_architecture, unknown_flatten)
+from weightport.formats.torch.trace import trace_into
 
 
 
@@ -278,40 +280,3 @@ def first_output(module: Any, x: np.ndarray, torch: Any) -> np.ndarray:
     with torch.no_grad():
         result = module(torch.from_numpy(np.ascontiguousarray(x)))
     return (result[0] if isinstance(result, (tuple, list)) else result).numpy()
-
-
-def unknown_flatten(model: Model) -> list[str]:
-    """Dense layers reading a flatten whose feature order could not be derived (see :mod:`.trace`)."""
-    return list(model.source.details.get(UNKNOWN_FLATTEN, []))
-
-
-STACKED_RNN_TARGETS = ("torch", "npz", "keras")  # targets that write a num_layers > 1 LSTM/GRU
-ARCHITECTURE_LESS = ("torch_pt", "safetensors")  # source formats whose files may hold no architecture
-
-
-def require_architecture(model: Model, target_name: str, needs_kinds: bool, template: str | None) -> None:
-    """Refuse, before planning, a state dict without ``--arch`` for a target that needs layer kinds, and a
-    Dense layer whose feature order could not be derived for the keras target (it reorders Dense rows)."""
-    kinds_known = model.has_architecture or bool(model.source.details.get("written_by_weightport"))
-    if (needs_kinds and not kinds_known and model.source.format in ARCHITECTURE_LESS
-            and not (target_name == "onnx" and template)):
-        raise UsageError(f"a state dict has no architecture, and the {target_name} target needs each layer's kind "
-                         "(which tensors are conv kernels, which Linear reads a flattened map)",
-                         path=model.source.path,
-                         fix="Give {opt:arch=model.py:Class} (your own torch module, imported to read its layers; "
-                             "add {opt:input_shape=C,H,W} to trace it), or convert to torch, npz or raw")
-    stacked = [layer for layer in model.layers if layer.attrs.get("num_layers", 1) > 1]
-    if stacked and target_name not in STACKED_RNN_TARGETS and not (target_name == "onnx" and user_module(model)):
-        layer = stacked[0]
-        raise UnsupportedError(f"layer {layer.name!r} is a torch.nn.{layer.kind.upper()} of num_layers="
-                               f"{layer.attrs['num_layers']}, which the {target_name} target writes one layer at a "
-                               "time only", path=model.source.path,
-                               fix=f"Convert to {', '.join(STACKED_RNN_TARGETS)} (keras: one Keras layer per torch "
-                                   "layer) or onnx (traced from the {opt:arch} module), or split the module into "
-                                   "one-layer RNNs")
-    unknown = unknown_flatten(model)
-    if unknown and target_name == "keras":
-        raise UnsupportedError(f"Linear layer(s) {', '.join(map(repr, unknown))} read a flatten of a permuted map "
-                               "(permute/transpose before view): the row order a Keras Flatten needs cannot be "
-                               "derived", path=model.source.path,
-                               fix="Convert to torch, onnx, theano or npz (channels-first: rows as stored)")

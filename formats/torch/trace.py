@@ -18,8 +18,8 @@ from typing import Any
 
 from weightport.core.errors import UnsupportedError, UsageError
 from weightport.core.model import Layer, LayerList, Model
+from weightport.formats.torch.requirements import UNKNOWN_FLATTEN
 
-UNKNOWN_FLATTEN = "torch.unknown_flatten"  # SourceInfo.details key: Dense layers reading a permuted map
 TRACE_SEED = 0
 WEIGHTLESS = {  # nn class name -> canonical weightless kind (when the trace calls the module)
     **dict.fromkeys(("ReLU", "ReLU6", "LeakyReLU", "ELU", "SELU", "GELU", "SiLU", "Sigmoid", "Tanh", "Softmax",
