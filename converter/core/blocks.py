@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 BLOCK_BYTES = 8 << 20
-TILE_ELEMENTS = 1 << 14
+TILE_BYTES = 128 << 10  # a tile of the transpose: 128 KiB read and written in cache (docs/performance.md)
 RING = 3
 
 
@@ -145,11 +145,15 @@ class BlockBuffers:
         self.scratch = np.empty(nbytes, np.uint8)
 
     def copy(self, part: np.ndarray) -> np.ndarray:
-        """``part`` as a C-contiguous array in the output buffer, by a cache-friendly two-stage transpose.
+        """``part`` as a C-contiguous array in the output buffer, by a cache-friendly tiled transpose.
 
-        Stage 1 moves the axis that is contiguous in the source (smallest
-        stride) last, so the source is read in runs; stage 2 is a tiled 2-D
-        transpose of ``(P, M, S)`` into ``(P, S, M)`` that stays in cache.
+        The axis that is contiguous in the source (smallest stride) is the one that must move: the
+        output is ``(P, S, M)`` (``S`` that axis, ``P`` the axes before it, ``M`` those after) read from
+        the source as ``(P, M, S)``, runs of ``S`` along the source's contiguous axis.  Where that
+        ``(P, M, S)`` is a strided view of the source (a plain 2-D transpose: a Dense kernel, an
+        LLM's matrices) it is transposed tile by tile straight from the source; otherwise (a conv
+        kernel, a Flatten row permutation) stage 1 first copies it in runs of ``S`` into the scratch
+        buffer.  Tiles hold :data:`TILE_BYTES`, so a tile's reads and writes stay in cache.
         """
         self.turn = (self.turn + 1) % RING
         out = self.ring[self.turn][:part.nbytes].view(part.dtype).reshape(part.shape)
@@ -159,15 +163,20 @@ class BlockBuffers:
             np.copyto(out, part)
             return out
         moved = np.moveaxis(part, axis, -1)
-        staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
-        half = moved.shape[0] // 2
-        threads = COPY_THREADS if part.nbytes >= PARALLEL_MIN_BYTES else 1
-        in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)], threads)
         p, s = math.prod(part.shape[:axis]), part.shape[axis]
         m = part.size // max(p * s, 1)
-        src3, dst3 = staged.reshape(p, m, s), out.reshape(p, s, m)
-        tile_m = max(1, min(m, TILE_ELEMENTS // s))
-        tile_p = max(1, TILE_ELEMENTS // (tile_m * s))
+        threads = COPY_THREADS if part.nbytes >= PARALLEL_MIN_BYTES else 1
+        src3 = view_as(moved, (p, m, s))
+        if src3 is None:  # stage 1: the runs of S gathered into the scratch buffer
+            staged = self.scratch[:part.nbytes].view(part.dtype).reshape(moved.shape)
+            half = moved.shape[0] // 2
+            in_parallel(lambda rows: np.copyto(staged[rows], moved[rows]), [slice(0, half), slice(half, None)],
+                        threads)
+            src3 = staged.reshape(p, m, s)
+        dst3 = out.reshape(p, s, m)
+        tile_elements = max(1, TILE_BYTES // part.itemsize)
+        tile_m = max(1, min(m, tile_elements // s))
+        tile_p = max(1, tile_elements // (tile_m * s))
         starts = range(0, m, tile_m)
 
         def transpose_tiles(columns: range) -> None:
@@ -176,6 +185,21 @@ class BlockBuffers:
                     dst3[p0:p0 + tile_p, :, m0:m0 + tile_m] = src3[p0:p0 + tile_p, m0:m0 + tile_m].transpose(0, 2, 1)
         in_parallel(transpose_tiles, [starts[:len(starts) // 2], starts[len(starts) // 2:]], threads)
         return out
+
+
+def view_as(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``array`` reshaped to ``shape`` as a view of the same memory, or None where that needs a copy."""
+    try:
+        return np.reshape(array, shape, copy=False)  # NumPy >= 2.1
+    except TypeError:  # an older NumPy: no ``copy`` argument
+        view = array.view()
+        try:
+            view.shape = shape
+        except AttributeError:
+            return None
+        return view
+    except ValueError:
+        return None
 
 
 COPY_THREADS = min(2, os.cpu_count() or 1)

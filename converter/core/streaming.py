@@ -14,10 +14,11 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from weightport.core.blocks import COPY_THREADS, PARALLEL_MIN_BYTES, in_parallel
 from weightport.core.errors import BadInputError
 from weightport.core.layout import materialize
 
@@ -100,21 +101,57 @@ def in_slices(block: np.ndarray, nbytes: int = SLICE_BYTES) -> Iterator[np.ndarr
         yield flat[start:start + step]
 
 
+def stored_slices(item: "PlannedTensor", cast: np.dtype | None = None,
+                  overflowed: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+    """``item``'s values in C order as flat slices of at most :data:`SLICE_BYTES`, as they are stored:
+    little-endian, or cast to ``cast``.  Made on the calling thread, so that the cast of one slice runs
+    while the writer thread writes the one before (a tensor needing no transpose is one mapped block:
+    sliced, it still overlaps).  ``overflowed()`` is called for a slice in which a finite value became
+    infinite in a narrower float ``cast`` (e.g. bfloat16 above float16's 65504)."""
+    for block in item.blocks():
+        for part in in_slices(block):  # a cast copies: a slice at a time, never the whole tensor
+            with np.errstate(all="ignore"):  # an overflow is the caller's to report, as a warning
+                stored = materialize(part.astype(cast or part.dtype.newbyteorder("<"), copy=False))
+                if overflowed is not None and narrows(part.dtype, stored.dtype) and np.isinf(stored).any() \
+                        and np.any(np.isfinite(part) & ~np.isfinite(stored)):
+                    overflowed()
+            yield stored
+
+
+def narrows(source: np.dtype, stored: np.dtype) -> bool:
+    """A float cast into fewer bytes, which can turn large finite values into infinities."""
+    return source.kind == "f" and stored.itemsize < source.itemsize
+
+
+def write_hashed(handle: BinaryIO, array: np.ndarray, digest: Any) -> int:
+    """:func:`write_bytes` of ``array`` while ``digest`` (a ``hashlib`` object) hashes the same bytes on a
+    helper thread: both release the GIL, and SHA-256 (about 1.1 GB/s here) would otherwise add its time
+    to the write's.  Returns the bytes written."""
+    written = [0]
+
+    def job(share: str) -> None:
+        if share == "write":
+            written[0] = write_bytes(handle, array)
+        else:
+            digest.update(array.reshape(-1).view(np.uint8).data)
+    in_parallel(job, ["write", "hash"], COPY_THREADS if array.nbytes >= PARALLEL_MIN_BYTES else 1)
+    return written[0]
+
+
 def write_planned(handle: BinaryIO, item: "PlannedTensor", progress: "Progress", cast: np.dtype | None = None) -> int:
-    """Write ``item``'s C-order bytes at ``handle``'s position, block by block while the next block is made
-    (:func:`write_in_background`), little-endian (or cast to ``cast``, e.g. bfloat16 widened to ``<f4``);
-    progress advances per block.  Memory: the source (a memory map where the reader can) and the block
-    buffers, never a copy of the whole tensor.  Returns the bytes written, checked against the plan."""
+    """Write ``item``'s C-order bytes at ``handle``'s position, slice by slice on a writer thread while the
+    next slice is made (:func:`stored_slices`, :func:`write_in_background`), little-endian (or cast to
+    ``cast``, e.g. bfloat16 widened to ``<f4``); progress advances per slice.  Memory: the source (a
+    memory map where the reader can) and the block buffers, never a copy of the whole tensor.  Returns
+    the bytes written, checked against the plan."""
     counted = [0]
 
-    def write_block(block: np.ndarray) -> None:
-        for part in in_slices(block):  # a cast copies: a slice at a time, never the whole tensor
-            stored = materialize(part.astype(cast or part.dtype.newbyteorder("<"), copy=False))
-            written = write_bytes(handle, stored)
-            counted[0] += written
-            progress.advance(item.key, written)
+    def write_slice(stored: np.ndarray) -> None:
+        written = write_bytes(handle, stored)
+        counted[0] += written
+        progress.advance(item.key, written)
 
-    write_in_background(item.blocks(), write_block)
+    write_in_background(stored_slices(item, cast), write_slice)
     expected = item.nbytes if cast is None else int(np.prod(item.shape, dtype=np.int64)) * np.dtype(cast).itemsize
     if counted[0] != expected:
         raise BadInputError(f"tensor {item.key} came out as {counted[0]} bytes, planned {expected}")

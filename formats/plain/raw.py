@@ -46,13 +46,13 @@ from weightport.core.version import __version__
 from weightport.core.atomic import check_can_write, check_free_space, current_umask, fsync_folder, staging_folder
 from weightport.core.describe import jsonable
 from weightport.core.errors import BadInputError, OutputExistsError, UsageError
-from weightport.core.layout import CORRELATION, Layout, materialize, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
+from weightport.core.layout import CORRELATION, Layout, NO_SEMANTICS, parse_pattern, SPATIAL_AXES
 from weightport.core.steps import Relayout
 from weightport.core.model import Layer, Model, state_key
 from weightport.core.options import WriteOptions
 from weightport.core.plan import Plan, PlannedTensor, renamed
 from weightport.core.progress import Progress
-from weightport.core.streaming import in_slices, write_bytes, write_in_background
+from weightport.core.streaming import stored_slices, write_hashed, write_in_background
 from weightport.core.shapes import flatten_patterns, flattened_map_shape
 
 NAME = "raw"
@@ -372,19 +372,12 @@ def write_weights(plan: Plan, path: str, chosen: RawSettings,
             offset += pad
             digest, tally = hashlib.sha256(), {"bytes": 0, "overflow": False}
 
-            def write_block(block: np.ndarray) -> None:
-                for part in in_slices(np.asarray(block)):  # the cast copies: a slice at a time
-                    with np.errstate(all="ignore"):  # overflow is reported below, as a warning of the conversion
-                        stored = materialize(part.astype(chosen.dtype, copy=False))
-                        if stored.dtype.itemsize < part.dtype.itemsize and part.dtype.kind == "f" \
-                                and np.any(np.isfinite(part) & ~np.isfinite(stored)):
-                            tally["overflow"] = True
-                    written = write_bytes(handle, stored)
-                    tally["bytes"] += written
-                    digest.update(stored.reshape(-1).view(np.uint8).data)
-                    progress.advance(item.key, written)
+            def write_slice(stored: np.ndarray) -> None:
+                written = write_hashed(handle, stored, digest)
+                tally["bytes"] += written
+                progress.advance(item.key, written)
 
-            write_in_background(item.blocks(), write_block)
+            write_in_background(stored_slices(item, chosen.dtype, lambda: tally.update(overflow=True)), write_slice)
             nbytes = int(tally["bytes"])
             if nbytes != math.prod(item.shape) * chosen.dtype.itemsize:
                 raise BadInputError(f"tensor {item.key} came out as {nbytes} bytes, planned shape {item.shape}")
