@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from weightport.core.blocks import COPY_THREADS, PARALLEL_MIN_BYTES, in_parallel
+from weightport.core.blocks import COPY_THREADS, PARALLEL_MIN_BYTES, RING, in_parallel
 from weightport.core.errors import BadInputError
-from weightport.core.layout import materialize
 
 if TYPE_CHECKING:
     from weightport.core.plan import PlannedTensor
@@ -90,6 +89,7 @@ def write_bytes(handle: BinaryIO, array: np.ndarray) -> int:
 
 
 SLICE_BYTES = 8 << 20
+CAST_SLICE_BYTES = 4 << 20  # source bytes per cast slice: RING of them in flight (12 MiB), reused
 
 
 def in_slices(block: np.ndarray, nbytes: int = SLICE_BYTES) -> Iterator[np.ndarray]:
@@ -103,16 +103,31 @@ def in_slices(block: np.ndarray, nbytes: int = SLICE_BYTES) -> Iterator[np.ndarr
 
 def stored_slices(item: "PlannedTensor", cast: np.dtype | None = None,
                   overflowed: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
-    """``item``'s values in C order as flat slices of at most :data:`SLICE_BYTES`, as they are stored:
-    little-endian, or cast to ``cast``.  Made on the calling thread, so that the cast of one slice runs
-    while the writer thread writes the one before (a tensor needing no transpose is one mapped block:
-    sliced, it still overlaps).  ``overflowed()`` is called for a slice in which a finite value became
-    infinite in a narrower float ``cast`` (e.g. bfloat16 above float16's 65504)."""
+    """``item``'s values in C order as flat slices, as they are stored: little-endian, or cast to ``cast``.
+
+    Made on the calling thread, so that the cast of one slice runs while the writer thread writes the
+    one before (a tensor needing no transpose is one mapped block: sliced, it still overlaps).  Slices
+    needing no conversion are views (of :data:`SLICE_BYTES`); converted ones are cast into
+    :data:`RING` reused buffers of :data:`CAST_SLICE_BYTES` worth of values (a slice is valid until
+    ``RING - 1`` more are made, as the blocks of :func:`~weightport.core.blocks.copy_blocks`), so a
+    cast costs no fresh memory per slice.  ``overflowed()`` is called for a slice in which a finite
+    value became infinite in a narrower float ``cast`` (e.g. bfloat16 above float16's 65504)."""
+    ring: list[np.ndarray] = []
+    turn = 0
     for block in item.blocks():
-        for part in in_slices(block):  # a cast copies: a slice at a time, never the whole tensor
+        stored_dtype = np.dtype(cast or block.dtype.newbyteorder("<"))
+        if stored_dtype == block.dtype:
+            yield from in_slices(np.ascontiguousarray(block))
+            continue
+        for part in in_slices(block, CAST_SLICE_BYTES):
+            size = part.size * stored_dtype.itemsize
+            if not ring or ring[0].nbytes < size:
+                ring = [np.empty(size, np.uint8) for _ in range(RING)]
+            turn = (turn + 1) % RING
+            stored = ring[turn][:size].view(stored_dtype)
             with np.errstate(all="ignore"):  # an overflow is the caller's to report, as a warning
-                stored = materialize(part.astype(cast or part.dtype.newbyteorder("<"), copy=False))
-                if overflowed is not None and narrows(part.dtype, stored.dtype) and np.isinf(stored).any() \
+                np.copyto(stored, part, casting="unsafe")
+                if overflowed is not None and narrows(part.dtype, stored_dtype) and np.isinf(stored).any() \
                         and np.any(np.isfinite(part) & ~np.isfinite(stored)):
                     overflowed()
             yield stored

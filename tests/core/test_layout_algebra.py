@@ -245,3 +245,49 @@ def test_semantics_change_needs_no_sizes_of_merged_groups():
     np.testing.assert_array_equal(relayout(kernel, src, src), kernel)
     with pytest.raises(LayoutError):
         relayout(kernel[0], src, dst)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("flipped", [False, True])
+def test_plain_transposes_of_a_memory_map_are_tiled_straight_from_it(tmp_path, dtype, flipped):
+    """A Dense kernel or an LLM matrix (out x in to in x out) is read through the map as (P, M, S) runs with no
+    staging copy; the bytes are NumPy's own transpose of the file's array, on a non-square asymmetric matrix."""
+    from weightport.core.blocks import BlockBuffers, copy_blocks, view_as
+    array = np.random.default_rng(13).standard_normal((1531, 263)).astype(dtype)
+    path = tmp_path / "m.bin"
+    array.tofile(path)
+    mapped = np.memmap(path, dtype=dtype, mode="r", shape=array.shape)
+    view = mapped.T[::-1] if flipped else mapped.T
+    assert view_as(np.moveaxis(view[:40], 0, -1), (1, 1531, 40)) is not None  # the direct path is taken
+    for block_bytes in (4096, 300_000, 1 << 20):
+        joined = b"".join(np.ascontiguousarray(b).tobytes() for b in copy_blocks(view, block_bytes))
+        assert joined == np.ascontiguousarray((array.T[::-1] if flipped else array.T)).tobytes()
+    staged = np.moveaxis(np.zeros((7, 7, 512, 80), np.float32).transpose(3, 2, 0, 1), 0, -1)  # fc1 after Flatten
+    assert view_as(staged, (1, 512 * 49, 80)) is None  # needs the staging copy
+    assert BlockBuffers(1 << 20).copy(view[:8]).tobytes() == np.ascontiguousarray(view[:8]).tobytes()
+
+
+def test_write_hashed_writes_and_digests_the_same_bytes(tmp_path):
+    import hashlib
+    from weightport.core.streaming import WRITE_SLICE, write_hashed
+    array = np.random.default_rng(14).standard_normal(WRITE_SLICE // 4 * 3 + 5).astype(np.float32)
+    digest = hashlib.sha256()
+    with open(tmp_path / "out.bin", "wb") as handle:
+        assert write_hashed(handle, array, digest) == array.nbytes
+    assert (tmp_path / "out.bin").read_bytes() == array.tobytes()
+    assert digest.hexdigest() == hashlib.sha256(array.tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("values, overflows", [([1.0, 7e4, -2.0], True), ([1.0, np.inf, np.nan], False),
+                                               ([65504.0, -65504.0, 0.5], False), ([-1e6, 3.0, 2.0], True)])
+def test_stored_slices_cast_and_report_only_finite_values_that_overflowed(values, overflows):
+    """float32 -> float16: a finite value past 65504 becomes inf and is reported; an inf or NaN of the source is not."""
+    from types import SimpleNamespace
+    from weightport.core.streaming import stored_slices
+    source = np.array(values * 1000, np.float32)
+    item = SimpleNamespace(blocks=lambda: iter([source[:1500], source[1500:]]))
+    seen: list[bool] = []
+    out = np.concatenate(list(stored_slices(item, np.dtype("<f2"), lambda: seen.append(True))))
+    with np.errstate(over="ignore"):
+        assert out.tobytes() == source.astype("<f2").tobytes()
+    assert bool(seen) is overflows
