@@ -9,7 +9,6 @@ API's keyword arguments (``assume_backend="theano"``), where the command line na
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 
 from weightport.core.atomic import check_can_write, staging_folder
@@ -187,6 +186,7 @@ def convert(src: str, dst: str, *, to: str | None = None, force: bool = False,
         result.outputs = [dst]
         return result
     finally:
+        import shutil  # here: `inspect` and `load` start without it
         shutil.rmtree(staging, ignore_errors=True)
 
 

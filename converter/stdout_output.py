@@ -11,9 +11,7 @@ the validation report, "wrote ...") go to stderr, so stdout holds only the file.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from contextlib import contextmanager
 from typing import Any, BinaryIO, Iterator
 
@@ -44,6 +42,7 @@ def output_path(output: str, to: str | None) -> Iterator[tuple[str, Any, bool]]:
     if output != STDOUT:
         yield output, sys.stdout, True
         return
+    import tempfile  # here: start-up of other commands does not pay for it
     folder = tempfile.mkdtemp(prefix="weightport-stdout-")
     try:
         path = os.path.join(folder, staged_name(to))
@@ -58,6 +57,7 @@ def output_path(output: str, to: str | None) -> Iterator[tuple[str, Any, bool]]:
         sys.stdout.buffer.flush()
         print(f"wrote stdout ({os.path.getsize(path)} bytes)", file=sys.stderr)
     finally:
+        import shutil
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -16,9 +16,7 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 
@@ -70,6 +68,7 @@ def staging_folder(near: str) -> str:
     """A new empty folder beside ``near`` for outputs moved into place when complete (caller removes it)."""
     folder = os.path.dirname(os.path.abspath(near))
     remove_stale_temporaries(folder)
+    import tempfile  # here and below: `inspect` and `--help` start without tempfile and shutil
     return tempfile.mkdtemp(prefix=temporary_prefix(), suffix=".tmp", dir=folder)
 
 
@@ -85,6 +84,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
                 continue
             with contextlib.suppress(OSError):
                 if entry.is_dir(follow_symlinks=False):
+                    import shutil
                     shutil.rmtree(entry.path)
                 else:
                     os.unlink(entry.path)
@@ -113,6 +113,7 @@ def atomic_path(path: str, force: bool = False) -> Iterator[str]:
     temporary = None
     try:
         remove_stale_temporaries(folder)
+        import tempfile
         fd, temporary = tempfile.mkstemp(prefix=temporary_prefix(), suffix=".tmp", dir=folder)
         os.close(fd)
         yield temporary
@@ -149,6 +150,7 @@ def check_free_space(path: str, nbytes: int) -> None:
     cannot hold; the figure is stated in the message."""
     folder = os.path.dirname(os.path.abspath(path))
     with contextlib.suppress(OSError):
+        import shutil
         free = shutil.disk_usage(folder).free
         if nbytes > free:
             raise OutputError(f"the output needs {human_bytes(nbytes)} and its file system has {human_bytes(free)} "

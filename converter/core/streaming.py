@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -48,6 +47,7 @@ def write_in_background(blocks: Iterable[np.ndarray], consume: Callable[[np.ndar
         consume(first)
         return
     blocks = itertools.chain((first, second), iterator)
+    import queue  # here: reading (`inspect`) starts without it
     handoff: queue.Queue = queue.Queue(maxsize=1)
     failure: list[BaseException] = []
 
