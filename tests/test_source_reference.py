@@ -101,13 +101,17 @@ def test_seed_and_samples_are_shown_and_change_the_input(run_cli, tmp_path):
     assert code == 2 and "--samples" in err
 
 
-def test_a_fixed_batch_onnx_graph_says_which_samples_it_takes(run_cli, tmp_path):
+def test_a_fixed_batch_onnx_graph_is_run_on_the_batch_it_was_exported_with(run_cli, tmp_path):
+    """torch_cnn.onnx fixes its batch at 2: the reference takes 2 samples whatever --samples asks (3 here,
+    which onnxruntime would refuse), and the check and its reference say so."""
     require("onnxruntime")
     source = "onnx/torch_cnn.onnx"
     converted = convert(run_cli, tmp_path, source)
     code, out, _ = run_cli("validate", fixture_path(source), converted, "--json", "--samples", "3")
-    check = whole_model(json.loads(out))
-    assert check["status"] == "skip" and "fixed size 2 on axis 0" in check["reason"] and "2 samples" in check["reason"]
+    report = json.loads(out)
+    check = whole_model(report)
+    assert code == 0 and check["status"] == "pass" and "2 samples" in check["name"], report
+    assert report["reference"]["samples"] == 2 and report["reference"]["input_shape"][0] == 2, report
 
 
 @pytest.mark.parametrize("source", ["keras3/functional_residual.h5", "onnx/torch_cnn.onnx"])

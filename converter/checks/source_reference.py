@@ -20,7 +20,8 @@ Theano computed, so they still need the outputs Theano recorded: the whole-model
 with that reason, never a pass.  A bare weights file (``.weights.h5``, ``save_weights``) has no
 architecture for Keras to rebuild: a skip too.
 
-The input: ``samples`` examples (default :data:`DEFAULT_SAMPLES`, the batch axis) drawn from
+The input: ``samples`` examples (default :data:`DEFAULT_SAMPLES`, the batch axis; a graph exported with a
+fixed batch gets that batch) drawn from
 ``numpy.random.default_rng(seed)``, uniform in [-1, 1) as float32, in the source's own layout (channels-last
 for a channels-last Keras model, ``(seq, batch, features)`` for an ONNX graph starting with an
 LSTM/GRU); an input feeding an Embedding gets integer indices below its vocabulary size.  Any other
@@ -118,8 +119,8 @@ def random_source_input(source: Model, wanted: InputShape | list[InputShape | No
     vocabulary = embedding_vocabulary(source)
     arrays = []
     for shape, batch_axis in shapes:  # type: ignore[misc]
-        sizes = tuple(samples if axis == batch_axis else (DEFAULT_FREE_DIM if n is None else n)
-                      for axis, n in enumerate(shape))
+        sizes = tuple(samples if axis == batch_axis and n is None else (DEFAULT_FREE_DIM if n is None else n)
+                      for axis, n in enumerate(shape))  # a batch the graph fixes is taken as it is
         if vocabulary is not None and not arrays:
             arrays.append(rng.integers(0, vocabulary, size=sizes).astype(np.int32))
         else:
@@ -149,6 +150,9 @@ def self_reference(source: Model, wanted: InputShape | list[InputShape | None] |
         reference.reason = str(why)
         return reference
     reference.input_shape = [list(a.shape) for a in x] if isinstance(x, tuple) else list(x.shape)
+    first = wanted[0] if isinstance(wanted, list) else wanted
+    if first is not None and first[0][first[1]] is not None:  # a graph of a fixed batch: that many samples
+        reference.samples = int(first[0][first[1]])
     try:
         expected = load_runner(function)(source, x)
     except NotImplementedError as why:

@@ -74,23 +74,23 @@ MAP_KINDS = ("conv", "depthwise", "separable", "conv_transpose", "pool", "global
 
 def expected_input_shape(model: Model, first: Layer | None = None) -> tuple[tuple[int | None, ...], int] | None:
     """The input batch shape the source takes at its input layer ``first`` (the model's first layer when not
-    given), in the source's own layout (``None`` for the batch and free axes), and its batch axis.  Shapes in
-    the canonical model are channels-first; an input with ``attrs["batch_axis"]`` (an ONNX RNN's initial
-    state, (directions, batch, hidden)) has its batch there."""
+    given), in the source's own layout (``None`` for free axes, and for the batch unless the graph fixes it:
+    ``attrs["fixed_batch"]``), and its batch axis.  Shapes in the canonical model are channels-first; an input
+    with ``attrs["batch_axis"]`` (an ONNX RNN's initial state, (directions, batch, hidden)) has its batch there."""
     first = first or (model.layers[0] if model.layers else None)
     if first is None or first.kind != "input" or first.output_shape is None:
         return None
     sample = tuple(int(n) if n is not None and int(n) > 0 else None for n in first.output_shape)
-    batch_axis = first.attrs.get("batch_axis")
+    batch_axis, batch = first.attrs.get("batch_axis"), first.attrs.get("fixed_batch")
     if batch_axis is not None:
-        return sample[:batch_axis] + (None,) + sample[batch_axis:], batch_axis
+        return sample[:batch_axis] + (batch,) + sample[batch_axis:], batch_axis
     consumers = [layer for layer in model.layers if first.name in layer.inputs]
     if model.source.format == "onnx" and len(sample) == 2 and any(c.kind in ("lstm", "gru") for c in consumers):
-        return (sample[0], None, sample[1]), 1  # an ONNX LSTM/GRU input is (seq, batch, features)
+        return (sample[0], batch, sample[1]), 1  # an ONNX LSTM/GRU input is (seq, batch, features)
     if (model.source.details.get("data_format") == "channels_last" and len(sample) >= 2
             and any(layer.kind in MAP_KINDS for layer in model.layers)):
         sample = sample[1:] + sample[:1]
-    return (None,) + sample, 0
+    return (batch,) + sample, 0
 
 
 def check_input(model: Model, x: np.ndarray, path: str) -> None:
@@ -139,7 +139,8 @@ def fits(shape: tuple[int, ...], wanted: tuple[int | None, ...]) -> bool:
 
 def shown_shape(wanted: tuple[tuple[int | None, ...], int]) -> str:
     shape, batch_axis = wanted
-    return "(" + ", ".join("N" if k == batch_axis else ("?" if n is None else str(n)) for k, n in enumerate(shape)) + ")"
+    return "(" + ", ".join("N" if k == batch_axis and n is None else ("?" if n is None else str(n))
+                           for k, n in enumerate(shape)) + ")"
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,11 @@ def describe_model(model: Model) -> dict[str, Any]:
 def graph_metadata(model: Model) -> dict[str, Any]:
     """The architecture part of a model, small enough for a file header (no tensor provenance).
     ``has_architecture`` false: the layers of a weights-only source (kinds and tensors, no weightless layers,
-    order or shapes), which a reader must not run as a whole model."""
+    order or shapes), which a reader must not run as a whole model.  ``first_output``: the layer giving an ONNX
+    graph's first declared output (what onnxruntime returns first), where that is not the last layer's."""
+    declared = next(iter((model.source.details.get("outputs") or {}).values()), None)
     return {
+        "first_output": declared,
         "source": {"path": model.source.path, "format": model.source.format,
                    "version": model.source.version, "backend": model.source.backend},
         "has_architecture": model.has_architecture,

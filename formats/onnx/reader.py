@@ -404,7 +404,11 @@ class OnnxReader:
         for graph_input in inputs:
             shape = self.shapes.get(graph_input.name, ())
             state = graph_input.name in states and len(shape) == 3  # (directions, batch, hidden)
-            layer = Layer(safe_name(graph_input.name), "input", {"batch_axis": 1} if state else {}, {}, [],
+            attrs: dict = {"batch_axis": 1} if state else {}
+            batch = self.fixed_batch(shape, 1 if state or graph_input.name in sequence_first else 0)
+            if batch:
+                attrs["fixed_batch"] = batch
+            layer = Layer(safe_name(graph_input.name), "input", attrs, {}, [],
                           "graph input", None,
                           (shape[0], shape[2]) if state else self.per_sample_shape(shape, graph_input.name in sequence_first))
             model.layers.append(layer)
@@ -575,6 +579,14 @@ class OnnxReader:
             self.next_suffix[base] = tried
         self.names.add(name)
         return name
+
+    @staticmethod
+    def fixed_batch(shape: tuple[int, ...], axis: int) -> int | None:
+        """The batch size a graph input is exported with (torch.onnx without dynamic axes, Paddle2ONNX's
+        detectors), or None where the batch axis is free."""
+        if len(shape) <= axis or not isinstance(shape[axis], int) or shape[axis] <= 0:
+            return None
+        return int(shape[axis])
 
     @staticmethod
     def per_sample_shape(shape: tuple[int, ...], sequence_first: bool) -> tuple[int, ...] | None:

@@ -365,7 +365,11 @@ class CanonicalModule(nn.Module):
                                        "parameters")
         if self.returns:
             return tuple(output_of(values[name], 0) for name in self.returns)
-        last = output_of(previous, 0)  # a model ending in a layer of several outputs: its first
+        declared = next(iter((self.model.source.details.get("outputs") or {}).values()),
+                        self.model.source.details.get("first_output"))
+        # an ONNX graph's first declared output (what onnxruntime gives first; PicoDet declares its outputs
+        # in another order than its nodes), else the last layer's; a layer of several outputs: its first
+        last = output_of(values[declared] if declared in values else previous, 0)
         return (last,) + tuple(values[name] for name in self.also_return) if self.also_return else last
 
     def apply(self, layer: Layer, inputs: list[torch.Tensor]) -> torch.Tensor:

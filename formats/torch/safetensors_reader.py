@@ -204,6 +204,8 @@ def model_from_tensors(path: str, metadata: dict[str, str], tensors: dict[str, T
                     layer.tensors[param] = tensor
             model.layers.append(layer)
         check_acyclic(model)
+        if graph.get("first_output"):
+            model.source.details["first_output"] = graph["first_output"]
     for key, tensor in tensors.items():
         place_tensor(model, key, tensor)
     return model
@@ -224,6 +226,8 @@ def graph_from_metadata(metadata: dict[str, str], path: str) -> dict[str, Any] |
                 raise TypeError("bad layer entry")
             for layout in spec["params"].values():
                 Layout(layout["layout"], layout["semantics"])
+        if not isinstance(graph.get("first_output") or "", str):
+            raise TypeError("bad first_output")
     except (ValueError, KeyError, TypeError, WeightportError) as error:
         raise BadInputError(f"weightport graph metadata is damaged ({type(error).__name__})", path=path,
                             fix="Write the file again") from None

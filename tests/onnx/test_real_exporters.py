@@ -112,11 +112,12 @@ def test_every_target_converts_or_refuses_without_internal_error(name, target, e
 @pytest.mark.parametrize("name", CORPUS)
 def test_validate_cli_passes_against_onnxruntime(name, run_cli, tmp_path):
     """validate: every weighted layer checked (a kept constant against onnxruntime's view of it), the whole
-    model against onnxruntime's recorded output of the graph output the canonical module ends with."""
+    model against onnxruntime's recorded output of the graph's first declared output (what the rebuilt module
+    gives, as onnxruntime does; PicoDet's is not its last layer's)."""
     from weightport.api import load
     inputs, outputs = recorded(name)
     model = load(corpus(name))
-    last = next(key for key, layer in model.source.details["outputs"].items() if layer == model.layers[-1].name)
+    last = next(iter(model.source.details["outputs"]))
     if len(inputs) > 1:  # every graph input, by name (silero's initial h and c)
         np.savez(tmp_path / "x.npz", **inputs)
         given = tmp_path / "x.npz"
@@ -194,6 +195,28 @@ def test_validate_traced_picodet_compares_the_same_head(run_cli, tmp_path):
     code, out, err = run_cli("validate", corpus("paddle_picodet_layout_cdla"), tmp_path / "m.onnx", "--samples", "1")
     assert code == 0, out + err
     assert "PASS whole model" in out
+
+
+def test_validate_picodet_to_torch_runs_its_fixed_batch_and_first_declared_head(run_cli, tmp_path):
+    """PicoDet is exported with a fixed batch of 1 and declares its outputs in another order than its nodes:
+    without ``--samples`` the reference takes the graph's batch (it used to be a skip), and the safetensors'
+    rebuilt module gives the graph's first declared output, onnxruntime's first (with ``--samples 1`` it used to
+    give its last layer's, a false FAIL on a correct port).  A flipped kernel still fails."""
+    from safetensors.numpy import load_file, save_file
+    path = tmp_path / "m.safetensors"
+    assert run_cli("convert", corpus("paddle_picodet_layout_cdla"), "-o", path)[0] == 0
+    code, out, err = run_cli("validate", corpus("paddle_picodet_layout_cdla"), path)
+    assert code == 0, out + err
+    assert "PASS whole model vs onnxruntime running the source (seed 0, 1 samples)" in out
+    from safetensors import safe_open
+    with safe_open(str(path), "np") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    key = next(k for k, v in tensors.items() if v.ndim == 4 and v.shape[-1] == 3 and v.shape[-2] == 3)
+    tensors[key] = np.ascontiguousarray(tensors[key][..., ::-1, ::-1])
+    save_file(tensors, str(tmp_path / "flipped.safetensors"), metadata=metadata)
+    code, out, err = run_cli("validate", corpus("paddle_picodet_layout_cdla"), tmp_path / "flipped.safetensors")
+    assert code != 0 and "FAIL whole model" in out, out + err
 
 
 # -- each exporter pattern on a small graph, seeded and asymmetric -----------------------------------------
