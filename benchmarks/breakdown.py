@@ -33,8 +33,8 @@ import time
 from bytecode import compile_weightport  # a sibling script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PHASES = ["interpreter", "import weightport", "read", "plan", "copy", "write", "fsync", "rename", "save wall",
-          "process wall"]
+PHASES = ["interpreter", "import numpy, h5py (in process)", "import weightport", "read", "plan", "copy", "write",
+          "fsync", "rename", "save wall", "process wall"]
 
 
 def child(source: str, output: str, to: str) -> None:
@@ -89,9 +89,8 @@ def durable_copy(source: str, scratch: str) -> float:
 
 
 def one_run(source: str, output: str, to: str) -> dict[str, float]:
-    for path in (output,):
-        if os.path.exists(path):
-            os.remove(path)
+    if os.path.exists(output):
+        os.remove(output)
     subprocess.run(["sync"], check=True)
     begin = time.perf_counter()
     shown = subprocess.run([sys.executable, __file__, "--child", source, "-o", output, "--to", to],
@@ -130,8 +129,7 @@ def main() -> None:
     print(f"durable copy: {floor:.3f} s")
     print("| phase | median s | min s |")
     print("|---|---|---|")
-    for name in ["interpreter", "import numpy, h5py (in process)", "import weightport", "read", "plan", "copy",
-                 "write", "fsync", "rename", "save wall", "process wall"]:
+    for name in PHASES:
         values = [run[name] for run in runs]
         print(f"| {name} | {statistics.median(values):.3f} | {min(values):.3f} |")
     ratios = [run["process wall"] / c for run, c in zip(runs, copies)]
